@@ -1,0 +1,122 @@
+"""Reading received datasets with pydicom: the header the index needs, and file meta.
+
+Nothing here decodes pixel data: the node stores the dataset bytes exactly as
+received and reads only the attributes it indexes.
+"""
+
+from __future__ import annotations
+
+import zlib
+from io import BytesIO
+
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import read_dataset
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import (
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ImplicitVRLittleEndian,
+)
+
+from node.errors import MalformedDataset, MissingAttribute
+from storage.records import InstanceHeader
+
+__all__ = [
+    "IMPLEMENTATION_CLASS_UID",
+    "IMPLEMENTATION_VERSION_NAME",
+    "file_meta_bytes",
+    "read_instance_header",
+]
+
+#: ainode's Implementation Class UID (a 2.25 UUID-derived UID, fixed forever).
+IMPLEMENTATION_CLASS_UID = "2.25.230811597091623041690644274148045364484"
+IMPLEMENTATION_VERSION_NAME = "AINODE_0_1"
+
+_REQUIRED = (
+    ("SOPClassUID", "(0008,0016) SOP Class UID"),
+    ("SOPInstanceUID", "(0008,0018) SOP Instance UID"),
+    ("StudyInstanceUID", "(0020,000D) Study Instance UID"),
+    ("SeriesInstanceUID", "(0020,000E) Series Instance UID"),
+)
+
+
+def _inflate(raw: bytes) -> bytes:
+    try:
+        return zlib.decompressobj(-zlib.MAX_WBITS).decompress(raw)
+    except zlib.error as exc:
+        raise MalformedDataset(f"deflated dataset does not inflate: {exc}") from None
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    value = ds.get(keyword)
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        value = "\\".join(str(v) for v in value)
+    return str(value).strip()
+
+
+def read_instance_header(raw: bytes, transfer_syntax_uid: str) -> InstanceHeader:
+    """Parse a received dataset and return what the index keeps.
+
+    Raises
+    ------
+    MalformedDataset
+        The bytes are not a dataset in ``transfer_syntax_uid``.
+    MissingAttribute
+        A UID the node needs is absent or empty.
+    """
+    data = _inflate(raw) if transfer_syntax_uid == DeflatedExplicitVRLittleEndian else raw
+    try:
+        ds = read_dataset(
+            BytesIO(data),
+            is_implicit_VR=transfer_syntax_uid == ImplicitVRLittleEndian,
+            is_little_endian=transfer_syntax_uid != ExplicitVRBigEndian,
+        )
+        if len(ds) == 0:
+            raise MalformedDataset("empty dataset")
+        values = {kw: _text(ds, kw) for kw, _ in _REQUIRED}
+        header = InstanceHeader(
+            sop_class_uid=values["SOPClassUID"],
+            sop_instance_uid=values["SOPInstanceUID"],
+            study_instance_uid=values["StudyInstanceUID"],
+            series_instance_uid=values["SeriesInstanceUID"],
+            transfer_syntax_uid=transfer_syntax_uid,
+            patient_id=_text(ds, "PatientID")[:64],
+            accession_number=_text(ds, "AccessionNumber")[:64],
+            study_date=_text(ds, "StudyDate")[:8],
+            study_description=_text(ds, "StudyDescription")[:64],
+            modality=_text(ds, "Modality")[:16],
+            body_part_examined=_text(ds, "BodyPartExamined")[:64],
+            series_description=_text(ds, "SeriesDescription")[:64],
+            series_number=_text(ds, "SeriesNumber")[:12],
+            instance_number=_text(ds, "InstanceNumber")[:12],
+        )
+    except MalformedDataset:
+        raise
+    except Exception as exc:  # pydicom raises many types on corrupt input
+        raise MalformedDataset(f"cannot parse dataset: {type(exc).__name__}: {exc}") from None
+    for keyword, name in _REQUIRED:
+        if not values[keyword]:
+            raise MissingAttribute(f"missing {name}")
+    return header
+
+
+def file_meta_bytes(
+    *, sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str, source_ae_title: str
+) -> bytes:
+    """The Part 10 preamble, prefix and File Meta Information (PS3.10 7.1)."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = UID(sop_class_uid)
+    meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid)
+    meta.TransferSyntaxUID = UID(transfer_syntax_uid)
+    meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
+    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+    if source_ae_title:
+        meta.SourceApplicationEntityTitle = source_ae_title
+    buf = DicomBytesIO()
+    buf.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(buf, meta, enforce_standard=True)
+    return buf.getvalue()

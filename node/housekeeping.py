@@ -1,0 +1,106 @@
+"""Scheduled work of the main process: completion and lease expiry (apscheduler).
+
+Each scheduled job is an edge with a broad ``except``: an error is logged with
+its traceback and the schedule goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from sqlalchemy.orm import Session, sessionmaker
+
+from node.config import NodeConfig
+from node.receive import utc_now
+from storage import queue
+from storage.completion import PipelineTarget, complete_due
+from storage.retry import RetryPolicy
+
+__all__ = ["expire_leases", "retry_policy", "run_completion", "start_scheduler"]
+
+logger = logging.getLogger(__name__)
+
+
+def retry_policy(cfg: NodeConfig) -> RetryPolicy:
+    q = cfg.queue
+    return RetryPolicy(
+        max_attempts=q.max_attempts,
+        wait_s=q.retry_wait_s,
+        backoff=q.retry_backoff,
+        max_wait_s=q.retry_max_wait_s,
+    )
+
+
+def run_completion(
+    cfg: NodeConfig, sessions: sessionmaker[Session], now: datetime | None = None
+) -> int:
+    """Close quiet studies (or series) and queue their jobs; return how many closed."""
+    targets = [
+        PipelineTarget(name=p.name, priority=p.priority, max_attempts=cfg.queue.max_attempts)
+        for p in cfg.pipelines
+    ]
+    with sessions.begin() as session:
+        results = complete_due(
+            session,
+            level=cfg.completion.level,
+            quiet_s=cfg.completion.quiet_period_s,
+            now=now or utc_now(),
+            pipelines=targets,
+        )
+    for event, jobs in results:
+        scope = event.series_instance_uid or event.study_instance_uid
+        kind = "complete" if event.event_number == 1 else f"complete again (#{event.event_number})"
+        logger.log(
+            logging.INFO if event.event_number == 1 else logging.WARNING,
+            "%s %s %s with %d instances; jobs %s",
+            event.level,
+            scope,
+            kind,
+            event.instance_count,
+            ", ".join(f"{j.id}:{j.pipeline}" for j in jobs) or "none (no pipeline configured)",
+        )
+    return len(results)
+
+
+def expire_leases(
+    cfg: NodeConfig, sessions: sessionmaker[Session], now: datetime | None = None
+) -> int:
+    with sessions.begin() as session:
+        expired = queue.requeue_expired(session, now=now or utc_now(), policy=retry_policy(cfg))
+    for job in expired:
+        logger.warning("job %d lease expired: now %s (%s)", job.id, job.status, job.last_error)
+    return len(expired)
+
+
+def _guarded(name: str, fn: Callable[[], object]) -> Callable[[], None]:
+    def run() -> None:
+        try:
+            fn()
+        except Exception:
+            logger.exception("scheduled task %s failed; it runs again on schedule", name)
+
+    return run
+
+
+def start_scheduler(cfg: NodeConfig, sessions: sessionmaker[Session]) -> BackgroundScheduler:
+    """Start the background scheduler; the first runs happen at once."""
+    scheduler = BackgroundScheduler(timezone="UTC")
+    for name, fn, every in (
+        ("completion", lambda: run_completion(cfg, sessions), cfg.completion.check_interval_s),
+        ("lease-expiry", lambda: expire_leases(cfg, sessions), cfg.queue.lease_check_interval_s),
+    ):
+        scheduler.add_job(
+            _guarded(name, fn),
+            "interval",
+            seconds=every,
+            id=name,
+            max_instances=1,
+            coalesce=True,
+            next_run_time=utc_now(),
+            misfire_grace_time=None,
+        )
+    scheduler.start()
+    return scheduler

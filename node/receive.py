@@ -1,0 +1,135 @@
+"""Receiving one instance: validate, write durably, index; only then succeed.
+
+This is the whole C-STORE logic without the network, so it can be tested
+directly; ``node.handlers`` only adapts pynetdicom events to it.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from node.config import DuplicatePolicy
+from node.dicom_in import file_meta_bytes, read_instance_header
+from node.errors import InvalidUid, OutOfResources, UidMismatch
+from node.status import StoreStatus
+from storage.index import find_instance_path, index_instance
+from storage.records import IndexOutcome, IndexResult, StoredInstance
+from storage.spool import Spool, is_safe_uid
+
+__all__ = ["ReceiveDeps", "receive_instance", "utc_now"]
+
+logger = logging.getLogger(__name__)
+
+_DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReceiveDeps:
+    """What the store handler needs; shared by all association threads."""
+
+    spool: Spool
+    sessions: sessionmaker[Session]
+    on_duplicate: DuplicatePolicy
+    min_free_bytes: int
+    clock: Callable[[], datetime] = utc_now
+
+
+def receive_instance(
+    deps: ReceiveDeps,
+    *,
+    dataset: bytes,
+    transfer_syntax_uid: str,
+    requested_sop_class_uid: str,
+    requested_sop_instance_uid: str,
+    calling_ae_title: str,
+) -> IndexResult:
+    """Store one received dataset durably and index it.
+
+    Raises
+    ------
+    StoreRejected
+        With the DIMSE status and comment to answer; nothing was indexed.
+    """
+    header = read_instance_header(dataset, transfer_syntax_uid)
+    if header.sop_class_uid != requested_sop_class_uid:
+        raise UidMismatch(
+            f"SOP Class UID {header.sop_class_uid} in dataset, {requested_sop_class_uid} in request"
+        )
+    if header.sop_instance_uid != requested_sop_instance_uid:
+        raise UidMismatch(
+            f"SOP Instance UID {header.sop_instance_uid} in dataset, "
+            f"{requested_sop_instance_uid} in request"
+        )
+    for name, uid in (
+        ("SOP Instance UID", header.sop_instance_uid),
+        ("Study Instance UID", header.study_instance_uid),
+        ("Series Instance UID", header.series_instance_uid),
+    ):
+        if not is_safe_uid(uid):
+            raise InvalidUid(f"invalid {name}: {uid[:40]}")
+
+    meta = file_meta_bytes(
+        sop_class_uid=header.sop_class_uid,
+        sop_instance_uid=header.sop_instance_uid,
+        transfer_syntax_uid=transfer_syntax_uid,
+        source_ae_title=calling_ae_title,
+    )
+    spool = deps.spool
+    try:
+        free = spool.free_bytes()
+        if free - len(meta) - len(dataset) < deps.min_free_bytes:
+            raise OutOfResources(
+                f"disk reserve reached: {free // 2**20} MiB free, "
+                f"{deps.min_free_bytes // 2**20} MiB kept"
+            )
+        final = spool.instance_path(
+            header.study_instance_uid, header.series_instance_uid, header.sop_instance_uid
+        )
+        staged, size = spool.stage((meta, dataset), header.sop_instance_uid)
+    except OSError as exc:
+        if exc.errno in _DISK_FULL:
+            raise OutOfResources(f"disk full: {exc.strerror}") from exc
+        raise OutOfResources(f"cannot write instance: {exc.strerror}") from exc
+
+    stored = StoredInstance(
+        header=header,
+        path=final,
+        size_bytes=size,
+        calling_ae_title=calling_ae_title,
+        received_at=deps.clock(),
+    )
+    replace = deps.on_duplicate is DuplicatePolicy.REPLACE
+    try:
+        with deps.sessions.begin() as session:
+            if not replace and find_instance_path(session, header.sop_instance_uid) is not None:
+                result = IndexResult(outcome=IndexOutcome.KEPT_EXISTING)
+            else:
+                # Publish inside the transaction: the file is in place before
+                # the row that points to it is committed.
+                spool.publish(staged, final)
+                result = index_instance(session, stored, replace=replace)
+    except OSError as exc:
+        spool.discard(staged)
+        raise OutOfResources(f"cannot write instance: {exc.strerror}") from exc
+    except SQLAlchemyError as exc:
+        spool.discard(staged)
+        raise OutOfResources(
+            f"index unavailable: {type(getattr(exc, 'orig', None) or exc).__name__}",
+            StoreStatus.OUT_OF_RESOURCES_INDEX,
+        ) from exc
+    if result.outcome is IndexOutcome.KEPT_EXISTING:
+        spool.discard(staged)
+    if result.previous_path is not None:
+        spool.remove(result.previous_path)
+    return result

@@ -1,0 +1,166 @@
+"""``ainode serve``: the main process and its listener processes.
+
+The main process owns the data folder (an exclusive lock), migrates the
+database, clears interrupted writes, runs the scheduler (completion, lease
+expiry) and supervises the listeners: with ``listener_processes = 1`` the
+listener runs in-process, otherwise each runs in a child process on the
+shared port and a child that dies is restarted.
+
+SIGTERM (or Ctrl-C): stop accepting, let running associations finish for
+``shutdown_grace_s``, exit 0.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import threading
+from multiprocessing.process import BaseProcess
+from multiprocessing.synchronize import Event as MpEvent
+from pathlib import Path
+from typing import IO
+
+from node.config import NodeConfig
+from node.housekeeping import start_scheduler
+from node.logs import configure_logging
+from node.server import start_listener, stop_listener
+from storage.db import create_sqlite_engine, make_sessionmaker, migrate
+from storage.spool import Spool
+
+__all__ = ["ServeError", "listener_main", "serve"]
+
+logger = logging.getLogger(__name__)
+
+_READY_TIMEOUT_S = 60.0
+_mp = multiprocessing.get_context("spawn")
+
+
+class ServeError(RuntimeError):
+    """The node cannot start; the message says why."""
+
+
+def _lock_data_dir(data_dir: Path) -> IO[bytes]:
+    handle = open(data_dir / "ainode.lock", "wb")  # held open for the life of the process
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise ServeError(f"another ainode process is using the data folder {data_dir}") from None
+    return handle
+
+
+def _check_port_free(address: str, port: int) -> None:
+    """Fail early and clearly if something already listens on the port."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((address, port))
+        except OSError as exc:
+            reason = "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+            raise ServeError(f"cannot listen on {address}:{port}: {reason}") from None
+
+
+def _install_stop_handlers(stop: threading.Event) -> None:
+    def on_signal(signum: int, _frame: object) -> None:
+        logger.info("%s received: shutting down", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+
+def listener_main(cfg: NodeConfig, ready: MpEvent) -> None:
+    """Entry point of a listener child process."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent forwards SIGTERM
+    configure_logging(cfg.logging)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    engine = create_sqlite_engine(cfg.storage.database_path)
+    server = start_listener(cfg, make_sessionmaker(engine), share_port=True)
+    ready.set()
+    parent = os.getppid()
+    while not stop.wait(0.5):
+        if os.getppid() != parent:
+            logger.error("main process is gone: listener stops")
+            break
+    stop_listener(server, cfg.node.shutdown_grace_s)
+    engine.dispose()
+
+
+def _spawn(cfg: NodeConfig, index: int) -> tuple[BaseProcess, MpEvent]:
+    ready = _mp.Event()
+    child = _mp.Process(target=listener_main, args=(cfg, ready), name=f"listener-{index}")
+    child.start()
+    return child, ready
+
+
+def _wait_ready(children: list[tuple[BaseProcess, MpEvent]]) -> None:
+    for child, ready in children:
+        if not ready.wait(_READY_TIMEOUT_S) or not child.is_alive():
+            raise ServeError(f"{child.name} did not start (exit code {child.exitcode})")
+
+
+def serve(cfg: NodeConfig) -> int:
+    """Run the node until SIGTERM; return the process exit code."""
+    spool = Spool(cfg.storage.data_dir)
+    removed = spool.prepare()
+    lock = _lock_data_dir(cfg.storage.data_dir)
+    if removed:
+        logger.warning("removed %d partial file(s) left by an interrupted write", removed)
+    engine = create_sqlite_engine(cfg.storage.database_path)
+    migrate(engine)
+    sessions = make_sessionmaker(engine)
+    node = cfg.node
+    _check_port_free(node.bind_address, node.port)
+    if not cfg.peers:
+        logger.warning("no [[peers]] configured: any calling AE title from any host is accepted")
+    stop = threading.Event()
+    _install_stop_handlers(stop)
+    server = None
+    children: list[tuple[BaseProcess, MpEvent]] = []
+    if node.listener_processes == 1:
+        server = start_listener(cfg, sessions, share_port=False)
+    else:
+        children = [_spawn(cfg, i + 1) for i in range(node.listener_processes)]
+        try:
+            _wait_ready(children)
+        except ServeError:
+            for child, _ in children:
+                child.kill()
+            raise
+    scheduler = start_scheduler(cfg, sessions)
+    logger.info(
+        "ainode %s listening on %s:%d (%d listener process%s), data in %s",
+        node.ae_title,
+        node.bind_address,
+        node.port,
+        node.listener_processes,
+        "" if node.listener_processes == 1 else "es",
+        cfg.storage.data_dir,
+    )
+    while not stop.wait(0.5):
+        for i, (child, _ready) in enumerate(children):
+            if not child.is_alive():
+                logger.error("%s died (exit code %s): restarting it", child.name, child.exitcode)
+                children[i] = _spawn(cfg, i + 1)
+    for child, _ in children:
+        if child.pid is not None and child.is_alive():
+            os.kill(child.pid, signal.SIGTERM)
+    if server is not None:
+        stop_listener(server, node.shutdown_grace_s)
+    for child, _ in children:
+        child.join(node.shutdown_grace_s + 10)
+        if child.is_alive():
+            logger.error("%s did not stop: killing it", child.name)
+            child.kill()
+    scheduler.shutdown(wait=True)
+    engine.dispose()
+    lock.close()
+    logger.info("ainode stopped")
+    return 0
