@@ -9,6 +9,8 @@ from __future__ import annotations
 import zlib
 from io import BytesIO
 
+from pydicom import config
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
@@ -34,6 +36,14 @@ __all__ = [
 IMPLEMENTATION_CLASS_UID = "2.25.230811597091623041690644274148045364484"
 IMPLEMENTATION_VERSION_NAME = "AINODE_0_1"
 
+# The node stores what it receives byte for byte and reads only a few
+# attributes: odd values elsewhere (a UI with a bad character, a DS with too
+# many digits) must neither warn per instance nor fail the store. The UIDs the
+# node relies on are checked explicitly in node.receive.
+config.settings.reading_validation_mode = config.IGNORE
+
+_UNDEFINED_LENGTH = 0xFFFFFFFF
+
 _REQUIRED = (
     ("SOPClassUID", "(0008,0016) SOP Class UID"),
     ("SOPInstanceUID", "(0008,0018) SOP Instance UID"),
@@ -58,6 +68,18 @@ def _text(ds: Dataset, keyword: str) -> str:
     return str(value).strip()
 
 
+def _check_complete(ds: Dataset) -> None:
+    """pydicom reads a short value without complaint: a truncated dataset must not pass."""
+    for elem in ds.elements():
+        if isinstance(elem, RawDataElement) and elem.length != _UNDEFINED_LENGTH:
+            got = len(elem.value) if elem.value is not None else 0
+            if got < elem.length:
+                raise MalformedDataset(
+                    f"dataset truncated in ({elem.tag.group:04X},{elem.tag.element:04X}): "
+                    f"{got} of {elem.length} bytes"
+                )
+
+
 def read_instance_header(raw: bytes, transfer_syntax_uid: str) -> InstanceHeader:
     """Parse a received dataset and return what the index keeps.
 
@@ -77,6 +99,7 @@ def read_instance_header(raw: bytes, transfer_syntax_uid: str) -> InstanceHeader
         )
         if len(ds) == 0:
             raise MalformedDataset("empty dataset")
+        _check_complete(ds)
         values = {kw: _text(ds, kw) for kw, _ in _REQUIRED}
         header = InstanceHeader(
             sop_class_uid=values["SOPClassUID"],

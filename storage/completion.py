@@ -71,13 +71,14 @@ def _close(session: Session, *, level: str, now: datetime, quiet_s: float) -> li
             Series.instance_count,
         )
     ).all()
-    study_uids = dict(
-        session.execute(
+    study_uids: dict[int, str] = {
+        study_id: uid
+        for study_id, uid in session.execute(
             select(Study.id, Study.study_instance_uid).where(
                 Study.id.in_({r.study_id for r in series_rows})
             )
-        ).tuples()
-    )
+        )
+    }
     return [
         CompletionEvent(
             level=level,

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Set up ainode on a fresh Debian/Ubuntu machine: system tools and a virtualenv.
+#   scripts/setup.sh          runtime only
+#   scripts/setup.sh --dev    also the test and lint tools
+# Idempotent: re-running only installs what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+group=""
+[[ "${1:-}" == "--dev" ]] && group="dev"
+
+# dcmtk: storescu/echoscu/storescp (tests, benchmarks, sending studies);
+# dicom3tools: dciodvfy/dcentvfy (validating every object the node writes).
+need=()
+command -v storescu >/dev/null || need+=(dcmtk)
+command -v dciodvfy >/dev/null || need+=(dicom3tools)
+python3 -c "import venv, ensurepip" 2>/dev/null || need+=(python3-venv)
+if ((${#need[@]})); then
+  sudo=""
+  [[ $(id -u) -ne 0 ]] && sudo="sudo"
+  echo "setup: installing ${need[*]}" >&2
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+if [[ ! -x .venv/bin/python ]]; then
+  python3 -m venv .venv
+fi
+# pip >= 25.1 reads [dependency-groups] from pyproject.toml.
+.venv/bin/python -m pip install -q --upgrade "pip>=25.1"
+if [[ -n "$group" ]]; then
+  .venv/bin/python -m pip install -q -e . --group "$group"
+else
+  .venv/bin/python -m pip install -q -e .
+fi
+echo "setup: ready (.venv/bin/ainode)" >&2

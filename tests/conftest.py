@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+import shutil
+import textwrap
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy.orm import Session, sessionmaker
+
+from node.config import NodeConfig, load_config
+from storage.db import create_sqlite_engine, make_sessionmaker, migrate
+from tests.peers import NodeProcess, free_port
+
+ConfigFactory = Callable[..., Path]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    missing = [t for t in ("storescu", "echoscu") if shutil.which(t) is None]
+    if not missing:
+        return
+    # Network tests need dcmtk: fail loudly in CI rather than skip silently.
+    for item in items:
+        if "network" in item.keywords:
+            item.add_marker(pytest.mark.skip(reason=f"dcmtk missing: {', '.join(missing)}"))
+
+
+@pytest.fixture
+def write_config(tmp_path: Path) -> ConfigFactory:
+    """Write a config.toml into tmp_path: ``write_config(node={...}, extra="...")``."""
+
+    def factory(text: str = "", **tables: dict[str, object]) -> Path:
+        body = []
+        for name, values in tables.items():
+            body.append(f"[{name}]")
+            for key, value in values.items():
+                body.append(f"{key} = {_toml(value)}")
+        path = tmp_path / "config.toml"
+        path.write_text("\n".join(body) + "\n" + textwrap.dedent(text))
+        return path
+
+    return factory
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return repr(value)
+
+
+@pytest.fixture
+def sessions(tmp_path: Path) -> Iterator[sessionmaker[Session]]:
+    engine = create_sqlite_engine(tmp_path / "test.sqlite3")
+    migrate(engine)
+    yield make_sessionmaker(engine)
+    engine.dispose()
+
+
+@pytest.fixture
+def node_factory(
+    tmp_path: Path, write_config: ConfigFactory
+) -> Iterator[Callable[..., tuple[NodeProcess, NodeConfig]]]:
+    """Start ``ainode serve`` processes on free loopback ports; all stopped at teardown."""
+    started: list[NodeProcess] = []
+
+    def factory(
+        text: str = "", *, start: bool = True, **tables: dict[str, object]
+    ) -> tuple[NodeProcess, NodeConfig]:
+        node = {
+            "port": free_port(),
+            "listener_processes": 1,
+            "shutdown_grace_s": 20,
+            **tables.pop("node", {}),
+        }
+        storage = {"data_dir": "data", "min_free_mb": 0, **tables.pop("storage", {})}
+        completion = {"quiet_period_s": 2, "check_interval_s": 0.2, **tables.pop("completion", {})}
+        path = write_config(
+            text + '\n[[pipelines]]\nname = "default"\n',
+            node=node,
+            storage=storage,
+            completion=completion,
+            **tables,
+        )
+        cfg = load_config(path)
+        proc = NodeProcess(path, cfg.node.port, tmp_path / "node.log")
+        started.append(proc)
+        if start:
+            proc.start()
+        return proc, cfg
+
+    yield factory
+    for proc in started:
+        proc.stop()

@@ -1,0 +1,119 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from node.__main__ import main
+from node.config import CompletionLevel, ConfigError, DuplicatePolicy, load_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_shipped_config_is_valid() -> None:
+    cfg = load_config(REPO / "config.toml")
+    assert cfg.node.ae_title == "AINODE"
+    assert cfg.node.port == 11112
+    assert cfg.storage.data_dir == REPO / "data"
+    assert [p.name for p in cfg.pipelines] == ["default"]
+
+
+def test_defaults_and_relative_paths(write_config) -> None:
+    (write_config().parent / "spool").mkdir()
+    path = write_config(storage={"data_dir": "spool/here"})
+    cfg = load_config(path)
+    assert cfg.storage.data_dir == path.parent / "spool" / "here"
+    assert cfg.storage.on_duplicate is DuplicatePolicy.KEEP
+    assert cfg.completion.level is CompletionLevel.STUDY
+    assert cfg.completion.quiet_period_s == 20
+    assert cfg.node.max_associations >= 16
+    assert cfg.peers == ()
+
+
+def test_config_from_environment(write_config, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write_config(node={"ae_title": "FROMENV"})
+    monkeypatch.setenv("AINODE_CONFIG", str(path))
+    assert load_config().node.ae_title == "FROMENV"
+
+
+@pytest.mark.parametrize(
+    ("tables", "text", "message"),
+    [
+        ({"node": {"ae_title": "A" * 17}}, "", "[node] ae_title: must be at most 16 characters"),
+        ({"node": {"ae_title": "BAD\\AE"}}, "", "[node] ae_title: must not contain a backslash"),
+        ({"node": {"ae_title": "BAD\tAE"}}, "", "[node] ae_title: must not contain control"),
+        ({"node": {"ae_title": "   "}}, "", "[node] ae_title: must not be empty"),
+        ({"node": {"port": 70000}}, "", "[node] port: must be at most 65535"),
+        ({"node": {"port": 0}}, "", "[node] port: must be at least 1"),
+        ({"node": {"port": "11112"}}, "", "[node] port: must be an integer"),
+        ({"node": {"bind_address": "localhost"}}, "", "[node] bind_address: must be an IPv4"),
+        ({"node": {"colour": "blue"}}, "", "[node]: unknown key(s): colour"),
+        ({"storage": {"on_duplicate": "merge"}}, "", "[storage] on_duplicate: must be one of"),
+        (
+            {"storage": {"data_dir": "no/such/parent/data"}},
+            "",
+            "[storage] data_dir: the folder that holds it must exist",
+        ),
+        ({"completion": {"level": "patient"}}, "", "[completion] level: must be one of"),
+        (
+            {"completion": {"quiet_period_s": 0}},
+            "",
+            "[completion] quiet_period_s: must be at least",
+        ),
+        ({"queue": {"max_attempts": 0}}, "", "[queue] max_attempts: must be at least 1"),
+        ({}, "[[peers]]\nhost = '10.0.0.1'\n", "[[peers]] #1 ae_title: is required"),
+        (
+            {},
+            "[[peers]]\nae_title = 'CT1'\nhost = 'ct.example'\n",
+            "[[peers]] #1 host: must be an IP address or network",
+        ),
+        (
+            {},
+            "[[pipelines]]\nname = 'a'\n[[pipelines]]\nname = 'a'\n",
+            "[[pipelines]] #2 name: must be unique",
+        ),
+        ({}, "surprise = 1\n", "top level: unknown key(s): surprise"),
+    ],
+)
+def test_errors_name_the_key_and_the_rule(write_config, tables, text, message) -> None:
+    path = write_config(text, **tables)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert message in str(info.value)
+    assert str(path) in str(info.value)
+
+
+def test_invalid_toml_and_missing_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[node\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "missing.toml")
+
+
+def test_peer_matching(write_config) -> None:
+    path = write_config(
+        "[[peers]]\nae_title = 'CT1'\nhost = '10.1.0.0/16'\n[[peers]]\nae_title = 'ANY'\n"
+    )
+    ct1, anywhere = load_config(path).peers
+    assert ct1.allows("CT1", "10.1.2.3")
+    assert not ct1.allows("CT1", "10.2.0.1")
+    assert not ct1.allows("CT2", "10.1.2.3")
+    assert anywhere.allows("ANY ", "192.0.2.1")
+
+
+def test_cli_check_config(write_config, capsys: pytest.CaptureFixture[str]) -> None:
+    good = write_config()
+    assert main(["check-config", "--config", str(good)]) == 0
+    assert "OK" in capsys.readouterr().out
+    bad = write_config(node={"ae_title": "WAY_TOO_LONG_AE_TITLE"})
+    assert main(["check-config", "--config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "[node] ae_title: must be at most 16 characters (got 21)" in err
+
+
+def test_cli_serve_refuses_bad_config(write_config, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = write_config(node={"port": -1})
+    assert main(["serve", "--config", str(bad)]) == 2
+    assert "[node] port: must be at least 1" in capsys.readouterr().err

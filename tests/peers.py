@@ -1,0 +1,184 @@
+"""Real peers for network tests: the ainode process and dcmtk's command-line tools.
+
+Every loop here is bounded in time; every process is stopped by the fixture that
+started it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def echoscu(
+    port: int, *, aec: str = "AINODE", aet: str = "ECHOSCU"
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["echoscu", "-aet", aet, "-aec", aec, "127.0.0.1", str(port)],
+        capture_output=True,
+        text=True,
+        env=DCMTK_ENV,
+        timeout=30,
+    )
+
+
+def storescu(
+    port: int,
+    files: Sequence[Path],
+    *,
+    aec: str = "AINODE",
+    aet: str = "STORESCU",
+    extra: Sequence[str] = (),
+    timeout: float = 300,
+) -> subprocess.CompletedProcess[str]:
+    """Send ``files`` in one association with dcmtk storescu; all output in ``stdout``."""
+    return subprocess.run(
+        [
+            "storescu",
+            "-v",
+            "-aet",
+            aet,
+            "-aec",
+            aec,
+            *extra,
+            "127.0.0.1",
+            str(port),
+            *map(str, files),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=DCMTK_ENV,
+        timeout=timeout,
+    )
+
+
+_SENDING = re.compile(r"^I: Sending file: (.+)$")
+_RESPONSE = re.compile(r"^I: Received Store Response(?: \((.+)\))?$")
+_DEBUG_STATUS = re.compile(r"^D: DIMSE Status\s+: (0x[0-9a-f]{4})")
+
+
+def acknowledged(storescu_output: str) -> dict[Path, str]:
+    """Map each file storescu sent to the status it printed.
+
+    With ``-v`` the status is storescu's text ("Success"); with ``-d`` it is the
+    hex code ("0x0000", "0xc001"), read from the response dump.
+    """
+    result: dict[Path, str] = {}
+    current: Path | None = None
+    for line in storescu_output.splitlines():
+        if m := _SENDING.match(line):
+            current = Path(m.group(1))
+        elif (m := _RESPONSE.match(line)) and current is not None:
+            if m.group(1):
+                result[current] = m.group(1)
+                current = None
+        elif (m := _DEBUG_STATUS.match(line)) and current is not None:
+            result[current] = m.group(1)
+            current = None
+    return result
+
+
+class NodeProcess:
+    """``ainode serve`` in its own process group, on 127.0.0.1."""
+
+    def __init__(self, config: Path, port: int, log: Path) -> None:
+        self.config = config
+        self.port = port
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, *, wait: bool = True) -> NodeProcess:
+        self._log_handle = open(self.log, "ab")  # closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "node", "serve", "--config", str(self.config)],
+            stdout=self._log_handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"ainode exited with {self.proc.returncode}:\n{self.output()}")
+            echo = echoscu(self.port)
+            # Rejected (the test's [[peers]] may not allow ECHOSCU) still means listening.
+            if echo.returncode == 0 or "Association Rejected" in echo.stdout + echo.stderr:
+                return
+            time.sleep(0.2)
+        raise TimeoutError(f"ainode did not answer C-ECHO within {timeout} s:\n{self.output()}")
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def terminate(self, timeout: float = 60) -> int:
+        """SIGTERM and wait; return the exit code."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout)
+        self._log_handle.close()
+        return code
+
+    def kill9(self) -> None:
+        """kill -9 the whole node: main process and listener children at once."""
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(30)
+        self._log_handle.close()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait(30)
+            self._log_handle.close()
+
+
+class StoreScp:
+    """dcmtk ``storescp +B``: a reference receiver that writes datasets exactly as received."""
+
+    def __init__(self, folder: Path, port: int, log: Path) -> None:
+        self.folder = folder
+        self.port = port
+        folder.mkdir(parents=True, exist_ok=True)
+        self._log = open(log, "ab")  # closed in stop()
+        self.proc = subprocess.Popen(
+            ["storescp", "+B", "+xa", "-aet", "AINODE", "-od", str(folder), str(port)],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=DCMTK_ENV,
+        )
+        deadline = time.monotonic() + 30
+        while echoscu(port).returncode != 0:
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                self.stop()
+                raise RuntimeError("storescp did not start")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(30)
+        self._log.close()

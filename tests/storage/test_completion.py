@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from storage import queue
+from storage.completion import PipelineTarget, complete_due
+from storage.index import index_instance
+from storage.records import InstanceHeader, StoredInstance
+
+T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+PIPELINES = [PipelineTarget(name="default", priority=100, max_attempts=3)]
+
+
+def _store(sessions, sop: str, *, study: str = "1.1", series: str = "1.1.1", at: datetime = T0):
+    header = InstanceHeader(
+        sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+        sop_instance_uid=sop,
+        study_instance_uid=study,
+        series_instance_uid=series,
+        transfer_syntax_uid="1.2.840.10008.1.2.1",
+        modality="CT",
+    )
+    stored = StoredInstance(
+        header=header,
+        path=Path(f"/x/{sop}.dcm"),
+        size_bytes=1,
+        calling_ae_title="CT",
+        received_at=at,
+    )
+    with sessions.begin() as s:
+        return index_instance(s, stored, replace=False)
+
+
+def _complete(sessions, now: datetime, level: str = "study"):
+    with sessions.begin() as s:
+        return complete_due(s, level=level, quiet_s=20, now=now, pipelines=PIPELINES)
+
+
+def test_study_completes_after_the_quiet_period_once(sessions) -> None:
+    _store(sessions, "1.1.1.1", at=T0)
+    _store(sessions, "1.1.1.2", at=T0 + timedelta(seconds=10))
+    assert _complete(sessions, T0 + timedelta(seconds=29)) == []
+    done = _complete(sessions, T0 + timedelta(seconds=30))
+    assert len(done) == 1
+    event, jobs = done[0]
+    assert event.study_instance_uid == "1.1" and event.instance_count == 2
+    assert event.event_number == 1 and len(jobs) == 1
+    assert _complete(sessions, T0 + timedelta(hours=1)) == []
+    with sessions.begin() as s:
+        assert queue.counts_by_status(s)["todo"] == 1
+
+
+def test_late_instance_reopens_and_completes_again(sessions) -> None:
+    _store(sessions, "1.1.1.1", at=T0)
+    _complete(sessions, T0 + timedelta(seconds=20))
+    with sessions.begin() as s:
+        queue.claim_next(s, worker="w", lease_s=60, now=T0 + timedelta(seconds=21))
+    late = _store(sessions, "1.1.1.9", at=T0 + timedelta(minutes=5))
+    assert late.study_reopened
+    ((event, jobs),) = _complete(sessions, T0 + timedelta(minutes=6))
+    assert event.event_number == 2 and event.instance_count == 2
+    assert jobs[0].completion_event == 2
+    with sessions.begin() as s:
+        assert queue.counts_by_status(s) == {"todo": 1, "doing": 1, "succeeded": 0, "dead": 0}
+
+
+def test_series_level_completes_each_series(sessions) -> None:
+    _store(sessions, "1.1.1.1", series="1.1.1", at=T0)
+    _store(sessions, "1.1.2.1", series="1.1.2", at=T0 + timedelta(seconds=15))
+    first = _complete(sessions, T0 + timedelta(seconds=25), level="series")
+    assert [e.series_instance_uid for e, _ in first] == ["1.1.1"]
+    assert first[0][0].study_instance_uid == "1.1"
+    second = _complete(sessions, T0 + timedelta(seconds=40), level="series")
+    assert [e.series_instance_uid for e, _ in second] == ["1.1.2"]
