@@ -6,9 +6,11 @@ these functions only read and write rows in it.
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
+from typing import cast
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Connection, Table, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from storage.models import Instance, ReceiveState, Series, Study
@@ -19,10 +21,8 @@ __all__ = ["find_instance_path", "index_instance", "instance_paths", "study_coun
 
 def find_instance_path(session: Session, sop_instance_uid: str) -> Path | None:
     """The stored file of an indexed instance, or None."""
-    path = session.scalar(
-        select(Instance.path).where(Instance.sop_instance_uid == sop_instance_uid)
-    )
-    return None if path is None else Path(path)
+    row = session.connection().execute(_FIND_INSTANCE, {"uid": sop_instance_uid}).first()
+    return None if row is None else Path(row.path)
 
 
 def instance_paths(session: Session, study_instance_uid: str) -> list[Path]:
@@ -44,84 +44,115 @@ def _merge_modalities(current: str, modality: str) -> str:
     return "\\".join(values)
 
 
-def _upsert_study(session: Session, h: InstanceHeader, stored: StoredInstance, added: int) -> bool:
+# Statements are built once: the per-instance path runs them on the session's
+# connection (Core), which costs a fraction of ORM unit-of-work flushes.
+_studies = cast(Table, Study.__table__)
+_series = cast(Table, Series.__table__)
+_instances = cast(Table, Instance.__table__)
+
+_FIND_INSTANCE = select(_instances.c.id, _instances.c.path).where(
+    _instances.c.sop_instance_uid == bindparam("uid")
+)
+_FIND_STUDY = select(_studies.c.id, _studies.c.state, _studies.c.modalities).where(
+    _studies.c.study_instance_uid == bindparam("uid")
+)
+_INSERT_STUDY = insert(_studies).returning(_studies.c.id)
+_TOUCH_STUDY = (
+    update(_studies)
+    .where(_studies.c.id == bindparam("row_id"))
+    .values(
+        instance_count=_studies.c.instance_count + bindparam("added"),
+        last_received_at=bindparam("now"),
+        state=ReceiveState.RECEIVING.value,
+        reopen_count=_studies.c.reopen_count + bindparam("reopened"),
+        modalities=bindparam("modalities"),
+    )
+)
+_FIND_SERIES = select(_series.c.id, _series.c.state).where(
+    _series.c.series_instance_uid == bindparam("uid")
+)
+_INSERT_SERIES = insert(_series).returning(_series.c.id)
+_TOUCH_SERIES = (
+    update(_series)
+    .where(_series.c.id == bindparam("row_id"))
+    .values(
+        instance_count=_series.c.instance_count + bindparam("added"),
+        last_received_at=bindparam("now"),
+        state=ReceiveState.RECEIVING.value,
+        reopen_count=_series.c.reopen_count + bindparam("reopened"),
+    )
+)
+_INSERT_INSTANCE = insert(_instances)
+_REPLACE_INSTANCE = update(_instances).where(_instances.c.id == bindparam("row_id"))
+
+
+def _receiving(now: datetime, added: int) -> dict[str, object]:
+    return {
+        "instance_count": added,
+        "state": ReceiveState.RECEIVING.value,
+        "first_received_at": now,
+        "last_received_at": now,
+        "completion_count": 0,
+        "reopen_count": 0,
+    }
+
+
+def _upsert_study(conn: Connection, h: InstanceHeader, now: datetime, added: int) -> bool:
     """Insert or touch the study row; return True if a complete study re-opened."""
-    now = stored.received_at
-    row = session.execute(
-        select(Study.id, Study.state, Study.modalities).where(
-            Study.study_instance_uid == h.study_instance_uid
-        )
-    ).first()
+    row = conn.execute(_FIND_STUDY, {"uid": h.study_instance_uid}).first()
     if row is None:
-        session.add(
-            Study(
-                study_instance_uid=h.study_instance_uid,
-                patient_id=h.patient_id,
-                accession_number=h.accession_number,
-                study_date=h.study_date,
-                study_description=h.study_description,
-                modalities=h.modality,
-                instance_count=added,
-                state=ReceiveState.RECEIVING,
-                first_received_at=now,
-                last_received_at=now,
-                completion_count=0,
-                reopen_count=0,
-            )
+        conn.execute(
+            _INSERT_STUDY,
+            {
+                "study_instance_uid": h.study_instance_uid,
+                "patient_id": h.patient_id,
+                "accession_number": h.accession_number,
+                "study_date": h.study_date,
+                "study_description": h.study_description,
+                "modalities": h.modality,
+                **_receiving(now, added),
+            },
         )
-        session.flush()
         return False
     reopened: bool = row.state == ReceiveState.COMPLETE
-    session.execute(
-        update(Study)
-        .where(Study.id == row.id)
-        .values(
-            instance_count=Study.instance_count + added,
-            last_received_at=now,
-            state=ReceiveState.RECEIVING,
-            reopen_count=Study.reopen_count + (1 if reopened else 0),
-            modalities=_merge_modalities(row.modalities, h.modality),
-        )
+    conn.execute(
+        _TOUCH_STUDY,
+        {
+            "row_id": row.id,
+            "added": added,
+            "now": now,
+            "reopened": int(reopened),
+            "modalities": _merge_modalities(row.modalities, h.modality),
+        },
     )
     return reopened
 
 
-def _upsert_series(session: Session, h: InstanceHeader, stored: StoredInstance, added: int) -> int:
-    now = stored.received_at
-    row = session.execute(
-        select(Series.id, Series.state).where(Series.series_instance_uid == h.series_instance_uid)
-    ).first()
+def _upsert_series(conn: Connection, h: InstanceHeader, now: datetime, added: int) -> int:
+    row = conn.execute(_FIND_SERIES, {"uid": h.series_instance_uid}).first()
     if row is None:
-        study_id = session.scalar(
-            select(Study.id).where(Study.study_instance_uid == h.study_instance_uid)
-        )
-        series = Series(
-            series_instance_uid=h.series_instance_uid,
-            study_id=study_id,
-            modality=h.modality,
-            body_part_examined=h.body_part_examined,
-            series_description=h.series_description,
-            series_number=h.series_number,
-            instance_count=added,
-            state=ReceiveState.RECEIVING,
-            first_received_at=now,
-            last_received_at=now,
-            completion_count=0,
-            reopen_count=0,
-        )
-        session.add(series)
-        session.flush()
-        return series.id
-    reopened = row.state == ReceiveState.COMPLETE
-    session.execute(
-        update(Series)
-        .where(Series.id == row.id)
-        .values(
-            instance_count=Series.instance_count + added,
-            last_received_at=now,
-            state=ReceiveState.RECEIVING,
-            reopen_count=Series.reopen_count + (1 if reopened else 0),
-        )
+        study_id = conn.execute(_FIND_STUDY, {"uid": h.study_instance_uid}).one().id
+        new_id: int = conn.execute(
+            _INSERT_SERIES,
+            {
+                "series_instance_uid": h.series_instance_uid,
+                "study_id": study_id,
+                "modality": h.modality,
+                "body_part_examined": h.body_part_examined,
+                "series_description": h.series_description,
+                "series_number": h.series_number,
+                **_receiving(now, added),
+            },
+        ).scalar_one()
+        return new_id
+    conn.execute(
+        _TOUCH_SERIES,
+        {
+            "row_id": row.id,
+            "added": added,
+            "now": now,
+            "reopened": int(row.state == ReceiveState.COMPLETE),
+        },
     )
     series_id: int = row.id
     return series_id
@@ -136,29 +167,27 @@ def index_instance(session: Session, stored: StoredInstance, *, replace: bool) -
     existing row is kept untouched.
     """
     h = stored.header
-    existing = session.execute(
-        select(Instance.id, Instance.path).where(Instance.sop_instance_uid == h.sop_instance_uid)
-    ).first()
+    conn = session.connection()
+    existing = conn.execute(_FIND_INSTANCE, {"uid": h.sop_instance_uid}).first()
     if existing is not None and not replace:
         return IndexResult(outcome=IndexOutcome.KEPT_EXISTING)
     added = 0 if existing is not None else 1
-    reopened = _upsert_study(session, h, stored, added)
-    series_id = _upsert_series(session, h, stored, added)
+    now = stored.received_at
+    reopened = _upsert_study(conn, h, now, added)
     values = {
-        "series_id": series_id,
+        "series_id": _upsert_series(conn, h, now, added),
         "sop_class_uid": h.sop_class_uid,
         "transfer_syntax_uid": h.transfer_syntax_uid,
         "instance_number": h.instance_number,
         "size_bytes": stored.size_bytes,
         "path": str(stored.path),
         "calling_ae_title": stored.calling_ae_title,
-        "received_at": stored.received_at,
+        "received_at": now,
     }
     if existing is None:
-        session.add(Instance(sop_instance_uid=h.sop_instance_uid, **values))
-        session.flush()
+        conn.execute(_INSERT_INSTANCE, {"sop_instance_uid": h.sop_instance_uid, **values})
         return IndexResult(outcome=IndexOutcome.NEW, study_reopened=reopened)
-    session.execute(update(Instance).where(Instance.id == existing.id).values(**values))
+    conn.execute(_REPLACE_INSTANCE, {"row_id": existing.id, **values})
     previous = Path(existing.path)
     return IndexResult(
         outcome=IndexOutcome.REPLACED,

@@ -1,0 +1,241 @@
+#!/usr/bin/env python3
+"""Ingest benchmark: ainode against dcmtk storescp and Orthanc, same data, one run.
+
+Data come from ../shared/bench/make_study.py (200-slice 512x512 CT, 1000 small
+64x64 instances). Each receiver starts fresh for every run; the sender is dcmtk
+``storescu`` with TCP_NODELAY=1. Reported: median instances/s and MB/s over the
+runs, the receiver's peak RSS, and ainode's ratio to each anchor. Every run is
+verified: the receiver must hold every instance sent.
+
+Note: storescp never fsyncs (the speed of light); Orthanc (default settings) and
+ainode do, so Orthanc is the like-for-like peer.
+
+Usage: .venv/bin/python bench/ingest.py [--runs 3] [--processes 1,2] [--skip-orthanc]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_GENERATOR = ROOT.parent / "shared" / "bench" / "make_study.py"
+ENV = {**os.environ, "TCP_NODELAY": "1"}
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_echo(port: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"receiver exited with {proc.returncode}")
+        echo = subprocess.run(
+            ["echoscu", "-aec", "AINODE", "127.0.0.1", str(port)], capture_output=True, env=ENV
+        )
+        if echo.returncode == 0:
+            return
+        time.sleep(0.1)
+    raise TimeoutError("receiver did not answer C-ECHO")
+
+
+def peak_rss_mib(pid: int) -> float:
+    """VmHWM of a process and its children (ainode's listener processes)."""
+    pids = [pid]
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    if children.exists():
+        pids += [int(c) for c in children.read_text().split()]
+    total = 0
+    for p in pids:
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1])
+        except FileNotFoundError:
+            pass
+    return total / 1024
+
+
+@dataclass
+class Receiver:
+    name: str
+    start: Callable[[Path, int], subprocess.Popen[bytes]]
+    count: Callable[[Path, int], int]
+
+
+def start_storescp(work: Path, port: int) -> subprocess.Popen[bytes]:
+    out = work / "storescp"
+    out.mkdir()
+    return subprocess.Popen(
+        ["storescp", "+xa", "-aet", "AINODE", "-od", str(out), str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV,
+    )
+
+
+def count_storescp(work: Path, port: int) -> int:
+    return sum(1 for _ in (work / "storescp").iterdir())
+
+
+def start_orthanc(work: Path, port: int) -> subprocess.Popen[bytes]:
+    http = free_port()
+    (work / "orthanc.http").write_text(str(http))
+    config = {
+        "Name": "bench", "DicomAet": "AINODE", "DicomPort": port, "HttpPort": http,
+        "StorageDirectory": str(work / "orthanc-storage"),
+        "IndexDirectory": str(work / "orthanc-index"),
+        "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
+        "DicomCheckCalledAet": False, "Plugins": [], "ConcurrentJobs": 2,
+    }
+    (work / "orthanc.json").write_text(json.dumps(config))
+    return subprocess.Popen(
+        ["Orthanc", str(work / "orthanc.json")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+
+
+def count_orthanc(work: Path, port: int) -> int:
+    http = (work / "orthanc.http").read_text()
+    with urllib.request.urlopen(f"http://127.0.0.1:{http}/statistics", timeout=30) as r:
+        return int(json.load(r)["CountInstances"])
+
+
+def ainode_receiver(processes: int) -> Receiver:
+    def start(work: Path, port: int) -> subprocess.Popen[bytes]:
+        cfg = work / "config.toml"
+        cfg.write_text(
+            f'[node]\nport = {port}\nlistener_processes = {processes}\n'
+            f'[storage]\ndata_dir = "data"\nmin_free_mb = 0\n'
+            f'[logging]\nlevel = "WARNING"\n[[pipelines]]\nname = "default"\n'
+        )
+        return subprocess.Popen(
+            [sys.executable, "-m", "node", "serve", "--config", str(cfg)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT,
+        )
+
+    def count(work: Path, port: int) -> int:
+        out = subprocess.run(
+            [sys.executable, "-m", "node", "status", "--config", str(work / "config.toml")],
+            capture_output=True, text=True, cwd=ROOT, check=True,
+        ).stdout
+        line = next(x for x in out.splitlines() if x.startswith("instances:"))
+        return int(line.split()[1])
+
+    return Receiver(f"ainode x{processes}", start, count)
+
+
+def send(port: int, files: list[Path], senders: int) -> float:
+    chunks = [files[i::senders] for i in range(senders)]
+    t0 = time.perf_counter()
+    procs = [
+        subprocess.Popen(
+            ["storescu", "-aec", "AINODE", "127.0.0.1", str(port), *map(str, chunk)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV,
+        )
+        for chunk in chunks
+    ]
+    for p in procs:
+        _, err = p.communicate(timeout=600)
+        if p.returncode != 0:
+            raise RuntimeError(f"storescu failed: {err.decode()[-500:]}")
+    return time.perf_counter() - t0
+
+
+def run_once(rx: Receiver, files: list[Path], senders: int) -> tuple[float, float]:
+    work = Path(tempfile.mkdtemp(prefix="ingest-"))
+    port = free_port()
+    proc = rx.start(work, port)
+    try:
+        wait_echo(port, proc)
+        seconds = send(port, files, senders)
+        got = rx.count(work, port)
+        if got != len(files):
+            raise RuntimeError(f"{rx.name}: {got} of {len(files)} instances stored")
+        return seconds, peak_rss_mib(proc.pid)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--processes", default="1,2", help="ainode listener processes to try")
+    ap.add_argument("--skip-orthanc", action="store_true")
+    ap.add_argument("--data", type=Path, help="reuse data made by make_study.py")
+    a = ap.parse_args(argv)
+
+    data = a.data or Path(tempfile.mkdtemp(prefix="ingest-data-"))
+    if not (data / "manifest.json").exists():
+        if not SHARED_GENERATOR.exists():
+            print(f"generator not found: {SHARED_GENERATOR}", file=sys.stderr)
+            return 2
+        subprocess.run([sys.executable, str(SHARED_GENERATOR), "--out", str(data)],
+                       check=True, stdout=subprocess.DEVNULL)
+    sets = {
+        "CT 200x512²": (sorted((data / "ct").glob("*.dcm")), 1),
+        "1000 small": (sorted((data / "small").glob("*.dcm")), 1),
+        "1000 small, 4 senders": (sorted((data / "small").glob("*.dcm")), 4),
+    }
+    receivers = [Receiver("storescp (no fsync)", start_storescp, count_storescp)]
+    if not a.skip_orthanc and shutil.which("Orthanc"):
+        receivers.append(Receiver("Orthanc (fsync)", start_orthanc, count_orthanc))
+    receivers += [ainode_receiver(int(n)) for n in a.processes.split(",")]
+
+    results: dict[str, dict[str, tuple[float, float, float]]] = {}
+    for rx in receivers:
+        results[rx.name] = {}
+        for label, (files, senders) in sets.items():
+            mb = sum(f.stat().st_size for f in files) / 1e6
+            runs = [run_once(rx, files, senders) for _ in range(a.runs)]
+            secs = statistics.median(r[0] for r in runs)
+            rss = max(r[1] for r in runs)
+            results[rx.name][label] = (len(files) / secs, mb / secs, rss)
+            print(f"  {rx.name:22} {label:24} {len(files) / secs:7.0f} inst/s "
+                  f"{mb / secs:6.1f} MB/s  peak RSS {rss:5.0f} MiB", file=sys.stderr)
+
+    print(f"\nIngest over 127.0.0.1, storescu TCP_NODELAY=1, median of {a.runs} runs, "
+          f"{os.cpu_count()} cores\n")
+    header = "| receiver | " + " | ".join(sets) + " | peak RSS |"
+    print(header)
+    print("|" + "---|" * (len(sets) + 2))
+    for name, row in results.items():
+        cells = [f"{v[0]:.0f}/s, {v[1]:.0f} MB/s" for v in row.values()]
+        rss = max(v[2] for v in row.values())
+        print(f"| {name} | " + " | ".join(cells) + f" | {rss:.0f} MiB |")
+    ainodes = [n for n in results if n.startswith("ainode")]
+    anchors = [n for n in results if not n.startswith("ainode")]
+    print("\nainode's ratio to each anchor (instances/s):\n")
+    print("| ainode vs | " + " | ".join(sets) + " |")
+    print("|" + "---|" * (len(sets) + 1))
+    for ours in ainodes:
+        for anchor in anchors:
+            ratios = [results[ours][s][0] / results[anchor][s][0] for s in sets]
+            print(f"| {ours} / {anchor} | " + " | ".join(f"{r:.2f}x" for r in ratios) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
