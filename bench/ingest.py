@@ -107,7 +107,7 @@ def start_orthanc(work: Path, port: int) -> subprocess.Popen[bytes]:
     (work / "orthanc.json").write_text(json.dumps(config))
     return subprocess.Popen(
         ["Orthanc", str(work / "orthanc.json")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV,  # dcmtk inside
     )
 
 
