@@ -86,7 +86,9 @@ def start_storescp(work: Path, port: int) -> subprocess.Popen[bytes]:
     out.mkdir()
     return subprocess.Popen(
         ["storescp", "+xa", "-aet", "AINODE", "-od", str(out), str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=ENV,
     )
 
 
@@ -98,16 +100,24 @@ def start_orthanc(work: Path, port: int) -> subprocess.Popen[bytes]:
     http = free_port()
     (work / "orthanc.http").write_text(str(http))
     config = {
-        "Name": "bench", "DicomAet": "AINODE", "DicomPort": port, "HttpPort": http,
+        "Name": "bench",
+        "DicomAet": "AINODE",
+        "DicomPort": port,
+        "HttpPort": http,
         "StorageDirectory": str(work / "orthanc-storage"),
         "IndexDirectory": str(work / "orthanc-index"),
-        "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
-        "DicomCheckCalledAet": False, "Plugins": [], "ConcurrentJobs": 2,
+        "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False,
+        "DicomCheckCalledAet": False,
+        "Plugins": [],
+        "ConcurrentJobs": 2,
     }
     (work / "orthanc.json").write_text(json.dumps(config))
     return subprocess.Popen(
         ["Orthanc", str(work / "orthanc.json")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV,  # dcmtk inside
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=ENV,  # dcmtk inside
     )
 
 
@@ -121,19 +131,24 @@ def ainode_receiver(processes: int) -> Receiver:
     def start(work: Path, port: int) -> subprocess.Popen[bytes]:
         cfg = work / "config.toml"
         cfg.write_text(
-            f'[node]\nport = {port}\nlistener_processes = {processes}\n'
+            f"[node]\nport = {port}\nlistener_processes = {processes}\n"
             f'[storage]\ndata_dir = "data"\nmin_free_mb = 0\n'
             f'[logging]\nlevel = "WARNING"\n[[pipelines]]\nname = "default"\n'
         )
         return subprocess.Popen(
             [sys.executable, "-m", "node", "serve", "--config", str(cfg)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd=ROOT,
         )
 
     def count(work: Path, port: int) -> int:
         out = subprocess.run(
             [sys.executable, "-m", "node", "status", "--config", str(work / "config.toml")],
-            capture_output=True, text=True, cwd=ROOT, check=True,
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            check=True,
         ).stdout
         line = next(x for x in out.splitlines() if x.startswith("instances:"))
         return int(line.split()[1])
@@ -147,7 +162,9 @@ def send(port: int, files: list[Path], senders: int) -> float:
     procs = [
         subprocess.Popen(
             ["storescu", "-aec", "AINODE", "127.0.0.1", str(port), *map(str, chunk)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=ENV,
         )
         for chunk in chunks
     ]
@@ -179,8 +196,9 @@ def run_once(rx: Receiver, files: list[Path], senders: int) -> tuple[float, floa
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--processes", default="1,2", help="ainode listener processes to try")
     ap.add_argument("--skip-orthanc", action="store_true")
@@ -192,8 +210,11 @@ def main(argv: list[str] | None = None) -> int:
         if not SHARED_GENERATOR.exists():
             print(f"generator not found: {SHARED_GENERATOR}", file=sys.stderr)
             return 2
-        subprocess.run([sys.executable, str(SHARED_GENERATOR), "--out", str(data)],
-                       check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [sys.executable, str(SHARED_GENERATOR), "--out", str(data)],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
     sets = {
         "CT 200x512²": (sorted((data / "ct").glob("*.dcm")), 1),
         "1000 small": (sorted((data / "small").glob("*.dcm")), 1),
@@ -213,11 +234,16 @@ def main(argv: list[str] | None = None) -> int:
             secs = statistics.median(r[0] for r in runs)
             rss = max(r[1] for r in runs)
             results[rx.name][label] = (len(files) / secs, mb / secs, rss)
-            print(f"  {rx.name:22} {label:24} {len(files) / secs:7.0f} inst/s "
-                  f"{mb / secs:6.1f} MB/s  peak RSS {rss:5.0f} MiB", file=sys.stderr)
+            print(
+                f"  {rx.name:22} {label:24} {len(files) / secs:7.0f} inst/s "
+                f"{mb / secs:6.1f} MB/s  peak RSS {rss:5.0f} MiB",
+                file=sys.stderr,
+            )
 
-    print(f"\nIngest over 127.0.0.1, storescu TCP_NODELAY=1, median of {a.runs} runs, "
-          f"{os.cpu_count()} cores\n")
+    print(
+        f"\nIngest over 127.0.0.1, storescu TCP_NODELAY=1, median of {a.runs} runs, "
+        f"{os.cpu_count()} cores\n"
+    )
     header = "| receiver | " + " | ".join(sets) + " | peak RSS |"
     print(header)
     print("|" + "---|" * (len(sets) + 2))

@@ -18,19 +18,21 @@ import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 __all__ = [
     "CompletionConfig",
     "CompletionLevel",
     "ConfigError",
     "DuplicatePolicy",
+    "InferenceConfig",
     "ListenerConfig",
     "LoggingConfig",
     "NodeConfig",
     "PeerConfig",
     "PipelineConfig",
     "QueueConfig",
+    "SeriesRule",
     "StorageConfig",
     "default_config_path",
     "load_config",
@@ -131,11 +133,38 @@ class QueueConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class SeriesRule:
+    """Which series of a completed study a pipeline takes (all given rules must hold)."""
+
+    modalities: tuple[str, ...] = ()
+    body_parts: tuple[str, ...] = ()
+    series_description: re.Pattern[str] | None = None
+    sop_classes: tuple[str, ...] = ()
+    min_instances: int = 1
+    axial_only: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class PipelineConfig:
     """``[[pipelines]]``: one pipeline that completed studies are queued for."""
 
     name: str
     priority: int = 100
+    match: SeriesRule = field(default_factory=SeriesRule)
+    models: tuple[Path, ...] = ()
+    shadow: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InferenceConfig:
+    """``[inference]``: the worker processes that run the models."""
+
+    workers: int = 1
+    device: str = "auto"
+    batch_size: int = 8
+    amp: bool = True
+    poll_interval_s: float = 1.0
+    heartbeat_s: float = 10.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -156,6 +185,7 @@ class NodeConfig:
     completion: CompletionConfig = field(default_factory=CompletionConfig)
     queue: QueueConfig = field(default_factory=QueueConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
     peers: tuple[PeerConfig, ...] = ()
     pipelines: tuple[PipelineConfig, ...] = ()
 
@@ -223,6 +253,17 @@ class _Table:
         value = float(self._get(key, default, (int, float), "a number"))
         self._check_range(key, value, low, high)
         return value
+
+    def boolean(self, key: str, default: bool) -> bool:
+        return self._get(key, default, (bool,), "true or false")
+
+    def strings(self, key: str) -> tuple[str, ...]:
+        empty: list[object] = []
+        value: object = self._get(key, empty, (list, str), "a string or a list of strings")
+        items = [value] if isinstance(value, str) else cast(list[object], value)
+        if not all(isinstance(v, str) and v for v in items):
+            raise ConfigError(f"{self.key(key)}: must be a string or a list of strings")
+        return tuple(str(v) for v in items)
 
     def choice(self, key: str, default: T, parse: Callable[[str], T], options: str) -> T:
         if key not in self._data:
@@ -376,7 +417,28 @@ def _peers(raw: object) -> tuple[PeerConfig, ...]:
     return tuple(peers)
 
 
-def _pipelines(raw: object) -> tuple[PipelineConfig, ...]:
+def _series_rule(raw: object, name: str) -> SeriesRule:
+    table = _Table(raw or {}, name)
+    pattern = table.string("series_description", "")
+    try:
+        compiled = re.compile(pattern, re.IGNORECASE) if pattern else None
+    except re.error as exc:
+        raise ConfigError(
+            f"{table.key('series_description')}: not a valid regular expression: {exc}"
+        ) from None
+    rule = SeriesRule(
+        modalities=tuple(m.upper() for m in table.strings("modality")),
+        body_parts=tuple(b.upper() for b in table.strings("body_part")),
+        series_description=compiled,
+        sop_classes=table.strings("sop_class"),
+        min_instances=table.integer("min_instances", 1, 1),
+        axial_only=table.boolean("axial_only", False),
+    )
+    table.finish()
+    return rule
+
+
+def _pipelines(raw: object, base: Path) -> tuple[PipelineConfig, ...]:
     pipelines: list[PipelineConfig] = []
     for table in _array_of_tables(raw, "pipelines"):
         name = table.string("name", "")
@@ -387,11 +449,46 @@ def _pipelines(raw: object) -> tuple[PipelineConfig, ...]:
             )
         if any(p.name == name for p in pipelines):
             raise ConfigError(f"{table.key('name')}: must be unique ({name!r} repeats)")
+        models = []
+        for model in table.strings("models"):
+            path = Path(model).expanduser()
+            path = path if path.is_absolute() else base / path
+            if not (path / "model.toml").is_file():
+                raise ConfigError(
+                    f"{table.key('models')}: {path} is not a model package (no model.toml)"
+                )
+            models.append(path)
         pipelines.append(
-            PipelineConfig(name=name, priority=table.integer("priority", 100, 0, 1000))
+            PipelineConfig(
+                name=name,
+                priority=table.integer("priority", 100, 0, 1000),
+                match=_series_rule(table.raw("match"), f"{table.key('match')}"),
+                models=tuple(models),
+                shadow=table.boolean("shadow", False),
+            )
         )
         table.finish()
     return tuple(pipelines)
+
+
+def _inference(table: _Table) -> InferenceConfig:
+    d = InferenceConfig()
+    cfg = InferenceConfig(
+        workers=table.integer("workers", d.workers, 0, 64),
+        device=table.choice("device", d.device, _device, '"auto", "cpu", "cuda" or "cuda:N"'),
+        batch_size=table.integer("batch_size", d.batch_size, 1, 4096),
+        amp=table.boolean("amp", d.amp),
+        poll_interval_s=table.number("poll_interval_s", d.poll_interval_s, 0.05, 60),
+        heartbeat_s=table.number("heartbeat_s", d.heartbeat_s, 0.1, 3600),
+    )
+    table.finish()
+    return cfg
+
+
+def _device(value: str) -> str:
+    if value in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", value):
+        return value
+    raise ValueError(value)
 
 
 def parse_config(data: dict[str, Any], path: Path) -> NodeConfig:
@@ -409,9 +506,15 @@ def parse_config(data: dict[str, Any], path: Path) -> NodeConfig:
         completion=_completion(table("completion")),
         queue=_queue(table("queue")),
         logging=_logging(table("logging")),
+        inference=_inference(table("inference")),
         peers=_peers(top.raw("peers")),
-        pipelines=_pipelines(top.raw("pipelines")),
+        pipelines=_pipelines(top.raw("pipelines"), base),
     )
+    if cfg.inference.heartbeat_s * 2 > cfg.queue.lease_s:
+        raise ConfigError(
+            f"[inference] heartbeat_s: must be at most half of [queue] lease_s "
+            f"({cfg.inference.heartbeat_s} > {cfg.queue.lease_s} / 2)"
+        )
     top.finish()
     return cfg
 
