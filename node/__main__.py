@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 from node.config import ConfigError, NodeConfig, default_config_path, load_config
 from node.logs import configure_logging
@@ -30,6 +31,12 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("serve", parents=[common], help="run the DICOM listener and scheduler")
     sub.add_parser("check-config", parents=[common], help="validate the config file and exit")
     sub.add_parser("status", parents=[common], help="studies, completion and jobs at a glance")
+    sub.add_parser("worker", parents=[common], help="run one inference worker in the foreground")
+    jobs = sub.add_parser("jobs", parents=[common], help="list jobs, or replay one")
+    jobs.add_argument("action", nargs="?", choices=["list", "retry"], default="list")
+    jobs.add_argument("job_id", nargs="?", type=int, help="the job to retry")
+    jobs.add_argument("--status", choices=["todo", "doing", "succeeded", "dead"])
+    jobs.add_argument("--limit", type=int, default=50)
     return parser
 
 
@@ -58,6 +65,57 @@ def _cmd_status(cfg: NodeConfig) -> int:
     return 0
 
 
+def _open(cfg: NodeConfig) -> Any:
+    from storage.db import create_sqlite_engine, make_sessionmaker, migrate
+
+    engine = create_sqlite_engine(cfg.storage.database_path)
+    migrate(engine)
+    return make_sessionmaker(engine)
+
+
+def _cmd_worker(cfg: NodeConfig) -> int:
+    import signal
+    import threading
+
+    from inference.__main__ import run_worker
+
+    configure_logging(cfg.logging)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    return run_worker(cfg, stop)
+
+
+def _cmd_jobs(cfg: NodeConfig, args: argparse.Namespace) -> int:
+    from node.receive import utc_now
+    from storage import queue
+
+    sessions = _open(cfg)
+    if args.action == "retry":
+        if args.job_id is None:
+            print("ainode jobs retry: give the job id", file=sys.stderr)
+            return 2
+        try:
+            with sessions.begin() as s:
+                job = queue.replay(s, job_id=args.job_id, now=utc_now())
+        except (LookupError, ValueError) as exc:
+            print(f"ainode jobs retry: {exc}", file=sys.stderr)
+            return 1
+        print(f"job {job.id} ({job.pipeline}, study {job.study_instance_uid}) queued again")
+        return 0
+    with sessions.begin() as s:
+        jobs = queue.list_jobs(s, status=args.status, limit=args.limit)
+    print(f"{'id':>6}  {'status':9} {'pipeline':16} {'tries':5} {'updated':19}  study / last error")
+    for j in jobs:
+        print(
+            f"{j.id:>6}  {j.status:9} {j.pipeline[:16]:16} {j.attempts}/{j.max_attempts:<3} "
+            f"{j.updated_at:%Y-%m-%d %H:%M:%S}  {j.study_instance_uid}"
+        )
+        if j.last_error:
+            print(f"{'':>6}  {j.last_error}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -70,6 +128,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "status":
         return _cmd_status(cfg)
+    if args.command == "worker":
+        return _cmd_worker(cfg)
+    if args.command == "jobs":
+        return _cmd_jobs(cfg, args)
     return _cmd_serve(cfg)
 
 

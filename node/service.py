@@ -93,11 +93,27 @@ def listener_main(cfg: NodeConfig, ready: MpEvent) -> None:
     engine.dispose()
 
 
-def _spawn(cfg: NodeConfig, index: int) -> tuple[BaseProcess, MpEvent]:
+def _spawn(cfg: NodeConfig, name: str) -> tuple[BaseProcess, MpEvent]:
+    if name.startswith("worker"):
+        from inference.__main__ import worker_process as target
+    else:
+        target = listener_main
     ready = _mp.Event()
-    child = _mp.Process(target=listener_main, args=(cfg, ready), name=f"listener-{index}")
+    child = _mp.Process(target=target, args=(cfg, ready), name=name)
     child.start()
     return child, ready
+
+
+def _verify_models(cfg: NodeConfig) -> None:
+    from inference.errors import ModelPackageError
+    from inference.spec import verify_package
+
+    for pipeline in cfg.pipelines:
+        for folder in pipeline.models:
+            try:
+                verify_package(folder)
+            except ModelPackageError as exc:
+                raise ServeError(f"[[pipelines]] {pipeline.name!r}: {exc}") from None
 
 
 def _wait_ready(children: list[tuple[BaseProcess, MpEvent]]) -> None:
@@ -118,6 +134,8 @@ def serve(cfg: NodeConfig) -> int:
     sessions = make_sessionmaker(engine)
     node = cfg.node
     _check_port_free(node.bind_address, node.port)
+    if cfg.inference.workers:
+        _verify_models(cfg)
     if not cfg.peers:
         logger.warning("no [[peers]] configured: any calling AE title from any host is accepted")
     stop = threading.Event()
@@ -127,34 +145,43 @@ def serve(cfg: NodeConfig) -> int:
     if node.listener_processes == 1:
         server = start_listener(cfg, sessions, share_port=False)
     else:
-        children = [_spawn(cfg, i + 1) for i in range(node.listener_processes)]
-        try:
-            _wait_ready(children)
-        except ServeError:
-            for child, _ in children:
-                child.kill()
-            raise
+        children = [_spawn(cfg, f"listener-{i + 1}") for i in range(node.listener_processes)]
+    workers = cfg.inference.workers if any(p.models for p in cfg.pipelines) else 0
+    if cfg.inference.workers and not workers:
+        logger.warning("no pipeline has models: no worker started; jobs stay queued")
+    children += [_spawn(cfg, f"worker-{i + 1}") for i in range(workers)]
+    try:
+        _wait_ready(children)
+    except ServeError:
+        for child, _ in children:
+            child.kill()
+        if server is not None:
+            stop_listener(server, 0)
+        raise
     scheduler = start_scheduler(cfg, sessions)
     logger.info(
-        "ainode %s listening on %s:%d (%d listener process%s), data in %s",
+        "ainode %s listening on %s:%d (%d listener process%s, %d worker%s), data in %s",
         node.ae_title,
         node.bind_address,
         node.port,
         node.listener_processes,
         "" if node.listener_processes == 1 else "es",
+        cfg.inference.workers,
+        "" if cfg.inference.workers == 1 else "s",
         cfg.storage.data_dir,
     )
     while not stop.wait(0.5):
         for i, (child, _ready) in enumerate(children):
             if not child.is_alive():
                 logger.error("%s died (exit code %s): restarting it", child.name, child.exitcode)
-                children[i] = _spawn(cfg, i + 1)
+                children[i] = _spawn(cfg, child.name)
     for child, _ in children:
         if child.pid is not None and child.is_alive():
             os.kill(child.pid, signal.SIGTERM)
     if server is not None:
         stop_listener(server, node.shutdown_grace_s)
     for child, _ in children:
+        # A worker finishes its running job first (its lease covers a kill).
         child.join(node.shutdown_grace_s + 10)
         if child.is_alive():
             logger.error("%s did not stop: killing it", child.name)

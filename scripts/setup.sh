@@ -28,6 +28,12 @@ if [[ ! -x .venv/bin/python ]]; then
 fi
 # pip >= 25.1 reads [dependency-groups] from pyproject.toml.
 .venv/bin/python -m pip install -q --upgrade "pip>=25.1"
+# torch first, pinned: on these machines torch==2.13.0 is a CPU build lying on disk,
+# while an unpinned torch would pull a multi-GB CUDA build. With a GPU, install the
+# CUDA build of torch (2.4 to 2.14) into .venv yourself; setup keeps what is there.
+if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+  .venv/bin/python -m pip install -q "torch==2.13.0"
+fi
 if [[ -n "$group" ]]; then
   .venv/bin/python -m pip install -q -e . --group "$group"
 else

@@ -6,6 +6,7 @@ these functions only read and write rows in it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import cast
@@ -16,7 +17,14 @@ from sqlalchemy.orm import Session
 from storage.models import Instance, ReceiveState, Series, Study
 from storage.records import IndexOutcome, IndexResult, InstanceHeader, StoredInstance
 
-__all__ = ["find_instance_path", "index_instance", "instance_paths", "study_counts"]
+__all__ = [
+    "SeriesInfo",
+    "find_instance_path",
+    "index_instance",
+    "instance_paths",
+    "study_counts",
+    "study_series",
+]
 
 
 def find_instance_path(session: Session, sop_instance_uid: str) -> Path | None:
@@ -35,6 +43,50 @@ def instance_paths(session: Session, study_instance_uid: str) -> list[Path]:
         .order_by(Series.id, Instance.id)
     )
     return [Path(p) for p in rows]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SeriesInfo:
+    """One indexed series of a study, with the files of its instances."""
+
+    series_instance_uid: str
+    modality: str
+    body_part_examined: str
+    series_description: str
+    sop_class_uids: tuple[str, ...]
+    paths: tuple[Path, ...]
+
+
+def study_series(session: Session, study_instance_uid: str) -> list[SeriesInfo]:
+    """Every series of a study with its instance files, in arrival order."""
+    rows = session.execute(
+        select(
+            Series.series_instance_uid,
+            Series.modality,
+            Series.body_part_examined,
+            Series.series_description,
+            Instance.sop_class_uid,
+            Instance.path,
+        )
+        .join(Study, Series.study_id == Study.id)
+        .join(Instance, Instance.series_id == Series.id)
+        .where(Study.study_instance_uid == study_instance_uid)
+        .order_by(Series.id, Instance.id)
+    ).all()
+    grouped: dict[str, list[tuple[str, str, str, str, str]]] = {}
+    for uid, modality, body, desc, sop_class, path in rows:
+        grouped.setdefault(uid, []).append((modality, body, desc, sop_class, path))
+    return [
+        SeriesInfo(
+            series_instance_uid=uid,
+            modality=items[0][0],
+            body_part_examined=items[0][1],
+            series_description=items[0][2],
+            sop_class_uids=tuple(sorted({i[3] for i in items})),
+            paths=tuple(Path(i[4]) for i in items),
+        )
+        for uid, items in grouped.items()
+    ]
 
 
 def _merge_modalities(current: str, modality: str) -> str:

@@ -14,7 +14,17 @@ from sqlalchemy import DateTime, ForeignKey, Index, Integer, String, Text, TypeD
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["Base", "Instance", "Job", "JobStatus", "ReceiveState", "Series", "Study", "UTCDateTime"]
+__all__ = [
+    "Base",
+    "Instance",
+    "Job",
+    "JobStatus",
+    "Outcome",
+    "ReceiveState",
+    "Series",
+    "Study",
+    "UTCDateTime",
+]
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -144,3 +154,21 @@ class Job(Base):
         ),
         Index("ix_jobs_claim", "status", "priority", "scheduled_at"),
     )
+
+
+class Outcome(Base):
+    """What a job concluded, stored as JSON before any DICOM result is written."""
+
+    __tablename__ = "outcomes"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    pipeline: Mapped[str] = mapped_column(String(64))
+    study_instance_uid: Mapped[str] = mapped_column(String(64), index=True)
+    series_instance_uid: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    model_name: Mapped[str] = mapped_column(String(64))
+    model_version: Mapped[str] = mapped_column(String(64))
+    model_sha256: Mapped[str] = mapped_column(String(64))
+    task: Mapped[str] = mapped_column(String(32))
+    result_json: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)

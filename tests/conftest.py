@@ -66,7 +66,11 @@ def node_factory(
     started: list[NodeProcess] = []
 
     def factory(
-        text: str = "", *, start: bool = True, **tables: dict[str, object]
+        text: str = "",
+        *,
+        start: bool = True,
+        pipelines: str = '\n[[pipelines]]\nname = "default"\n',
+        **tables: dict[str, object],
     ) -> tuple[NodeProcess, NodeConfig]:
         node = {
             "port": free_port(),
@@ -76,11 +80,13 @@ def node_factory(
         }
         storage = {"data_dir": "data", "min_free_mb": 0, **tables.pop("storage", {})}
         completion = {"quiet_period_s": 2, "check_interval_s": 0.2, **tables.pop("completion", {})}
+        inference = {"workers": 0, **tables.pop("inference", {})}
         path = write_config(
-            text + '\n[[pipelines]]\nname = "default"\n',
+            text + pipelines,
             node=node,
             storage=storage,
             completion=completion,
+            inference=inference,
             **tables,
         )
         cfg = load_config(path)

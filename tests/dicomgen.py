@@ -97,3 +97,44 @@ def dataset_bytes(path: Path) -> bytes:
     # (0002,0000) File Meta Information Group Length: UL, value at 140..144.
     group_length = int.from_bytes(data[140:144], "little")
     return data[144 + group_length :]
+
+
+def write_lesion_ct(
+    folder: Path,
+    *,
+    shape: tuple[int, int, int] = (40, 64, 64),
+    spacing: tuple[float, float, float] = (2.0, 0.8, 0.8),
+    spheres: list[tuple[tuple[float, float, float], float]] | None = None,
+    lesion_hu: float = 200.0,
+    noise_sd: float = 10.0,
+    seed: int = 0,
+    study_uid: str | None = None,
+) -> tuple[list[Path], list[float]]:
+    """A CT series of soft tissue (40 HU) with spherical lesions of ``lesion_hu``.
+
+    ``spheres`` are (centre in mm from the first voxel (z, y, x), radius in mm).
+    Returns the files and each sphere's true volume (4/3 pi r^3, mm^3).
+    """
+    spheres = spheres or [((30.0, 20.0, 20.0), 6.0), ((50.0, 32.0, 32.0), 8.0)]
+    folder.mkdir(parents=True, exist_ok=True)
+    study_uid = study_uid or generate_uid()
+    series_uid = generate_uid()
+    rng = np.random.default_rng(seed)
+    z, y, x = (np.arange(n) * s for n, s in zip(shape, spacing, strict=True))
+    zz, yy, xx = np.meshgrid(z, y, x, indexing="ij")
+    hu = np.full(shape, 40.0) + rng.normal(0, noise_sd, shape)
+    for (cz, cy, cx), r in spheres:
+        inside = (zz - cz) ** 2 + (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+        hu[inside] = lesion_hu + rng.normal(0, noise_sd, int(inside.sum()))
+    paths = []
+    for k in range(shape[0]):
+        ds = ct_slice(study_uid=study_uid, series_uid=series_uid, index=k, size=shape[1])
+        ds.Columns = shape[2]
+        ds.PixelSpacing = [spacing[1], spacing[2]]
+        ds.SliceThickness = spacing[0]
+        ds.ImagePositionPatient = [0.0, 0.0, k * spacing[0]]
+        ds.PixelData = np.clip(np.rint(hu[k] + 1024), 0, 4095).astype("<u2").tobytes()
+        path = folder / f"L{k:04d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths, [4.0 / 3.0 * np.pi * r**3 for _, r in spheres]

@@ -13,7 +13,7 @@ PACKAGES = ("node", "storage", "inference", "training")
 
 ALLOWED = {
     "pynetdicom": {"node/server.py", "node/handlers.py", "node/send.py"},
-    "pydicom": {"node/dicom_in.py", "node/handlers.py", "node/dicom_out.py"},
+    "pydicom": {"node/dicom_in.py", "node/volume_in.py", "node/handlers.py", "node/dicom_out.py"},
     "highdicom": {"node/dicom_out.py"},
     "torch": {"inference/", "training/"},
     "sqlalchemy": {
@@ -22,6 +22,7 @@ ALLOWED = {
         "node/server.py",
         "node/housekeeping.py",
         "node/report.py",
+        "inference/worker.py",
     },
 }
 

@@ -1,0 +1,44 @@
+"""Worker process entry points (``ainode worker``, and the workers ``ainode serve`` starts)."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from multiprocessing.synchronize import Event as MpEvent
+
+from inference.errors import ModelPackageError
+from node.config import NodeConfig
+from node.logs import configure_logging
+from storage.db import create_sqlite_engine, make_sessionmaker, migrate
+
+__all__ = ["run_worker", "worker_process"]
+
+logger = logging.getLogger("ainode.worker")
+
+
+def run_worker(cfg: NodeConfig, stop: threading.Event, ready: MpEvent | None = None) -> int:
+    """Load the models, then claim and run jobs until ``stop``; return an exit code."""
+    from inference.worker import Worker  # torch is imported here, not at CLI start
+
+    engine = create_sqlite_engine(cfg.storage.database_path)
+    migrate(engine)
+    try:
+        worker = Worker(cfg, make_sessionmaker(engine))
+    except (ModelPackageError, RuntimeError) as exc:
+        logger.error("worker cannot start: %s", exc)
+        return 1
+    if ready is not None:
+        ready.set()
+    worker.run(stop)
+    engine.dispose()
+    return 0
+
+
+def worker_process(cfg: NodeConfig, ready: MpEvent) -> None:
+    """Entry point of a worker child of ``ainode serve``."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent forwards SIGTERM
+    configure_logging(cfg.logging)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    raise SystemExit(run_worker(cfg, stop, ready))

@@ -1,0 +1,176 @@
+"""Running a loaded model on a volume or a waveform: device, AMP, batching, sliding window.
+
+Everything here runs under ``torch.inference_mode``. On CUDA, autocast uses
+bfloat16 when the config allows AMP. A CUDA out-of-memory error is retried
+with a batch of one, then on the CPU: it never crashes the worker.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Callable
+from typing import TypeVar
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+from inference.package import LoadedModel
+from inference.records import Volume, Waveform
+
+__all__ = ["classify", "pick_device", "predict_sequence", "segment", "with_oom_fallback"]
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def pick_device(setting: str) -> torch.device:
+    """``auto``: CUDA when present, else CPU."""
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if setting.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"[inference] device = {setting!r} but no CUDA device is available")
+    return torch.device(setting)
+
+
+def _autocast(device: torch.device, amp: bool) -> torch.autocast:
+    enabled = amp and device.type == "cuda"
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def _windowed(array: npt.NDArray[np.float32], window: tuple[float, float] | None) -> Tensor:
+    x = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+    if window is not None:
+        low, high = window
+        x = (x.clamp(low, high) - low) / (high - low)
+    return x[None, None]  # (1, 1, D, H, W)
+
+
+def _resampled_shape(volume: Volume, target: tuple[float, float, float]) -> tuple[int, ...]:
+    return tuple(
+        max(1, round(n * s / t))
+        for n, s, t in zip(volume.array.shape, volume.spacing, target, strict=True)
+    )
+
+
+def _starts(size: int, patch: int, step: int) -> list[int]:
+    if size <= patch:
+        return [0]
+    starts = list(range(0, size - patch, step))
+    return [*starts, size - patch]
+
+
+def segment(
+    model: LoadedModel, volume: Volume, *, batch_size: int, amp: bool
+) -> npt.NDArray[np.float32]:
+    """Per-label probability maps ``(labels, D, H, W)`` on the volume's own grid."""
+    spec = model.spec.input
+    x = _windowed(volume.array, spec.window)
+    source_shape = x.shape[2:]
+    if spec.target_spacing is not None:
+        x = F.interpolate(x, size=_resampled_shape(volume, spec.target_spacing), mode="trilinear")
+    patch = spec.patch or tuple(x.shape[2:])
+    divisor = int(getattr(model.module, "divisor", 1))
+    patch = tuple(-(-p // divisor) * divisor for p in patch)
+    # Pad to at least one patch in each axis; cropped off again below.
+    grid = x.shape[2:]
+    padded = [max(g, p) for g, p in zip(grid, patch, strict=True)]
+    x = F.pad(x, [0, padded[2] - grid[2], 0, padded[1] - grid[1], 0, padded[0] - grid[0]])
+    steps = [max(1, int(p * 0.75)) for p in patch]
+    corners = list(
+        itertools.product(*(_starts(n, p, s) for n, p, s in zip(padded, patch, steps, strict=True)))
+    )
+    out: Tensor | None = None
+    count = torch.zeros((1, 1, *padded))
+    with torch.inference_mode(), _autocast(model.device, amp):
+        for i in range(0, len(corners), batch_size):
+            batch_corners = corners[i : i + batch_size]
+            batch = torch.cat(
+                [
+                    x[:, :, z : z + patch[0], y : y + patch[1], w : w + patch[2]]
+                    for z, y, w in batch_corners
+                ]
+            ).to(model.device)
+            logits = model.module(batch).float().cpu()
+            if out is None:
+                out = torch.zeros((1, logits.shape[1], *padded))
+            for (z, y, w), piece in zip(batch_corners, logits, strict=True):
+                out[0, :, z : z + patch[0], y : y + patch[1], w : w + patch[2]] += piece
+                count[0, :, z : z + patch[0], y : y + patch[1], w : w + patch[2]] += 1
+    assert out is not None
+    prob = torch.sigmoid(out / count)[:, :, : grid[0], : grid[1], : grid[2]]
+    if tuple(prob.shape[2:]) != tuple(source_shape):
+        prob = F.interpolate(prob, size=source_shape, mode="trilinear")
+    return prob[0].numpy().astype(np.float32)
+
+
+def classify(
+    model: LoadedModel, volume: Volume, *, amp: bool
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32] | None]:
+    """Class probabilities (softmax) and, for attention models, the map on the source grid."""
+    spec = model.spec.input
+    x = _windowed(volume.array, spec.window)
+    source_shape = x.shape[2:]
+    if spec.size is not None:
+        x = F.interpolate(x, size=spec.size, mode="trilinear")
+    with torch.inference_mode(), _autocast(model.device, amp):
+        logits, attention = model.module(x.to(model.device))
+    probs = torch.softmax(logits.float(), dim=1)[0].cpu().numpy()
+    if attention is None:
+        return probs, None
+    att = F.interpolate(attention.float().cpu(), size=source_shape, mode="trilinear")[0, 0]
+    att = att - att.min()
+    peak = float(att.max())
+    att = att / peak if peak > 0 else att
+    return probs, att.numpy().astype(np.float32)
+
+
+def _prepare_waveform(model: LoadedModel, waveform: Waveform) -> Tensor:
+    spec = model.spec.input
+    data = waveform.data
+    if spec.leads:
+        index = {name: i for i, name in enumerate(waveform.lead_names)}
+        missing = [lead for lead in spec.leads if lead not in index]
+        if missing:
+            raise ValueError(f"waveform lacks the lead(s) the model needs: {', '.join(missing)}")
+        data = data[[index[lead] for lead in spec.leads]]
+    x = torch.from_numpy(np.ascontiguousarray(data))[None]  # (1, leads, samples)
+    if spec.sampling_hz and abs(spec.sampling_hz - waveform.sampling_hz) > 1e-6:
+        n = round(x.shape[-1] * spec.sampling_hz / waveform.sampling_hz)
+        x = F.interpolate(x, size=n, mode="linear")
+    if spec.samples:
+        x = x[..., : spec.samples]
+        x = F.pad(x, [0, spec.samples - x.shape[-1]])
+    return x
+
+
+def predict_sequence(
+    model: LoadedModel, waveform: Waveform, *, amp: bool
+) -> npt.NDArray[np.float32]:
+    x = _prepare_waveform(model, waveform)
+    with torch.inference_mode(), _autocast(model.device, amp):
+        logits, _ = model.module(x.to(model.device))
+    return torch.softmax(logits.float(), dim=1)[0].cpu().numpy().astype(np.float32)
+
+
+def with_oom_fallback(
+    run: Callable[[LoadedModel, int], T], model: LoadedModel, batch_size: int
+) -> T:
+    """Run; on CUDA out-of-memory retry with batch 1, then on the CPU."""
+    try:
+        return run(model, batch_size)
+    except torch.cuda.OutOfMemoryError:
+        logger.warning("CUDA out of memory in %s: retrying with batch size 1", model.spec.name)
+        torch.cuda.empty_cache()
+    try:
+        return run(model, 1)
+    except torch.cuda.OutOfMemoryError:
+        logger.warning(
+            "CUDA out of memory again in %s: running this job on the CPU", model.spec.name
+        )
+        torch.cuda.empty_cache()
+    cpu = torch.device("cpu")
+    return run(LoadedModel(spec=model.spec, module=model.module.to(cpu), device=cpu), 1)

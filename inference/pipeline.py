@@ -1,0 +1,181 @@
+"""Pipeline stages on records: choose the series, load them, run the models, post-process.
+
+``run_pipeline`` composes the stages top to bottom; the worker calls it and
+stores what it returns. Nothing here talks to the database or the network.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from inference.errors import UnsupportedInput
+from inference.execute import classify, predict_sequence, segment, with_oom_fallback
+from inference.package import LoadedModel
+from inference.postprocess import findings, lesions
+from inference.records import Outcome
+from node.config import SeriesRule
+from node.volume_in import is_axial, load_volume, load_waveform, series_orientation
+from storage.index import SeriesInfo
+
+__all__ = ["PipelineRun", "matches", "run_pipeline", "select_series"]
+
+logger = logging.getLogger(__name__)
+
+_WAVEFORM_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.9.1.1",  # 12-lead ECG
+    "1.2.840.10008.5.1.4.1.1.9.1.2",  # General ECG
+    "1.2.840.10008.5.1.4.1.1.9.1.3",  # Ambulatory ECG
+    "1.2.840.10008.5.1.4.1.1.9.1.4",  # General 32-bit ECG
+}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PipelineRun:
+    """What one job produced: outcomes per series and model, or why there were none."""
+
+    outcomes: tuple[Outcome, ...]
+    skipped_reason: str | None = None
+
+
+def matches(series: SeriesInfo, rule: SeriesRule) -> bool:
+    """Whether a series satisfies every rule that is set."""
+    if rule.modalities and series.modality.upper() not in rule.modalities:
+        return False
+    if rule.body_parts and series.body_part_examined.upper() not in rule.body_parts:
+        return False
+    if rule.series_description and not rule.series_description.search(series.series_description):
+        return False
+    if rule.sop_classes and not set(series.sop_class_uids) & set(rule.sop_classes):
+        return False
+    if len(series.paths) < rule.min_instances:
+        return False
+    if rule.axial_only:
+        orientation = series_orientation(series.paths[0])
+        if orientation is None or not is_axial(*orientation):
+            return False
+    return True
+
+
+def select_series(series: Sequence[SeriesInfo], rule: SeriesRule) -> list[SeriesInfo]:
+    return [s for s in series if matches(s, rule)]
+
+
+def _timed(timings: dict[str, float], stage: str, start: float) -> float:
+    now = time.perf_counter()
+    timings[stage] = timings.get(stage, 0.0) + round(now - start, 4)
+    return now
+
+
+def _run_model(
+    model: LoadedModel, paths: Sequence[Path], series_uid: str, *, batch_size: int, amp: bool
+) -> Outcome:
+    spec = model.spec
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    extra: dict[str, object] = {}
+    if spec.task == "sequence":
+        waveform = load_waveform(paths[0])
+        t = _timed(timings, "read", t)
+        probs = with_oom_fallback(lambda m, _b: predict_sequence(m, waveform, amp=amp), model, 1)
+        t = _timed(timings, "forward", t)
+        result = findings(list(probs), spec.labels)
+        _timed(timings, "postprocess", t)
+        return Outcome(
+            model_name=spec.name,
+            model_version=spec.version,
+            model_sha256=spec.sha256,
+            task=spec.task,
+            series_instance_uid=series_uid,
+            findings=result,
+            timings_s=timings,
+        )
+    volume = load_volume(paths)
+    t = _timed(timings, "read", t)
+    if spec.task == "segmentation":
+        prob = with_oom_fallback(
+            lambda m, b: segment(m, volume, batch_size=b, amp=amp), model, batch_size
+        )
+        t = _timed(timings, "forward", t)
+        found = tuple(
+            lesion
+            for channel, label in enumerate(spec.labels)
+            for lesion in lesions(prob[channel], volume, label)
+        )
+        _timed(timings, "postprocess", t)
+        return Outcome(
+            model_name=spec.name,
+            model_version=spec.version,
+            model_sha256=spec.sha256,
+            task=spec.task,
+            series_instance_uid=series_uid,
+            lesions=found,
+            timings_s=timings,
+        )
+    probs, attention = with_oom_fallback(lambda m, _b: classify(m, volume, amp=amp), model, 1)
+    t = _timed(timings, "forward", t)
+    result = findings(list(probs), spec.labels)
+    if attention is not None:
+        k, j, i = _peak(attention)
+        extra["attention_peak_kji"] = [k, j, i]
+        extra["attention_peak_mm"] = [float(v) for v in volume.to_patient([k, j, i])]
+    _timed(timings, "postprocess", t)
+    return Outcome(
+        model_name=spec.name,
+        model_version=spec.version,
+        model_sha256=spec.sha256,
+        task=spec.task,
+        series_instance_uid=series_uid,
+        findings=result,
+        timings_s=timings,
+        extra=extra,
+    )
+
+
+def _peak(attention: npt.NDArray[np.float32]) -> tuple[int, int, int]:
+    """Voxel index (k, j, i) of the attention map's hot spot."""
+    k, j, i = np.unravel_index(int(attention.argmax()), attention.shape)
+    return int(k), int(j), int(i)
+
+
+def _model_takes(model: LoadedModel, series: SeriesInfo) -> bool:
+    is_waveform = bool(set(series.sop_class_uids) & _WAVEFORM_CLASSES)
+    if (model.spec.task == "sequence") != is_waveform:
+        return False
+    mods = model.spec.input.modalities
+    return not mods or series.modality.upper() in mods
+
+
+def run_pipeline(
+    series: Sequence[SeriesInfo],
+    rule: SeriesRule,
+    models: Sequence[LoadedModel],
+    *,
+    batch_size: int,
+    amp: bool,
+) -> PipelineRun:
+    """Run every model on every series it takes, among the series the rule selects."""
+    chosen = select_series(series, rule)
+    if not chosen:
+        return PipelineRun(outcomes=(), skipped_reason="no series matches the pipeline's rules")
+    outcomes = []
+    for s in chosen:
+        for model in models:
+            if _model_takes(model, s):
+                outcomes.append(
+                    _run_model(
+                        model, s.paths, s.series_instance_uid, batch_size=batch_size, amp=amp
+                    )
+                )
+    if not outcomes:
+        raise UnsupportedInput(
+            f"no model of the pipeline takes the matching series "
+            f"({', '.join(s.modality or '?' for s in chosen)})"
+        )
+    return PipelineRun(outcomes=tuple(outcomes))

@@ -1,0 +1,107 @@
+"""Frozen records passed between the inference stages (numpy only, no torch)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["Finding", "Lesion", "Outcome", "Volume", "Waveform"]
+
+FloatArray = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Volume:
+    """A 3-D image on a regular grid in DICOM patient coordinates (LPS, mm).
+
+    ``array`` is indexed ``[k, j, i]`` (slice, row, column). Voxel ``(k, j, i)``
+    sits at ``origin + i*sx*row_direction + j*sy*column_direction + k*sz*normal``
+    where ``spacing = (sz, sy, sx)``; ``row_direction`` and ``column_direction``
+    are the two halves of Image Orientation (Patient).
+    """
+
+    array: FloatArray
+    spacing: tuple[float, float, float]
+    origin: tuple[float, float, float]
+    row_direction: tuple[float, float, float]
+    column_direction: tuple[float, float, float]
+    normal: tuple[float, float, float]
+    study_instance_uid: str
+    series_instance_uid: str
+    frame_of_reference_uid: str
+    sop_instance_uids: tuple[str, ...]
+    modality: str = ""
+
+    def affine(self) -> npt.NDArray[np.float64]:
+        """4x4 matrix from (k, j, i, 1) voxel indices to (x, y, z, 1) LPS mm."""
+        sz, sy, sx = self.spacing
+        m = np.eye(4)
+        m[:3, 0] = np.asarray(self.normal) * sz
+        m[:3, 1] = np.asarray(self.column_direction) * sy
+        m[:3, 2] = np.asarray(self.row_direction) * sx
+        m[:3, 3] = self.origin
+        return m
+
+    def to_patient(self, kji: npt.ArrayLike) -> npt.NDArray[np.float64]:
+        """LPS coordinates (mm) of voxel indices given as (..., 3) in (k, j, i) order."""
+        points = np.asarray(kji, dtype=np.float64)
+        return points @ self.affine()[:3, :3].T + self.affine()[:3, 3]
+
+    @property
+    def voxel_volume_mm3(self) -> float:
+        return float(np.prod(self.spacing))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Waveform:
+    """An ECG (or other waveform) as (leads, samples) in physical units."""
+
+    data: FloatArray
+    sampling_hz: float
+    lead_names: tuple[str, ...]
+    units: str
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Lesion:
+    """One connected component of a segmentation, measured in patient space."""
+
+    label: str
+    voxel_count: int
+    volume_mm3: float
+    centroid_mm: tuple[float, float, float]
+    longest_diameter_mm: float
+    bbox_kji: tuple[tuple[int, int, int], tuple[int, int, int]]
+    mean_probability: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Finding:
+    """A study-level finding: one label's probability against its threshold."""
+
+    label: str
+    code: tuple[str, str, str]
+    probability: float
+    threshold: float
+    positive: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Outcome:
+    """What one model concluded about one series, stored before any DICOM is written."""
+
+    model_name: str
+    model_version: str
+    model_sha256: str
+    task: str
+    series_instance_uid: str
+    findings: tuple[Finding, ...] = ()
+    lesions: tuple[Lesion, ...] = ()
+    timings_s: dict[str, float] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)

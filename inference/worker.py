@@ -1,0 +1,246 @@
+"""``ainode worker``: claim jobs, run their pipeline, store the outcome, release.
+
+Models are loaded once when the worker starts and stay warm. While a job runs,
+a heartbeat thread extends its lease; if the lease is lost (the worker stalled
+past ``lease_s``), the result is discarded and the job belongs to whoever
+reclaimed it. The job runner is one of the three broad-``except`` edges: any
+error becomes a retry or, for a :class:`PermanentJobError` or the last attempt,
+a dead job with the reason.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import socket
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from inference.errors import PermanentJobError
+from inference.execute import pick_device
+from inference.package import LoadedModel, load_package
+from inference.pipeline import PipelineRun, run_pipeline
+from inference.records import Outcome
+from node.config import NodeConfig, PipelineConfig
+from node.housekeeping import retry_policy
+from node.receive import utc_now
+from storage import queue
+from storage.index import study_series
+from storage.outcomes import record_outcome
+from storage.records import JobRecord
+
+__all__ = ["Worker", "outcome_json"]
+
+logger = logging.getLogger(__name__)
+
+
+def outcome_json(outcome: Outcome) -> dict[str, Any]:
+    """The outcome as plain JSON data (tuples become lists)."""
+    data = dataclasses.asdict(outcome)
+    data.pop("model_name"), data.pop("model_version"), data.pop("model_sha256")
+    return data
+
+
+class _Heartbeat:
+    """Extends a job's lease every ``interval_s`` until stopped; notes a lost lease."""
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        job: JobRecord,
+        worker: str,
+        lease_s: float,
+        interval_s: float,
+    ) -> None:
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._args = (sessions, job.id, worker, lease_s, interval_s)
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{job.id}", daemon=True)
+
+    def __enter__(self) -> _Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        sessions, job_id, worker, lease_s, interval_s = self._args
+        while not self._stop.wait(interval_s):
+            try:
+                with sessions.begin() as s:
+                    alive = queue.heartbeat(
+                        s, job_id=job_id, worker=worker, lease_s=lease_s, now=utc_now()
+                    )
+            except Exception:
+                logger.exception("heartbeat of job %d failed; trying again", job_id)
+                continue
+            if not alive:
+                logger.error("job %d: lease lost; its result will be discarded", job_id)
+                self.lost.set()
+                return
+
+
+class Worker:
+    """One worker: its models, loaded once, and the loop that runs jobs."""
+
+    def __init__(
+        self, cfg: NodeConfig, sessions: sessionmaker[Session], name: str | None = None
+    ) -> None:
+        self.cfg = cfg
+        self.sessions = sessions
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}"
+        self.device = pick_device(cfg.inference.device)
+        # Jobs of a pipeline without models stay queued until models are configured.
+        self.pipelines = {p.name: p for p in cfg.pipelines if p.models}
+        cache: dict[str, LoadedModel] = {}
+        self.models: dict[str, list[LoadedModel]] = {}
+        for p in self.pipelines.values():
+            for folder in p.models:
+                if str(folder) not in cache:
+                    cache[str(folder)] = load_package(folder, self.device)
+            self.models[p.name] = [cache[str(f)] for f in p.models]
+        logger.info(
+            "worker %s on %s: %d model(s) loaded for %d pipeline(s)",
+            self.name,
+            self.device,
+            len(cache),
+            len(self.pipelines),
+        )
+
+    def run(self, stop: threading.Event) -> None:
+        """Claim and run jobs until ``stop`` is set."""
+        while not stop.is_set():
+            if not self.run_once():
+                stop.wait(self.cfg.inference.poll_interval_s)
+
+    def run_once(self) -> bool:
+        """Claim one due job and run it; False when there was none."""
+        if not self.pipelines:
+            return False
+        with self.sessions.begin() as s:
+            job = queue.claim_next(
+                s,
+                worker=self.name,
+                lease_s=self.cfg.queue.lease_s,
+                now=utc_now(),
+                pipelines=list(self.pipelines),
+                policy=retry_policy(self.cfg),
+            )
+        if job is None:
+            return False
+        logger.info(
+            "job %d (%s) for study %s: attempt %d of %d",
+            job.id,
+            job.pipeline,
+            job.study_instance_uid,
+            job.attempts,
+            job.max_attempts,
+        )
+        self._run_job(job)
+        return True
+
+    def _run_job(self, job: JobRecord) -> None:
+        pipeline = self.pipelines[job.pipeline]
+        with _Heartbeat(
+            self.sessions, job, self.name, self.cfg.queue.lease_s, self.cfg.inference.heartbeat_s
+        ) as beat:
+            try:
+                run = self._execute(job, pipeline)
+            except Exception as exc:
+                permanent = isinstance(exc, PermanentJobError)
+                if not permanent:
+                    logger.exception("job %d failed", job.id)
+                self._fail(job, f"{type(exc).__name__}: {exc}", retryable=not permanent)
+                return
+        if beat.lost.is_set():
+            return
+        self._succeed(job, pipeline, run)
+
+    def _execute(self, job: JobRecord, pipeline: PipelineConfig) -> PipelineRun:
+        with self.sessions.begin() as s:
+            series = study_series(s, job.study_instance_uid)
+        if job.series_instance_uid is not None:
+            series = [x for x in series if x.series_instance_uid == job.series_instance_uid]
+        return run_pipeline(
+            series,
+            pipeline.match,
+            self.models[pipeline.name],
+            batch_size=self.cfg.inference.batch_size,
+            amp=self.cfg.inference.amp,
+        )
+
+    def _succeed(self, job: JobRecord, pipeline: PipelineConfig, run: PipelineRun) -> None:
+        now = utc_now()
+        with self.sessions.begin() as s:
+            if not queue.mark_succeeded(s, job_id=job.id, worker=self.name, now=now):
+                logger.error("job %d: lease lost before completion; result discarded", job.id)
+                s.rollback()
+                return
+            rows: Sequence[tuple[str, str, str, str, str | None, dict[str, Any]]]
+            if run.skipped_reason:
+                rows = [("", "", "", "none", None, {"skipped": run.skipped_reason})]
+            else:
+                rows = [
+                    (
+                        o.model_name,
+                        o.model_version,
+                        o.model_sha256,
+                        o.task,
+                        o.series_instance_uid,
+                        outcome_json(o),
+                    )
+                    for o in run.outcomes
+                ]
+            for name, version, sha, task, series_uid, result in rows:
+                record_outcome(
+                    s,
+                    job_id=job.id,
+                    pipeline=pipeline.name,
+                    study_instance_uid=job.study_instance_uid,
+                    series_instance_uid=series_uid,
+                    model_name=name,
+                    model_version=version,
+                    model_sha256=sha,
+                    task=task,
+                    result=result,
+                    now=now,
+                )
+        if run.skipped_reason:
+            logger.info("job %d: %s", job.id, run.skipped_reason)
+        for o in run.outcomes:
+            logger.info(
+                "job %d: %s %s on series %s: %d lesion(s), findings %s, %s",
+                job.id,
+                o.model_name,
+                o.model_version,
+                o.series_instance_uid,
+                len(o.lesions),
+                ", ".join(f"{f.label}={f.probability:.2f}" for f in o.findings) or "-",
+                " ".join(f"{k}={v:.2f}s" for k, v in o.timings_s.items()),
+            )
+
+    def _fail(self, job: JobRecord, error: str, *, retryable: bool) -> None:
+        with self.sessions.begin() as s:
+            updated = queue.mark_failed(
+                s,
+                job_id=job.id,
+                worker=self.name,
+                error=error,
+                retryable=retryable,
+                policy=retry_policy(self.cfg),
+                now=utc_now(),
+            )
+        if updated is None:
+            logger.error("job %d failed after its lease was lost: %s", job.id, error)
+        elif updated.status == "dead":
+            logger.error("job %d dead: %s", job.id, updated.last_error)
+        else:
+            logger.warning(
+                "job %d will retry at %s: %s", job.id, updated.scheduled_at.isoformat(), error
+            )

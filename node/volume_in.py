@@ -1,0 +1,245 @@
+"""Series -> volume and waveform -> sequence, read with pydicom (decoding happens here).
+
+Slices are ordered by their position along the slice normal, never by
+Instance Number; rescale slope/intercept are applied; geometry is kept in DICOM
+patient coordinates (LPS). A series that cannot make one consistent volume
+raises :class:`~inference.errors.InconsistentSeries` with the reason.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+
+from inference.errors import InconsistentSeries, UnsupportedInput
+from inference.records import Volume, Waveform
+
+__all__ = ["is_axial", "load_volume", "load_waveform", "series_orientation"]
+
+_ORIENTATION_TOLERANCE = 1e-3
+_GAP_TOLERANCE = 0.1  # relative deviation of one step from the median step
+
+
+def _read(path: Path) -> Dataset:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return dcmread(path)
+
+
+def _floats(value: Any, n: int, what: str) -> np.ndarray:
+    try:
+        arr = np.asarray([float(v) for v in value], dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InconsistentSeries(f"{what} is not numeric") from None
+    if arr.shape != (n,):
+        raise InconsistentSeries(f"{what} must have {n} values")
+    return arr
+
+
+def series_orientation(
+    path: Path,
+) -> tuple[tuple[float, float, float], tuple[float, float, float]] | None:
+    """Row and column directions of an image file, from its header alone."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = dcmread(path, stop_before_pixels=True)
+    iop = ds.get("ImageOrientationPatient")
+    if iop is None:
+        for group in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
+            seq = ds.get(group)
+            if seq and seq[0].get("PlaneOrientationSequence"):
+                iop = seq[0].PlaneOrientationSequence[0].ImageOrientationPatient
+                break
+    if iop is None or len(iop) != 6:
+        return None
+    v = [float(x) for x in iop]
+    return (v[0], v[1], v[2]), (v[3], v[4], v[5])
+
+
+def is_axial(row_direction: Sequence[float], column_direction: Sequence[float]) -> bool:
+    """True when the slice normal is within ~10 degrees of the patient's z axis."""
+    normal = np.cross(np.asarray(row_direction), np.asarray(column_direction))
+    return bool(abs(normal[2]) > 0.985)
+
+
+def _rescaled(ds: Dataset, pixels: np.ndarray) -> np.ndarray:
+    slope = float(ds.get("RescaleSlope", 1) or 1)
+    intercept = float(ds.get("RescaleIntercept", 0) or 0)
+    return (pixels.astype(np.float32) * np.float32(slope) + np.float32(intercept)).astype(
+        np.float32
+    )
+
+
+def _pixels(ds: Dataset, path: Path) -> np.ndarray:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return np.asarray(ds.pixel_array)
+    except Exception as exc:
+        ts = ds.file_meta.get("TransferSyntaxUID", "?")
+        raise UnsupportedInput(f"{path.name}: cannot decode pixel data ({ts}): {exc}") from None
+
+
+def _enhanced(ds: Dataset, path: Path) -> Volume:
+    """Enhanced multi-frame: geometry per frame from the functional groups."""
+    shared = ds.get("SharedFunctionalGroupsSequence", [Dataset()])[0]
+    frames = ds.get("PerFrameFunctionalGroupsSequence")
+    if not frames:
+        raise InconsistentSeries(f"{path.name}: multi-frame without per-frame functional groups")
+
+    def group(frame: Dataset, keyword: str) -> Dataset:
+        seq = frame.get(keyword) or shared.get(keyword)
+        if not seq:
+            raise InconsistentSeries(f"{path.name}: no {keyword} for a frame")
+        item: Dataset = seq[0]
+        return item
+
+    positions = [
+        _floats(group(f, "PlanePositionSequence").ImagePositionPatient, 3, "position")
+        for f in frames
+    ]
+    orientation = _floats(
+        group(frames[0], "PlaneOrientationSequence").ImageOrientationPatient, 6, "orientation"
+    )
+    spacing = _floats(group(frames[0], "PixelMeasuresSequence").PixelSpacing, 2, "PixelSpacing")
+    pixels = _pixels(ds, path)
+    if pixels.ndim != 3:
+        raise UnsupportedInput(f"{path.name}: colour multi-frame images are not volumes")
+    measures = frames[0].get("PixelValueTransformationSequence") or shared.get(
+        "PixelValueTransformationSequence"
+    )
+    scaler = measures[0] if measures else ds
+    slices = [_rescaled(scaler, pixels[i]) for i in range(pixels.shape[0])]
+    uids = [str(ds.SOPInstanceUID)] * len(slices)
+    return _assemble(ds, slices, positions, orientation, spacing, uids)
+
+
+def _assemble(
+    first: Dataset,
+    slices: list[np.ndarray],
+    positions: list[np.ndarray],
+    orientation: np.ndarray,
+    pixel_spacing: np.ndarray,
+    uids: list[str],
+) -> Volume:
+    if len(slices) < 2:
+        raise InconsistentSeries("single slice: a volume needs at least 2")
+    row_dir, col_dir = orientation[:3], orientation[3:]
+    normal = np.cross(row_dir, col_dir)
+    if abs(np.linalg.norm(normal) - 1) > 1e-2:
+        raise InconsistentSeries("Image Orientation (Patient) is not two orthogonal unit vectors")
+    offsets = np.array([float(p @ normal) for p in positions])
+    order = np.argsort(offsets, kind="stable")
+    offsets = offsets[order]
+    steps = np.diff(offsets)
+    if np.any(steps < 1e-3):
+        k = int(np.argmin(steps))
+        raise InconsistentSeries(
+            f"duplicate slice position at {offsets[k]:.3f} mm along the normal "
+            f"({uids[order[k]]} and {uids[order[k + 1]]})"
+        )
+    step = float(np.median(steps))
+    if np.any(np.abs(steps - step) > _GAP_TOLERANCE * step):
+        k = int(np.argmax(np.abs(steps - step)))
+        raise InconsistentSeries(
+            f"gap or uneven spacing: {steps[k]:.3f} mm between slices at "
+            f"{offsets[k]:.3f} and {offsets[k + 1]:.3f} mm (usual step {step:.3f} mm)"
+        )
+    # In-plane, a slice position may drift only along the normal.
+    first_pos = positions[order[0]]
+    for idx in order[1:]:
+        d = positions[idx] - first_pos
+        if np.linalg.norm(d - (d @ normal) * normal) > 0.01 * max(1.0, float(pixel_spacing[0])):
+            raise InconsistentSeries("slices are not stacked along their normal (sheared series)")
+    array = np.stack([slices[i] for i in order]).astype(np.float32, copy=False)
+    return Volume(
+        array=array,
+        spacing=(step, float(pixel_spacing[0]), float(pixel_spacing[1])),
+        origin=tuple(float(v) for v in first_pos),  # type: ignore[arg-type]
+        row_direction=tuple(float(v) for v in row_dir),  # type: ignore[arg-type]
+        column_direction=tuple(float(v) for v in col_dir),  # type: ignore[arg-type]
+        normal=tuple(float(v) for v in normal),  # type: ignore[arg-type]
+        study_instance_uid=str(first.StudyInstanceUID),
+        series_instance_uid=str(first.SeriesInstanceUID),
+        frame_of_reference_uid=str(first.get("FrameOfReferenceUID", "")),
+        sop_instance_uids=tuple(uids[i] for i in order),
+        modality=str(first.get("Modality", "")),
+    )
+
+
+def load_volume(paths: Sequence[Path]) -> Volume:
+    """Build one volume from the files of a series (single-frame or enhanced multi-frame)."""
+    if not paths:
+        raise InconsistentSeries("empty series")
+    datasets = [_read(p) for p in paths]
+    if len(datasets) == 1 and int(datasets[0].get("NumberOfFrames", 1) or 1) > 1:
+        return _enhanced(datasets[0], paths[0])
+    first = datasets[0]
+    try:
+        orientation = _floats(first.ImageOrientationPatient, 6, "Image Orientation (Patient)")
+        spacing = _floats(first.PixelSpacing, 2, "Pixel Spacing")
+    except AttributeError as exc:
+        raise InconsistentSeries(f"{paths[0].name}: missing geometry ({exc})") from None
+    shape = (first.Rows, first.Columns)
+    slices, positions, uids = [], [], []
+    for path, ds in zip(paths, datasets, strict=True):
+        if (ds.Rows, ds.Columns) != shape:
+            raise InconsistentSeries(
+                f"mixed image sizes: {shape[0]}x{shape[1]} and {ds.Rows}x{ds.Columns} ({path.name})"
+            )
+        if "ImageOrientationPatient" not in ds or "ImagePositionPatient" not in ds:
+            raise InconsistentSeries(f"{path.name}: missing Image Position/Orientation (Patient)")
+        if np.abs(_floats(ds.ImageOrientationPatient, 6, "orientation") - orientation).max() > (
+            _ORIENTATION_TOLERANCE
+        ):
+            raise InconsistentSeries(f"mixed orientations in the series ({path.name})")
+        if np.abs(_floats(ds.PixelSpacing, 2, "Pixel Spacing") - spacing).max() > 1e-4:
+            raise InconsistentSeries(f"mixed pixel spacing in the series ({path.name})")
+        pixels = _pixels(ds, path)
+        if pixels.ndim != 2:
+            raise UnsupportedInput(f"{path.name}: not a single-frame greyscale image")
+        slices.append(_rescaled(ds, pixels))
+        positions.append(_floats(ds.ImagePositionPatient, 3, "Image Position (Patient)"))
+        uids.append(str(ds.SOPInstanceUID))
+    return _assemble(first, slices, positions, orientation, spacing, uids)
+
+
+_UNIT_SCALE_TO_MV = {"uV": 1e-3, "mV": 1.0, "V": 1e3}
+
+
+def load_waveform(path: Path, group: int = 0) -> Waveform:
+    """An ECG multiplex group as (leads, samples) float32 in millivolts.
+
+    pydicom applies Channel Sensitivity, its Correction Factor and the Channel
+    Baseline; this converts the result to mV from the units each channel names.
+    """
+    ds = _read(path)
+    if "WaveformSequence" not in ds or len(ds.WaveformSequence) <= group:
+        raise UnsupportedInput(f"{path.name}: no waveform multiplex group {group}")
+    mux = ds.WaveformSequence[group]
+    data = np.asarray(ds.waveform_array(group), dtype=np.float64).T  # (leads, samples)
+    names, scales = [], []
+    for i, channel in enumerate(mux.ChannelDefinitionSequence):
+        source = channel.get("ChannelSourceSequence")
+        names.append(str(source[0].CodeMeaning) if source else f"channel {i + 1}")
+        units_seq = channel.get("ChannelSensitivityUnitsSequence")
+        unit = str(units_seq[0].CodeValue) if units_seq else "mV"
+        if unit not in _UNIT_SCALE_TO_MV:
+            raise UnsupportedInput(f"{path.name}: channel {names[-1]!r} in unknown unit {unit!r}")
+        scales.append(_UNIT_SCALE_TO_MV[unit])
+    data = data * np.asarray(scales)[:, None]
+    return Waveform(
+        data=data.astype(np.float32),
+        sampling_hz=float(mux.SamplingFrequency),
+        lead_names=tuple(names),
+        units="mV",
+        study_instance_uid=str(ds.StudyInstanceUID),
+        series_instance_uid=str(ds.SeriesInstanceUID),
+        sop_instance_uid=str(ds.SOPInstanceUID),
+    )

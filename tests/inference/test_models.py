@@ -1,0 +1,182 @@
+"""Packages, architectures, execution and post-processing on known inputs."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from inference.architectures import ARCHITECTURES, build
+from inference.errors import ModelPackageError
+from inference.execute import classify, pick_device, predict_sequence, segment
+from inference.package import load_package
+from inference.postprocess import findings, lesions
+from inference.records import Volume, Waveform
+from inference.spec import LabelSpec, read_spec
+from tests.packages import make_package, threshold_segmenter
+
+CPU = torch.device("cpu")
+
+
+def _volume(array: np.ndarray, spacing=(2.0, 1.0, 0.5)) -> Volume:
+    return Volume(
+        array=array.astype(np.float32),
+        spacing=spacing,
+        origin=(10.0, 20.0, 30.0),
+        row_direction=(1.0, 0.0, 0.0),
+        column_direction=(0.0, 1.0, 0.0),
+        normal=(0.0, 0.0, 1.0),
+        study_instance_uid="1.2",
+        series_instance_uid="1.2.3",
+        frame_of_reference_uid="1.2.4",
+        sop_instance_uids=tuple(f"1.2.3.{k}" for k in range(array.shape[0])),
+        modality="CT",
+    )
+
+
+def test_threshold_package_segments_exactly_its_threshold(tmp_path: Path) -> None:
+    model = load_package(threshold_segmenter(tmp_path / "pkg", threshold_hu=120), CPU)
+    rng = np.random.default_rng(0)
+    hu = rng.uniform(-500, 800, size=(20, 40, 50)).astype(np.float32)
+    hu[np.abs(hu - 120) < 2] = 0  # keep clear of the decision boundary
+    prob = segment(model, _volume(hu), batch_size=4, amp=False)
+    assert prob.shape == (1, 20, 40, 50)
+    assert np.array_equal(prob[0] >= 0.5, hu >= 120)
+
+
+def test_hash_mismatch_names_the_file_and_field(tmp_path: Path) -> None:
+    folder = threshold_segmenter(tmp_path / "pkg")
+    with open(folder / "weights.pt", "ab") as f:
+        f.write(b"tampered")
+    with pytest.raises(
+        ModelPackageError, match=r"weights.pt: SHA-256 .* does not match \[model\] sha256"
+    ):
+        load_package(folder, CPU)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ('task = "segmentation"', 'task = "guessing"', r"\[model\]: task must be one of"),
+        ('version = "1.0.0"\n', "", r"\[model\]: version is required"),
+        ('sha256 = "', 'sha256 = "zz', r"\[model\]: sha256 must be 64 hex digits"),
+        ("window = [-1000.0, 1000.0]", "window = [5.0, 1.0]", r"\[input\]: window must be"),
+    ],
+)
+def test_broken_model_toml_names_the_field(
+    tmp_path: Path, old: str, new: str, message: str
+) -> None:
+    folder = threshold_segmenter(tmp_path / "pkg")
+    toml = folder / "model.toml"
+    toml.write_text(toml.read_text().replace(old, new, 1))
+    with pytest.raises(ModelPackageError, match=message) as info:
+        read_spec(folder)
+    assert str(toml) in str(info.value)
+
+
+def test_sphere_measurements_in_patient_space() -> None:
+    spacing = (2.0, 1.0, 0.5)
+    shape = (30, 60, 120)
+    z, y, x = (np.arange(n) * s for n, s in zip(shape, spacing, strict=True))
+    zz, yy, xx = np.meshgrid(z, y, x, indexing="ij")
+    centre, radius = (30.0, 30.0, 30.0), 10.0
+    mask = (zz - centre[0]) ** 2 + (yy - centre[1]) ** 2 + (xx - centre[2]) ** 2 <= radius**2
+    prob = mask.astype(np.float32)
+    prob[2:4, 2:4, 2:4] = 1.0  # a second, tiny component
+    found = lesions(prob, _volume(prob), LabelSpec(name="lesion", code=("1", "SCT", "x")))
+    assert len(found) == 2
+    big = found[0]
+    assert big.volume_mm3 == pytest.approx(4 / 3 * np.pi * radius**3, rel=0.05)
+    # Centroid: voxel index (15, 30, 60) -> origin + (60*0.5, 30*1.0, 15*2.0) along x, y, z.
+    assert big.centroid_mm == pytest.approx((10.0 + 30.0, 20.0 + 30.0, 30.0 + 30.0), abs=0.05)
+    assert big.longest_diameter_mm == pytest.approx(2 * radius, rel=0.08)
+    assert found[1].voxel_count == 8
+
+
+def test_findings_apply_thresholds() -> None:
+    labels = [
+        LabelSpec(name="a", code=("1", "SCT", "A"), threshold=0.3),
+        LabelSpec(name="b", code=("2", "SCT", "B"), threshold=0.8),
+    ]
+    result = findings([0.35, 0.65], labels)
+    assert [(f.label, f.positive) for f in result] == [("a", True), ("b", False)]
+    with pytest.raises(ValueError, match="2 probabilities for 3 labels"):
+        findings([0.1, 0.2], [*labels, labels[0]])
+
+
+def test_every_architecture_builds_and_runs() -> None:
+    torch.manual_seed(0)
+    x3 = torch.zeros(1, 1, 16, 16, 16)
+    assert build("unet3d", {"attention": True, "depth": 2})(x3).shape == (1, 1, 16, 16, 16)
+    logits, att = build("attention_cnn", {"num_classes": 3})(x3)
+    assert logits.shape == (1, 3) and att.shape == (1, 1, 16, 16, 16)
+    assert att.min() >= 0  # softmax weights over space, upsampled
+    assert build("cnn_classifier", {})(x3)[0].shape == (1, 2)
+    for cell in ("lstm", "gru"):
+        out, _ = build("sequence_rnn", {"cell": cell, "num_classes": 4})(torch.zeros(2, 12, 512))
+        assert out.shape == (2, 4)
+    fused = build("fusion_head", {"image_features": 8, "sequence_features": 5})
+    assert fused(torch.zeros(2, 8), torch.zeros(2, 3, 5)).shape == (2, 2)
+    assert set(ARCHITECTURES) >= {"unet3d", "attention_cnn", "sequence_rnn", "fusion_head"}
+    with pytest.raises(KeyError, match="unknown architecture 'resnet9000'"):
+        build("resnet9000", {})
+
+
+def test_classifier_and_sequence_execution(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    cls = load_package(
+        make_package(
+            tmp_path / "cls",
+            name="att",
+            task="classification",
+            architecture="attention_cnn",
+            parameters={"num_classes": 2, "depth": 2},
+            input_spec={"size": [16, 16, 16]},
+            labels=[
+                {"name": "normal", "code": ["17621005", "SCT", "Normal"]},
+                {"name": "abnormal", "code": ["263654008", "SCT", "Abnormal"]},
+            ],
+        ),
+        CPU,
+    )
+    image = np.random.default_rng(1).normal(size=(10, 20, 30))
+    probs, attention = classify(cls, _volume(image), amp=False)
+    assert probs.shape == (2,) and probs.sum() == pytest.approx(1.0, abs=1e-5)
+    assert attention is not None and attention.shape == (10, 20, 30)
+    assert attention.min() >= 0 and attention.max() == pytest.approx(1.0)
+    ecg = load_package(
+        make_package(
+            tmp_path / "ecg",
+            name="ecg",
+            task="sequence",
+            architecture="sequence_rnn",
+            parameters={"in_channels": 2, "num_classes": 3, "hidden": 8},
+            input_spec={"leads": ["II", "I"], "sampling_hz": 250.0, "samples": 1000},
+            labels=[{"name": n, "code": [str(i), "SCT", n]} for i, n in enumerate("abc")],
+        ),
+        CPU,
+    )
+    w = Waveform(
+        data=np.zeros((3, 5000), np.float32),
+        sampling_hz=500.0,
+        lead_names=("I", "II", "III"),
+        units="mV",
+        study_instance_uid="1",
+        series_instance_uid="2",
+        sop_instance_uid="3",
+    )
+    assert predict_sequence(ecg, w, amp=False).shape == (3,)
+    missing = dataclasses.replace(w, lead_names=("I", "V1", "V2"))
+    with pytest.raises(ValueError, match=r"lacks the lead\(s\) the model needs: II"):
+        predict_sequence(ecg, missing, amp=False)
+
+
+def test_device_auto_is_cpu_without_cuda() -> None:
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert pick_device("auto").type == expected
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="no CUDA device"):
+            pick_device("cuda")

@@ -1,0 +1,154 @@
+"""Series -> volume: ordering, geometry, rescale, decoding, and refusals."""
+
+from __future__ import annotations
+
+import random
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydicom import dcmread
+from pydicom.data import get_testdata_file
+from pydicom.uid import generate_uid
+
+from inference.errors import InconsistentSeries
+from node.volume_in import is_axial, load_volume, load_waveform
+from tests.dicomgen import ct_slice
+
+
+def _oblique_series(folder: Path, *, count: int = 6) -> tuple[list[Path], dict]:
+    """Slices tilted 30 degrees about x, spacing 0.7 x 0.9 mm, 2.5 mm apart."""
+    folder.mkdir()
+    angle = np.deg2rad(30)
+    row = np.array([1.0, 0.0, 0.0])
+    col = np.array([0.0, np.cos(angle), np.sin(angle)])
+    normal = np.cross(row, col)
+    origin = np.array([-10.0, 5.0, 30.0])
+    study, series = generate_uid(), generate_uid()
+    paths = []
+    for k in range(count):
+        ds = ct_slice(study_uid=study, series_uid=series, index=k, size=8)
+        ds.Rows, ds.Columns = 8, 10
+        ds.PixelData = (np.arange(80, dtype="<u2") + 100 * k).tobytes()
+        ds.PixelSpacing = [0.9, 0.7]  # row spacing (between rows), column spacing
+        ds.ImageOrientationPatient = [*row, *col]
+        ds.ImagePositionPatient = list(origin + 2.5 * k * normal)
+        ds.InstanceNumber = count - k  # deliberately reversed: must not be used
+        ds.RescaleSlope, ds.RescaleIntercept = 2, -1000
+        path = folder / f"{generate_uid()}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    random.Random(3).shuffle(paths)
+    return paths, {"row": row, "col": col, "normal": normal, "origin": origin}
+
+
+def test_geometry_matches_hand_computation(tmp_path: Path) -> None:
+    paths, g = _oblique_series(tmp_path / "s")
+    v = load_volume(paths)
+    assert v.array.shape == (6, 8, 10)
+    assert v.spacing == pytest.approx((2.5, 0.9, 0.7))
+    # Voxel (k, j, i) = origin + i*0.7*row + j*0.9*col + k*2.5*normal, by hand:
+    for k, j, i in [(0, 0, 0), (5, 7, 9), (2, 3, 4)]:
+        expected = g["origin"] + i * 0.7 * g["row"] + j * 0.9 * g["col"] + k * 2.5 * g["normal"]
+        assert v.to_patient([k, j, i]) == pytest.approx(expected)
+    # Order by position along the normal, rescale applied: slice k holds 2*(raw) - 1000.
+    raw = np.arange(80).reshape(8, 10)
+    for k in range(6):
+        assert np.array_equal(v.array[k], 2 * (raw + 100 * k) - 1000.0)
+    assert not is_axial(v.row_direction, v.column_direction)
+
+
+def _series(tmp_path: Path, count: int, tweak=None) -> list[Path]:
+    study, series = generate_uid(), generate_uid()
+    paths = []
+    for k in range(count):
+        ds = ct_slice(study_uid=study, series_uid=series, index=k, size=8)
+        if tweak:
+            tweak(k, ds)
+        path = tmp_path / f"{k}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+@pytest.mark.parametrize(
+    ("tweak", "count", "message"),
+    [
+        (None, 1, "single slice: a volume needs at least 2"),
+        (
+            lambda k, ds: setattr(ds, "ImagePositionPatient", [0, 0, 0 if k < 2 else -1.25 * k]),
+            4,
+            "duplicate slice position",
+        ),
+        (
+            lambda k, ds: setattr(
+                ds, "ImagePositionPatient", [0, 0, -1.25 * k - (5 if k > 2 else 0)]
+            ),
+            5,
+            "gap or uneven spacing",
+        ),
+        (
+            lambda k, ds: setattr(
+                ds, "ImageOrientationPatient", [0, 1, 0, 0, 0, -1] if k == 2 else [1, 0, 0, 0, 1, 0]
+            ),
+            4,
+            "mixed orientations",
+        ),
+    ],
+)
+def test_inconsistent_series_fail_with_reason(tmp_path: Path, tweak, count, message) -> None:
+    with pytest.raises(InconsistentSeries, match=message):
+        load_volume(_series(tmp_path, count, tweak))
+
+
+def test_mixed_sizes_fail(tmp_path: Path) -> None:
+    paths = _series(tmp_path, 3)
+    ds = dcmread(paths[1])
+    ds.Rows, ds.Columns = 4, 16
+    ds.save_as(paths[1], enforce_file_format=True)
+    with pytest.raises(InconsistentSeries, match="mixed image sizes: 8x8 and 4x16"):
+        load_volume(paths)
+
+
+@pytest.mark.parametrize("name", ["MR_small_jp2klossless.dcm", "MR_small_jpeg_ls_lossless.dcm"])
+def test_compressed_series_equals_pydicom_decode(tmp_path: Path, name: str) -> None:
+    source = get_testdata_file(name, download=False)
+    assert source is not None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        template = dcmread(source)
+        expected = template.pixel_array.astype(np.float32) * float(
+            template.get("RescaleSlope", 1)
+        ) + float(template.get("RescaleIntercept", 0))
+    paths = []
+    for k in range(3):  # same compressed frame at three positions: a small series
+        ds = dcmread(source)
+        ds.SOPInstanceUID = generate_uid()
+        ds.ImagePositionPatient = [0.0, 0.0, 5.0 * k]
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        path = tmp_path / f"{k}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        assert dcmread(path).file_meta.TransferSyntaxUID == template.file_meta.TransferSyntaxUID
+        paths.append(path)
+    v = load_volume(paths)
+    for k in range(3):
+        assert np.array_equal(v.array[k], expected)
+
+
+def test_ecg_loads_in_millivolts() -> None:
+    path = Path(get_testdata_file("waveform_ecg.dcm", download=False))
+    w = load_waveform(path)
+    ds = dcmread(path)
+    mux = ds.WaveformSequence[0]
+    assert w.data.shape == (12, 10000)
+    assert w.sampling_hz == 1000.0
+    assert w.units == "mV"
+    assert w.lead_names[0] == "Lead I (Einthoven)" and len(set(w.lead_names)) == 12
+    # By hand: raw int16 * sensitivity (uV) * correction + baseline, then uV -> mV.
+    raw = np.frombuffer(mux.WaveformData, dtype="<i2").reshape(-1, 12)
+    for c, channel in enumerate(mux.ChannelDefinitionSequence):
+        uv = raw[:, c] * float(channel.ChannelSensitivity) * float(
+            channel.ChannelSensitivityCorrectionFactor
+        ) + float(channel.ChannelBaseline)
+        assert w.data[c] == pytest.approx(uv / 1000.0, abs=1e-6)

@@ -1,0 +1,83 @@
+"""Model packages built by tests from fixed weights that encode a known function.
+
+Never random weights presented as a result: the threshold segmenter below is
+exactly "HU >= threshold", written as a per-voxel logistic model.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from inference.architectures import build
+from inference.spec import sha256_file
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return repr(value)
+
+
+def make_package(
+    folder: Path,
+    *,
+    name: str,
+    task: str,
+    architecture: str,
+    parameters: dict[str, Any],
+    state: dict[str, torch.Tensor] | None = None,
+    input_spec: dict[str, Any],
+    labels: list[dict[str, Any]],
+) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    module = build(architecture, parameters)
+    if state is not None:
+        module.load_state_dict(state)
+    torch.save(module.state_dict(), folder / "weights.pt")
+    lines = [
+        "[model]",
+        f'name = "{name}"',
+        'version = "1.0.0"',
+        f'task = "{task}"',
+        f'architecture = "{architecture}"',
+        'weights = "weights.pt"',
+        f'sha256 = "{sha256_file(folder / "weights.pt")}"',
+        "[model.parameters]",
+        *(f"{k} = {_toml_value(v)}" for k, v in parameters.items()),
+        "[input]",
+        *(f"{k} = {_toml_value(v)}" for k, v in input_spec.items()),
+    ]
+    for label in labels:
+        lines += ["[[output.labels]]", *(f"{k} = {_toml_value(v)}" for k, v in label.items())]
+    lines += ["[provenance]", 'training_data = "none: fixed weights written by the test"']
+    (folder / "model.toml").write_text("\n".join(lines) + "\n")
+    tomllib.loads((folder / "model.toml").read_text())  # the test's own TOML must parse
+    return folder
+
+
+def threshold_segmenter(folder: Path, threshold_hu: float = 120.0) -> Path:
+    """sigmoid(w * (HU + 1000) / 2000 + b) >= 0.5  exactly when  HU >= threshold_hu."""
+    w = 200.0
+    x_t = (threshold_hu + 1000.0) / 2000.0
+    state = {
+        "conv.weight": torch.full((1, 1, 1, 1, 1), w),
+        "conv.bias": torch.tensor([-w * x_t]),
+    }
+    return make_package(
+        folder,
+        name="threshold-lesions",
+        task="segmentation",
+        architecture="voxel_logistic",
+        parameters={},
+        state=state,
+        input_spec={"modality": ["CT"], "window": [-1000.0, 1000.0], "patch": [32, 64, 64]},
+        labels=[{"name": "lesion", "code": ["52988006", "SCT", "Lesion"], "threshold": 0.5}],
+    )
