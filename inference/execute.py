@@ -45,7 +45,8 @@ def _windowed(array: npt.NDArray[np.float32], window: tuple[float, float] | None
     x = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
     if window is not None:
         low, high = window
-        x = (x.clamp(low, high) - low) / (high - low)
+        x = x.clamp(low, high)  # one copy; the volume itself is never modified
+        x.sub_(low).div_(high - low)
     return x[None, None]  # (1, 1, D, H, W)
 
 
@@ -100,11 +101,13 @@ def segment(
             for (z, y, w), piece in zip(batch_corners, logits, strict=True):
                 out[0, :, z : z + patch[0], y : y + patch[1], w : w + patch[2]] += piece
                 count[0, :, z : z + patch[0], y : y + patch[1], w : w + patch[2]] += 1
-    assert out is not None
-    prob = torch.sigmoid(out / count)[:, :, : grid[0], : grid[1], : grid[2]]
-    if tuple(prob.shape[2:]) != tuple(source_shape):
-        prob = F.interpolate(prob, size=source_shape, mode="trilinear")
-    return prob[0].numpy().astype(np.float32)
+        assert out is not None
+        out.div_(count).sigmoid_()  # in place: no second full-size copy
+        del x, count
+        prob = out[:, :, : grid[0], : grid[1], : grid[2]]
+        if tuple(prob.shape[2:]) != tuple(source_shape):
+            prob = F.interpolate(prob, size=source_shape, mode="trilinear")
+        return prob[0].numpy().astype(np.float32, copy=False)
 
 
 def classify(

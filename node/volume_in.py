@@ -120,15 +120,14 @@ def _enhanced(ds: Dataset, path: Path) -> Volume:
     return _assemble(ds, slices, positions, orientation, spacing, uids)
 
 
-def _assemble(
-    first: Dataset,
-    slices: list[np.ndarray],
-    positions: list[np.ndarray],
-    orientation: np.ndarray,
-    pixel_spacing: np.ndarray,
-    uids: list[str],
-) -> Volume:
-    if len(slices) < 2:
+def _order(
+    positions: list[np.ndarray], orientation: np.ndarray, pixel_spacing: np.ndarray, uids: list[str]
+) -> tuple[np.ndarray, float, np.ndarray]:
+    """Sort by position along the normal; refuse duplicates, gaps and shear.
+
+    Returns the order, the slice step (mm) and the normal.
+    """
+    if len(positions) < 2:
         raise InconsistentSeries("single slice: a volume needs at least 2")
     row_dir, col_dir = orientation[:3], orientation[3:]
     normal = np.cross(row_dir, col_dir)
@@ -157,38 +156,81 @@ def _assemble(
         d = positions[idx] - first_pos
         if np.linalg.norm(d - (d @ normal) * normal) > 0.01 * max(1.0, float(pixel_spacing[0])):
             raise InconsistentSeries("slices are not stacked along their normal (sheared series)")
-    array = np.stack([slices[i] for i in order]).astype(np.float32, copy=False)
+    return order, step, normal
+
+
+def _volume(
+    first: Dataset,
+    array: np.ndarray,
+    first_position: np.ndarray,
+    orientation: np.ndarray,
+    normal: np.ndarray,
+    spacing: tuple[float, float, float],
+    uids: list[str],
+) -> Volume:
     return Volume(
         array=array,
-        spacing=(step, float(pixel_spacing[0]), float(pixel_spacing[1])),
-        origin=tuple(float(v) for v in first_pos),  # type: ignore[arg-type]
-        row_direction=tuple(float(v) for v in row_dir),  # type: ignore[arg-type]
-        column_direction=tuple(float(v) for v in col_dir),  # type: ignore[arg-type]
+        spacing=spacing,
+        origin=tuple(float(v) for v in first_position),  # type: ignore[arg-type]
+        row_direction=tuple(float(v) for v in orientation[:3]),  # type: ignore[arg-type]
+        column_direction=tuple(float(v) for v in orientation[3:]),  # type: ignore[arg-type]
         normal=tuple(float(v) for v in normal),  # type: ignore[arg-type]
         study_instance_uid=str(first.StudyInstanceUID),
         series_instance_uid=str(first.SeriesInstanceUID),
         frame_of_reference_uid=str(first.get("FrameOfReferenceUID", "")),
-        sop_instance_uids=tuple(uids[i] for i in order),
+        sop_instance_uids=tuple(uids),
         modality=str(first.get("Modality", "")),
     )
 
 
+def _assemble(
+    first: Dataset,
+    slices: list[np.ndarray],
+    positions: list[np.ndarray],
+    orientation: np.ndarray,
+    pixel_spacing: np.ndarray,
+    uids: list[str],
+) -> Volume:
+    order, step, normal = _order(positions, orientation, pixel_spacing, uids)
+    array = np.stack([slices[i] for i in order]).astype(np.float32, copy=False)
+    return _volume(
+        first,
+        array,
+        positions[order[0]],
+        orientation,
+        normal,
+        (step, float(pixel_spacing[0]), float(pixel_spacing[1])),
+        [uids[i] for i in order],
+    )
+
+
+def _header(path: Path) -> Dataset:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return dcmread(path, stop_before_pixels=True)
+
+
 def load_volume(paths: Sequence[Path]) -> Volume:
-    """Build one volume from the files of a series (single-frame or enhanced multi-frame)."""
+    """Build one volume from the files of a series (single-frame or enhanced multi-frame).
+
+    Geometry is checked from the headers first; then each file is decoded
+    straight into its slot of the output array, so memory peaks near one
+    volume plus one slice rather than several copies.
+    """
     if not paths:
         raise InconsistentSeries("empty series")
-    datasets = [_read(p) for p in paths]
-    if len(datasets) == 1 and int(datasets[0].get("NumberOfFrames", 1) or 1) > 1:
-        return _enhanced(datasets[0], paths[0])
-    first = datasets[0]
+    headers = [_header(p) for p in paths]
+    if len(headers) == 1 and int(headers[0].get("NumberOfFrames", 1) or 1) > 1:
+        return _enhanced(_read(paths[0]), paths[0])
+    first = headers[0]
     try:
         orientation = _floats(first.ImageOrientationPatient, 6, "Image Orientation (Patient)")
         spacing = _floats(first.PixelSpacing, 2, "Pixel Spacing")
     except AttributeError as exc:
         raise InconsistentSeries(f"{paths[0].name}: missing geometry ({exc})") from None
-    shape = (first.Rows, first.Columns)
-    slices, positions, uids = [], [], []
-    for path, ds in zip(paths, datasets, strict=True):
+    shape = (int(first.Rows), int(first.Columns))
+    positions, uids = [], []
+    for path, ds in zip(paths, headers, strict=True):
         if (ds.Rows, ds.Columns) != shape:
             raise InconsistentSeries(
                 f"mixed image sizes: {shape[0]}x{shape[1]} and {ds.Rows}x{ds.Columns} ({path.name})"
@@ -201,13 +243,25 @@ def load_volume(paths: Sequence[Path]) -> Volume:
             raise InconsistentSeries(f"mixed orientations in the series ({path.name})")
         if np.abs(_floats(ds.PixelSpacing, 2, "Pixel Spacing") - spacing).max() > 1e-4:
             raise InconsistentSeries(f"mixed pixel spacing in the series ({path.name})")
-        pixels = _pixels(ds, path)
-        if pixels.ndim != 2:
-            raise UnsupportedInput(f"{path.name}: not a single-frame greyscale image")
-        slices.append(_rescaled(ds, pixels))
         positions.append(_floats(ds.ImagePositionPatient, 3, "Image Position (Patient)"))
         uids.append(str(ds.SOPInstanceUID))
-    return _assemble(first, slices, positions, orientation, spacing, uids)
+    order, step, normal = _order(positions, orientation, spacing, uids)
+    array = np.empty((len(paths), *shape), dtype=np.float32)
+    for slot, index in enumerate(order):
+        ds = _read(paths[index])
+        pixels = _pixels(ds, paths[index])
+        if pixels.shape != shape:
+            raise UnsupportedInput(f"{paths[index].name}: not a single-frame greyscale image")
+        array[slot] = _rescaled(ds, pixels)
+    return _volume(
+        first,
+        array,
+        positions[order[0]],
+        orientation,
+        normal,
+        (step, float(spacing[0]), float(spacing[1])),
+        [uids[i] for i in order],
+    )
 
 
 _UNIT_SCALE_TO_MV = {"uV": 1e-3, "mV": 1.0, "V": 1e3}

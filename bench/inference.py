@@ -1,0 +1,203 @@
+#!/usr/bin/env python3
+"""Inference benchmark: per-stage times and peak RSS for one CT job.
+
+A synthetic 200-slice 512x512 CT (../shared/bench/make_study.py) goes through
+the worker's stages one by one: read (pydicom, decode), volume (sort, rescale,
+stack), preprocess (window, resample to the model's spacing), forward (sliding
+window), post-process (lesions and measurements), store (outcome JSON in
+SQLite). The model is a 3-D U-Net package with fixed seeded weights: its
+*output* means nothing, its *cost* is what a real one costs. Runs on CUDA when
+present, else the CPU.
+
+Targets (issue #3): everything except the forward pass <= 20 % of the job's
+time; peak RSS <= 3x the decoded volume plus the model.
+
+Usage: .venv/bin/python bench/inference.py [--slices 200] [--device auto]
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from pydicom import dcmread
+from torch.nn import functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from inference.architectures import build  # noqa: E402
+from inference.execute import pick_device, segment  # noqa: E402
+from inference.package import load_package  # noqa: E402
+from inference.postprocess import lesions  # noqa: E402
+from inference.records import Outcome  # noqa: E402
+from inference.worker import outcome_json  # noqa: E402
+from node.receive import utc_now  # noqa: E402
+from node.volume_in import load_volume  # noqa: E402
+from storage.db import create_sqlite_engine, make_sessionmaker, migrate  # noqa: E402
+from storage.outcomes import record_outcome  # noqa: E402
+from tests.packages import make_package  # noqa: E402
+
+SHARED_GENERATOR = ROOT.parent / "shared" / "bench" / "make_study.py"
+
+
+def rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--slices", type=int, default=200)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--data", type=Path, help="folder made by make_study.py")
+    a = ap.parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="bench-inference-"))
+    data = a.data or work / "data"
+    if not (data / "ct").is_dir():
+        subprocess.run(
+            [
+                sys.executable,
+                str(SHARED_GENERATOR),
+                "--out",
+                str(data),
+                "--ct-slices",
+                str(a.slices),
+                "--skip-small",
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+    paths = sorted((data / "ct").glob("*.dcm"))
+    device = pick_device(a.device)
+    torch.manual_seed(0)
+    params = {"base": 8, "depth": 3}
+    # Seeded weights with a strongly negative output bias: the mask stays nearly
+    # empty, as on a normal study, so post-processing is not flooded by noise.
+    state = build("unet3d", params).state_dict()
+    state["head.bias"] = torch.full_like(state["head.bias"], -8.0)
+    package = make_package(
+        work / "unet",
+        name="bench-unet",
+        task="segmentation",
+        architecture="unet3d",
+        parameters=params,
+        state=state,
+        input_spec={
+            "modality": "CT",
+            "window": [-200.0, 300.0],
+            "target_spacing": [2.0, 2.0, 2.0],
+            "patch": [64, 64, 64],
+        },
+        labels=[{"name": "lesion", "code": ["52988006", "SCT", "Lesion"], "threshold": 0.5}],
+    )
+    base_rss = rss_mib()
+    t = {}
+    t0 = time.perf_counter()
+    model = load_package(package, device)
+    t["load model (once per worker)"] = time.perf_counter() - t0
+    model_mib = sum(p.numel() * p.element_size() for p in model.module.parameters()) / 2**20
+
+    t0 = time.perf_counter()
+    datasets = [dcmread(p) for p in paths]
+    decoded = [ds.pixel_array for ds in datasets]
+    t["read"] = time.perf_counter() - t0
+    del datasets, decoded
+    t0 = time.perf_counter()
+    volume = load_volume(paths)
+    t["volume"] = max(0.0, time.perf_counter() - t0 - t["read"])  # load_volume reads again
+    volume_mib = volume.array.nbytes / 2**20
+
+    t0 = time.perf_counter()
+    x = torch.from_numpy(volume.array).clamp(-200, 300)[None, None]
+    size = [
+        max(1, round(n * s / 2.0)) for n, s in zip(volume.array.shape, volume.spacing, strict=True)
+    ]
+    x = F.interpolate(x, size=size, mode="trilinear")
+    t["preprocess"] = time.perf_counter() - t0
+    del x
+    t0 = time.perf_counter()
+    prob = segment(model, volume, batch_size=4, amp=True)
+    t["forward"] = time.perf_counter() - t0 - t["preprocess"]  # segment preprocesses too
+
+    t0 = time.perf_counter()
+    found = lesions(prob[0], volume, model.spec.labels[0])
+    t["post-process"] = time.perf_counter() - t0
+
+    engine = create_sqlite_engine(work / "bench.sqlite3")
+    migrate(engine)
+    t0 = time.perf_counter()
+    outcome = Outcome(
+        model_name="bench-unet",
+        model_version="1",
+        model_sha256=model.spec.sha256,
+        task="segmentation",
+        series_instance_uid=volume.series_instance_uid,
+        lesions=found,
+    )
+    with make_sessionmaker(engine).begin() as s:
+        from storage.models import Job
+
+        job = Job(
+            pipeline="bench",
+            level="study",
+            study_instance_uid="1",
+            queueing_lock="b",
+            max_attempts=1,
+            scheduled_at=utc_now(),
+            created_at=utc_now(),
+            updated_at=utc_now(),
+        )
+        s.add(job)
+        s.flush()
+        record_outcome(
+            s,
+            job_id=job.id,
+            pipeline="bench",
+            study_instance_uid="1",
+            series_instance_uid=None,
+            model_name="bench-unet",
+            model_version="1",
+            model_sha256=model.spec.sha256,
+            task="segmentation",
+            result=outcome_json(outcome),
+            now=utc_now(),
+        )
+    t["store"] = time.perf_counter() - t0
+
+    job_stages = ["read", "volume", "preprocess", "forward", "post-process", "store"]
+    total = sum(t[s] for s in job_stages)
+    print(
+        f"\nOne CT job: {len(paths)} slices {volume.array.shape[1]}x{volume.array.shape[2]}, "
+        f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads\n"
+    )
+    print("| stage | seconds | share of the job |")
+    print("|---|---|---|")
+    for stage in job_stages:
+        print(f"| {stage} | {t[stage]:.2f} | {100 * t[stage] / total:.0f} % |")
+    print(f"| **job total** | {total:.2f} | |")
+    print(
+        f"| load model (once per worker, not per job) | {t['load model (once per worker)']:.2f} | |"
+    )
+    non_forward = 100 * (total - t["forward"]) / total
+    peak = rss_mib()
+    budget = 3 * volume_mib + model_mib
+    print(f"\neverything but the forward pass: {non_forward:.0f} % of the job (target <= 20 %)")
+    print(
+        f"peak RSS {peak:.0f} MiB (process start {base_rss:.0f} MiB, with torch); decoded volume "
+        f"{volume_mib:.0f} MiB, model {model_mib:.1f} MiB: budget 3x volume + model = "
+        f"{budget:.0f} MiB above the start, used {peak - base_rss:.0f} MiB"
+    )
+    print(f"lesions found by the fixed-weight U-Net (its output means nothing): {len(found)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
