@@ -1,0 +1,104 @@
+"""Pipeline stages without the network: series selection, skip records, OOM fallback."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from inference.execute import segment, with_oom_fallback
+from inference.package import LoadedModel, load_package
+from inference.pipeline import run_pipeline, select_series
+from node.config import SeriesRule
+from storage.index import SeriesInfo
+from tests.dicomgen import write_lesion_ct
+from tests.inference.test_models import _volume
+from tests.packages import threshold_segmenter
+
+
+def _info(uid: str, modality: str, desc: str = "", n: int = 3, body: str = "CHEST") -> SeriesInfo:
+    return SeriesInfo(
+        series_instance_uid=uid,
+        modality=modality,
+        body_part_examined=body,
+        series_description=desc,
+        sop_class_uids=("1.2.840.10008.5.1.4.1.1.2",),
+        paths=tuple(Path(f"/x/{uid}.{i}") for i in range(n)),
+    )
+
+
+def test_series_rules() -> None:
+    series = [
+        _info("1", "CT", "Axial 1.25mm"),
+        _info("2", "CT", "Scout", n=1),
+        _info("3", "MR", "Axial T1"),
+        _info("4", "CT", "Axial", body="HEAD"),
+    ]
+    rule = SeriesRule(
+        modalities=("CT",),
+        body_parts=("CHEST",),
+        series_description=re.compile("axial", re.I),
+        min_instances=2,
+    )
+    assert [s.series_instance_uid for s in select_series(series, rule)] == ["1"]
+    assert len(select_series(series, SeriesRule())) == 4
+
+
+def test_study_matching_no_series_is_recorded_as_skipped(tmp_path: Path) -> None:
+    model = load_package(threshold_segmenter(tmp_path / "pkg"), torch.device("cpu"))
+    run = run_pipeline(
+        [_info("1", "MR")], SeriesRule(modalities=("CT",)), [model], batch_size=2, amp=False
+    )
+    assert run.outcomes == () and run.skipped_reason == "no series matches the pipeline's rules"
+
+
+def test_pipeline_runs_the_model_on_the_matching_series(tmp_path: Path) -> None:
+    model = load_package(threshold_segmenter(tmp_path / "pkg"), torch.device("cpu"))
+    files, truth = write_lesion_ct(tmp_path / "ct")
+    info = SeriesInfo(
+        series_instance_uid="9",
+        modality="CT",
+        body_part_examined="CHEST",
+        series_description="",
+        sop_class_uids=("1.2.840.10008.5.1.4.1.1.2",),
+        paths=tuple(files),
+    )
+    run = run_pipeline([info], SeriesRule(modalities=("CT",)), [model], batch_size=2, amp=False)
+    (outcome,) = run.outcomes
+    measured = sorted(lesion.volume_mm3 for lesion in outcome.lesions)
+    assert len(measured) == len(truth)
+    for got, true in zip(measured, sorted(truth), strict=True):
+        assert got == pytest.approx(true, rel=0.10)
+
+
+class _OomTwice(nn.Module):
+    """Raises CUDA out-of-memory on its first two calls, then works: a fake device."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+        self.conv = nn.Conv3d(1, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.calls <= 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return self.conv(x)
+
+
+def test_out_of_memory_falls_back_to_batch_one_then_cpu(tmp_path: Path) -> None:
+    base = load_package(threshold_segmenter(tmp_path / "pkg"), torch.device("cpu"))
+    fake = LoadedModel(spec=base.spec, module=_OomTwice(), device=torch.device("cpu"))
+    batches: list[int] = []
+
+    def run(model: LoadedModel, batch: int) -> np.ndarray:
+        batches.append(batch)
+        return segment(model, _volume(np.zeros((8, 16, 16))), batch_size=batch, amp=False)
+
+    prob = with_oom_fallback(run, fake, 8)
+    assert batches == [8, 1, 1]  # full batch, batch of one, then the CPU
+    assert prob.shape == (1, 8, 16, 16)
