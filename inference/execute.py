@@ -19,6 +19,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from inference.package import LoadedModel
+from inference.preprocess import prepare_waveform, resampled_shape, window
 from inference.records import Volume, Waveform
 
 __all__ = ["classify", "pick_device", "predict_sequence", "segment", "with_oom_fallback"]
@@ -41,22 +42,6 @@ def _autocast(device: torch.device, amp: bool) -> torch.autocast:
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
-def _windowed(array: npt.NDArray[np.float32], window: tuple[float, float] | None) -> Tensor:
-    x = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
-    if window is not None:
-        low, high = window
-        x = x.clamp(low, high)  # one copy; the volume itself is never modified
-        x.sub_(low).div_(high - low)
-    return x[None, None]  # (1, 1, D, H, W)
-
-
-def _resampled_shape(volume: Volume, target: tuple[float, float, float]) -> tuple[int, ...]:
-    return tuple(
-        max(1, round(n * s / t))
-        for n, s, t in zip(volume.array.shape, volume.spacing, target, strict=True)
-    )
-
-
 def _starts(size: int, patch: int, step: int) -> list[int]:
     if size <= patch:
         return [0]
@@ -69,10 +54,10 @@ def segment(
 ) -> npt.NDArray[np.float32]:
     """Per-label probability maps ``(labels, D, H, W)`` on the volume's own grid."""
     spec = model.spec.input
-    x = _windowed(volume.array, spec.window)
+    x = window(volume.array, spec.window)
     source_shape = x.shape[2:]
     if spec.target_spacing is not None:
-        x = F.interpolate(x, size=_resampled_shape(volume, spec.target_spacing), mode="trilinear")
+        x = F.interpolate(x, size=resampled_shape(volume, spec.target_spacing), mode="trilinear")
     patch = spec.patch or tuple(x.shape[2:])
     divisor = int(getattr(model.module, "divisor", 1))
     patch = tuple(-(-p // divisor) * divisor for p in patch)
@@ -115,7 +100,7 @@ def classify(
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32] | None]:
     """Class probabilities (softmax) and, for attention models, the map on the source grid."""
     spec = model.spec.input
-    x = _windowed(volume.array, spec.window)
+    x = window(volume.array, spec.window)
     source_shape = x.shape[2:]
     if spec.size is not None:
         x = F.interpolate(x, size=spec.size, mode="trilinear")
@@ -131,29 +116,10 @@ def classify(
     return probs, att.numpy().astype(np.float32)
 
 
-def _prepare_waveform(model: LoadedModel, waveform: Waveform) -> Tensor:
-    spec = model.spec.input
-    data = waveform.data
-    if spec.leads:
-        index = {name: i for i, name in enumerate(waveform.lead_names)}
-        missing = [lead for lead in spec.leads if lead not in index]
-        if missing:
-            raise ValueError(f"waveform lacks the lead(s) the model needs: {', '.join(missing)}")
-        data = data[[index[lead] for lead in spec.leads]]
-    x = torch.from_numpy(np.ascontiguousarray(data))[None]  # (1, leads, samples)
-    if spec.sampling_hz and abs(spec.sampling_hz - waveform.sampling_hz) > 1e-6:
-        n = round(x.shape[-1] * spec.sampling_hz / waveform.sampling_hz)
-        x = F.interpolate(x, size=n, mode="linear")
-    if spec.samples:
-        x = x[..., : spec.samples]
-        x = F.pad(x, [0, spec.samples - x.shape[-1]])
-    return x
-
-
 def predict_sequence(
     model: LoadedModel, waveform: Waveform, *, amp: bool
 ) -> npt.NDArray[np.float32]:
-    x = _prepare_waveform(model, waveform)
+    x = prepare_waveform(waveform, model.spec.input)
     with torch.inference_mode(), _autocast(model.device, amp):
         logits, _ = model.module(x.to(model.device))
     return torch.softmax(logits.float(), dim=1)[0].cpu().numpy().astype(np.float32)

@@ -32,6 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("check-config", parents=[common], help="validate the config file and exit")
     sub.add_parser("status", parents=[common], help="studies, completion and jobs at a glance")
     sub.add_parser("worker", parents=[common], help="run one inference worker in the foreground")
+    sub.add_parser("train", help="generate data, train, evaluate, export (see: ainode train -h)")
     jobs = sub.add_parser("jobs", parents=[common], help="list jobs, or replay one")
     jobs.add_argument("action", nargs="?", choices=["list", "retry"], default="list")
     jobs.add_argument("job_id", nargs="?", type=int, help="the job to retry")
@@ -117,6 +118,11 @@ def _cmd_jobs(cfg: NodeConfig, args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["train"]:  # training has its own command line (python -m training)
+        from training.__main__ import main as train_main
+
+        return train_main(argv[1:])
     args = _parser().parse_args(argv)
     try:
         cfg = load_config(args.config or default_config_path())

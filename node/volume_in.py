@@ -20,7 +20,7 @@ from pydicom.dataset import Dataset
 from inference.errors import InconsistentSeries, UnsupportedInput
 from inference.records import Volume, Waveform
 
-__all__ = ["is_axial", "load_volume", "load_waveform", "series_orientation"]
+__all__ = ["is_axial", "load_volume", "load_waveform", "series_files", "series_orientation"]
 
 _ORIENTATION_TOLERANCE = 1e-3
 _GAP_TOLERANCE = 0.1  # relative deviation of one step from the median step
@@ -40,6 +40,22 @@ def _floats(value: Any, n: int, what: str) -> np.ndarray:
     if arr.shape != (n,):
         raise InconsistentSeries(f"{what} must have {n} values")
     return arr
+
+
+def series_files(folder: Path) -> dict[str, list[Path]]:
+    """Every DICOM file below ``folder``, grouped by Series Instance UID (headers only)."""
+    groups: dict[str, list[Path]] = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ds = dcmread(path, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
+        except Exception:
+            continue  # not DICOM: ignored
+        uid = str(ds.get("SeriesInstanceUID", ""))
+        if uid:
+            groups.setdefault(uid, []).append(path)
+    return groups
 
 
 def series_orientation(

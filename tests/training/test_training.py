@@ -1,0 +1,163 @@
+"""Training end to end on tiny synthetic data: loss falls, export loads, same predictions."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from inference.execute import predict_sequence, segment
+from inference.package import load_package
+from training.data import load_ct_cases, load_ecg_cases
+from training.recipes import RECIPES, _loaded, export, train_recipe
+from training.synthetic import CT_LABELS, ECG_LABELS, generate_ct, generate_ecg
+from training.trainer import TrainConfig, fit
+
+SEG = RECIPES["lesion-seg"]
+TINY_SEG = replace(
+    SEG,
+    parameters={"base": 4, "depth": 2, "attention": True},
+    train=TrainConfig(epochs=4, batch_size=2, lr=5e-3, patience=10),
+)
+ECG = RECIPES["ecg-rhythm"]
+TINY_ECG = replace(
+    ECG,
+    parameters={**ECG.parameters, "hidden": 8},
+    train=TrainConfig(epochs=3, batch_size=8, lr=5e-3, patience=10),
+)
+
+
+@pytest.fixture(scope="module")
+def ct_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("ct")
+    generate_ct(folder, 6, seed=11)
+    return folder
+
+
+def test_synthetic_data_is_reproducible(tmp_path: Path) -> None:
+    def digest(folder: Path) -> str:
+        h = hashlib.sha256()
+        for path in sorted(folder.rglob("*.dcm")):
+            h.update(path.read_bytes())
+        return h.hexdigest()
+
+    generate_ecg(tmp_path / "a", 3, seed=5)
+    generate_ecg(tmp_path / "b", 3, seed=5)
+    generate_ecg(tmp_path / "c", 3, seed=6)
+    assert digest(tmp_path / "a") == digest(tmp_path / "b") != digest(tmp_path / "c")
+
+
+def test_segmentation_loss_falls_export_loads_same_predictions(
+    ct_data: Path, tmp_path: Path
+) -> None:
+    cases, report = load_ct_cases(ct_data, ct_data / "labels.csv", CT_LABELS, masks=True)
+    assert report.used == 6 and report.skipped == []
+    module, _ = train_recipe(
+        TINY_SEG, cases[:4], cases[4:], seed=0, progress=False, checkpoint=tmp_path / "ckpt.pt"
+    )
+    history = torch.load(tmp_path / "ckpt.pt", weights_only=False)["history"]
+    assert history[-1]["loss"] < history[0]["loss"]
+
+    package = export(
+        TINY_SEG,
+        module,
+        tmp_path / "pkg",
+        metrics={"dice": 0.0},
+        training_data="test",
+        card="# test\n",
+    )
+    loaded = load_package(package, torch.device("cpu"))  # the worker's own loader
+    volume = cases[5].volume
+    ours = segment(_loaded(TINY_SEG, module), volume, batch_size=2, amp=False)
+    theirs = segment(loaded, volume, batch_size=2, amp=False)
+    assert np.array_equal(ours, theirs)
+    assert (package / "MODEL_CARD.md").read_text() == "# test\n"
+
+
+def test_training_resumes_from_its_checkpoint(tmp_path: Path) -> None:
+    items = [(torch.zeros(1, 4, 8, 8), torch.zeros(1, 4, 8, 8))] * 4
+    model = torch.nn.Conv3d(1, 1, 1)
+
+    def loss_fn(m, batch, dev):
+        x = torch.stack([b[0] for b in batch])
+        return ((m(x) - torch.stack([b[1] for b in batch])) ** 2).mean()
+
+    ckpt = tmp_path / "resume.pt"
+    first = fit(
+        model,
+        items,
+        loss_fn=loss_fn,
+        validate=lambda m: 0.0,
+        cfg=TrainConfig(epochs=2, batch_size=2, checkpoint=ckpt, progress=False),
+    )
+    assert first.epochs_run == 2
+    resumed = fit(
+        torch.nn.Conv3d(1, 1, 1),
+        items,
+        loss_fn=loss_fn,
+        validate=lambda m: 0.0,
+        cfg=TrainConfig(epochs=3, batch_size=2, checkpoint=ckpt, progress=False),
+    )
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
+
+
+def test_missing_data_is_reported_with_the_policy(ct_data: Path, tmp_path: Path) -> None:
+    with open(ct_data / "labels.csv") as f:
+        labels = list(csv.DictReader(f))
+    broken = tmp_path / "labels.csv"
+    (tmp_path / "masks").symlink_to(ct_data / "masks")
+    with open(broken, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(labels[0]))
+        writer.writeheader()
+        writer.writerows(labels[:4])  # the last two series have no label
+        writer.writerow({**labels[0], "series_uid": "2.25.1", "label": "normal"})
+    cases, report = load_ct_cases(ct_data, broken, CT_LABELS, masks=True)
+    reasons = dict(report.skipped)
+    assert report.used == 4 and len(cases) == 4
+    assert reasons["2.25.1"] == "series not found in the folder"
+    assert sum(1 for why in reasons.values() if why == "no label in the CSV") == 2
+    with pytest.raises(ValueError, match="on_missing = 'error'"):
+        load_ct_cases(ct_data, broken, CT_LABELS, masks=True, on_missing="error")
+
+
+def test_ecg_missing_leads_policy(tmp_path: Path) -> None:
+    generate_ecg(tmp_path, 3, seed=2)
+    leads = (*ECG.input_spec["leads"], "Lead X")  # a lead no recording has
+    skipped, report = load_ecg_cases(tmp_path, tmp_path / "labels.csv", ECG_LABELS, leads)
+    assert skipped == [] and all("missing lead(s) Lead X" in why for _, why in report.skipped)
+    masked, _ = load_ecg_cases(
+        tmp_path, tmp_path / "labels.csv", ECG_LABELS, leads, missing_leads="zero"
+    )
+    assert len(masked) == 3 and masked[0].waveform.data.shape[0] == 13
+    assert not masked[0].waveform.data[-1].any()
+
+
+def test_ecg_model_trains_and_runs_through_the_worker_loader(tmp_path: Path) -> None:
+    generate_ecg(tmp_path / "train", 12, seed=21)
+    generate_ecg(tmp_path / "val", 6, seed=22)
+    leads = tuple(ECG.input_spec["leads"])
+    train, _ = load_ecg_cases(
+        tmp_path / "train", tmp_path / "train" / "labels.csv", ECG_LABELS, leads
+    )
+    val, _ = load_ecg_cases(tmp_path / "val", tmp_path / "val" / "labels.csv", ECG_LABELS, leads)
+    module, score = train_recipe(TINY_ECG, train, val, seed=0, progress=False)
+    assert 0.0 <= score <= 1.0
+    package = export(
+        TINY_ECG,
+        module,
+        tmp_path / "pkg",
+        metrics={"macro_f1": score},
+        training_data="test",
+        card="# test\n",
+    )
+    loaded = load_package(package, torch.device("cpu"))
+    for case in val:
+        assert np.allclose(
+            predict_sequence(loaded, case.waveform, amp=False),
+            predict_sequence(_loaded(TINY_ECG, module), case.waveform, amp=False),
+        )

@@ -1,0 +1,152 @@
+"""Datasets from folders of DICOM plus a labels CSV, read with the node's own loaders.
+
+``labels.csv`` has the columns ``patient_id, study_uid, series_uid, label``; a
+segmentation set adds ``masks/<series uid>.npy`` (bool, on the series' grid in
+the loader's slice order). Missing data is never silently dropped: each case
+skipped is listed with its reason in the returned :class:`DataReport`, and the
+policy ``on_missing = "skip" | "error"`` decides whether a gap stops training.
+For ECGs, ``missing_leads = "skip" | "zero"`` decides whether a recording
+without all the model's leads is dropped or the missing leads are zero-masked.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from inference.errors import InferenceError
+from inference.records import Volume, Waveform
+from node.volume_in import load_volume, load_waveform, series_files
+
+__all__ = ["CtCase", "DataReport", "EcgCase", "load_ct_cases", "load_ecg_cases"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CtCase:
+    patient_id: str
+    label: int
+    volume: Volume
+    mask: npt.NDArray[np.bool_] | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EcgCase:
+    patient_id: str
+    label: int
+    waveform: Waveform
+
+
+@dataclass(slots=True)
+class DataReport:
+    used: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def skip(self, what: str, why: str, on_missing: str) -> None:
+        if on_missing == "error":
+            raise ValueError(f"{what}: {why} (on_missing = 'error')")
+        self.skipped.append((what, why))
+
+
+def _labels(labels_csv: Path) -> list[dict[str, str]]:
+    with open(labels_csv, newline="") as f:
+        rows = list(csv.DictReader(f))
+    required = {"patient_id", "series_uid", "label"}
+    if rows and not required <= set(rows[0]):
+        raise ValueError(f"{labels_csv}: needs the columns {', '.join(sorted(required))}")
+    return rows
+
+
+def load_ct_cases(
+    folder: Path,
+    labels_csv: Path,
+    classes: tuple[str, ...],
+    *,
+    masks: bool,
+    on_missing: str = "skip",
+) -> tuple[list[CtCase], DataReport]:
+    report = DataReport()
+    files = series_files(folder)
+    cases = []
+    labelled = set()
+    for row in _labels(labels_csv):
+        uid = row["series_uid"]
+        labelled.add(uid)
+        if row["label"] not in classes:
+            report.skip(uid, f"label {row['label']!r} is not one of {classes}", on_missing)
+            continue
+        if uid not in files:
+            report.skip(uid, "series not found in the folder", on_missing)
+            continue
+        try:
+            volume = load_volume(files[uid])
+        except InferenceError as exc:  # missing slices, gaps, undecodable pixels...
+            report.skip(uid, str(exc), on_missing)
+            continue
+        mask = None
+        if masks:
+            mask_path = labels_csv.parent / "masks" / f"{uid}.npy"
+            if not mask_path.exists():
+                report.skip(uid, "no ground-truth mask", on_missing)
+                continue
+            mask = np.load(mask_path)
+            if mask.shape != volume.array.shape:
+                report.skip(uid, f"mask {mask.shape} != volume {volume.array.shape}", on_missing)
+                continue
+        cases.append(
+            CtCase(
+                patient_id=row["patient_id"],
+                label=classes.index(row["label"]),
+                volume=volume,
+                mask=mask,
+            )
+        )
+    for uid in sorted(set(files) - labelled):
+        report.skip(uid, "no label in the CSV", on_missing)
+    report.used = len(cases)
+    return cases, report
+
+
+def load_ecg_cases(
+    folder: Path,
+    labels_csv: Path,
+    classes: tuple[str, ...],
+    leads: tuple[str, ...],
+    *,
+    on_missing: str = "skip",
+    missing_leads: str = "skip",
+) -> tuple[list[EcgCase], DataReport]:
+    report = DataReport()
+    files = series_files(folder)
+    cases = []
+    for row in _labels(labels_csv):
+        uid = row["series_uid"]
+        if row["label"] not in classes or uid not in files:
+            report.skip(uid, "unknown label or series not found", on_missing)
+            continue
+        try:
+            waveform = load_waveform(files[uid][0])
+        except InferenceError as exc:
+            report.skip(uid, str(exc), on_missing)
+            continue
+        absent = [lead for lead in leads if lead not in waveform.lead_names]
+        if absent:
+            if missing_leads == "skip":
+                report.skip(uid, f"missing lead(s) {', '.join(absent)}", on_missing)
+                continue
+            zeros = np.zeros((len(absent), waveform.data.shape[1]), np.float32)
+            waveform = replace(
+                waveform,
+                data=np.concatenate([waveform.data, zeros]),
+                lead_names=waveform.lead_names + tuple(absent),
+            )
+        cases.append(
+            EcgCase(
+                patient_id=row["patient_id"], label=classes.index(row["label"]), waveform=waveform
+            )
+        )
+    report.used = len(cases)
+    return cases, report

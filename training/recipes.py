@@ -1,0 +1,362 @@
+"""The shipped models' recipes: data, loss, validation, evaluation and export.
+
+Each recipe trains on cases read by the node's loaders and validates through
+the worker's own execution path (``inference.execute``), so a model is judged
+exactly as it will run.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from inference.architectures import build
+from inference.execute import classify, predict_sequence, segment
+from inference.package import LoadedModel
+from inference.preprocess import prepare_waveform, window
+from inference.spec import read_spec
+from training.data import CtCase, EcgCase
+from training.export import export_package
+from training.metrics import classification_report, dice, iou, lesion_detection
+from training.synthetic import CT_LABELS, ECG_LABELS, LEADS
+from training.trainer import TrainConfig, fit
+
+__all__ = ["RECIPES", "Recipe", "evaluate", "train_recipe"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Recipe:
+    name: str
+    task: str
+    kind: str  # "ct" or "ecg": which synthetic data and loader
+    architecture: str
+    parameters: dict[str, Any]
+    input_spec: dict[str, Any]
+    labels: list[dict[str, Any]]
+    classes: tuple[str, ...]
+    train: TrainConfig
+
+
+RECIPES = {
+    r.name: r
+    for r in (
+        Recipe(
+            name="lesion-seg",
+            task="segmentation",
+            kind="ct",
+            architecture="unet3d",
+            parameters={"base": 8, "depth": 2, "attention": True},
+            input_spec={"modality": ["CT"], "window": [-100.0, 300.0], "patch": [32, 64, 64]},
+            labels=[{"name": "lesion", "code": ["52988006", "SCT", "Lesion"], "threshold": 0.5}],
+            classes=CT_LABELS,
+            train=TrainConfig(epochs=30, batch_size=4, lr=3e-3, patience=8),
+        ),
+        Recipe(
+            name="lesion-class",
+            task="classification",
+            kind="ct",
+            architecture="attention_cnn",
+            parameters={"num_classes": 3, "base": 8, "depth": 3},
+            input_spec={"modality": ["CT"], "window": [-100.0, 300.0], "size": [32, 64, 64]},
+            labels=[
+                {"name": "normal", "code": ["17621005", "SCT", "Normal"], "threshold": 0.5},
+                {
+                    "name": "benign",
+                    "code": ["3898006", "SCT", "Neoplasm, benign"],
+                    "threshold": 0.5,
+                },
+                {
+                    "name": "malignant",
+                    "code": ["363346000", "SCT", "Malignant neoplastic disease"],
+                    "threshold": 0.5,
+                },
+            ],
+            classes=CT_LABELS,
+            train=TrainConfig(epochs=40, batch_size=8, lr=2e-3, patience=10),
+        ),
+        Recipe(
+            name="ecg-rhythm",
+            task="sequence",
+            kind="ecg",
+            architecture="sequence_rnn",
+            parameters={
+                "in_channels": 12,
+                "num_classes": 3,
+                "hidden": 32,
+                "cell": "lstm",
+                "downsample": 4,
+            },
+            input_spec={
+                "modality": ["ECG"],
+                "leads": [f"Lead {x}" for x in LEADS],
+                "sampling_hz": 250.0,
+                "samples": 2500,
+            },
+            labels=[
+                {
+                    "name": "normal",
+                    "code": ["426783006", "SCT", "Normal sinus rhythm"],
+                    "threshold": 0.5,
+                },
+                {
+                    "name": "af",
+                    "code": ["49436004", "SCT", "Atrial fibrillation"],
+                    "threshold": 0.5,
+                },
+                {
+                    "name": "st_elevation",
+                    "code": ["164931005", "SCT", "ST segment elevation"],
+                    "threshold": 0.5,
+                },
+            ],
+            classes=ECG_LABELS,
+            train=TrainConfig(epochs=30, batch_size=16, lr=3e-3, patience=8),
+        ),
+    )
+}
+
+
+def _loaded(recipe: Recipe, module: nn.Module, folder: Path | None = None) -> LoadedModel:
+    """Wrap a module in training as the worker would see it (spec from the recipe)."""
+    from inference.spec import InputSpec, LabelSpec, ModelSpec
+
+    spec_in = recipe.input_spec
+    spec = ModelSpec(
+        folder=folder or Path("."),
+        name=recipe.name,
+        version="training",
+        task=recipe.task,
+        architecture=recipe.architecture,
+        format="state_dict",
+        weights=Path("-"),
+        sha256="0" * 64,
+        parameters=recipe.parameters,
+        input=InputSpec(
+            modalities=tuple(spec_in.get("modality", ())),
+            window=tuple(spec_in["window"]) if "window" in spec_in else None,
+            size=tuple(spec_in["size"]) if "size" in spec_in else None,
+            patch=tuple(spec_in["patch"]) if "patch" in spec_in else None,
+            leads=tuple(spec_in.get("leads", ())),
+            sampling_hz=spec_in.get("sampling_hz"),
+            samples=spec_in.get("samples"),
+        ),
+        labels=tuple(
+            LabelSpec(
+                name=x["name"],
+                code=tuple(x["code"]),
+                threshold=x["threshold"],
+            )
+            for x in recipe.labels
+        ),
+    )
+    device = next(module.parameters()).device
+    return LoadedModel(spec=spec, module=module, device=device)
+
+
+def _ct_input(recipe: Recipe, case: CtCase) -> Tensor:
+    x = window(case.volume.array, tuple(recipe.input_spec["window"]))
+    if "size" in recipe.input_spec:
+        x = F.interpolate(x, size=recipe.input_spec["size"], mode="trilinear")
+    return x[0]
+
+
+def _soft_dice_loss(logits: Tensor, target: Tensor) -> Tensor:
+    p = torch.sigmoid(logits)
+    inter = (p * target).sum(dim=(1, 2, 3, 4))
+    total = p.sum(dim=(1, 2, 3, 4)) + target.sum(dim=(1, 2, 3, 4))
+    return (1 - (2 * inter + 1) / (total + 1)).mean()
+
+
+def _predict_probs(recipe: Recipe, model: LoadedModel, case: CtCase | EcgCase) -> np.ndarray:
+    if isinstance(case, EcgCase):
+        return predict_sequence(model, case.waveform, amp=False)
+    return classify(model, case.volume, amp=False)[0]
+
+
+def train_recipe(
+    recipe: Recipe,
+    train: Sequence[CtCase | EcgCase],
+    val: Sequence[CtCase | EcgCase],
+    *,
+    seed: int,
+    device: str = "cpu",
+    epochs: int | None = None,
+    checkpoint: Path | None = None,
+    progress: bool = True,
+) -> tuple[nn.Module, float]:
+    """Train a recipe's model; return it (best validated weights) and its validation score."""
+    torch.manual_seed(seed)
+    module = build(recipe.architecture, recipe.parameters)
+    cfg = TrainConfig(
+        epochs=epochs or recipe.train.epochs,
+        batch_size=recipe.train.batch_size,
+        lr=recipe.train.lr,
+        patience=recipe.train.patience,
+        seed=seed,
+        device=device,
+        checkpoint=checkpoint,
+        progress=progress,
+    )
+    loss_fn: Callable[[nn.Module, list[Any], torch.device], Tensor]
+    validate: Callable[[nn.Module], float]
+    if recipe.task == "segmentation":
+        items: list[tuple[Tensor, Any]] = [
+            (_ct_input(recipe, c), torch.from_numpy(c.mask[None].astype(np.float32)))
+            for c in train
+            if isinstance(c, CtCase) and c.mask is not None
+        ]
+
+        def loss_fn(m: nn.Module, batch: list[Any], dev: torch.device) -> Tensor:
+            x = torch.stack([b[0] for b in batch]).to(dev)
+            y = torch.stack([b[1] for b in batch]).to(dev)
+            logits = m(x)
+            return F.binary_cross_entropy_with_logits(logits, y) + _soft_dice_loss(logits, y)
+
+        def validate(m: nn.Module) -> float:
+            model = _loaded(recipe, m)
+            scores = [
+                dice(segment(model, c.volume, batch_size=4, amp=False)[0] >= 0.5, c.mask)  # type: ignore[arg-type]
+                for c in val
+                if isinstance(c, CtCase)
+            ]
+            return float(np.mean(scores))
+    else:
+        if recipe.kind == "ecg":
+            spec = _loaded(recipe, module).spec.input
+            items = [
+                (prepare_waveform(c.waveform, spec)[0], c.label)
+                for c in train
+                if isinstance(c, EcgCase)
+            ]
+        else:
+            items = [(_ct_input(recipe, c), c.label) for c in train if isinstance(c, CtCase)]
+
+        def loss_fn(m: nn.Module, batch: list[Any], dev: torch.device) -> Tensor:
+            x = torch.stack([b[0] for b in batch]).to(dev)
+            y = torch.tensor([b[1] for b in batch], device=dev)
+            logits, _ = m(x)
+            return F.cross_entropy(logits, y)
+
+        def validate(m: nn.Module) -> float:
+            model = _loaded(recipe, m)
+            probs = np.stack([_predict_probs(recipe, model, c) for c in val])
+            report = classification_report([c.label for c in val], probs, list(recipe.classes))
+            key = "macro_f1" if recipe.kind == "ecg" else "macro_auroc"
+            value = report[key]
+            return float(value) if isinstance(value, (int, float)) else 0.0
+
+    result = fit(module, items, loss_fn=loss_fn, validate=validate, cfg=cfg)
+    if recipe.task != "segmentation":
+        temperature = calibrate(recipe, module, val)
+        if progress:
+            print(f"  temperature scaling: T = {temperature:.3f}", file=sys.stderr)
+    return module, result.best_metric
+
+
+def _logits(recipe: Recipe, module: nn.Module, case: CtCase | EcgCase) -> Tensor:
+    if isinstance(case, EcgCase):
+        x = prepare_waveform(case.waveform, _loaded(recipe, module).spec.input)
+    else:
+        x = _ct_input(recipe, case)[None]
+    with torch.inference_mode():
+        logits, _ = module(x.to(next(module.parameters()).device))
+    row: Tensor = logits[0].float().cpu()
+    return row
+
+
+def calibrate(recipe: Recipe, module: nn.Module, val: Sequence[CtCase | EcgCase]) -> float:
+    """Temperature scaling (Guo et al. 2017) fitted on the validation set.
+
+    The temperature T minimising the validation NLL is folded into the final
+    linear layer (weights and bias divided by T), which is exactly softmax(z / T):
+    the package stays a plain state dict and the worker needs no extra step.
+    """
+    logits = torch.stack([_logits(recipe, module, c) for c in val])
+    labels = torch.tensor([c.label for c in val])
+    grid = torch.exp(torch.linspace(np.log(0.25), np.log(20.0), 200))
+    nll = torch.stack([F.cross_entropy(logits / t, labels) for t in grid])
+    temperature = float(grid[int(nll.argmin())])
+    fc = module.get_submodule("fc")
+    assert isinstance(fc, nn.Linear), "classifiers end in a Linear layer named fc"
+    with torch.no_grad():
+        fc.weight.div_(temperature)
+        fc.bias.div_(temperature)
+    return temperature
+
+
+def evaluate(
+    recipe: Recipe, module: nn.Module, cases: Sequence[CtCase | EcgCase]
+) -> dict[str, Any]:
+    """Held-out metrics through the worker's execution path, plus size and cost."""
+    model = _loaded(recipe, module)
+    params = sum(p.numel() for p in module.parameters())
+    report: dict[str, Any] = {
+        "n": len(cases),
+        "parameters": params,
+        "size_mb": round(params * 4 / 1e6, 3),
+    }
+    started = time.perf_counter()
+    if recipe.task == "segmentation":
+        dices, ious, truth_n, found_n, fp_n = [], [], 0, 0, 0
+        for c in cases:
+            assert isinstance(c, CtCase) and c.mask is not None
+            pred = segment(model, c.volume, batch_size=4, amp=False)[0] >= 0.5
+            if c.mask.any() or pred.any():
+                dices.append(dice(pred, c.mask))
+                ious.append(iou(pred, c.mask))
+            n_true, n_found, n_fp = lesion_detection(pred, c.mask)
+            truth_n, found_n, fp_n = truth_n + n_true, found_n + n_found, fp_n + n_fp
+        report.update(
+            {
+                "dice_mean": float(np.mean(dices)),
+                "dice_sd": float(np.std(dices)),
+                "dice_all": [round(d, 4) for d in dices],
+                "iou_mean": float(np.mean(ious)),
+                "lesion_sensitivity": found_n / max(1, truth_n),
+                "false_positives_per_scan": fp_n / max(1, len(cases)),
+                "lesions": truth_n,
+            }
+        )
+    else:
+        probs = np.stack([_predict_probs(recipe, model, c) for c in cases])
+        report.update(classification_report([c.label for c in cases], probs, list(recipe.classes)))
+        report["probabilities"] = probs.round(4).tolist()
+        report["labels"] = [c.label for c in cases]
+    report["ms_per_case_cpu"] = round(1000 * (time.perf_counter() - started) / len(cases), 1)
+    return report
+
+
+def export(
+    recipe: Recipe,
+    module: nn.Module,
+    folder: Path,
+    *,
+    metrics: dict[str, float],
+    training_data: str,
+    card: str,
+) -> Path:
+    path = export_package(
+        module,
+        folder,
+        name=recipe.name,
+        version="1.0.0",
+        task=recipe.task,
+        architecture=recipe.architecture,
+        parameters=recipe.parameters,
+        input_spec=recipe.input_spec,
+        labels=recipe.labels,
+        training_data=training_data,
+        metrics=metrics,
+        card=card,
+    )
+    read_spec(path)
+    return path

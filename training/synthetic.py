@@ -1,0 +1,318 @@
+"""Seeded synthetic data, written as real DICOM so training reads it as the node does.
+
+CT (``generate_ct``): soft-tissue volumes with 0-3 lesions each. Lesion size,
+contrast, shape and texture vary; noise, voxel spacing and a small tilt of the
+slices vary too. Each study's label follows the lesions:
+
+- ``normal``: no lesion;
+- ``benign``: only round, smooth, homogeneous lesions;
+- ``malignant``: at least one lobulated lesion with heterogeneous texture.
+
+Ground truth: ``masks/<series uid>.npy`` (bool, on the series' own grid, in the
+order the node's loader sorts slices) and ``labels.csv``.
+
+ECG (``generate_ecg``): 10 s, 12-lead, 500 Hz 12-lead ECG Waveform Storage with
+``normal`` sinus rhythm, ``af`` (irregular RR, no P waves, fibrillatory
+baseline) or ``st_elevation`` (regular, ST segment raised in II, III, aVF,
+V2-V4), plus noise and baseline wander.
+
+``shift=True`` makes a harder test set: more noise, lower contrast, other
+spacing, another seed range. The same seed always gives the same files.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence as DicomSequence
+from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian
+
+__all__ = ["CT_LABELS", "ECG_LABELS", "LEADS", "generate_ct", "generate_ecg", "make_uid"]
+
+CT_LABELS = ("normal", "benign", "malignant")
+ECG_LABELS = ("normal", "af", "st_elevation")
+LEADS = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
+TWELVE_LEAD_ECG = "1.2.840.10008.5.1.4.1.1.9.1.1"
+
+
+def make_uid(*parts: object) -> str:
+    """A deterministic 2.25 UID from a hash of ``parts``."""
+    digest = hashlib.sha256("|".join(map(str, parts)).encode()).digest()
+    return "2.25." + str(int.from_bytes(digest[:16], "big"))
+
+
+def _meta(sop_class: str, sop_uid: str) -> FileMetaDataset:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = UID(sop_class)
+    meta.MediaStorageSOPInstanceUID = UID(sop_uid)
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    return meta
+
+
+def _common(ds: Dataset, *, patient: str, study: str, series: str, modality: str) -> None:
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.PatientName = f"Synthetic^{patient}"
+    ds.PatientID = patient
+    ds.PatientBirthDate = ""
+    ds.PatientSex = "O"
+    ds.StudyInstanceUID = study
+    ds.StudyDate = "20260101"
+    ds.StudyTime = "120000"
+    ds.AccessionNumber = ""
+    ds.StudyID = "1"
+    ds.ReferringPhysicianName = ""
+    ds.Modality = modality
+    ds.SeriesInstanceUID = series
+    ds.SeriesNumber = 1
+    ds.Manufacturer = "ainode synthetic"
+
+
+@dataclass(frozen=True, slots=True)
+class _Lesion:
+    centre: npt.NDArray[np.float64]  # mm, (z, y, x) from the first voxel
+    radius: float
+    malignant: bool
+
+
+def _ct_case(
+    rng: np.random.Generator, shift: bool
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_], str, tuple[float, float, float]]:
+    shape = (32, 64, 64)
+    spacing = (
+        float(rng.uniform(2.5, 3.0) if shift else rng.uniform(1.8, 2.4)),
+        float(rng.uniform(1.3, 1.5) if shift else rng.uniform(1.0, 1.3)),
+        0.0,
+    )
+    spacing = (spacing[0], spacing[1], spacing[1])
+    z, y, x = (np.arange(n) * s for n, s in zip(shape, spacing, strict=True))
+    zz, yy, xx = np.meshgrid(z, y, x, indexing="ij")
+    noise = rng.uniform(14, 20) if shift else rng.uniform(6, 14)
+    hu = 40 + rng.normal(0, noise, shape)
+    mask = np.zeros(shape, dtype=bool)
+    n_lesions = int(rng.choice([0, 1, 2, 3], p=[0.3, 0.3, 0.25, 0.15]))
+    kind = "normal"
+    if n_lesions:
+        kind = "malignant" if rng.random() < 0.5 else "benign"
+    extent = np.array(shape) * np.array(spacing)
+    lesions = []
+    for i in range(n_lesions):
+        radius = float(rng.uniform(4.5, 9.0))
+        centre = np.array([rng.uniform(radius + 2, e - radius - 2) for e in extent])
+        malignant = kind == "malignant" and (i == 0 or rng.random() < 0.5)
+        lesions.append(_Lesion(centre=centre, radius=radius, malignant=malignant))
+    for lesion in lesions:
+        dz, dy, dx = zz - lesion.centre[0], yy - lesion.centre[1], xx - lesion.centre[2]
+        r = np.sqrt(dz**2 + dy**2 + dx**2)
+        if lesion.malignant:  # lobulated outline: radius varies with direction
+            theta = np.arctan2(dy, dx)
+            phi = np.arctan2(dz, np.hypot(dx, dy))
+            bumps = 0.28 * np.sin(5 * theta + rng.uniform(0, 6)) * np.cos(3 * phi)
+            inside = r <= lesion.radius * (1 + bumps)
+        else:
+            inside = r <= lesion.radius
+        contrast = rng.uniform(50, 90) if shift else rng.uniform(70, 160)
+        texture = rng.normal(0, 35 if lesion.malignant else 4, shape)
+        hu[inside] = 40 + contrast + texture[inside] + rng.normal(0, noise, int(inside.sum()))
+        mask |= inside
+    return hu.astype(np.float32), mask, kind, spacing
+
+
+def _write_ct(
+    folder: Path,
+    hu: npt.NDArray[np.float32],
+    spacing: tuple[float, float, float],
+    tilt_deg: float,
+    *,
+    patient: str,
+    study: str,
+    series: str,
+) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    angle = np.deg2rad(tilt_deg)
+    row = np.array([1.0, 0.0, 0.0])
+    col = np.array([0.0, np.cos(angle), np.sin(angle)])
+    normal = np.cross(row, col)
+    for k in range(hu.shape[0]):
+        sop = make_uid(series, k)
+        ds = Dataset()
+        ds.file_meta = _meta(CTImageStorage, sop)
+        _common(ds, patient=patient, study=study, series=series, modality="CT")
+        ds.SOPClassUID = CTImageStorage
+        ds.SOPInstanceUID = sop
+        ds.SeriesDescription = "Synthetic CT"
+        ds.BodyPartExamined = "CHEST"
+        ds.FrameOfReferenceUID = make_uid(study, "for")
+        ds.PositionReferenceIndicator = ""
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+        ds.InstanceNumber = k + 1
+        ds.ImagePositionPatient = [float(v) for v in normal * spacing[0] * k]
+        ds.ImageOrientationPatient = [*row.tolist(), *col.tolist()]
+        ds.PixelSpacing = [spacing[1], spacing[2]]
+        ds.SliceThickness = spacing[0]
+        ds.KVP = "120"
+        ds.AcquisitionNumber = 1
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.Rows, ds.Columns = hu.shape[1], hu.shape[2]
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = -1024, 1, "HU"
+        ds.PixelData = np.clip(np.rint(hu[k] + 1024), 0, 4095).astype("<u2").tobytes()
+        ds.save_as(folder / f"CT{k:04d}.dcm", enforce_file_format=True)
+
+
+def generate_ct(out: Path, n: int, seed: int, *, shift: bool = False) -> Path:
+    """Write ``n`` CT studies with ground truth into ``out``; return ``out/labels.csv``."""
+    rng = np.random.default_rng(seed)
+    (out / "masks").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n):
+        patient = f"SYN-CT-{seed}-{i:04d}"
+        study, series = make_uid("ct", seed, i), make_uid("ct-series", seed, i)
+        hu, mask, kind, spacing = _ct_case(rng, shift)
+        tilt = float(rng.uniform(-12, 12)) if rng.random() < 0.3 else 0.0
+        _write_ct(
+            out / "studies" / f"{i:04d}",
+            hu,
+            spacing,
+            tilt,
+            patient=patient,
+            study=study,
+            series=series,
+        )
+        np.save(out / "masks" / f"{series}.npy", mask)
+        rows.append(
+            {"patient_id": patient, "study_uid": study, "series_uid": series, "label": kind}
+        )
+    with open(out / "labels.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["patient_id", "study_uid", "series_uid", "label"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return out / "labels.csv"
+
+
+def _beat(t: npt.NDArray[np.float64], st: float, p_wave: bool) -> npt.NDArray[np.float64]:
+    """One PQRST complex (mV) on time axis ``t`` (s, 0 at the R peak)."""
+
+    def g(mu: float, sd: float, a: float) -> npt.NDArray[np.float64]:
+        out: npt.NDArray[np.float64] = a * np.exp(-0.5 * ((t - mu) / sd) ** 2)
+        return out
+
+    wave = g(0.0, 0.012, 1.2) + g(-0.03, 0.01, -0.15) + g(0.035, 0.012, -0.25)
+    wave += g(0.25, 0.05, 0.3)
+    if p_wave:
+        wave += g(-0.17, 0.025, 0.15)
+    wave += np.where((t > 0.05) & (t < 0.2), st, 0.0)
+    return wave
+
+
+_LEAD_GAIN = np.array([0.8, 1.0, 0.5, -0.9, 0.4, 0.7, -0.4, 0.6, 0.9, 1.1, 1.0, 0.8])
+_ST_LEADS = np.array([0, 1, 1, 0, 0, 1, 0, 1, 1, 1, 0, 0], dtype=bool)
+
+
+def _ecg_case(
+    rng: np.random.Generator, kind: str, shift: bool, fs: float = 500.0, seconds: float = 10.0
+) -> npt.NDArray[np.float32]:
+    t = np.arange(int(fs * seconds)) / fs
+    rate = rng.uniform(55, 105)
+    rr = 60.0 / rate
+    if kind == "af":
+        intervals = rng.uniform(0.35, 1.2, 40) * rr / 0.75
+    else:
+        intervals = rr * (1 + rng.normal(0, 0.02, 40))
+    peaks = np.cumsum(np.concatenate([[rng.uniform(0.1, 0.6)], intervals]))
+    peaks = peaks[peaks < seconds]
+    st = rng.uniform(0.15, 0.35) if kind == "st_elevation" else 0.0
+    signal = np.zeros((12, t.size))
+    for peak in peaks:
+        window = np.abs(t - peak) < 0.45
+        for lead in range(12):
+            signal[lead, window] += _LEAD_GAIN[lead] * _beat(
+                t[window] - peak, st if _ST_LEADS[lead] else 0.0, kind != "af"
+            )
+    if kind == "af":
+        signal += 0.05 * np.sin(2 * np.pi * rng.uniform(5, 8) * t + rng.uniform(0, 6))
+    noise = 0.06 if shift else 0.03
+    wander = rng.uniform(0.05, 0.25 if shift else 0.15)
+    signal += wander * np.sin(2 * np.pi * rng.uniform(0.1, 0.4) * t + rng.uniform(0, 6))
+    signal += rng.normal(0, noise, signal.shape)
+    return signal.astype(np.float32)
+
+
+def _write_ecg(
+    path: Path, data: npt.NDArray[np.float32], fs: float, *, patient: str, study: str, series: str
+) -> None:
+    sop = make_uid(series, "ecg")
+    ds = Dataset()
+    ds.file_meta = _meta(TWELVE_LEAD_ECG, sop)
+    _common(ds, patient=patient, study=study, series=series, modality="ECG")
+    ds.SOPClassUID = TWELVE_LEAD_ECG
+    ds.SOPInstanceUID = sop
+    ds.InstanceNumber = 1
+    ds.ContentDate, ds.ContentTime = "20260101", "120000"
+    ds.AcquisitionDateTime = "20260101120000"
+    sensitivity = 0.005  # mV per LSB: 5 uV
+    mux = Dataset()
+    mux.MultiplexGroupTimeOffset = 0.0
+    mux.TriggerTimeOffset = 0.0
+    mux.WaveformOriginality = "ORIGINAL"
+    mux.NumberOfWaveformChannels = 12
+    mux.NumberOfWaveformSamples = data.shape[1]
+    mux.SamplingFrequency = fs
+    mux.MultiplexGroupLabel = "RHYTHM"
+    channels = []
+    for name in LEADS:
+        ch = Dataset()
+        source = Dataset()
+        source.CodeValue, source.CodingSchemeDesignator = f"2:{LEADS.index(name) + 1}", "MDC"
+        source.CodeMeaning = f"Lead {name}"
+        ch.ChannelSourceSequence = DicomSequence([source])
+        ch.ChannelSensitivity = sensitivity
+        units = Dataset()
+        units.CodeValue, units.CodingSchemeDesignator, units.CodeMeaning = "mV", "UCUM", "mV"
+        ch.ChannelSensitivityUnitsSequence = DicomSequence([units])
+        ch.ChannelSensitivityCorrectionFactor = 1
+        ch.ChannelBaseline = 0
+        ch.ChannelTimeSkew = 0
+        ch.WaveformBitsStored = 16
+        channels.append(ch)
+    mux.ChannelDefinitionSequence = DicomSequence(channels)
+    mux.WaveformBitsAllocated = 16
+    mux.WaveformSampleInterpretation = "SS"
+    samples = np.clip(np.rint(data / sensitivity), -32768, 32767).astype("<i2")
+    mux.WaveformData = samples.T.tobytes()  # interleaved: sample by sample, all channels
+    ds.WaveformSequence = DicomSequence([mux])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+
+
+def generate_ecg(out: Path, n: int, seed: int, *, shift: bool = False) -> Path:
+    """Write ``n`` 12-lead ECGs (classes in turn, shuffled) into ``out``; return labels.csv."""
+    rng = np.random.default_rng(seed)
+    kinds = [ECG_LABELS[i % len(ECG_LABELS)] for i in range(n)]
+    rng.shuffle(kinds)
+    rows = []
+    for i, kind in enumerate(kinds):
+        patient = f"SYN-ECG-{seed}-{i:04d}"
+        study, series = make_uid("ecg", seed, i), make_uid("ecg-series", seed, i)
+        _write_ecg(
+            out / "ecg" / f"{i:04d}.dcm",
+            _ecg_case(rng, kind, shift),
+            500.0,
+            patient=patient,
+            study=study,
+            series=series,
+        )
+        rows.append(
+            {"patient_id": patient, "study_uid": study, "series_uid": series, "label": kind}
+        )
+    with open(out / "labels.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["patient_id", "study_uid", "series_uid", "label"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return out / "labels.csv"
