@@ -11,6 +11,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -20,6 +21,7 @@ from inference.execute import classify, predict_sequence, segment, with_oom_fall
 from inference.package import LoadedModel
 from inference.postprocess import findings, lesions
 from inference.records import Outcome
+from inference.spec import ModelSpec
 from node.config import SeriesRule
 from node.volume_in import is_axial, load_volume, load_waveform, series_orientation
 from storage.index import SeriesInfo
@@ -73,6 +75,18 @@ def _timed(timings: dict[str, float], stage: str, start: float) -> float:
     return now
 
 
+def _outcome(spec: ModelSpec, series_uid: str, **results: Any) -> Outcome:
+    """An outcome stamped with the model's identity (name, version, weights hash)."""
+    return Outcome(
+        model_name=spec.name,
+        model_version=spec.version,
+        model_sha256=spec.sha256,
+        task=spec.task,
+        series_instance_uid=series_uid,
+        **results,
+    )
+
+
 def _run_model(
     model: LoadedModel, paths: Sequence[Path], series_uid: str, *, batch_size: int, amp: bool
 ) -> Outcome:
@@ -87,15 +101,7 @@ def _run_model(
         t = _timed(timings, "forward", t)
         result = findings(list(probs), spec.labels)
         _timed(timings, "postprocess", t)
-        return Outcome(
-            model_name=spec.name,
-            model_version=spec.version,
-            model_sha256=spec.sha256,
-            task=spec.task,
-            series_instance_uid=series_uid,
-            findings=result,
-            timings_s=timings,
-        )
+        return _outcome(spec, series_uid, findings=result, timings_s=timings)
     volume = load_volume(paths)
     t = _timed(timings, "read", t)
     if spec.task == "segmentation":
@@ -109,15 +115,7 @@ def _run_model(
             for lesion in lesions(prob[channel], volume, label)
         )
         _timed(timings, "postprocess", t)
-        return Outcome(
-            model_name=spec.name,
-            model_version=spec.version,
-            model_sha256=spec.sha256,
-            task=spec.task,
-            series_instance_uid=series_uid,
-            lesions=found,
-            timings_s=timings,
-        )
+        return _outcome(spec, series_uid, lesions=found, timings_s=timings)
     probs, attention = with_oom_fallback(lambda m, _b: classify(m, volume, amp=amp), model, 1)
     t = _timed(timings, "forward", t)
     result = findings(list(probs), spec.labels)
@@ -126,16 +124,7 @@ def _run_model(
         extra["attention_peak_kji"] = [k, j, i]
         extra["attention_peak_mm"] = [float(v) for v in volume.to_patient([k, j, i])]
     _timed(timings, "postprocess", t)
-    return Outcome(
-        model_name=spec.name,
-        model_version=spec.version,
-        model_sha256=spec.sha256,
-        task=spec.task,
-        series_instance_uid=series_uid,
-        findings=result,
-        timings_s=timings,
-        extra=extra,
-    )
+    return _outcome(spec, series_uid, findings=result, timings_s=timings, extra=extra)
 
 
 def _peak(attention: npt.NDArray[np.float32]) -> tuple[int, int, int]:

@@ -41,6 +41,12 @@ LEADS = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V
 TWELVE_LEAD_ECG = "1.2.840.10008.5.1.4.1.1.9.1.1"
 
 
+def _ds(value: float) -> str:
+    """A Decimal String of at most 16 characters (PS3.5 6.2)."""
+    text = f"{value:.6f}".rstrip("0").rstrip(".")
+    return "0" if text in ("-0", "") else text
+
+
 def make_uid(*parts: object) -> str:
     """A deterministic 2.25 UID from a hash of ``parts``."""
     digest = hashlib.sha256("|".join(map(str, parts)).encode()).digest()
@@ -151,10 +157,11 @@ def _write_ct(
         ds.PositionReferenceIndicator = ""
         ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
         ds.InstanceNumber = k + 1
-        ds.ImagePositionPatient = [float(v) for v in normal * spacing[0] * k]
-        ds.ImageOrientationPatient = [*row.tolist(), *col.tolist()]
-        ds.PixelSpacing = [spacing[1], spacing[2]]
-        ds.SliceThickness = spacing[0]
+        ds.PatientPosition = "HFS"
+        ds.ImagePositionPatient = [_ds(v) for v in normal * spacing[0] * k]
+        ds.ImageOrientationPatient = [_ds(v) for v in (*row, *col)]
+        ds.PixelSpacing = [_ds(spacing[1]), _ds(spacing[2])]
+        ds.SliceThickness = _ds(spacing[0])
         ds.KVP = "120"
         ds.AcquisitionNumber = 1
         ds.SamplesPerPixel = 1
@@ -257,9 +264,8 @@ def _write_ecg(
     ds.ContentDate, ds.ContentTime = "20260101", "120000"
     ds.AcquisitionDateTime = "20260101120000"
     sensitivity = 0.005  # mV per LSB: 5 uV
+    ds.AcquisitionContextSequence = DicomSequence([])
     mux = Dataset()
-    mux.MultiplexGroupTimeOffset = 0.0
-    mux.TriggerTimeOffset = 0.0
     mux.WaveformOriginality = "ORIGINAL"
     mux.NumberOfWaveformChannels = 12
     mux.NumberOfWaveformSamples = data.shape[1]

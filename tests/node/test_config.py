@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from inference.spec import verify_package
 from node.__main__ import main
 from node.config import CompletionLevel, ConfigError, DuplicatePolicy, load_config
 
@@ -15,7 +16,10 @@ def test_shipped_config_is_valid() -> None:
     assert cfg.node.ae_title == "AINODE"
     assert cfg.node.port == 11112
     assert cfg.storage.data_dir == REPO / "data"
-    assert [p.name for p in cfg.pipelines] == ["default"]
+    assert [p.name for p in cfg.pipelines] == ["ct-lesions", "ecg-rhythm"]
+    for pipeline in cfg.pipelines:  # the shipped models exist and pass their hash check
+        for folder in pipeline.models:
+            verify_package(folder)
 
 
 def test_defaults_and_relative_paths(write_config) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import subprocess
 from dataclasses import replace
 from pathlib import Path
 
@@ -161,3 +162,21 @@ def test_ecg_model_trains_and_runs_through_the_worker_loader(tmp_path: Path) -> 
             predict_sequence(loaded, case.waveform, amp=False),
             predict_sequence(_loaded(TINY_ECG, module), case.waveform, amp=False),
         )
+
+
+VALIDATE = Path(__file__).resolve().parents[3] / "shared" / "tools" / "validate_dicom.sh"
+
+
+@pytest.mark.skipif(not VALIDATE.exists(), reason="../shared/tools/validate_dicom.sh not present")
+def test_synthetic_dicom_passes_dciodvfy_and_dcentvfy(tmp_path: Path) -> None:
+    generate_ct(tmp_path / "ct", 1, seed=3, shift=True)
+    generate_ecg(tmp_path / "ecg", 2, seed=3)
+    for folder, extra in ((tmp_path / "ct" / "studies", []), (tmp_path / "ecg" / "ecg", ["-E"])):
+        result = subprocess.run(
+            ["bash", str(VALIDATE), "-k", *extra, str(folder)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stdout[-2000:]
+        assert " 0 failed" in result.stdout
