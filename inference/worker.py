@@ -41,7 +41,8 @@ logger = logging.getLogger(__name__)
 def outcome_json(outcome: Outcome) -> dict[str, Any]:
     """The outcome as plain JSON data (tuples become lists)."""
     data = dataclasses.asdict(outcome)
-    data.pop("model_name"), data.pop("model_version"), data.pop("model_sha256")
+    for identity in ("model_name", "model_version", "model_sha256"):  # stored as columns
+        del data[identity]
     return data
 
 

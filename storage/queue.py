@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select, update
+from sqlalchemy import ColumnElement, and_, func, select, update
 from sqlalchemy.orm import Session
 
 from storage.models import Job, JobStatus
@@ -143,15 +143,16 @@ def claim_next(
     return None if row is None else JobRecord.from_row(row)
 
 
-def _owned(job_id: int, worker: str) -> tuple[object, ...]:
-    return (Job.id == job_id, Job.status == JobStatus.DOING, Job.lease_owner == worker)
+def _owned(job_id: int, worker: str) -> ColumnElement[bool]:
+    """The job is running under ``worker``'s lease."""
+    return and_(Job.id == job_id, Job.status == JobStatus.DOING, Job.lease_owner == worker)
 
 
 def heartbeat(session: Session, *, job_id: int, worker: str, lease_s: float, now: datetime) -> bool:
     """Extend the lease; False means the lease was lost and the work must stop."""
     result = session.execute(
         update(Job)
-        .where(*_owned(job_id, worker))  # type: ignore[arg-type]
+        .where(_owned(job_id, worker))
         .values(lease_expires_at=now + timedelta(seconds=lease_s), heartbeat_at=now, updated_at=now)
     )
     return bool(result.rowcount)  # type: ignore[attr-defined]
@@ -161,7 +162,7 @@ def mark_succeeded(session: Session, *, job_id: int, worker: str, now: datetime)
     """Finish a job; False if ``worker`` no longer held its lease."""
     result = session.execute(
         update(Job)
-        .where(*_owned(job_id, worker))  # type: ignore[arg-type]
+        .where(_owned(job_id, worker))
         .values(
             status=JobStatus.SUCCEEDED,
             lease_owner=None,
@@ -187,7 +188,7 @@ def mark_failed(
 
     Returns the updated job, or None if ``worker`` no longer held the lease.
     """
-    job = session.scalar(select(Job).where(*_owned(job_id, worker)))  # type: ignore[arg-type]
+    job = session.scalar(select(Job).where(_owned(job_id, worker)))
     if job is None:
         return None
     _fail(job, error=error, retryable=retryable, policy=policy, now=now)
