@@ -168,35 +168,3 @@ def test_worker_killed_mid_job_is_redone_once(node_factory, tmp_path: Path) -> N
     assert len(_outcomes(cfg, job.id)) == 1
     assert node.terminate() == 0
 
-
-def _children(pid: int) -> list[int]:
-    path = Path(f"/proc/{pid}/task/{pid}/children")
-    return [int(c) for c in path.read_text().split()] if path.exists() else []
-
-
-def test_serve_restarts_a_worker_that_dies(node_factory, tmp_path: Path) -> None:
-    package = threshold_segmenter(tmp_path / "pkg")
-    node, cfg = node_factory(inference={"workers": 1}, pipelines=_pipeline(package))
-    assert node.proc is not None
-    deadline = time.monotonic() + 60
-    while "worker" not in node.output() or not _children(node.proc.pid):
-        assert time.monotonic() < deadline, "no worker child started"
-        time.sleep(0.1)
-    # The listener runs in-process here, so the only spawned child is the worker
-    # (the other child, if any, is multiprocessing's resource tracker).
-    (worker_pid,) = [
-        p
-        for p in _children(node.proc.pid)
-        if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()
-    ]
-    os.kill(worker_pid, signal.SIGKILL)
-    deadline = time.monotonic() + 30
-    while "worker-1 died (exit code -9): restarting it" not in node.output():
-        assert time.monotonic() < deadline, node.output()
-        time.sleep(0.1)
-    # The restarted worker does the work.
-    files, _ = write_lesion_ct(tmp_path / "ct")
-    assert storescu(cfg.node.port, files).returncode == 0
-    assert _wait_job(cfg, "succeeded").attempts == 1
-    assert worker_pid not in _children(node.proc.pid)
-    assert node.terminate() == 0
