@@ -167,4 +167,3 @@ def test_worker_killed_mid_job_is_redone_once(node_factory, tmp_path: Path) -> N
     assert job.attempts == 2
     assert len(_outcomes(cfg, job.id)) == 1
     assert node.terminate() == 0
-
