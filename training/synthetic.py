@@ -47,6 +47,16 @@ def _ds(value: float) -> str:
     return "0" if text in ("-0", "") else text
 
 
+def _write_labels(out: Path, rows: list[dict[str, str]]) -> Path:
+    """``out/labels.csv`` in the format ``training.data`` reads."""
+    path = out / "labels.csv"
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["patient_id", "study_uid", "series_uid", "label"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
 def make_uid(*parts: object) -> str:
     """A deterministic 2.25 UID from a hash of ``parts``."""
     digest = hashlib.sha256("|".join(map(str, parts)).encode()).digest()
@@ -196,11 +206,7 @@ def generate_ct(out: Path, n: int, seed: int, *, shift: bool = False) -> Path:
         rows.append(
             {"patient_id": patient, "study_uid": study, "series_uid": series, "label": kind}
         )
-    with open(out / "labels.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["patient_id", "study_uid", "series_uid", "label"])
-        writer.writeheader()
-        writer.writerows(rows)
-    return out / "labels.csv"
+    return _write_labels(out, rows)
 
 
 def _beat(t: npt.NDArray[np.float64], st: float, p_wave: bool) -> npt.NDArray[np.float64]:
@@ -317,8 +323,4 @@ def generate_ecg(out: Path, n: int, seed: int, *, shift: bool = False) -> Path:
         rows.append(
             {"patient_id": patient, "study_uid": study, "series_uid": series, "label": kind}
         )
-    with open(out / "labels.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["patient_id", "study_uid", "series_uid", "label"])
-        writer.writeheader()
-        writer.writerows(rows)
-    return out / "labels.csv"
+    return _write_labels(out, rows)
