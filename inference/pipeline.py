@@ -19,8 +19,8 @@ import numpy.typing as npt
 from inference.errors import UnsupportedInput
 from inference.execute import classify, predict_sequence, segment, with_oom_fallback
 from inference.package import LoadedModel
-from inference.postprocess import findings, lesions
-from inference.records import Outcome
+from inference.postprocess import findings, label_lesions
+from inference.records import Lesion, Outcome, SeriesResult
 from inference.spec import ModelSpec
 from node.config import SeriesRule
 from node.volume_in import is_axial, load_volume, load_waveform, series_orientation
@@ -40,10 +40,14 @@ _WAVEFORM_CLASSES = {
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PipelineRun:
-    """What one job produced: outcomes per series and model, or why there were none."""
+    """What one job produced: results per series and model, or why there were none."""
 
-    outcomes: tuple[Outcome, ...]
+    results: tuple[SeriesResult, ...]
     skipped_reason: str | None = None
+
+    @property
+    def outcomes(self) -> tuple[Outcome, ...]:
+        return tuple(r.outcome for r in self.results)
 
 
 def matches(series: SeriesInfo, rule: SeriesRule) -> bool:
@@ -89,8 +93,9 @@ def _outcome(spec: ModelSpec, series_uid: str, **results: Any) -> Outcome:
 
 def _run_model(
     model: LoadedModel, paths: Sequence[Path], series_uid: str, *, batch_size: int, amp: bool
-) -> Outcome:
+) -> SeriesResult:
     spec = model.spec
+    sources = tuple(paths)
     timings: dict[str, float] = {}
     t = time.perf_counter()
     extra: dict[str, object] = {}
@@ -101,7 +106,11 @@ def _run_model(
         t = _timed(timings, "forward", t)
         result = findings(list(probs), spec.labels)
         _timed(timings, "postprocess", t)
-        return _outcome(spec, series_uid, findings=result, timings_s=timings)
+        return SeriesResult(
+            outcome=_outcome(spec, series_uid, findings=result, timings_s=timings),
+            source_paths=sources,
+            sop_instance_uids=(waveform.sop_instance_uid,),
+        )
     volume = load_volume(paths)
     t = _timed(timings, "read", t)
     if spec.task == "segmentation":
@@ -109,13 +118,19 @@ def _run_model(
             lambda m, b: segment(m, volume, batch_size=b, amp=amp), model, batch_size
         )
         t = _timed(timings, "forward", t)
-        found = tuple(
-            lesion
-            for channel, label in enumerate(spec.labels)
-            for lesion in lesions(prob[channel], volume, label)
-        )
+        found: list[Lesion] = []
+        label_map = np.zeros(volume.array.shape, dtype=np.uint16)
+        for channel, label in enumerate(spec.labels):
+            channel_lesions, channel_map = label_lesions(prob[channel], volume, label)
+            label_map = np.where(channel_map > 0, channel_map + len(found), label_map)
+            found.extend(channel_lesions)
         _timed(timings, "postprocess", t)
-        return _outcome(spec, series_uid, lesions=found, timings_s=timings)
+        return SeriesResult(
+            outcome=_outcome(spec, series_uid, lesions=tuple(found), timings_s=timings),
+            source_paths=sources,
+            sop_instance_uids=volume.sop_instance_uids,
+            lesion_labels=label_map,
+        )
     probs, attention = with_oom_fallback(lambda m, _b: classify(m, volume, amp=amp), model, 1)
     t = _timed(timings, "forward", t)
     result = findings(list(probs), spec.labels)
@@ -124,7 +139,12 @@ def _run_model(
         extra["attention_peak_kji"] = [k, j, i]
         extra["attention_peak_mm"] = [float(v) for v in volume.to_patient([k, j, i])]
     _timed(timings, "postprocess", t)
-    return _outcome(spec, series_uid, findings=result, timings_s=timings, extra=extra)
+    return SeriesResult(
+        outcome=_outcome(spec, series_uid, findings=result, timings_s=timings, extra=extra),
+        source_paths=sources,
+        sop_instance_uids=volume.sop_instance_uids,
+        attention=attention,
+    )
 
 
 def _peak(attention: npt.NDArray[np.float32]) -> tuple[int, int, int]:
@@ -152,7 +172,7 @@ def run_pipeline(
     """Run every model on every series it takes, among the series the rule selects."""
     chosen = select_series(series, rule)
     if not chosen:
-        return PipelineRun(outcomes=(), skipped_reason="no series matches the pipeline's rules")
+        return PipelineRun(results=(), skipped_reason="no series matches the pipeline's rules")
     outcomes = []
     for s in chosen:
         for model in models:
@@ -167,4 +187,4 @@ def run_pipeline(
             f"no model of the pipeline takes the matching series "
             f"({', '.join(s.modality or '?' for s in chosen)})"
         )
-    return PipelineRun(outcomes=tuple(outcomes))
+    return PipelineRun(results=tuple(outcomes))

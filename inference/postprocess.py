@@ -12,7 +12,7 @@ from scipy.spatial.distance import pdist
 from inference.records import Finding, Lesion, Volume
 from inference.spec import LabelSpec
 
-__all__ = ["findings", "lesions"]
+__all__ = ["findings", "label_lesions", "lesions"]
 
 _MAX_SURFACE_POINTS = 2000
 
@@ -33,9 +33,16 @@ def lesions(
     probability: npt.NDArray[np.float32], volume: Volume, label: LabelSpec, min_voxels: int = 1
 ) -> tuple[Lesion, ...]:
     """Connected components (26-connected) of ``probability >= threshold``, largest first."""
+    return label_lesions(probability, volume, label, min_voxels)[0]
+
+
+def label_lesions(
+    probability: npt.NDArray[np.float32], volume: Volume, label: LabelSpec, min_voxels: int = 1
+) -> tuple[tuple[Lesion, ...], npt.NDArray[np.uint16]]:
+    """:func:`lesions` and a label map on the same grid: voxel value n = the n-th lesion."""
     mask = probability >= label.threshold
     labelled, _count = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
-    found = []
+    found: list[tuple[int, Lesion]] = []
     for index, box in enumerate(ndimage.find_objects(labelled), start=1):
         if box is None:
             continue
@@ -46,20 +53,27 @@ def lesions(
         offset = np.array([s.start for s in box])
         centre = np.argwhere(component).mean(axis=0) + offset
         found.append(
-            Lesion(
-                label=label.name,
-                voxel_count=count,
-                volume_mm3=count * volume.voxel_volume_mm3,
-                centroid_mm=tuple(float(v) for v in volume.to_patient(centre)),  # type: ignore[arg-type]
-                longest_diameter_mm=_longest_diameter_mm(component, offset, volume),
-                bbox_kji=(
-                    (box[0].start, box[1].start, box[2].start),
-                    (box[0].stop - 1, box[1].stop - 1, box[2].stop - 1),
+            (
+                index,
+                Lesion(
+                    label=label.name,
+                    voxel_count=count,
+                    volume_mm3=count * volume.voxel_volume_mm3,
+                    centroid_mm=tuple(float(v) for v in volume.to_patient(centre)),  # type: ignore[arg-type]
+                    longest_diameter_mm=_longest_diameter_mm(component, offset, volume),
+                    bbox_kji=(
+                        (box[0].start, box[1].start, box[2].start),
+                        (box[0].stop - 1, box[1].stop - 1, box[2].stop - 1),
+                    ),
+                    mean_probability=float(probability[box][component].mean()),
                 ),
-                mean_probability=float(probability[box][component].mean()),
             )
         )
-    return tuple(sorted(found, key=lambda lesion: -lesion.voxel_count))
+    found.sort(key=lambda item: -item[1].voxel_count)
+    relabel = np.zeros(len(ndimage.find_objects(labelled)) + 1, dtype=np.uint16)
+    for n, (index, _lesion) in enumerate(found, start=1):
+        relabel[index] = n
+    return tuple(lesion for _index, lesion in found), relabel[labelled]
 
 
 def findings(probabilities: Sequence[float], labels: Sequence[LabelSpec]) -> tuple[Finding, ...]:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["Finding", "Lesion", "Outcome", "Volume", "Waveform"]
+__all__ = ["Finding", "Lesion", "Outcome", "SeriesResult", "Volume", "Waveform"]
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -105,3 +106,19 @@ class Outcome:
     lesions: tuple[Lesion, ...] = ()
     timings_s: dict[str, float] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SeriesResult:
+    """An outcome with the maps it was measured on, on the source series' grid.
+
+    ``lesion_labels[k, j, i] == n`` marks voxels of ``outcome.lesions[n - 1]``;
+    ``attention`` is the classifier's map scaled to 0..1. Both are kept in memory
+    only, for the result encoders; the stored outcome is ``outcome``.
+    """
+
+    outcome: Outcome
+    source_paths: tuple[Path, ...]
+    sop_instance_uids: tuple[str, ...] = ()
+    lesion_labels: npt.NDArray[np.uint16] | None = None
+    attention: FloatArray | None = None

@@ -28,10 +28,14 @@ from inference.records import Outcome
 from node.config import NodeConfig, PipelineConfig
 from node.housekeeping import retry_policy
 from node.receive import utc_now
+from node.results.compose import encode_run
+from node.results.write import WrittenResult, write_results
 from storage import queue
+from storage.deliveries import record_result
 from storage.index import study_series
 from storage.outcomes import record_outcome
 from storage.records import JobRecord
+from storage.spool import Spool
 
 __all__ = ["Worker", "outcome_json"]
 
@@ -97,6 +101,7 @@ class Worker:
         self.sessions = sessions
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self.device = pick_device(cfg.inference.device)
+        self.spool = Spool(cfg.storage.data_dir)
         # Jobs of a pipeline without models stay queued until models are configured.
         self.pipelines = {p.name: p for p in cfg.pipelines if p.models}
         cache: dict[str, LoadedModel] = {}
@@ -148,11 +153,16 @@ class Worker:
 
     def _run_job(self, job: JobRecord) -> None:
         pipeline = self.pipelines[job.pipeline]
+        started_at = utc_now()
         with _Heartbeat(
             self.sessions, job, self.name, self.cfg.queue.lease_s, self.cfg.inference.heartbeat_s
         ) as beat:
             try:
                 run = self._execute(job, pipeline)
+                written = write_results(
+                    encode_run(run.results, pipeline, self.cfg.results, started_at=started_at),
+                    self.spool,
+                )
             except Exception as exc:
                 permanent = isinstance(exc, PermanentJobError)
                 if not permanent:
@@ -161,7 +171,7 @@ class Worker:
                 return
         if beat.lost.is_set():
             return
-        self._succeed(job, pipeline, run)
+        self._succeed(job, pipeline, run, written)
 
     def _execute(self, job: JobRecord, pipeline: PipelineConfig) -> PipelineRun:
         with self.sessions.begin() as s:
@@ -176,8 +186,15 @@ class Worker:
             amp=self.cfg.inference.amp,
         )
 
-    def _succeed(self, job: JobRecord, pipeline: PipelineConfig, run: PipelineRun) -> None:
+    def _succeed(
+        self,
+        job: JobRecord,
+        pipeline: PipelineConfig,
+        run: PipelineRun,
+        written: Sequence[WrittenResult],
+    ) -> None:
         now = utc_now()
+        destinations = () if pipeline.shadow else pipeline.destinations
         with self.sessions.begin() as s:
             if not queue.mark_succeeded(s, job_id=job.id, worker=self.name, now=now):
                 logger.error("job %d: lease lost before completion; result discarded", job.id)
@@ -212,6 +229,30 @@ class Worker:
                     result=result,
                     now=now,
                 )
+            for w in written:
+                record_result(
+                    s,
+                    job_id=job.id,
+                    pipeline=pipeline.name,
+                    kind=w.kind,
+                    study_instance_uid=w.study_instance_uid,
+                    series_instance_uid=w.series_instance_uid,
+                    source_series_instance_uid=w.source_series_instance_uid,
+                    sop_class_uid=w.sop_class_uid,
+                    sop_instance_uid=w.sop_instance_uid,
+                    path=str(w.path),
+                    size_bytes=w.size_bytes,
+                    destinations=destinations,
+                    max_attempts=self.cfg.delivery.max_attempts,
+                    now=now,
+                )
+        if written:
+            logger.info(
+                "job %d: wrote %s; deliveries to %s",
+                job.id,
+                ", ".join(f"{w.kind} {w.sop_instance_uid}" for w in written),
+                ", ".join(destinations) or "none configured",
+            )
         if run.skipped_reason:
             logger.info("job %d: %s", job.id, run.skipped_reason)
         for o in run.outcomes:

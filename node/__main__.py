@@ -1,4 +1,4 @@
-"""The ``ainode`` command: serve, check-config, status."""
+"""The ``ainode`` command: serve, check-config, status, jobs, deliveries, analyze, demo."""
 
 from __future__ import annotations
 
@@ -38,6 +38,30 @@ def _parser() -> argparse.ArgumentParser:
     jobs.add_argument("job_id", nargs="?", type=int, help="the job to retry")
     jobs.add_argument("--status", choices=["todo", "doing", "succeeded", "dead"])
     jobs.add_argument("--limit", type=int, default=50)
+    deliveries = sub.add_parser(
+        "deliveries", parents=[common], help="list result deliveries, or replay one"
+    )
+    deliveries.add_argument("action", nargs="?", choices=["list", "retry"], default="list")
+    deliveries.add_argument("delivery_id", nargs="?", type=int, help="the delivery to retry")
+    deliveries.add_argument("--status", choices=["pending", "delivered", "dead"])
+    deliveries.add_argument("--limit", type=int, default=50)
+    analyze = sub.add_parser(
+        "analyze",
+        parents=[common],
+        help="run the pipelines on DICOM files or folders, write results to --out (no network)",
+    )
+    analyze.add_argument("paths", nargs="+", type=Path, help="DICOM files or folders")
+    analyze.add_argument("--out", type=Path, required=True, help="folder for SR, SEG, maps")
+    analyze.add_argument("--pipeline", action="append", help="only this pipeline (repeatable)")
+    demo = sub.add_parser(
+        "demo",
+        help="start a node and worker, send synthetic studies, show the results",
+    )
+    demo.add_argument(
+        "--send-to", metavar="AE@HOST:PORT", help="deliver the results to this PACS as well"
+    )
+    demo.add_argument("--work", type=Path, help="folder for the demo's node (default: temp)")
+    demo.add_argument("--port", type=int, default=0, help="the demo node's port (default: free)")
     return parser
 
 
@@ -117,6 +141,49 @@ def _cmd_jobs(cfg: NodeConfig, args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_deliveries(cfg: NodeConfig, args: argparse.Namespace) -> int:
+    from node.receive import utc_now
+    from storage import deliveries
+
+    sessions = _open(cfg)
+    if args.action == "retry":
+        if args.delivery_id is None:
+            print("ainode deliveries retry: give the delivery id", file=sys.stderr)
+            return 2
+        with sessions.begin() as s:
+            done = deliveries.replay_delivery(s, delivery_id=args.delivery_id, now=utc_now())
+        if not done:
+            print(
+                f"ainode deliveries retry: no undelivered delivery {args.delivery_id}",
+                file=sys.stderr,
+            )
+            return 1
+        print(f"delivery {args.delivery_id} queued again; serve sends it within seconds")
+        return 0
+    with sessions.begin() as s:
+        rows = deliveries.list_deliveries(s, status=args.status, limit=args.limit)
+    print(f"{'id':>6}  {'status':9} {'kind':4} {'destination':16} {'tries':6} sop instance / error")
+    for d in rows:
+        print(
+            f"{d.id:>6}  {d.status:9} {d.result.kind:4} {d.destination[:16]:16} "
+            f"{d.attempts}/{d.max_attempts:<4} {d.result.sop_instance_uid}"
+        )
+        if d.last_error and d.status != "delivered":
+            print(f"{'':>6}  {d.last_error}")
+    return 0
+
+
+def _cmd_analyze(cfg: NodeConfig, args: argparse.Namespace) -> int:
+    from inference.analyze import AnalyzeError, analyze
+
+    configure_logging(cfg.logging)
+    try:
+        return analyze(cfg, args.paths, args.out, pipelines=args.pipeline)
+    except AnalyzeError as exc:
+        print(f"ainode analyze: {exc}", file=sys.stderr)
+        return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["train"]:  # training has its own command line (python -m training)
@@ -124,6 +191,10 @@ def main(argv: list[str] | None = None) -> int:
 
         return train_main(argv[1:])
     args = _parser().parse_args(argv)
+    if args.command == "demo":
+        from node.demo import run_demo
+
+        return run_demo(send_to=args.send_to, work=args.work, port=args.port)
     try:
         cfg = load_config(args.config or default_config_path())
     except ConfigError as exc:
@@ -138,6 +209,10 @@ def main(argv: list[str] | None = None) -> int:
         return _cmd_worker(cfg)
     if args.command == "jobs":
         return _cmd_jobs(cfg, args)
+    if args.command == "deliveries":
+        return _cmd_deliveries(cfg, args)
+    if args.command == "analyze":
+        return _cmd_analyze(cfg, args)
     return _cmd_serve(cfg)
 
 

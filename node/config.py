@@ -24,6 +24,8 @@ __all__ = [
     "CompletionConfig",
     "CompletionLevel",
     "ConfigError",
+    "DeliveryConfig",
+    "DestinationConfig",
     "DuplicatePolicy",
     "InferenceConfig",
     "ListenerConfig",
@@ -32,6 +34,8 @@ __all__ = [
     "PeerConfig",
     "PipelineConfig",
     "QueueConfig",
+    "Recommendation",
+    "ResultsConfig",
     "SeriesRule",
     "StorageConfig",
     "default_config_path",
@@ -153,6 +157,51 @@ class PipelineConfig:
     match: SeriesRule = field(default_factory=SeriesRule)
     models: tuple[Path, ...] = ()
     shadow: bool = False
+    destinations: tuple[str, ...] = ()
+    series_number: int = 900
+    series_description: str = ""
+    recommendations: tuple[Recommendation, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Recommendation:
+    """Decision support: a positive finding ``finding`` suggests this follow-up."""
+
+    finding: str
+    code: tuple[str, str, str]
+    text: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DestinationConfig:
+    """A DICOM node that receives result objects (C-STORE SCP)."""
+
+    name: str
+    ae_title: str
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeliveryConfig:
+    """How result objects are sent to destinations and retried."""
+
+    check_interval_s: float = 0.5
+    max_attempts: int = 20
+    retry_wait_s: float = 10.0
+    retry_backoff: float = 2.0
+    retry_max_wait_s: float = 1800.0
+    connect_timeout_s: float = 10.0
+    dimse_timeout_s: float = 60.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ResultsConfig:
+    """Identity written into every result object (Contributing Equipment, observer)."""
+
+    manufacturer: str = "ainode"
+    institution_name: str = ""
+    device_serial_number: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -188,6 +237,12 @@ class NodeConfig:
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     peers: tuple[PeerConfig, ...] = ()
     pipelines: tuple[PipelineConfig, ...] = ()
+    destinations: tuple[DestinationConfig, ...] = ()
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    results: ResultsConfig = field(default_factory=ResultsConfig)
+
+    def destination(self, name: str) -> DestinationConfig:
+        return next(d for d in self.destinations if d.name == name)
 
 
 def default_config_path() -> Path:
@@ -465,10 +520,99 @@ def _pipelines(raw: object, base: Path) -> tuple[PipelineConfig, ...]:
                 match=_series_rule(table.raw("match"), f"{table.key('match')}"),
                 models=tuple(models),
                 shadow=table.boolean("shadow", False),
+                destinations=table.strings("destinations"),
+                series_number=table.integer("series_number", 900, 1, 2**31 - 3),
+                series_description=_text(table, "series_description", 48),
+                recommendations=_recommendations(
+                    table.raw("recommendations"), table.key("recommendations")
+                ),
             )
         )
         table.finish()
     return tuple(pipelines)
+
+
+def _text(table: _Table, key: str, limit: int) -> str:
+    value = table.string(key, "")
+    if len(value) > limit or "\\" in value:
+        raise ConfigError(f"{table.key(key)}: at most {limit} characters, no backslash")
+    return value
+
+
+def _code(value: object, key: str) -> tuple[str, str, str]:
+    if (
+        not isinstance(value, list)
+        or len(value) != 3
+        or not all(isinstance(v, str) and v for v in value)
+    ):
+        raise ConfigError(
+            f'{key}: must be [value, scheme, meaning], e.g. ["103693007", "SCT", "Biopsy"]'
+        )
+    return (value[0], value[1], value[2])
+
+
+def _recommendations(raw: object, name: str) -> tuple[Recommendation, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{name}: must be a table of finding = {{ code = [...], text = ... }}")
+    found = []
+    for finding, item in raw.items():
+        table = _Table(item, f"{name}.{finding}")
+        code = _code(table.raw("code"), table.key("code"))
+        text = _text(table, "text", 1024)
+        table.finish()
+        found.append(Recommendation(finding=finding, code=code, text=text))
+    return tuple(found)
+
+
+def _destinations(raw: object) -> tuple[DestinationConfig, ...]:
+    found: list[DestinationConfig] = []
+    for table in _array_of_tables(raw, "destinations"):
+        name = table.string("name", "")
+        if not _NAME_RE.match(name):
+            raise ConfigError(
+                f"{table.key('name')}: is required: letters, digits, '_', '-', '.', "
+                f"at most 64 characters (got {name!r})"
+            )
+        if any(d.name == name for d in found):
+            raise ConfigError(f"{table.key('name')}: must be unique ({name!r} repeats)")
+        if "ae_title" not in table._data or "host" not in table._data:
+            raise ConfigError(f"{table.key('ae_title')}, host and port: are required")
+        ae = validate_ae_title(table.raw("ae_title"), table.key("ae_title"))
+        host = table.string("host", "")
+        if not host:
+            raise ConfigError(f"{table.key('host')}: must be a host name or IP address")
+        port = table.integer("port", 104, 1, 65535)
+        table.finish()
+        found.append(DestinationConfig(name=name, ae_title=ae, host=host, port=port))
+    return tuple(found)
+
+
+def _delivery(table: _Table) -> DeliveryConfig:
+    d = DeliveryConfig()
+    cfg = DeliveryConfig(
+        check_interval_s=table.number("check_interval_s", d.check_interval_s, 0.05, 3600),
+        max_attempts=table.integer("max_attempts", d.max_attempts, 1, 1000),
+        retry_wait_s=table.number("retry_wait_s", d.retry_wait_s, 0, 86400),
+        retry_backoff=table.number("retry_backoff", d.retry_backoff, 1, 10),
+        retry_max_wait_s=table.number("retry_max_wait_s", d.retry_max_wait_s, 0, 7 * 86400),
+        connect_timeout_s=table.number("connect_timeout_s", d.connect_timeout_s, 0.1, 600),
+        dimse_timeout_s=table.number("dimse_timeout_s", d.dimse_timeout_s, 0.1, 3600),
+    )
+    table.finish()
+    return cfg
+
+
+def _results(table: _Table) -> ResultsConfig:
+    d = ResultsConfig()
+    cfg = ResultsConfig(
+        manufacturer=_text(table, "manufacturer", 64) or d.manufacturer,
+        institution_name=_text(table, "institution_name", 64),
+        device_serial_number=_text(table, "device_serial_number", 64),
+    )
+    table.finish()
+    return cfg
 
 
 def _inference(table: _Table) -> InferenceConfig:
@@ -509,7 +653,17 @@ def parse_config(data: dict[str, Any], path: Path) -> NodeConfig:
         inference=_inference(table("inference")),
         peers=_peers(top.raw("peers")),
         pipelines=_pipelines(top.raw("pipelines"), base),
+        destinations=_destinations(top.raw("destinations")),
+        delivery=_delivery(table("delivery")),
+        results=_results(table("results")),
     )
+    for p in cfg.pipelines:
+        for name in p.destinations:
+            if not any(d.name == name for d in cfg.destinations):
+                raise ConfigError(
+                    f"[[pipelines]] {p.name!r} destinations: {name!r} is not a "
+                    f"[[destinations]] name"
+                )
     if cfg.inference.heartbeat_s * 2 > cfg.queue.lease_s:
         raise ConfigError(
             f"[inference] heartbeat_s: must be at most half of [queue] lease_s "

@@ -1,4 +1,4 @@
-"""Scheduled work of the main process: completion and lease expiry (apscheduler).
+"""Scheduled work of the main process: completion, lease expiry, delivery (apscheduler).
 
 Each scheduled job is an edge with a broad ``except``: an error is logged with
 its traceback and the schedule goes on.
@@ -14,6 +14,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy.orm import Session, sessionmaker
 
 from node.config import NodeConfig
+from node.delivery import deliver_due
 from node.receive import utc_now
 from storage import queue
 from storage.completion import PipelineTarget, complete_due
@@ -91,6 +92,7 @@ def start_scheduler(cfg: NodeConfig, sessions: sessionmaker[Session]) -> Backgro
     for name, fn, every in (
         ("completion", lambda: run_completion(cfg, sessions), cfg.completion.check_interval_s),
         ("lease-expiry", lambda: expire_leases(cfg, sessions), cfg.queue.lease_check_interval_s),
+        ("delivery", lambda: deliver_due(cfg, sessions), cfg.delivery.check_interval_s),
     ):
         scheduler.add_job(
             _guarded(name, fn),

@@ -17,3 +17,4 @@ def configure_logging(cfg: LoggingConfig) -> None:
     # pynetdicom logs every PDU at DEBUG; apscheduler logs every run at INFO.
     logging.getLogger("pynetdicom").setLevel(cfg.pynetdicom_level)
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    logging.getLogger("highdicom").setLevel(logging.WARNING)  # logs each copied module

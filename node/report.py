@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from storage import queue
+from storage import deliveries, queue
 from storage.index import study_counts
 
 __all__ = ["status_report"]
@@ -15,6 +15,9 @@ def status_report(sessions: sessionmaker[Session]) -> str:
         counts = study_counts(session)
         jobs = queue.counts_by_status(session)
         dead = queue.list_jobs(session, status="dead", limit=5)
+        sent = deliveries.delivery_counts(session)
+        pending = deliveries.list_deliveries(session, status="pending", limit=5)
+        failed = deliveries.list_deliveries(session, status="dead", limit=5)
     lines = [
         f"studies received:      {counts['studies']}",
         f"  pending completion:  {counts['studies_receiving']}",
@@ -25,5 +28,20 @@ def status_report(sessions: sessionmaker[Session]) -> str:
     for job in dead:
         lines.append(
             f"  dead job {job.id} ({job.pipeline}, {job.study_instance_uid}): {job.last_error}"
+        )
+    lines.append(
+        "deliveries:            "
+        + ("  ".join(f"{status} {n}" for status, n in sorted(sent.items())) or "none")
+    )
+    for d in pending:
+        lines.append(
+            f"  pending delivery {d.id}: {d.result.kind} to {d.destination}, "
+            f"attempts {d.attempts}/{d.max_attempts}, next {d.next_attempt_at:%Y-%m-%d %H:%M:%S}"
+            + (f": {d.last_error}" if d.last_error else "")
+        )
+    for d in failed:
+        lines.append(
+            f"  failed delivery {d.id}: {d.result.kind} {d.result.sop_instance_uid} "
+            f"to {d.destination}: {d.last_error}"
         )
     return "\n".join(lines)

@@ -19,8 +19,16 @@ from pydicom.dataset import Dataset
 
 from inference.errors import InconsistentSeries, UnsupportedInput
 from inference.records import Volume, Waveform
+from storage.index import SeriesInfo
 
-__all__ = ["is_axial", "load_volume", "load_waveform", "series_files", "series_orientation"]
+__all__ = [
+    "is_axial",
+    "load_volume",
+    "load_waveform",
+    "scan_studies",
+    "series_files",
+    "series_orientation",
+]
 
 _ORIENTATION_TOLERANCE = 1e-3
 _GAP_TOLERANCE = 0.1  # relative deviation of one step from the median step
@@ -56,6 +64,45 @@ def series_files(folder: Path) -> dict[str, list[Path]]:
         if uid:
             groups.setdefault(uid, []).append(path)
     return groups
+
+
+def scan_studies(paths: Sequence[Path]) -> dict[str, list[SeriesInfo]]:
+    """DICOM files and folders -> studies -> series (headers only; non-DICOM files skipped)."""
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            files.extend(sorted(p for p in path.rglob("*") if p.is_file()))
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise FileNotFoundError(f"{path}: no such file or folder")
+    series: dict[tuple[str, str], tuple[Dataset, list[Path], set[str]]] = {}
+    for path in files:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ds = dcmread(path, stop_before_pixels=True)
+        except Exception:
+            continue  # not DICOM: ignored
+        study, uid = str(ds.get("StudyInstanceUID", "")), str(ds.get("SeriesInstanceUID", ""))
+        if not study or not uid:
+            continue
+        entry = series.setdefault((study, uid), (ds, [], set()))
+        entry[1].append(path)
+        entry[2].add(str(ds.get("SOPClassUID", "")))
+    studies: dict[str, list[SeriesInfo]] = {}
+    for (study, uid), (first, found, classes) in series.items():
+        studies.setdefault(study, []).append(
+            SeriesInfo(
+                series_instance_uid=uid,
+                modality=str(first.get("Modality", "")),
+                body_part_examined=str(first.get("BodyPartExamined", "")),
+                series_description=str(first.get("SeriesDescription", "")),
+                sop_class_uids=tuple(sorted(classes)),
+                paths=tuple(found),
+            )
+        )
+    return studies
 
 
 def series_orientation(

@@ -10,10 +10,12 @@ group=""
 [[ "${1:-}" == "--dev" ]] && group="dev"
 
 # dcmtk: storescu/echoscu/storescp (tests, benchmarks, sending studies);
-# dicom3tools: dciodvfy/dcentvfy (validating every object the node writes).
+# dicom3tools: dciodvfy/dcentvfy (validating every object the node writes);
+# orthanc (--dev only): the PACS that receives results in the end-to-end tests.
 need=()
 command -v storescu >/dev/null || need+=(dcmtk)
 command -v dciodvfy >/dev/null || need+=(dicom3tools)
+if [[ -n "$group" ]]; then command -v Orthanc >/dev/null || need+=(orthanc); fi
 python3 -c "import venv, ensurepip" 2>/dev/null || need+=(python3-venv)
 if ((${#need[@]})); then
   sudo=""

@@ -3,6 +3,7 @@
 Layout below the data folder::
 
     instances/<study uid>/<series uid>/<sop instance uid>.dcm
+    results/<study uid>/<sop instance uid>.dcm   result objects the node wrote
     tmp/       files being written; removed at start-up, never indexed
 
 A file is visible under ``instances/`` only once its bytes are on disk, so a
@@ -69,6 +70,12 @@ class Spool:
             if not is_safe_uid(uid):
                 raise ValueError(f"not a valid UID for a file name: {uid!r}")
         return self.instances_dir / study_uid / series_uid / f"{sop_uid}.dcm"
+
+    def result_path(self, study_uid: str, sop_uid: str) -> Path:
+        for uid in (study_uid, sop_uid):
+            if not is_safe_uid(uid):
+                raise ValueError(f"not a valid UID for a file name: {uid!r}")
+        return self.data_dir / "results" / study_uid / f"{sop_uid}.dcm"
 
     def free_bytes(self) -> int:
         return shutil.disk_usage(self.data_dir).free

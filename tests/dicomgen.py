@@ -44,7 +44,7 @@ def ct_slice(
     ds.SeriesNumber = 1
     ds.SeriesDescription = "Axial 1.25"
     ds.BodyPartExamined = "CHEST"
-    ds.FrameOfReferenceUID = study_uid + ".1" if len(study_uid) < 62 else generate_uid()
+    ds.FrameOfReferenceUID = generate_uid(entropy_srcs=["frame of reference", series_uid])
     ds.InstanceNumber = index + 1
     ds.ImagePositionPatient = [0.0, 0.0, -1.25 * index]
     ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]

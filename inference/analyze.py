@@ -1,0 +1,97 @@
+"""``ainode analyze PATH... --out DIR``: the worker's stages on files, without a network.
+
+For an ML engineer trying a model on a study, or an admin checking a rule:
+the same selection, models, post-processing and result encoders as the worker,
+reading files instead of the store and writing the result objects to a folder.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+from inference.errors import PermanentJobError
+from inference.execute import pick_device
+from inference.package import LoadedModel, load_package
+from inference.pipeline import run_pipeline
+from node.config import NodeConfig
+from node.results.compose import encode_run, to_bytes
+from node.volume_in import scan_studies
+
+__all__ = ["AnalyzeError", "analyze"]
+
+logger = logging.getLogger(__name__)
+
+
+class AnalyzeError(Exception):
+    """Nothing to analyse, or an unknown pipeline name."""
+
+
+def analyze(
+    cfg: NodeConfig,
+    paths: Sequence[Path],
+    out: Path,
+    *,
+    pipelines: Sequence[str] | None = None,
+) -> int:
+    """Run matching pipelines on every study in ``paths``; print findings; 0 if all ran."""
+    chosen = [p for p in cfg.pipelines if p.models and (not pipelines or p.name in pipelines)]
+    unknown = set(pipelines or ()) - {p.name for p in cfg.pipelines}
+    if unknown:
+        raise AnalyzeError(f"no pipeline named {', '.join(sorted(unknown))} in {cfg.path}")
+    if not chosen:
+        raise AnalyzeError(f"no pipeline with models in {cfg.path}")
+    try:
+        studies = scan_studies(paths)
+    except FileNotFoundError as exc:
+        raise AnalyzeError(str(exc)) from None
+    if not studies:
+        raise AnalyzeError("no DICOM files found in " + ", ".join(str(p) for p in paths))
+    device = pick_device(cfg.inference.device)
+    cache: dict[Path, LoadedModel] = {}
+    failures = 0
+    out.mkdir(parents=True, exist_ok=True)
+    for study_uid, series in studies.items():
+        print(f"study {study_uid}: {len(series)} series")
+        for pipeline in chosen:
+            models = [cache.setdefault(m, load_package(m, device)) for m in pipeline.models]
+            started_at = datetime.now(UTC)
+            try:
+                run = run_pipeline(
+                    series,
+                    pipeline.match,
+                    models,
+                    batch_size=cfg.inference.batch_size,
+                    amp=cfg.inference.amp,
+                )
+            except PermanentJobError as exc:
+                print(f"  {pipeline.name}: cannot run: {exc}")
+                failures += 1
+                continue
+            if run.skipped_reason:
+                print(f"  {pipeline.name}: skipped: {run.skipped_reason}")
+                continue
+            for o in run.outcomes:
+                print(f"  {pipeline.name}: {o.model_name} {o.model_version} ({o.task})")
+                for f in o.findings:
+                    mark = "POSITIVE" if f.positive else "negative"
+                    print(
+                        f"    {f.label:16} p={f.probability:.3f} "
+                        f"(threshold {f.threshold:.2f}) {mark}"
+                    )
+                for n, lesion in enumerate(o.lesions, start=1):
+                    x, y, z = lesion.centroid_mm
+                    print(
+                        f"    lesion {n}: {lesion.volume_mm3:9.1f} mm3, longest diameter "
+                        f"{lesion.longest_diameter_mm:5.1f} mm, at ({x:.1f}, {y:.1f}, {z:.1f}) mm"
+                    )
+            objects = encode_run(run.results, pipeline, cfg.results, started_at=started_at)
+            folder = out / study_uid
+            folder.mkdir(parents=True, exist_ok=True)
+            for obj in objects:
+                path = folder / f"{obj.kind}_{obj.sop_instance_uid}.dcm"
+                path.write_bytes(to_bytes(obj.dataset))
+                print(f"    wrote {obj.kind}: {path}")
+    return 1 if failures else 0

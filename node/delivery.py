@@ -1,0 +1,150 @@
+"""Deliver due result objects to their destinations (a scheduled job of ``serve``).
+
+One association per destination and run; every response is recorded in its
+own transaction at once, so a crash resends at most the object in flight.
+A destination that cannot be reached counts one failed attempt for each of
+its due objects and waits by the retry policy of ``[delivery]``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from datetime import datetime
+from pathlib import Path
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from node.config import NodeConfig
+from node.receive import utc_now
+from node.send import AssociationFailed, SendItem, SendOutcome, send_files
+from storage import deliveries
+from storage.deliveries import DeliveryRecord
+from storage.retry import RetryPolicy
+
+__all__ = ["deliver_due", "delivery_policy"]
+
+logger = logging.getLogger(__name__)
+
+
+def delivery_policy(cfg: NodeConfig) -> RetryPolicy:
+    d = cfg.delivery
+    return RetryPolicy(
+        max_attempts=d.max_attempts,
+        wait_s=d.retry_wait_s,
+        backoff=d.retry_backoff,
+        max_wait_s=d.retry_max_wait_s,
+    )
+
+
+def _failed(
+    cfg: NodeConfig,
+    sessions: sessionmaker[Session],
+    delivery_id: int,
+    status: int | None,
+    error: str,
+    *,
+    retryable: bool,
+    now: datetime,
+) -> None:
+    with sessions.begin() as s:
+        row = deliveries.mark_failed_attempt(
+            s,
+            delivery_id=delivery_id,
+            status=status,
+            error=error,
+            retryable=retryable,
+            policy=delivery_policy(cfg),
+            now=now,
+        )
+    if row.status == "dead":
+        logger.error(
+            "delivery %d of %s %s to %s dead after %d attempt(s): %s",
+            row.id,
+            row.result.kind,
+            row.result.sop_instance_uid,
+            row.destination,
+            row.attempts,
+            error,
+        )
+    else:
+        logger.warning(
+            "delivery %d of %s to %s failed (attempt %d of %d), next at %s: %s",
+            row.id,
+            row.result.sop_instance_uid,
+            row.destination,
+            row.attempts,
+            row.max_attempts,
+            row.next_attempt_at.isoformat(timespec="seconds"),
+            error,
+        )
+
+
+def _deliver_to(
+    cfg: NodeConfig, sessions: sessionmaker[Session], name: str, rows: list[DeliveryRecord]
+) -> int:
+    if not any(d.name == name for d in cfg.destinations):
+        for row in rows:
+            error = f"destination {name!r} is no longer in the config"
+            _failed(cfg, sessions, row.id, None, error, retryable=True, now=utc_now())
+        return 0
+    delivered = 0
+
+    def record(outcome: SendOutcome) -> None:
+        nonlocal delivered
+        if not outcome.delivered:
+            error = outcome.detail or "failed"
+            retryable = outcome.retryable
+            _failed(
+                cfg,
+                sessions,
+                outcome.key,
+                outcome.status,
+                error,
+                retryable=retryable,
+                now=utc_now(),
+            )
+            return
+        with sessions.begin() as s:
+            deliveries.mark_delivered(
+                s,
+                delivery_id=outcome.key,
+                status=outcome.status or 0,
+                comment=outcome.detail,
+                now=utc_now(),
+            )
+        delivered += 1
+        logger.info("delivery %d to %s: delivered", outcome.key, name)
+
+    items = [
+        SendItem(
+            key=row.id,
+            path=Path(row.result.path),
+            sop_class_uid=row.result.sop_class_uid,
+            sop_instance_uid=row.result.sop_instance_uid,
+        )
+        for row in rows
+    ]
+    try:
+        send_files(
+            cfg.destination(name),
+            items,
+            record,
+            calling_ae=cfg.node.ae_title,
+            connect_timeout_s=cfg.delivery.connect_timeout_s,
+            dimse_timeout_s=cfg.delivery.dimse_timeout_s,
+        )
+    except AssociationFailed as exc:
+        for row in rows:
+            _failed(cfg, sessions, row.id, None, str(exc), retryable=True, now=utc_now())
+    return delivered
+
+
+def deliver_due(cfg: NodeConfig, sessions: sessionmaker[Session]) -> int:
+    """Send every due delivery; return how many were delivered."""
+    with sessions.begin() as s:
+        due = deliveries.due_deliveries(s, now=utc_now())
+    by_destination: dict[str, list[DeliveryRecord]] = defaultdict(list)
+    for row in due:
+        by_destination[row.destination].append(row)
+    return sum(_deliver_to(cfg, sessions, name, rows) for name, rows in by_destination.items())

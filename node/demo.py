@@ -1,0 +1,264 @@
+"""``ainode demo``: the whole path in one command, on synthetic studies.
+
+Starts ``ainode serve`` (listener, scheduler, one worker) with the bundled
+models in a work folder, writes a synthetic CT with lesions and a synthetic
+12-lead ECG, sends them over DICOM (C-STORE), waits for the results and prints
+the findings and where the SR, SEG and heat map went. ``--send-to
+AE@HOST:PORT`` adds that PACS as the destination of every result.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pydicom
+
+from node.config import DestinationConfig, load_config
+from node.send import AssociationFailed, SendItem, SendOutcome, send_files
+
+__all__ = ["DemoError", "parse_destination", "run_demo"]
+
+ROOT = Path(__file__).resolve().parents[1]
+_DEST_RE = re.compile(r"^([^@]{1,16})@([^:]+):(\d{1,5})$")
+# Seeds whose synthetic CT has lesions (so the demo shows a SEG).
+_CT_SEED, _ECG_SEED = 7313, 7302
+_TIMEOUT_S = 600.0
+
+
+class DemoError(Exception):
+    """The demo could not run: the reason names what to fix."""
+
+
+def parse_destination(text: str) -> DestinationConfig:
+    """``AE@HOST:PORT`` -> a destination named ``pacs``."""
+    match = _DEST_RE.match(text)
+    if not match or not 0 < int(match.group(3)) < 65536:
+        raise DemoError(f"--send-to must look like PACS@10.0.0.5:104 (got {text!r})")
+    return DestinationConfig(
+        name="pacs", ae_title=match.group(1), host=match.group(2), port=int(match.group(3))
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _write_config(work: Path, port: int, dest: DestinationConfig | None) -> Path:
+    models = ROOT / "models"
+    destinations = (
+        f'[[destinations]]\nname = "pacs"\nae_title = "{dest.ae_title}"\n'
+        f'host = "{dest.host}"\nport = {dest.port}\n'
+        if dest
+        else ""
+    )
+    send = 'destinations = ["pacs"]\n' if dest else ""
+    text = f"""# written by ainode demo
+[node]
+ae_title = "AINODE"
+bind_address = "127.0.0.1"
+port = {port}
+listener_processes = 1
+
+[storage]
+data_dir = "data"
+min_free_mb = 50
+
+[completion]
+quiet_period_s = 2
+check_interval_s = 0.5
+
+[inference]
+workers = 1
+poll_interval_s = 0.2
+
+[delivery]
+check_interval_s = 0.5
+retry_wait_s = 5
+
+[logging]
+level = "WARNING"
+
+{destinations}
+[[pipelines]]
+name = "ct-lesions"
+models = ["{models / "lesion-seg"}", "{models / "lesion-class"}"]
+series_number = 900
+{send}[pipelines.match]
+modality = "CT"
+min_instances = 8
+
+[[pipelines]]
+name = "ecg-rhythm"
+models = ["{models / "ecg-rhythm"}"]
+series_number = 910
+{send}[pipelines.match]
+sop_class = "1.2.840.10008.5.1.4.1.1.9.1.1"
+"""
+    path = work / "config.toml"
+    path.write_text(text)
+    return path
+
+
+def _studies(work: Path) -> list[Path]:
+    from training.synthetic import generate_ct, generate_ecg
+
+    generate_ct(work / "input" / "ct", 1, _CT_SEED)
+    generate_ecg(work / "input" / "ecg", 1, _ECG_SEED)
+    return sorted((work / "input").rglob("*.dcm"))
+
+
+def _send(files: list[Path], port: int) -> int:
+    items = []
+    for n, path in enumerate(files):
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        items.append(
+            SendItem(
+                key=n, path=path, sop_class_uid=ds.SOPClassUID, sop_instance_uid=ds.SOPInstanceUID
+            )
+        )
+    sent = []
+
+    def note(outcome: SendOutcome) -> None:
+        if not outcome.delivered:
+            raise DemoError(f"the node refused {files[outcome.key]}: {outcome.detail}")
+        sent.append(outcome.key)
+
+    node = DestinationConfig(name="node", ae_title="AINODE", host="127.0.0.1", port=port)
+    send_files(node, items, note, calling_ae="DEMO", connect_timeout_s=10, dimse_timeout_s=60)
+    return len(sent)
+
+
+def _wait_ready(port: int, proc: subprocess.Popen[bytes], deadline: float) -> None:
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise DemoError(f"ainode serve exited with status {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise DemoError("ainode serve did not open its port in time")
+
+
+def _progress(config: Path) -> dict[str, object]:
+    from storage import deliveries, queue
+    from storage.db import create_sqlite_engine, make_sessionmaker
+    from storage.outcomes import list_outcomes
+
+    cfg = load_config(config)
+    engine = create_sqlite_engine(cfg.storage.database_path)
+    try:
+        with make_sessionmaker(engine).begin() as s:
+            return {
+                "jobs": queue.list_jobs(s, limit=100),
+                "outcomes": list_outcomes(s),
+                "results": deliveries.list_results(s),
+                "deliveries": deliveries.list_deliveries(s, limit=100),
+            }
+    finally:
+        engine.dispose()
+
+
+def _wait_results(
+    config: Path, proc: subprocess.Popen[bytes], want_delivery: bool
+) -> dict[str, object]:
+    deadline = time.monotonic() + _TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise DemoError(f"ainode serve exited with status {proc.returncode}")
+        state = _progress(config)
+        jobs = state["jobs"]
+        assert isinstance(jobs, list)
+        if len(jobs) >= 2 and all(j.status in ("succeeded", "dead") for j in jobs):
+            rows = state["deliveries"]
+            assert isinstance(rows, list)
+            if not want_delivery or all(d.status != "pending" or d.attempts > 0 for d in rows):
+                return state
+        time.sleep(0.5)
+    raise DemoError(f"no results within {_TIMEOUT_S:.0f} s (see ainode status)")
+
+
+def _print(state: dict[str, object]) -> None:
+    print("\nfindings")
+    for o in state["outcomes"]:  # type: ignore[attr-defined]
+        for f in o.result.get("findings", []):
+            mark = "POSITIVE" if f["positive"] else ""
+            print(f"  {o.model_name:13} {f['label']:14} p={f['probability']:.3f}  {mark}")
+        for n, lesion in enumerate(o.result.get("lesions", []), start=1):
+            print(
+                f"  {o.model_name:13} lesion {n:<7} {lesion['volume_mm3']:8.1f} mm3, "
+                f"longest diameter {lesion['longest_diameter_mm']:.1f} mm"
+            )
+    for j in state["jobs"]:  # type: ignore[attr-defined]
+        if j.status == "dead":
+            print(f"  job {j.id} ({j.pipeline}) failed: {j.last_error}")
+    print("\nresult objects")
+    delivered = {d.result.sop_instance_uid: d for d in state["deliveries"]}  # type: ignore[attr-defined]
+    for r in state["results"]:  # type: ignore[attr-defined]
+        d = delivered.get(r.sop_instance_uid)
+        where = "kept in the node (no destination)"
+        if d is not None:
+            where = f"{d.status} to {d.destination}" + (
+                f" ({d.last_error})" if d.status != "delivered" and d.last_error else ""
+            )
+        print(f"  {r.kind:3} {r.path}\n      {where}")
+
+
+def run_demo(*, send_to: str | None, work: Path | None, port: int) -> int:
+    """Run the demo; 0 when every job succeeded."""
+    try:
+        dest = parse_destination(send_to) if send_to else None
+        work = work or Path(tempfile.mkdtemp(prefix="ainode-demo-"))
+        work.mkdir(parents=True, exist_ok=True)
+        port = port or _free_port()
+        config = _write_config(work, port, dest)
+        print(f"ainode demo in {work} (node AINODE on 127.0.0.1:{port})")
+        files = _studies(work)
+        print(f"generated {len(files)} synthetic instances (a CT with lesions, a 12-lead ECG)")
+        env = {**os.environ, "AINODE_CONFIG": str(config)}
+        log = (work / "serve.log").open("wb")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "node", "serve", "--config", str(config)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=work,
+        )
+        try:
+            _wait_ready(port, proc, time.monotonic() + 120)
+            t0 = time.monotonic()
+            sent = _send(files, port)
+            print(f"sent {sent} instances over DICOM in {time.monotonic() - t0:.1f} s; waiting")
+            state = _wait_results(config, proc, want_delivery=dest is not None)
+            print(f"results after {time.monotonic() - t0:.1f} s")
+            _print(state)
+            (work / "demo.json").write_text(
+                json.dumps(
+                    {"results": [str(r.path) for r in state["results"]]},  # type: ignore[attr-defined]
+                    indent=2,
+                )
+            )
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            log.close()
+        jobs = state["jobs"]
+        print(f"\nnode log: {work / 'serve.log'}; inspect with: ainode status --config {config}")
+        return 0 if all(j.status == "succeeded" for j in jobs) else 1  # type: ignore[attr-defined]
+    except (DemoError, AssociationFailed) as exc:
+        print(f"ainode demo: {exc}", file=sys.stderr)
+        return 1

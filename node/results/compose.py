@@ -1,0 +1,170 @@
+"""One job's results -> its DICOM objects: per source series one SR, a SEG, a heat map.
+
+``encode_run`` is the stage the worker and ``ainode analyze`` share; it reads
+nothing but the source headers and returns datasets; writing is the caller's.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import highdicom as hd
+from pydicom.dataset import Dataset
+
+from inference.records import SeriesResult
+from node.config import PipelineConfig, ResultsConfig
+from node.results.identity import Algorithm, algorithm_of
+from node.results.pmap import encode_attention_map
+from node.results.regions import Region, hotspot_region, lesion_region, whole_slice_region
+from node.results.seg import MAX_SEGMENTS, encode_segmentation
+from node.results.sources import read_sources
+from node.results.sr import FindingEntry, LesionEntry, encode_report
+
+__all__ = ["ResultObject", "encode_run", "to_bytes"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ResultObject:
+    """One DICOM result object, ready to write and send."""
+
+    kind: str  # "SR", "SEG" or "PM"
+    dataset: Dataset
+    source_series_instance_uid: str
+
+    @property
+    def sop_instance_uid(self) -> str:
+        return str(self.dataset.SOPInstanceUID)
+
+    @property
+    def sop_class_uid(self) -> str:
+        return str(self.dataset.SOPClassUID)
+
+    @property
+    def study_instance_uid(self) -> str:
+        return str(self.dataset.StudyInstanceUID)
+
+    @property
+    def series_instance_uid(self) -> str:
+        return str(self.dataset.SeriesInstanceUID)
+
+
+def to_bytes(dataset: Dataset) -> bytes:
+    """The object as a DICOM Part 10 file."""
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def _description(pipeline: PipelineConfig, what: str) -> str:
+    base = pipeline.series_description or f"AI {pipeline.name}"
+    return f"{base} {what}"[:64]
+
+
+def _series_results(
+    results: Sequence[SeriesResult],
+    pipeline: PipelineConfig,
+    cfg: ResultsConfig,
+    started_at: datetime,
+) -> list[ResultObject]:
+    first = results[0]
+    sources = read_sources(first.source_paths, first.sop_instance_uids)
+    series_uid = str(sources[0].SeriesInstanceUID)
+    images = "PixelData" in sources[0] or "Rows" in sources[0]
+    algorithms: list[Algorithm] = []
+    objects: list[ResultObject] = []
+    findings: list[FindingEntry] = []
+    lesions: list[LesionEntry] = []
+    recommendations = {r.finding: r for r in pipeline.recommendations}
+    for result in results:
+        outcome = result.outcome
+        algo = algorithm_of(outcome)
+        algorithms.append(algo)
+        region: Region | None = None
+        if result.attention is not None:
+            spacing = min(float(v) for v in sources[0].PixelSpacing)
+            region = hotspot_region(result.attention, spacing)
+            pm = encode_attention_map(
+                sources,
+                result.attention,
+                algo,
+                cfg,
+                series_number=pipeline.series_number + 2,
+                series_description=_description(pipeline, "attention map"),
+            )
+            objects.append(
+                ResultObject(kind="PM", dataset=pm, source_series_instance_uid=series_uid)
+            )
+        elif images and outcome.findings:
+            rows, cols = int(sources[0].Rows), int(sources[0].Columns)
+            region = whole_slice_region((len(sources), rows, cols))
+        findings.extend(
+            FindingEntry(
+                finding=f,
+                region=region,
+                algorithm=algo,
+                recommendation=recommendations.get(f.label),
+            )
+            for f in outcome.findings
+        )
+        if result.lesion_labels is not None and outcome.lesions:
+            uids = [hd.UID() for _ in outcome.lesions]
+            codes_by_label = {f.label: f.code for f in outcome.findings}
+            seg = encode_segmentation(
+                sources,
+                result.lesion_labels,
+                outcome.lesions,
+                uids,
+                codes_by_label,
+                algo,
+                cfg,
+                series_number=pipeline.series_number + 1,
+                series_description=_description(pipeline, "lesions"),
+            )
+            objects.append(
+                ResultObject(kind="SEG", dataset=seg, source_series_instance_uid=series_uid)
+            )
+            lesions.extend(
+                LesionEntry(
+                    lesion=lesion,
+                    number=n,
+                    tracking_uid=uids[n - 1],
+                    region=lesion_region(result.lesion_labels, n),
+                    code=None,
+                    algorithm=algo,
+                    segment_number=n if n <= MAX_SEGMENTS else None,
+                )
+                for n, lesion in enumerate(outcome.lesions, start=1)
+            )
+    sr = encode_report(
+        sources,
+        algorithms,
+        findings,
+        lesions,
+        [o.dataset for o in objects],
+        cfg,
+        started_at=started_at,
+        series_number=pipeline.series_number,
+        series_description=_description(pipeline, "report"),
+        images=images,
+    )
+    return [ResultObject(kind="SR", dataset=sr, source_series_instance_uid=series_uid), *objects]
+
+
+def encode_run(
+    results: Sequence[SeriesResult],
+    pipeline: PipelineConfig,
+    cfg: ResultsConfig,
+    *,
+    started_at: datetime,
+) -> list[ResultObject]:
+    """All result objects of one pipeline run, grouped per source series (SR first)."""
+    by_series: dict[str, list[SeriesResult]] = {}
+    for result in results:
+        by_series.setdefault(result.outcome.series_instance_uid, []).append(result)
+    objects: list[ResultObject] = []
+    for series_results in by_series.values():
+        objects.extend(_series_results(series_results, pipeline, cfg, started_at))
+    return objects

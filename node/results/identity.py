@@ -1,0 +1,120 @@
+"""Who made a result: one algorithm record feeds every place DICOM names it.
+
+Contributing Equipment (IHE AIR), the SR's device observer, TID 4019 algorithm
+identification on each NUM and the SEG's Segmentation Algorithm Identification
+all come from :class:`Algorithm`. The Device UID is derived from the model's
+name, version and weights hash, so it is stable for one model build and changes
+whenever the model is retrained.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import highdicom as hd
+from pydicom.sr.codedict import codes
+from pydicom.uid import generate_uid
+
+from inference.records import Outcome
+from node.config import ResultsConfig
+
+__all__ = [
+    "AIR_PROCESSING_ALGORITHM",
+    "Algorithm",
+    "algorithm_of",
+    "contributing_equipment",
+    "device_observer",
+    "node_device_uid",
+    "segment_algorithm",
+    "sr_algorithm",
+]
+
+NODE_NAME = "ainode"
+NODE_VERSION = "0.1.0"
+
+# IHE AIR Rev 1.1 6.5.3.1: Purpose of Reference of an AI algorithm's equipment item.
+AIR_PROCESSING_ALGORITHM = hd.sr.CodedConcept(
+    value="Newcode1", scheme_designator="99IHE", meaning="Processing Algorithm"
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Algorithm:
+    name: str
+    version: str
+    sha256: str
+    device_uid: str
+
+
+def algorithm_of(outcome: Outcome) -> Algorithm:
+    return Algorithm(
+        name=outcome.model_name,
+        version=outcome.model_version,
+        sha256=outcome.model_sha256,
+        device_uid=generate_uid(
+            entropy_srcs=[
+                NODE_NAME,
+                outcome.model_name,
+                outcome.model_version,
+                outcome.model_sha256,
+            ]
+        ),
+    )
+
+
+def node_device_uid(algorithms: Sequence[Algorithm]) -> str:
+    """The device observer of a report made by several models: ainode with that model set."""
+    return generate_uid(entropy_srcs=[NODE_NAME, *sorted(a.device_uid for a in algorithms)])
+
+
+def contributing_equipment(
+    algorithms: Sequence[Algorithm], cfg: ResultsConfig
+) -> list[hd.ContributingEquipment]:
+    """One item per algorithm used (AIR), with Device UID and the weights hash."""
+    items = []
+    for algo in algorithms:
+        item = hd.ContributingEquipment(
+            manufacturer=cfg.manufacturer,
+            purpose_of_reference=codes.DCM.ProcessingEquipment,
+            manufacturer_model_name=algo.name,
+            software_versions=algo.version,
+            device_serial_number=cfg.device_serial_number or None,
+            institution_name=cfg.institution_name or None,
+            contribution_description=f"{NODE_NAME} {NODE_VERSION}; weights sha256 {algo.sha256}"[
+                :64
+            ],
+        )
+        # highdicom has no parameter for either (standards.md 3.1, 5.3).
+        item.DeviceUID = algo.device_uid
+        item.PurposeOfReferenceCodeSequence = [AIR_PROCESSING_ALGORITHM]
+        items.append(item)
+    return items
+
+
+def sr_algorithm(algo: Algorithm) -> hd.sr.AlgorithmIdentification:
+    """TID 4019 (no manufacturer: newer than the validators, standards.md 3.1)."""
+    return hd.sr.AlgorithmIdentification(name=algo.name, version=algo.version)
+
+
+def segment_algorithm(algo: Algorithm, cfg: ResultsConfig) -> hd.AlgorithmIdentificationSequence:
+    return hd.AlgorithmIdentificationSequence(
+        name=algo.name,
+        version=algo.version,
+        family=codes.cid7162.ArtificialIntelligence,
+        source=cfg.manufacturer,
+    )
+
+
+def device_observer(algorithms: Sequence[Algorithm], cfg: ResultsConfig) -> hd.sr.ObserverContext:
+    names = "+".join(a.name for a in algorithms)
+    return hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=node_device_uid(algorithms),
+            name=f"{NODE_NAME} {names}"[:64],
+            manufacturer_name=cfg.manufacturer,
+            model_name=names[:64],
+            serial_number=cfg.device_serial_number or None,
+        ),
+    )

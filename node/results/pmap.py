@@ -1,0 +1,60 @@
+"""An attention map as a 32-bit float Parametric Map (what OHIF overlays)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import highdicom as hd
+import numpy as np
+import numpy.typing as npt
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+
+from node.config import ResultsConfig
+from node.results.identity import Algorithm, contributing_equipment
+from node.results.sources import copy_study_context
+
+__all__ = ["encode_attention_map"]
+
+
+def encode_attention_map(
+    sources: Sequence[Dataset],
+    attention: npt.NDArray[np.float32],
+    algorithm: Algorithm,
+    cfg: ResultsConfig,
+    *,
+    series_number: int,
+    series_description: str,
+) -> Dataset:
+    """``attention`` (0..1, the source grid) as float Parametric Map frames, one per slice."""
+    values = np.clip(attention, 0.0, 1.0).astype(np.float32)
+    mapping = hd.pm.RealWorldValueMapping(
+        lut_label="ATTENTION",
+        lut_explanation=f"{algorithm.name} attention 0..1"[:64],
+        unit=codes.UCUM.NoUnits,
+        value_range=(0.0, 1.0),
+        slope=1.0,
+        intercept=0.0,
+        quantity_definition=codes.DCM.Saliency,
+    )
+    pm = hd.pm.ParametricMap(
+        source_images=list(sources),
+        pixel_array=values,
+        series_instance_uid=hd.UID(),
+        series_number=series_number,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer=cfg.manufacturer,
+        manufacturer_model_name=algorithm.name,
+        software_versions=algorithm.version,
+        device_serial_number=cfg.device_serial_number or "1",
+        contains_recognizable_visual_features=False,
+        real_world_value_mappings=[mapping],
+        voi_lut_transformations=[hd.VOILUTTransformation(window_center=0.5, window_width=1.0)],
+        series_description=series_description,
+        content_label="ATTENTION",
+        content_description=f"{algorithm.name} {algorithm.version} attention"[:64],
+        contributing_equipment=contributing_equipment([algorithm], cfg),
+    )
+    copy_study_context(pm, sources[0])
+    return pm

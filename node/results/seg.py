@@ -1,0 +1,83 @@
+"""Lesions as a binary Segmentation: one segment per lesion, parallel to the source."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import highdicom as hd
+import numpy as np
+import numpy.typing as npt
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+
+from inference.records import Lesion
+from node.config import ResultsConfig
+from node.results.identity import Algorithm, contributing_equipment, segment_algorithm
+from node.results.sources import copy_study_context
+
+__all__ = ["MAX_SEGMENTS", "encode_segmentation", "lesion_property"]
+
+# A model that sprays hundreds of specks should not make an unreadable SEG.
+MAX_SEGMENTS = 64
+
+
+def lesion_property(code: tuple[str, str, str] | None) -> hd.sr.CodedConcept:
+    if code is None:
+        return hd.sr.CodedConcept.from_code(codes.SCT.Lesion)
+    value, scheme, meaning = code
+    return hd.sr.CodedConcept(value=value, scheme_designator=scheme, meaning=meaning)
+
+
+def encode_segmentation(
+    sources: Sequence[Dataset],
+    labels: npt.NDArray[np.uint16],
+    lesions: Sequence[Lesion],
+    tracking_uids: Sequence[str],
+    codes_by_label: dict[str, tuple[str, str, str]],
+    algorithm: Algorithm,
+    cfg: ResultsConfig,
+    *,
+    series_number: int,
+    series_description: str,
+) -> Dataset:
+    """A BINARY SEG of ``lesions`` (``labels == n`` is lesion n), empty frames omitted."""
+    count = min(len(lesions), MAX_SEGMENTS)
+    if count == 0:
+        raise ValueError("a segmentation needs at least one lesion")
+    algo = segment_algorithm(algorithm, cfg)
+    descriptions = [
+        hd.seg.SegmentDescription(
+            segment_number=n,
+            segment_label=f"Lesion {n}",
+            segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
+            segmented_property_type=lesion_property(codes_by_label.get(lesions[n - 1].label)),
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algo,
+            tracking_uid=tracking_uids[n - 1],
+            tracking_id=f"Lesion {n}",
+        )
+        for n in range(1, count + 1)
+    ]
+    # (frames, rows, columns, segments) of 0/1: highdicom's multi-segment input.
+    masks = np.stack([labels == n for n in range(1, count + 1)], axis=-1).astype(np.uint8)
+    seg = hd.seg.Segmentation(
+        source_images=list(sources),
+        pixel_array=masks,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions,
+        series_instance_uid=hd.UID(),
+        series_number=series_number,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer=cfg.manufacturer,
+        manufacturer_model_name=algorithm.name,
+        software_versions=algorithm.version,
+        device_serial_number=cfg.device_serial_number or "1",
+        series_description=series_description,
+        content_label="LESIONS",
+        content_description=f"{algorithm.name} {algorithm.version}"[:64],
+        contributing_equipment=contributing_equipment([algorithm], cfg),
+        omit_empty_frames=True,
+    )
+    copy_study_context(seg, sources[0])
+    return seg

@@ -1,0 +1,258 @@
+"""The TID 1500 Imaging Measurement Report: findings and lesions, each drawn on an image.
+
+Every measurement group carries an image region (a SCOORD circle on its key
+slice): OHIF crashes on a TID 1500 group without one (standards.md §9). A lesion
+gets two groups sharing its Tracking UID: a planar group with its circle and
+measurements (what OHIF draws) and a volumetric group referencing its SEG segment
+(what AIR consumers follow). A study-level finding is drawn at the attention
+map's hot spot, which is also its explanation. Every NUM has a child (its TID
+4019 algorithm identification), Verification Flag is UNVERIFIED.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import highdicom as hd
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
+
+from inference.records import Finding, Lesion
+from node.config import Recommendation, ResultsConfig
+from node.results.identity import (
+    Algorithm,
+    contributing_equipment,
+    device_observer,
+    sr_algorithm,
+)
+from node.results.regions import Region
+from node.results.seg import lesion_property
+from node.results.sources import copy_study_context
+
+__all__ = ["FindingEntry", "LesionEntry", "encode_report", "procedure_reported"]
+
+_PROCEDURES: dict[str, Code] = {
+    "CT": codes.LN.CTUnspecifiedBodyRegion,
+    "MR": Code("25056-3", "LN", "MRI unspecified body region"),
+    "ECG": Code("11524-6", "LN", "EKG study"),
+}
+_IMAGING = Code("363679005", "SCT", "Imaging")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LesionEntry:
+    lesion: Lesion
+    number: int
+    tracking_uid: str
+    region: Region
+    code: tuple[str, str, str] | None
+    algorithm: Algorithm
+    segment_number: int | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FindingEntry:
+    finding: Finding
+    region: Region | None
+    algorithm: Algorithm
+    recommendation: Recommendation | None = None
+
+
+def procedure_reported(source: Dataset) -> hd.sr.CodedConcept | Code:
+    """The imaging procedure that was analysed (not the algorithm)."""
+    items = source.get("ProcedureCodeSequence")
+    if items:
+        item = items[0]
+        return hd.sr.CodedConcept(
+            value=str(item.CodeValue),
+            scheme_designator=str(item.CodingSchemeDesignator),
+            meaning=str(item.CodeMeaning),
+        )
+    return _PROCEDURES.get(str(source.get("Modality", "")).upper(), _IMAGING)
+
+
+def _coded(code: tuple[str, str, str]) -> hd.sr.CodedConcept:
+    return hd.sr.CodedConcept(value=code[0], scheme_designator=code[1], meaning=code[2])
+
+
+def _circle(region: Region, sources: Sequence[Dataset]) -> hd.sr.ImageRegion:
+    return hd.sr.ImageRegion(
+        graphic_type=hd.sr.GraphicTypeValues.CIRCLE,
+        graphic_data=np.array(
+            [[region.x, region.y], [region.x + region.radius, region.y]], dtype=np.float64
+        ),
+        source_image=hd.sr.SourceImageForRegion.from_source_image(sources[region.k]),
+    )
+
+
+def _lesion_groups(
+    entry: LesionEntry, sources: Sequence[Dataset], seg: Dataset | None
+) -> list[
+    hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
+    | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
+]:
+    algo = sr_algorithm(entry.algorithm)
+    lesion = entry.lesion
+    tracking = hd.sr.TrackingIdentifier(uid=entry.tracking_uid, identifier=f"Lesion {entry.number}")
+    kind = lesion_property(entry.code)
+    volume = hd.sr.Measurement(
+        name=codes.SCT.Volume,
+        value=round(lesion.volume_mm3, 3),
+        unit=codes.UCUM.CubicMillimeter,
+        algorithm_id=algo,
+    )
+    groups: list[
+        hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
+        | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
+    ] = [
+        hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=tracking,
+            referenced_region=_circle(entry.region, sources),
+            finding_type=kind,
+            measurements=[
+                volume,
+                hd.sr.Measurement(
+                    name=codes.SCT.Diameter,
+                    value=round(lesion.longest_diameter_mm, 3),
+                    unit=codes.UCUM.Millimeter,
+                    algorithm_id=algo,
+                ),
+                hd.sr.Measurement(
+                    name=codes.DCM.Probability,
+                    value=round(lesion.mean_probability, 4),
+                    unit=codes.UCUM.NoUnits,
+                    algorithm_id=algo,
+                ),
+            ],
+        )
+    ]
+    if seg is not None and entry.segment_number is not None:
+        groups.append(
+            hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+                tracking_identifier=tracking,
+                referenced_segment=hd.sr.ReferencedSegment(
+                    sop_class_uid=seg.SOPClassUID,
+                    sop_instance_uid=seg.SOPInstanceUID,
+                    segment_number=entry.segment_number,
+                    source_series=hd.sr.SourceSeriesForSegmentation(
+                        str(sources[0].SeriesInstanceUID)
+                    ),
+                ),
+                finding_type=kind,
+                measurements=[volume],
+            )
+        )
+    return groups
+
+
+def _recommendation(entry: FindingEntry) -> list[hd.sr.QualitativeEvaluation]:
+    rec = entry.recommendation
+    if rec is None or not entry.finding.positive:
+        return []
+    item = hd.sr.QualitativeEvaluation(codes.DCM.Recommendation, _coded(rec.code))
+    note = (
+        f"Decision support by {entry.algorithm.name} {entry.algorithm.version}, "
+        f"not verified: {rec.text}"
+        if rec.text
+        else f"Decision support by {entry.algorithm.name} {entry.algorithm.version}, not verified"
+    )
+    item.ContentSequence = [  # type: ignore[attr-defined]
+        hd.sr.TextContentItem(
+            name=codes.DCM.Comment,
+            value=note,
+            relationship_type=hd.sr.RelationshipTypeValues.HAS_PROPERTIES,
+        )
+    ]
+    return [item]
+
+
+def _finding_group(
+    entry: FindingEntry, sources: Sequence[Dataset]
+) -> (
+    hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
+    | hd.sr.MeasurementsAndQualitativeEvaluations
+):
+    algo = sr_algorithm(entry.algorithm)
+    finding = entry.finding
+    tracking = hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=f"Finding {finding.label}"[:64])
+    measurements = [
+        hd.sr.Measurement(
+            name=codes.DCM.Probability,
+            value=round(finding.probability, 4),
+            unit=codes.UCUM.NoUnits,
+            algorithm_id=algo,
+        )
+    ]
+    evaluations = _recommendation(entry)
+    if entry.region is None:  # no image (an ECG): TID 1501
+        return hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=tracking,
+            finding_type=_coded(finding.code),
+            measurements=measurements,
+            qualitative_evaluations=evaluations or None,
+        )
+    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=tracking,
+        referenced_region=_circle(entry.region, sources),
+        finding_type=_coded(finding.code),
+        measurements=measurements,
+        qualitative_evaluations=evaluations or None,
+    )
+
+
+def encode_report(
+    sources: Sequence[Dataset],
+    algorithms: Sequence[Algorithm],
+    findings: Sequence[FindingEntry],
+    lesions: Sequence[LesionEntry],
+    evidence: Sequence[Dataset],
+    cfg: ResultsConfig,
+    *,
+    started_at: datetime,
+    series_number: int,
+    series_description: str,
+    images: bool,
+) -> Dataset:
+    """Comprehensive 3D SR (images) or Comprehensive SR (waveforms) with TID 1500 content."""
+    seg = next((d for d in evidence if str(d.Modality) == "SEG"), None)
+    # Lesions first: OHIF opens the SR on its first measurement's slice.
+    groups: list[object] = []
+    for lesion in lesions:
+        groups.extend(_lesion_groups(lesion, sources, seg))
+    for f in findings:
+        groups.append(_finding_group(f, sources))
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(
+            observer_device_context=device_observer(algorithms, cfg)
+        ),
+        procedure_reported=procedure_reported(sources[0]),
+        imaging_measurements=groups or None,  # type: ignore[arg-type]
+        title=codes.DCM.ImagingMeasurementReport,
+        referenced_images=list(sources) if images else None,
+    )
+    document = hd.sr.Comprehensive3DSR if images else hd.sr.ComprehensiveSR
+    sr = document(
+        evidence=[*sources, *evidence],
+        content=report,
+        series_instance_uid=hd.UID(),
+        series_number=series_number,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer=cfg.manufacturer,
+        institution_name=cfg.institution_name or None,
+        series_description=series_description,
+        is_complete=True,
+        is_final=False,
+        is_verified=False,
+        contributing_equipment=contributing_equipment(algorithms, cfg),
+        content_date=started_at.date(),
+        content_time=started_at.time(),
+        series_date=started_at.date(),
+        series_time=started_at.time(),
+    )
+    copy_study_context(sr, sources[0])
+    return sr

@@ -1,0 +1,45 @@
+"""Write result objects durably under the data folder's ``results/``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from node.results.compose import ResultObject, to_bytes
+from storage.spool import Spool
+
+__all__ = ["WrittenResult", "write_results"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WrittenResult:
+    kind: str
+    path: Path
+    size_bytes: int
+    study_instance_uid: str
+    series_instance_uid: str
+    source_series_instance_uid: str
+    sop_class_uid: str
+    sop_instance_uid: str
+
+
+def write_results(objects: Sequence[ResultObject], spool: Spool) -> list[WrittenResult]:
+    """Each object to ``results/<study>/<sop instance>.dcm`` (fsynced, renamed into place)."""
+    written = []
+    for obj in objects:
+        path = spool.result_path(obj.study_instance_uid, obj.sop_instance_uid)
+        size = spool.write(path, [to_bytes(obj.dataset)])
+        written.append(
+            WrittenResult(
+                kind=obj.kind,
+                path=path,
+                size_bytes=size,
+                study_instance_uid=obj.study_instance_uid,
+                series_instance_uid=obj.series_instance_uid,
+                source_series_instance_uid=obj.source_series_instance_uid,
+                sop_class_uid=obj.sop_class_uid,
+                sop_instance_uid=obj.sop_instance_uid,
+            )
+        )
+    return written

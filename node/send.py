@@ -1,0 +1,173 @@
+"""C-STORE SCU: send result files to a destination over one association.
+
+Each object's outcome is reported as soon as its response arrives, so the
+caller can record it before the next one is sent. Failures are classified
+here, where the DIMSE status is known: success and warnings are delivered;
+"out of resources" and lost connections are worth retrying; a refusal of the
+object itself (SOP class not supported, not authorised, cannot understand,
+data set does not match) is permanent.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pydicom
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from node.config import DestinationConfig
+from node.handlers import handle_conn_open
+
+__all__ = ["AssociationFailed", "SendItem", "SendOutcome", "classify_status", "echo", "send_files"]
+
+logger = logging.getLogger(__name__)
+
+_WARNINGS = {0x0001, 0xB000, 0xB006, 0xB007}
+_PERMANENT = {0x0122, 0x0124}
+
+
+class AssociationFailed(Exception):
+    """No association with the destination: refused, rejected, unreachable."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SendItem:
+    key: int
+    path: Path
+    sop_class_uid: str
+    sop_instance_uid: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SendOutcome:
+    key: int
+    delivered: bool
+    retryable: bool
+    status: int | None
+    detail: str | None
+
+
+def classify_status(status: int) -> tuple[bool, bool]:
+    """(delivered, retryable) for a C-STORE response status."""
+    if status == 0x0000 or status in _WARNINGS:
+        return True, False
+    if status in _PERMANENT or 0xA900 <= status <= 0xA9FF or 0xC000 <= status <= 0xCFFF:
+        return False, False
+    return False, True  # 0xA7xx out of resources, processing failures, unknown codes
+
+
+def _ae(calling_ae: str, timeout_s: float, dimse_timeout_s: float) -> AE:
+    ae = AE(ae_title=calling_ae)
+    ae.acse_timeout = timeout_s
+    ae.connection_timeout = timeout_s
+    ae.network_timeout = dimse_timeout_s
+    ae.dimse_timeout = dimse_timeout_s
+    return ae
+
+
+def _describe(dest: DestinationConfig) -> str:
+    return f"{dest.ae_title}@{dest.host}:{dest.port}"
+
+
+def send_files(
+    dest: DestinationConfig,
+    items: Sequence[SendItem],
+    on_outcome: Callable[[SendOutcome], None],
+    *,
+    calling_ae: str,
+    connect_timeout_s: float,
+    dimse_timeout_s: float,
+) -> None:
+    """Send ``items`` to ``dest``; call ``on_outcome`` after each response.
+
+    Raises :class:`AssociationFailed` when no association could be made; items
+    left unsent when the association breaks are reported as retryable.
+    """
+    ae = _ae(calling_ae, connect_timeout_s, dimse_timeout_s)
+    for sop_class in sorted({i.sop_class_uid for i in items}):
+        ae.add_requested_context(sop_class, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
+    assoc = ae.associate(
+        dest.host,
+        dest.port,
+        ae_title=dest.ae_title,
+        evt_handlers=[(evt.EVT_CONN_OPEN, handle_conn_open)],
+    )
+    if not assoc.is_established:
+        why = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "no answer"
+        raise AssociationFailed(f"cannot associate with {_describe(dest)}: {why}")
+    try:
+        accepted = {cx.abstract_syntax for cx in assoc.accepted_contexts}
+        for item in items:
+            if not assoc.is_established:
+                on_outcome(
+                    SendOutcome(
+                        key=item.key,
+                        delivered=False,
+                        retryable=True,
+                        status=None,
+                        detail=f"association with {_describe(dest)} ended early",
+                    )
+                )
+                continue
+            if item.sop_class_uid not in accepted:
+                on_outcome(
+                    SendOutcome(
+                        key=item.key,
+                        delivered=False,
+                        retryable=False,
+                        status=None,
+                        detail=f"{_describe(dest)} does not accept SOP class {item.sop_class_uid}",
+                    )
+                )
+                continue
+            on_outcome(_send_one(assoc, item, dest))
+    finally:
+        if assoc.is_established:
+            assoc.release()
+
+
+def _send_one(assoc: object, item: SendItem, dest: DestinationConfig) -> SendOutcome:
+    try:
+        dataset = pydicom.dcmread(item.path)
+    except (OSError, pydicom.errors.InvalidDicomError) as exc:
+        return SendOutcome(
+            key=item.key, delivered=False, retryable=False, status=None, detail=f"unreadable: {exc}"
+        )
+    response = assoc.send_c_store(dataset)  # type: ignore[attr-defined]
+    if not response:  # no response: timeout, abort or a broken connection
+        return SendOutcome(
+            key=item.key,
+            delivered=False,
+            retryable=True,
+            status=None,
+            detail=f"no response from {_describe(dest)}",
+        )
+    status = int(response.Status)
+    comment = str(response.get("ErrorComment", "")) or None
+    delivered, retryable = classify_status(status)
+    detail = f"status 0x{status:04X}" + (f": {comment}" if comment else "")
+    return SendOutcome(
+        key=item.key,
+        delivered=delivered,
+        retryable=retryable,
+        status=status,
+        detail=None if status == 0 else detail,
+    )
+
+
+def echo(dest: DestinationConfig, *, calling_ae: str, timeout_s: float) -> str | None:
+    """C-ECHO ``dest``; None when it answered with success, otherwise why not."""
+    ae = _ae(calling_ae, timeout_s, timeout_s)
+    ae.add_requested_context(Verification)
+    assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
+    if not assoc.is_established:
+        return f"cannot associate with {_describe(dest)}"
+    try:
+        status = assoc.send_c_echo()
+        return None if status and int(status.Status) == 0 else "C-ECHO failed"
+    finally:
+        assoc.release()
