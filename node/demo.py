@@ -20,10 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import pydicom
-
 from node.config import DestinationConfig, load_config
-from node.send import AssociationFailed, SendItem, SendOutcome, send_files
+from node.send import AssociationFailed, SendOutcome, items_for, send_files
 
 __all__ = ["DemoError", "parse_destination", "run_demo"]
 
@@ -119,14 +117,7 @@ def _studies(work: Path) -> list[Path]:
 
 
 def _send(files: list[Path], port: int) -> int:
-    items = []
-    for n, path in enumerate(files):
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-        items.append(
-            SendItem(
-                key=n, path=path, sop_class_uid=ds.SOPClassUID, sop_instance_uid=ds.SOPInstanceUID
-            )
-        )
+    items = items_for(files)
     sent = []
 
     def note(outcome: SendOutcome) -> None:

@@ -22,7 +22,15 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from node.config import DestinationConfig
 from node.handlers import handle_conn_open
 
-__all__ = ["AssociationFailed", "SendItem", "SendOutcome", "classify_status", "echo", "send_files"]
+__all__ = [
+    "AssociationFailed",
+    "SendItem",
+    "SendOutcome",
+    "classify_status",
+    "echo",
+    "items_for",
+    "send_files",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +57,22 @@ class SendOutcome:
     retryable: bool
     status: int | None
     detail: str | None
+
+
+def items_for(paths: Sequence[Path]) -> list[SendItem]:
+    """Send items for files, keyed by their index in ``paths`` (headers read only)."""
+    items = []
+    for n, path in enumerate(paths):
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        items.append(
+            SendItem(
+                key=n,
+                path=path,
+                sop_class_uid=str(ds.SOPClassUID),
+                sop_instance_uid=str(ds.SOPInstanceUID),
+            )
+        )
+    return items
 
 
 def classify_status(status: int) -> tuple[bool, bool]:
@@ -97,7 +121,11 @@ def send_files(
         evt_handlers=[(evt.EVT_CONN_OPEN, handle_conn_open)],
     )
     if not assoc.is_established:
-        why = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "no answer"
+        why = (
+            "association rejected"
+            if assoc.is_rejected
+            else "connection refused, unreachable or aborted"
+        )
         raise AssociationFailed(f"cannot associate with {_describe(dest)}: {why}")
     try:
         accepted = {cx.abstract_syntax for cx in assoc.accepted_contexts}

@@ -151,7 +151,7 @@ def due_deliveries(session: Session, *, now: datetime, limit: int = 500) -> list
         .order_by(Delivery.next_attempt_at, Delivery.id)
         .limit(limit)
     )
-    return [_delivery(d, r) for d, r in session.execute(query).tuples()]
+    return [_delivery(d, r) for d, r in session.execute(query)]
 
 
 def mark_delivered(
@@ -231,7 +231,7 @@ def list_deliveries(
     if study_instance_uid is not None:
         query = query.where(ResultObject.study_instance_uid == study_instance_uid)
     query = query.order_by(Delivery.id.desc()).limit(limit)
-    return [_delivery(d, r) for d, r in session.execute(query).tuples()]
+    return [_delivery(d, r) for d, r in session.execute(query)]
 
 
 def list_results(
@@ -247,4 +247,4 @@ def list_results(
 
 def delivery_counts(session: Session) -> dict[str, int]:
     rows = session.execute(select(Delivery.status, func.count()).group_by(Delivery.status))
-    return {status: count for status, count in rows.tuples()}
+    return {status: count for status, count in rows}

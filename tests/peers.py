@@ -6,6 +6,7 @@ started it.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -13,8 +14,10 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
 
@@ -182,3 +185,107 @@ class StoreScp:
             self.proc.terminate()
             self.proc.wait(30)
         self._log.close()
+
+
+class Orthanc:
+    """A real Orthanc (Debian package) on 127.0.0.1, as the PACS that receives results."""
+
+    def __init__(self, folder: Path, *, dicom_port: int, http_port: int, aet: str = "ORTHANC"):
+        self.folder = folder
+        self.dicom_port = dicom_port
+        self.http_port = http_port
+        self.aet = aet
+        folder.mkdir(parents=True, exist_ok=True)
+        self.config = folder / "orthanc.json"
+        self.config.write_text(
+            json.dumps(
+                {
+                    "Name": "ainode-tests",
+                    "StorageDirectory": str(folder / "db"),
+                    "IndexDirectory": str(folder / "db"),
+                    "DicomAet": aet,
+                    "DicomPort": dicom_port,
+                    "HttpPort": http_port,
+                    "HttpServerEnabled": True,
+                    "RemoteAccessAllowed": False,
+                    "AuthenticationEnabled": False,
+                    "DicomServerEnabled": True,
+                    "DicomCheckCalledAet": True,
+                    "Plugins": [],
+                    "StorageCompression": False,
+                }
+            )
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60) -> Orthanc:
+        self._log = open(self.folder / "orthanc.log", "ab")  # closed in stop()
+        self.proc = subprocess.Popen(
+            ["Orthanc", str(self.config)],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=DCMTK_ENV,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"Orthanc exited with {self.proc.returncode}")
+            try:
+                self.get("/system")
+                if echoscu(self.dicom_port, aec=self.aet).returncode == 0:
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise TimeoutError("Orthanc did not start")
+
+    def get(self, path: str) -> Any:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=10) as r:
+            return json.load(r)
+
+    def post(self, path: str, body: object) -> Any:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.http_port}{path}",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as r:
+            return json.load(r)
+
+    def find_instance(self, sop_instance_uid: str) -> dict[str, str] | None:
+        """Where Orthanc holds an instance: its study UID and series modality, or None."""
+        found = self.post(
+            "/tools/find", {"Level": "Instance", "Query": {"SOPInstanceUID": sop_instance_uid}}
+        )
+        if not found:
+            return None
+        instance = self.get(f"/instances/{found[0]}")
+        series = self.get(f"/series/{instance['ParentSeries']}")
+        study = self.get(f"/studies/{series['ParentStudy']}")
+        return {
+            "study": study["MainDicomTags"]["StudyInstanceUID"],
+            "modality": series["MainDicomTags"].get("Modality", ""),
+            "copies": str(len(found)),
+        }
+
+    def new_instance_events(self) -> int:
+        """How many times Orthanc stored a new instance (its change log)."""
+        changes, since = 0, 0
+        while True:
+            page = self.get(f"/changes?since={since}&limit=1000")
+            changes += sum(1 for c in page["Changes"] if c["ChangeType"] == "NewInstance")
+            if page["Done"]:
+                return changes
+            since = page["Last"]
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(30)
+            self._log.close()

@@ -81,9 +81,7 @@ def contributing_equipment(
             software_versions=algo.version,
             device_serial_number=cfg.device_serial_number or None,
             institution_name=cfg.institution_name or None,
-            contribution_description=f"{NODE_NAME} {NODE_VERSION}; weights sha256 {algo.sha256}"[
-                :64
-            ],
+            contribution_description=f"{NODE_NAME} {NODE_VERSION}; weights sha256 {algo.sha256}",
         )
         # highdicom has no parameter for either (standards.md 3.1, 5.3).
         item.DeviceUID = algo.device_uid

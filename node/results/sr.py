@@ -153,21 +153,37 @@ def _recommendation(entry: FindingEntry) -> list[hd.sr.QualitativeEvaluation]:
     rec = entry.recommendation
     if rec is None or not entry.finding.positive:
         return []
-    item = hd.sr.QualitativeEvaluation(codes.DCM.Recommendation, _coded(rec.code))
-    note = (
-        f"Decision support by {entry.algorithm.name} {entry.algorithm.version}, "
-        f"not verified: {rec.text}"
-        if rec.text
-        else f"Decision support by {entry.algorithm.name} {entry.algorithm.version}, not verified"
-    )
-    item.ContentSequence = [  # type: ignore[attr-defined]
-        hd.sr.TextContentItem(
-            name=codes.DCM.Comment,
-            value=note,
-            relationship_type=hd.sr.RelationshipTypeValues.HAS_PROPERTIES,
-        )
-    ]
-    return [item]
+    return [hd.sr.QualitativeEvaluation(codes.DCM.Recommendation, _coded(rec.code))]
+
+
+def _recommendation_note(entry: FindingEntry) -> str:
+    algo = entry.algorithm
+    note = f"Decision support by {algo.name} {algo.version}, not verified"
+    return f"{note}: {entry.recommendation.text}" if entry.recommendation else note
+
+
+def _annotate_recommendations(sr: Dataset, notes: dict[str, str]) -> None:
+    """Give each Recommendation CODE its decision-support TEXT (highdicom has no slot)."""
+
+    def walk(items: Sequence[Dataset]) -> None:
+        for item in items:
+            name = item.get("ConceptNameCodeSequence")
+            if (
+                item.get("ValueType") == "CODE"
+                and name
+                and name[0].CodeValue == codes.DCM.Recommendation.value
+                and item.ConceptCodeSequence[0].CodeValue in notes
+            ):
+                item.ContentSequence = [
+                    hd.sr.TextContentItem(
+                        name=codes.DCM.Comment,
+                        value=notes[item.ConceptCodeSequence[0].CodeValue],
+                        relationship_type=hd.sr.RelationshipTypeValues.HAS_PROPERTIES,
+                    )
+                ]
+            walk(item.get("ContentSequence", []))
+
+    walk(sr.get("ContentSequence", []))
 
 
 def _finding_group(
@@ -253,6 +269,14 @@ def encode_report(
         content_time=started_at.time(),
         series_date=started_at.date(),
         series_time=started_at.time(),
+    )
+    _annotate_recommendations(
+        sr,
+        {
+            f.recommendation.code[0]: _recommendation_note(f)
+            for f in findings
+            if f.recommendation is not None and f.finding.positive
+        },
     )
     copy_study_context(sr, sources[0])
     return sr

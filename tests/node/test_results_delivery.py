@@ -1,0 +1,148 @@
+"""Results back to the PACS: storescu -> ainode -> worker -> SR/SEG/PM -> a real Orthanc.
+
+Orthanc (Debian package) runs on 127.0.0.1 with a temp config and is stopped by
+PID. Its REST API tells where each result landed. The second test stops Orthanc
+while results are pending, restarts ainode, and checks everything arrives once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+
+from node.config import NodeConfig
+from storage import deliveries, queue
+from storage.db import create_sqlite_engine, make_sessionmaker
+from storage.deliveries import DeliveryRecord
+from tests.dicomgen import write_lesion_ct
+from tests.packages import threshold_segmenter
+from tests.peers import Orthanc, free_port, storescu
+
+pytestmark = pytest.mark.network
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def orthanc(tmp_path: Path) -> Iterator[Orthanc]:
+    pacs = Orthanc(tmp_path / "orthanc", dicom_port=free_port(), http_port=free_port())
+    pacs.start()
+    yield pacs
+    pacs.stop()
+
+
+def _config(package: Path, pacs: Orthanc) -> tuple[str, dict[str, dict[str, object]]]:
+    text = f"""
+[[destinations]]
+name = "pacs"
+ae_title = "{pacs.aet}"
+host = "127.0.0.1"
+port = {pacs.dicom_port}
+
+[[pipelines]]
+name = "lesions"
+models = ["{package}", "{ROOT / "models" / "lesion-class"}"]
+destinations = ["pacs"]
+series_number = 800
+[pipelines.match]
+modality = "CT"
+min_instances = 2
+"""
+    tables: dict[str, dict[str, object]] = {
+        "inference": {"workers": 1, "poll_interval_s": 0.1},
+        "delivery": {"check_interval_s": 0.2, "retry_wait_s": 0.5, "retry_backoff": 1.0},
+    }
+    return text, tables
+
+
+def _state(cfg: NodeConfig) -> tuple[list, list[DeliveryRecord]]:
+    engine = create_sqlite_engine(cfg.storage.database_path)
+    try:
+        with make_sessionmaker(engine).begin() as s:
+            return queue.list_jobs(s), deliveries.list_deliveries(s, limit=1000)
+    finally:
+        engine.dispose()
+
+
+def _wait(cfg: NodeConfig, done, what: str, timeout: float = 180) -> list[DeliveryRecord]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        jobs, rows = _state(cfg)
+        if done(jobs, rows):
+            return rows
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}: {_state(cfg)}")
+
+
+def _delivered(study_uid: str, count: int):
+    def done(_jobs, rows: list[DeliveryRecord]) -> bool:
+        mine = [r for r in rows if r.result.study_instance_uid == study_uid]
+        return len(mine) == count and all(r.status == "delivered" for r in mine)
+
+    return done
+
+
+def test_results_arrive_in_orthanc_in_the_source_study(
+    node_factory, orthanc: Orthanc, tmp_path: Path
+) -> None:
+    package = threshold_segmenter(tmp_path / "pkg", threshold_hu=120)
+    text, tables = _config(package, orthanc)
+    _node, cfg = node_factory(text, pipelines="", **tables)
+    files, _truth = write_lesion_ct(tmp_path / "ct")
+    study = str(dcmread(files[0]).StudyInstanceUID)
+    assert storescu(cfg.node.port, files).returncode == 0
+
+    rows = _wait(cfg, _delivered(study, 3), "SR, SEG and PM delivered")
+    kinds = {}
+    for row in rows:
+        where = orthanc.find_instance(row.result.sop_instance_uid)
+        assert where is not None, f"{row.result.kind} not in Orthanc"
+        assert where["study"] == study
+        kinds[row.result.kind] = where["modality"]
+        assert row.attempts == 1 and row.last_status == 0
+    assert kinds == {"SR": "SR", "SEG": "SEG", "PM": "OT"}
+
+
+def test_pacs_down_then_back_across_a_node_restart(
+    node_factory, orthanc: Orthanc, tmp_path: Path
+) -> None:
+    package = threshold_segmenter(tmp_path / "pkg", threshold_hu=120)
+    text, tables = _config(package, orthanc)
+    node, cfg = node_factory(text, pipelines="", **tables)
+    first, _ = write_lesion_ct(tmp_path / "ct1", seed=1)
+    second, _ = write_lesion_ct(tmp_path / "ct2", seed=2)
+    study1, study2 = (str(dcmread(f[0]).StudyInstanceUID) for f in (first, second))
+
+    assert storescu(cfg.node.port, first).returncode == 0
+    _wait(cfg, _delivered(study1, 3), "first study delivered")
+    orthanc.stop()
+
+    assert storescu(cfg.node.port, second).returncode == 0
+
+    def failing(jobs, rows) -> bool:
+        mine = [r for r in rows if r.result.study_instance_uid == study2]
+        return len(mine) == 3 and all(r.status == "pending" and r.attempts >= 2 for r in mine)
+
+    rows = _wait(cfg, failing, "deliveries to the stopped PACS to fail and wait")
+    waiting = [r for r in rows if r.result.study_instance_uid == study2]
+    assert all(
+        f"cannot associate with ORTHANC@127.0.0.1:{orthanc.dicom_port}" in (r.last_error or "")
+        for r in waiting
+    )
+
+    assert node.terminate() == 0  # results pending while the node is down
+    orthanc.start()
+    node.start()
+    rows = _wait(cfg, _delivered(study2, 3), "pending results delivered after restart")
+
+    everything = [r for r in _state(cfg)[1]]
+    assert len(everything) == 6 and all(r.status == "delivered" for r in everything)
+    for row in everything:
+        where = orthanc.find_instance(row.result.sop_instance_uid)
+        assert where is not None and where["copies"] == "1"
+    # Orthanc stored each result exactly once (plus the two source studies it never got).
+    assert orthanc.new_instance_events() == 6

@@ -1,0 +1,185 @@
+"""Delivery outcomes by DIMSE status, against a small pynetdicom C-STORE SCP of the tests.
+
+The SCP answers every C-STORE with a chosen status (and Error Comment); it is
+a project-written fake for unit tests of the classification, not a stand-in for
+a PACS (the end-to-end tests use Orthanc). ``deliver_due`` runs in-process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pydicom.dataset import Dataset
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
+from sqlalchemy.orm import Session, sessionmaker
+
+from node.config import NodeConfig, load_config
+from node.delivery import deliver_due
+from node.receive import utc_now
+from node.send import classify_status
+from storage import deliveries, queue
+from tests.dicomgen import ct_slice
+from tests.peers import free_port
+
+
+class StatusScp:
+    def __init__(self, status: int, comment: str = "") -> None:
+        self.received: list[str] = []
+        self.port = free_port()
+        ae = AE(ae_title="FAKEPACS")
+        ae.add_supported_context(CTImageStorage)
+
+        def store(event: evt.Event) -> Dataset:
+            self.received.append(str(event.request.AffectedSOPInstanceUID))
+            reply = Dataset()
+            reply.Status = status
+            if comment:
+                reply.ErrorComment = comment
+            return reply
+
+        self.server = ae.start_server(
+            ("127.0.0.1", self.port), block=False, evt_handlers=[(evt.EVT_C_STORE, store)]
+        )
+
+    def stop(self) -> None:
+        self.server.shutdown()
+
+
+@pytest.fixture
+def scp_factory() -> Iterator:
+    started: list[StatusScp] = []
+
+    def factory(status: int, comment: str = "") -> StatusScp:
+        scp = StatusScp(status, comment)
+        started.append(scp)
+        return scp
+
+    yield factory
+    for scp in started:
+        scp.stop()
+
+
+def _setup(
+    write_config, sessions: sessionmaker[Session], tmp_path: Path, port: int, n: int = 2
+) -> NodeConfig:
+    path = write_config(
+        f"""
+[[destinations]]
+name = "pacs"
+ae_title = "FAKEPACS"
+host = "127.0.0.1"
+port = {port}
+""",
+        storage={"data_dir": "data"},
+        delivery={"max_attempts": 3, "retry_wait_s": 0},
+    )
+    (tmp_path / "data").mkdir(exist_ok=True)
+    cfg = load_config(path)
+    now = utc_now()
+    with sessions.begin() as s:
+        job = queue.enqueue(
+            s,
+            pipeline="p",
+            level="study",
+            study_instance_uid="1.2.3",
+            series_instance_uid=None,
+            completion_event=1,
+            priority=1,
+            max_attempts=1,
+            now=now,
+        )
+        for k in range(n):
+            ds = ct_slice(study_uid="1.2.3", series_uid="1.2.3.4", index=k)
+            file = tmp_path / f"r{k}.dcm"
+            ds.save_as(file, enforce_file_format=True)
+            deliveries.record_result(
+                s,
+                job_id=job.job.id,
+                pipeline="p",
+                kind="SR",
+                study_instance_uid="1.2.3",
+                series_instance_uid="1.2.3.4",
+                source_series_instance_uid="1.2.3.5",
+                sop_class_uid=str(ds.SOPClassUID),
+                sop_instance_uid=str(ds.SOPInstanceUID),
+                path=str(file),
+                size_bytes=file.stat().st_size,
+                destinations=["pacs"],
+                max_attempts=3,
+                now=now,
+            )
+    return cfg
+
+
+def _rows(sessions: sessionmaker[Session]) -> list[deliveries.DeliveryRecord]:
+    with sessions.begin() as s:
+        return deliveries.list_deliveries(s)
+
+
+def test_status_classification() -> None:
+    assert classify_status(0x0000) == (True, False)
+    assert classify_status(0xB000) == (True, False)  # coercion warning: delivered
+    assert classify_status(0xA700) == (False, True)  # out of resources: retry
+    assert classify_status(0x0110) == (False, True)  # processing failure: retry
+    assert classify_status(0xA900) == (False, False)  # data set does not match
+    assert classify_status(0xC123) == (False, False)  # cannot understand
+    assert classify_status(0x0122) == (False, False)  # SOP class not supported
+
+
+def test_refusal_is_dead_at_once_with_status_and_comment(
+    write_config, sessions, tmp_path: Path, scp_factory
+) -> None:
+    scp = scp_factory(0xC123, "no such patient here")
+    cfg = _setup(write_config, sessions, tmp_path, scp.port)
+    assert deliver_due(cfg, sessions) == 0
+    rows = _rows(sessions)
+    assert len(scp.received) == 2
+    for row in rows:
+        assert row.status == "dead" and row.attempts == 1 and row.last_status == 0xC123
+        assert row.last_error == "status 0xC123: no such patient here"
+    assert deliver_due(cfg, sessions) == 0 and len(scp.received) == 2  # not sent again
+    with sessions.begin() as s:
+        assert deliveries.replay_delivery(s, delivery_id=rows[0].id, now=utc_now())
+    assert deliver_due(cfg, sessions) == 0 and len(scp.received) == 3
+
+
+def test_out_of_resources_retries_then_dead(
+    write_config, sessions, tmp_path: Path, scp_factory
+) -> None:
+    scp = scp_factory(0xA700)
+    cfg = _setup(write_config, sessions, tmp_path, scp.port, n=1)
+    for attempt in (1, 2):
+        deliver_due(cfg, sessions)
+        (row,) = _rows(sessions)
+        assert row.status == "pending" and row.attempts == attempt
+    deliver_due(cfg, sessions)
+    (row,) = _rows(sessions)
+    assert row.status == "dead" and row.attempts == 3 and row.last_status == 0xA700
+    assert len(scp.received) == 3
+
+
+def test_success_and_warning_are_delivered_once(
+    write_config, sessions, tmp_path: Path, scp_factory
+) -> None:
+    scp = scp_factory(0xB000)
+    cfg = _setup(write_config, sessions, tmp_path, scp.port)
+    assert deliver_due(cfg, sessions) == 2
+    rows = _rows(sessions)
+    assert all(r.status == "delivered" and r.last_status == 0xB000 for r in rows)
+    assert deliver_due(cfg, sessions) == 0 and len(scp.received) == 2
+
+
+# pynetdicom shuts down but never closes the socket of a refused connection
+# (transport.py, AssociationSocket.connect): the GC then warns about it.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_unreachable_destination_waits_by_the_policy(
+    write_config, sessions, tmp_path: Path
+) -> None:
+    cfg = _setup(write_config, sessions, tmp_path, free_port(), n=1)
+    deliver_due(cfg, sessions)
+    (row,) = _rows(sessions)
+    assert row.status == "pending" and row.attempts == 1 and row.last_status is None
+    assert "cannot associate with FAKEPACS@127.0.0.1" in (row.last_error or "")

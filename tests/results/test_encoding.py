@@ -1,0 +1,277 @@
+"""Result objects: valid DICOM (dciodvfy/dcentvfy), readable by dcmtk, equal to the outcome.
+
+The study is a synthetic CT that passes the validators itself, run through the
+shipped lesion-seg and lesion-class models; the ECG through ecg-rhythm. What is
+checked against the stored outcome is computed by the same run, so a wrong
+number, reference or mask in the encoders fails here.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+import torch
+
+from inference.package import load_package
+from inference.pipeline import PipelineRun, run_pipeline
+from node.config import PipelineConfig, Recommendation, ResultsConfig, SeriesRule
+from node.results.compose import ResultObject, encode_run, to_bytes
+from node.results.identity import algorithm_of
+from node.volume_in import scan_studies
+from training.synthetic import generate_ct, generate_ecg
+
+ROOT = Path(__file__).resolve().parents[2]
+VALIDATE = ROOT.parent / "shared" / "tools" / "validate_dicom.sh"
+STARTED = datetime(2026, 11, 24, 9, 30, 15, tzinfo=UTC)
+CFG = ResultsConfig(manufacturer="ainode tests", device_serial_number="T-1")
+
+needs_tools = pytest.mark.skipif(
+    not (shutil.which("dciodvfy") and shutil.which("dsrdump") and VALIDATE.exists()),
+    reason="dicom3tools, dcmtk and ../shared/tools/validate_dicom.sh are needed",
+)
+
+
+def _run(folder: Path, models: list[str], rule: SeriesRule) -> PipelineRun:
+    (series,) = next(iter(scan_studies([folder]).values()))
+    loaded = [load_package(ROOT / "models" / m, torch.device("cpu")) for m in models]
+    return run_pipeline([series], rule, loaded, batch_size=4, amp=False)
+
+
+@pytest.fixture(scope="module")
+def ct_case(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Path, PipelineRun, list[ResultObject]]:
+    root = tmp_path_factory.mktemp("ct")
+    generate_ct(root / "in", 1, 7313)  # a malignant-like case with two lesions
+    source = root / "in" / "studies" / "0000"
+    run = _run(source, ["lesion-seg", "lesion-class"], SeriesRule(modalities=("CT",)))
+    pipeline = PipelineConfig(
+        name="ct-lesions",
+        series_number=700,
+        series_description="AI test",
+        recommendations=(
+            Recommendation(
+                finding="malignant",
+                code=("103693007", "SCT", "Diagnostic procedure"),
+                text="Consider tissue sampling",
+            ),
+        ),
+    )
+    objects = encode_run(run.results, pipeline, CFG, started_at=STARTED)
+    out = root / "study"
+    shutil.copytree(source, out)
+    for obj in objects:
+        (out / f"{obj.kind}.dcm").write_bytes(to_bytes(obj.dataset))
+    return out, run, objects
+
+
+def _by_kind(objects: list[ResultObject]) -> dict[str, pydicom.Dataset]:
+    return {o.kind: pydicom.dcmread(__import__("io").BytesIO(to_bytes(o.dataset))) for o in objects}
+
+
+@needs_tools
+def test_every_object_passes_dciodvfy_and_dcentvfy(ct_case) -> None:
+    folder, _pipeline_run, objects = ct_case
+    assert sorted(o.kind for o in objects) == ["PM", "SEG", "SR"]
+    result = subprocess.run(
+        ["bash", str(VALIDATE), "-k", str(folder)], capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    for kind in ("Comprehensive3DSR", "Segmentation", "ParametricMap"):
+        assert f"PASS {kind}" in result.stdout
+
+
+@needs_tools
+def test_dcmtk_reads_the_report(ct_case, tmp_path: Path) -> None:
+    folder, _pipeline_run, _objects = ct_case
+    dump = subprocess.run(["dsrdump", str(folder / "SR.dcm")], capture_output=True, text=True)
+    assert dump.returncode == 0, dump.stderr
+    assert "Imaging Measurement Report" in dump.stdout
+    assert "Verification Flag   : UNVERIFIED" in dump.stdout
+    html = tmp_path / "sr.html"
+    conv = subprocess.run(["dsr2html", str(folder / "SR.dcm"), str(html)], capture_output=True)
+    assert conv.returncode == 0 and "Lesion 1" in html.read_text()
+
+
+def test_report_numbers_and_references_match_the_outcome(ct_case) -> None:
+    folder, run, _objects = ct_case
+    seg_outcome, class_outcome = run.outcomes
+    sr = hd.sr.srread(folder / "SR.dcm")
+    seg = hd.seg.segread(folder / "SEG.dcm")
+    assert sr.VerificationFlag == "UNVERIFIED" and sr.CompletionFlag == "COMPLETE"
+    assert (sr.ContentDate, sr.ContentTime[:6]) == ("20261124", "093015")
+    report = sr.content
+    planar = report.get_planar_roi_measurement_groups()
+    volumetric = report.get_volumetric_roi_measurement_groups()
+    lesions = seg_outcome.lesions
+    assert len(lesions) == 2 and len(volumetric) == len(lesions)
+    # The lesion's planar group and volumetric group share its SEG segment's Tracking UID.
+    seg_tracking = {
+        n: seg.get_segment_description(n).TrackingUID for n in seg.get_segment_numbers()
+    }
+    for n, lesion in enumerate(lesions, start=1):
+        group = next(g for g in planar if str(g.tracking_identifier) == f"Lesion {n}")
+        assert group.tracking_uid == seg_tracking[n]
+        values = {m.name.meaning: m.value for m in group.get_measurements()}
+        assert values["Volume"] == pytest.approx(lesion.volume_mm3, abs=1e-3)
+        assert values["Diameter"] == pytest.approx(lesion.longest_diameter_mm, abs=1e-3)
+        vol = next(g for g in volumetric if g.tracking_uid == seg_tracking[n])
+        ref = vol.referenced_segment
+        assert list(ref.referenced_segment_numbers) == [n]
+        assert ref.referenced_sop_instance_uid == seg.SOPInstanceUID
+    findings = [g for g in planar if str(g.tracking_identifier).startswith("Finding")]
+    assert len(findings) == len(class_outcome.findings)
+    for f in class_outcome.findings:
+        group = next(g for g in findings if str(g.tracking_identifier) == f"Finding {f.label}")
+        (prob,) = group.get_measurements()
+        assert prob.value == pytest.approx(f.probability, abs=1e-4)
+        assert prob.unit.value == "1"
+        assert group.finding_type.value == f.code[0]
+
+
+def _items(ds: pydicom.Dataset):
+    for item in ds.get("ContentSequence", []):
+        yield item
+        yield from _items(item)
+
+
+def test_report_follows_what_ohif_needs(ct_case) -> None:
+    """standards.md §2.1/§9: tracking ids, a region in every drawn group, a child under each NUM."""
+    folder, _pipeline_run, _objects = ct_case
+    sr = pydicom.dcmread(folder / "SR.dcm")
+    assert sr.ContentSequence[0].ConceptNameCodeSequence[0].CodeValue  # language etc.
+    measurements = next(
+        i for i in sr.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "126010"
+    )
+    for group in measurements.ContentSequence:
+        names = [i.ConceptNameCodeSequence[0].CodeValue for i in group.ContentSequence]
+        assert "112039" in names and "112040" in names  # Tracking Identifier and UID
+        for item in _items(group):
+            if item.ValueType == "NUM":
+                assert len(item.get("ContentSequence", [])) >= 1
+    kinds = [[i.ValueType for i in g.ContentSequence] for g in measurements.ContentSequence]
+    planar = [k for k in kinds if "SCOORD" in k]
+    assert len(planar) == len(kinds) - 2  # all but the two SEG-referencing lesion groups
+    first = measurements.ContentSequence[0]
+    assert first.ContentSequence[0].TextValue == "Lesion 1"  # OHIF opens on the first group
+
+
+def test_recommendation_is_marked_as_decision_support(ct_case) -> None:
+    folder, run, _objects = ct_case
+    (malignant,) = [f for f in run.outcomes[1].findings if f.label == "malignant"]
+    text = pydicom.dcmread(folder / "SR.dcm")
+    found = [
+        i
+        for i in _items(text)
+        if i.ValueType == "CODE" and i.ConceptNameCodeSequence[0].CodeValue == "121075"
+    ]
+    if malignant.positive:
+        (item,) = found
+        assert item.ConceptCodeSequence[0].CodeValue == "103693007"
+        note = item.ContentSequence[0].TextValue
+        assert "Decision support" in note and "not verified" in note
+    else:
+        assert found == []
+
+
+def test_segmentation_equals_the_label_map(ct_case) -> None:
+    folder, run, _objects = ct_case
+    result = run.results[0]
+    assert result.lesion_labels is not None
+    seg = hd.seg.segread(folder / "SEG.dcm")
+    assert seg.SegmentationType == "BINARY"
+    assert seg.SeriesInstanceUID != result.outcome.series_instance_uid
+    assert seg.StudyInstanceUID == pydicom.dcmread(result.source_paths[0]).StudyInstanceUID
+    pixels = seg.get_pixels_by_source_instance(
+        source_sop_instance_uids=list(result.sop_instance_uids),
+        segment_numbers=[1, 2],
+        assert_missing_frames_are_empty=True,
+    )
+    expected = np.stack([result.lesion_labels == 1, result.lesion_labels == 2], axis=-1)
+    assert np.array_equal(pixels.astype(bool), expected)
+    assert seg.SeriesNumber == 701 and seg.ContentLabel == "LESIONS"
+
+
+def test_heat_map_is_float_and_equals_the_attention(ct_case) -> None:
+    folder, run, _objects = ct_case
+    result = run.results[1]
+    assert result.attention is not None
+    pm = pydicom.dcmread(folder / "PM.dcm")
+    assert pm.BitsAllocated == 32 and "FloatPixelData" in pm
+    frames = pm.pixel_array
+    assert frames.shape == result.attention.shape
+    # Frames may be stored in another order: each names its source slice.
+    order = {uid: k for k, uid in enumerate(result.sop_instance_uids)}
+    for frame, item in zip(frames, pm.PerFrameFunctionalGroupsSequence, strict=True):
+        source = item.DerivationImageSequence[0].SourceImageSequence[0]
+        k = order[source.ReferencedSOPInstanceUID]
+        assert np.allclose(frame, result.attention[k], atol=1e-6)
+    assert 0.0 <= frames.min() and frames.max() == pytest.approx(1.0)
+    refs = pm.ReferencedSeriesSequence[0]
+    assert refs.SeriesInstanceUID == result.outcome.series_instance_uid
+
+
+def test_provenance_on_every_object(ct_case) -> None:
+    _folder, run, objects = ct_case
+    source = pydicom.dcmread(run.results[0].source_paths[0])
+    algorithms = {algorithm_of(o).device_uid: o for o in run.outcomes}
+    for obj in objects:
+        ds = obj.dataset
+        assert ds.StudyInstanceUID == source.StudyInstanceUID
+        assert ds.PatientID == source.PatientID and ds.PatientName == source.PatientName
+        assert ds.SeriesInstanceUID != source.SeriesInstanceUID
+        ours = [
+            i
+            for i in ds.ContributingEquipmentSequence
+            if i.PurposeOfReferenceCodeSequence[0].CodeValue == "Newcode1"  # AIR algorithm
+        ]
+        assert ours, f"{obj.kind} names no algorithm"
+        for item in ours:
+            outcome = algorithms[item.DeviceUID]
+            assert item.Manufacturer == "ainode tests"
+            assert item.ManufacturerModelName == outcome.model_name
+            assert item.SoftwareVersions == outcome.model_version
+            assert outcome.model_sha256 in item.ContributionDescription
+
+
+def test_device_uid_is_stable_per_model_build(ct_case) -> None:
+    _folder, run, _objects = ct_case
+    outcome = run.outcomes[0]
+    assert algorithm_of(outcome) == algorithm_of(outcome)
+    retrained = replace(outcome, model_sha256="0" * 64)
+    assert algorithm_of(retrained).device_uid != algorithm_of(outcome).device_uid
+
+
+@needs_tools
+def test_ecg_report_is_valid_and_holds_the_probabilities(tmp_path: Path) -> None:
+    generate_ecg(tmp_path / "in", 1, 7302)
+    source = tmp_path / "in" / "ecg"
+    rule = SeriesRule(sop_classes=("1.2.840.10008.5.1.4.1.1.9.1.1",))
+    run = _run(source, ["ecg-rhythm"], rule)
+    (obj,) = encode_run(run.results, PipelineConfig(name="ecg"), CFG, started_at=STARTED)
+    assert obj.kind == "SR" and obj.sop_class_uid == "1.2.840.10008.5.1.4.1.1.88.33"
+    (source_file,) = source.glob("*.dcm")
+    (tmp_path / "SR.dcm").write_bytes(to_bytes(obj.dataset))
+    shutil.copy(source_file, tmp_path / "ECG.dcm")
+    for p in (tmp_path / "in").rglob("*.csv"):
+        p.unlink()
+    shutil.rmtree(tmp_path / "in")
+    result = subprocess.run(
+        ["bash", str(VALIDATE), "-k", str(tmp_path)], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stdout[-3000:]
+    sr = hd.sr.srread(tmp_path / "SR.dcm")
+    groups = sr.content.get_image_measurement_groups()
+    probabilities = {str(g.finding_type.meaning): g.get_measurements()[0].value for g in groups}
+    assert len(probabilities) == 3
+    assert sorted(probabilities.values()) == pytest.approx(
+        sorted(f.probability for f in run.outcomes[0].findings), abs=1e-4
+    )
