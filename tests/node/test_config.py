@@ -121,3 +121,59 @@ def test_cli_serve_refuses_bad_config(write_config, capsys: pytest.CaptureFixtur
     bad = write_config(node={"port": -1})
     assert main(["serve", "--config", str(bad)]) == 2
     assert "[node] port: must be at least 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            '[[pipelines]]\nname = "p"\ndestinations = ["pacs"]\n',
+            "[[pipelines]] 'p' destinations: 'pacs' is not a [[destinations]] name",
+        ),
+        (
+            '[[destinations]]\nname = "pacs"\nhost = "10.0.0.5"\n',
+            "[[destinations]] #1 ae_title, host and port: are required",
+        ),
+        (
+            '[[destinations]]\nname = "pacs"\nae_title = "A"\nhost = "h"\nport = 70000\n',
+            "[[destinations]] #1 port: must be at most 65535 (got 70000)",
+        ),
+        (
+            '[[pipelines]]\nname = "p"\n[pipelines.recommendations.malignant]\ncode = ["1", "SCT"]\n',
+            "[[pipelines]] #1 recommendations.malignant code: must be [value, scheme, meaning]",
+        ),
+        ("[delivery]\nretry_backoff = 0.5\n", "[delivery] retry_backoff: must be at least 1"),
+    ],
+)
+def test_result_settings_are_validated(write_config, text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(write_config(text))
+    assert message in str(err.value)
+
+
+def test_destinations_and_result_settings(write_config) -> None:
+    cfg = load_config(
+        write_config(
+            """
+[[destinations]]
+name = "pacs"
+ae_title = "PACS"
+host = "10.0.0.5"
+port = 104
+
+[[pipelines]]
+name = "p"
+destinations = ["pacs"]
+series_number = 5000
+series_description = "AI chest"
+[pipelines.recommendations.malignant]
+code = ["103693007", "SCT", "Diagnostic procedure"]
+text = "Consider biopsy"
+""",
+            delivery={"max_attempts": 5},
+        )
+    )
+    (p,) = cfg.pipelines
+    assert p.destinations == ("pacs",) and p.series_number == 5000
+    assert p.recommendations[0].finding == "malignant"
+    assert cfg.destination("pacs").port == 104 and cfg.delivery.max_attempts == 5

@@ -1,0 +1,173 @@
+#!/usr/bin/env python3
+"""End-to-end latency: last C-STORE acknowledged by ainode -> last result acknowledged by Orthanc.
+
+A 200-slice 512x512 CT (../shared/bench/make_study.py) is sent with dcmtk
+storescu to ``ainode serve`` (one worker, the shipped lesion-seg and
+lesion-class models) whose destination is a real Orthanc on 127.0.0.1. The
+timestamps come from the node's database (job queued, results committed,
+deliveries acknowledged) and the outcome's own stage timings.
+
+Target (issue #5): total minus the quiet period and the model forward pass
+<= 1 s for a 200-slice CT. Prints the per-stage split beside the target.
+
+Usage: .venv/bin/python bench/e2e.py [--slices 200] [--quiet 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from node.config import load_config  # noqa: E402
+from storage import deliveries, queue  # noqa: E402
+from storage.db import create_sqlite_engine, make_sessionmaker  # noqa: E402
+from storage.outcomes import list_outcomes  # noqa: E402
+from tests.peers import NodeProcess, Orthanc, free_port  # noqa: E402
+
+SHARED_GENERATOR = ROOT.parent / "shared" / "bench" / "make_study.py"
+TARGET_S = 1.0
+
+
+def _config(work: Path, port: int, pacs: Orthanc, quiet: float) -> Path:
+    models = ROOT / "models"
+    path = work / "config.toml"
+    path.write_text(
+        f"""
+[node]
+port = {port}
+listener_processes = 1
+[storage]
+data_dir = "data"
+min_free_mb = 0
+[completion]
+quiet_period_s = {quiet}
+check_interval_s = 0.05
+[inference]
+workers = 1
+poll_interval_s = 0.05
+[delivery]
+check_interval_s = 0.05
+[logging]
+level = "WARNING"
+[[destinations]]
+name = "pacs"
+ae_title = "{pacs.aet}"
+host = "127.0.0.1"
+port = {pacs.dicom_port}
+[[pipelines]]
+name = "ct-lesions"
+models = ["{models / "lesion-seg"}", "{models / "lesion-class"}"]
+destinations = ["pacs"]
+[pipelines.match]
+modality = "CT"
+"""
+    )
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--slices", type=int, default=200)
+    ap.add_argument("--quiet", type=float, default=2.0, help="quiet period (s)")
+    args = ap.parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="ainode-e2e-"))
+    subprocess.run(
+        [
+            sys.executable,
+            str(SHARED_GENERATOR),
+            "--out",
+            str(work / "study"),
+            "--ct-slices",
+            str(args.slices),
+            "--small-count",
+            "0",
+            "--seed",
+            "5",
+        ],
+        check=True,
+    )
+    files = sorted((work / "study" / "ct").rglob("*.dcm"))
+    pacs = Orthanc(work / "orthanc", dicom_port=free_port(), http_port=free_port()).start()
+    port = free_port()
+    config = _config(work, port, pacs, args.quiet)
+    node = NodeProcess(config, port, work / "node.log").start()
+    try:
+        env = {**os.environ, "TCP_NODELAY": "1"}
+        t0 = time.perf_counter()
+        subprocess.run(
+            ["storescu", "-aec", "AINODE", "127.0.0.1", str(port), *map(str, files)],
+            check=True,
+            env=env,
+        )
+        acked = datetime.now(UTC)
+        send_s = time.perf_counter() - t0
+        cfg = load_config(config)
+        engine = create_sqlite_engine(cfg.storage.database_path)
+        sessions = make_sessionmaker(engine)
+        deadline = time.monotonic() + 1800
+        while time.monotonic() < deadline:
+            with sessions.begin() as s:
+                rows = deliveries.list_deliveries(s)
+                jobs = queue.list_jobs(s)
+            if jobs and jobs[0].status == "dead":
+                raise SystemExit(f"job failed: {jobs[0].last_error}")
+            if rows and all(r.status == "delivered" for r in rows) and len(rows) == 3:
+                break
+            time.sleep(0.05)
+        else:
+            raise SystemExit("results not delivered in 30 min")
+        with sessions.begin() as s:
+            (job,) = queue.list_jobs(s)
+            outcomes = list_outcomes(s, job_id=job.id)
+            results = deliveries.list_results(s, job_id=job.id)
+        engine.dispose()
+    finally:
+        node.terminate()
+        pacs.stop()
+    stage = {
+        k: sum(o.result["timings_s"].get(k, 0.0) for o in outcomes)
+        for k in ("read", "forward", "postprocess")
+    }
+    queued = (job.created_at - acked).total_seconds()
+    delivered_at = max(r.delivered_at for r in rows if r.delivered_at)
+    succeeded = job.updated_at
+    worker_s = (succeeded - job.created_at).total_seconds()
+    deliver_s = (delivered_at - succeeded).total_seconds()
+    total = (delivered_at - acked).total_seconds()
+    other_worker = worker_s - sum(stage.values())
+    overhead = total - args.quiet - stage["forward"]
+    print(
+        f"\n{len(files)} CT slices sent in {send_s:.2f} s; {len(results)} result objects "
+        f"({', '.join(r.kind for r in results)}) delivered to Orthanc"
+    )
+    print(f"{'stage':44} {'seconds':>8}")
+    print(
+        f"{'ack -> job queued (quiet period ' + str(args.quiet) + ' s + check)':44} {queued:8.2f}"
+    )
+    print(f"{'worker: read + decode series (x models)':44} {stage['read']:8.2f}")
+    print(f"{'worker: forward passes':44} {stage['forward']:8.2f}")
+    print(f"{'worker: post-processing':44} {stage['postprocess']:8.2f}")
+    print(f"{'worker: claim + encode SR/SEG/PM + write + commit':44} {other_worker:8.2f}")
+    print(f"{'commit -> last object acknowledged by Orthanc':44} {deliver_s:8.2f}")
+    print(f"{'total (ack -> delivered)':44} {total:8.2f}")
+    print(f"\n{'':34} {'ainode':>8} {'target':>8}")
+    print(
+        f"{'total - quiet period - forward':34} {overhead:8.2f} {TARGET_S:8.2f}  "
+        + ("met" if overhead <= TARGET_S else "NOT met")
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
