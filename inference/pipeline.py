@@ -20,7 +20,7 @@ from inference.errors import UnsupportedInput
 from inference.execute import classify, predict_sequence, segment, with_oom_fallback
 from inference.package import LoadedModel
 from inference.postprocess import findings, label_lesions
-from inference.records import Lesion, Outcome, SeriesResult
+from inference.records import Lesion, Outcome, SeriesResult, Volume
 from inference.spec import ModelSpec
 from node.config import SeriesRule
 from node.volume_in import is_axial, load_volume, load_waveform, series_orientation
@@ -92,7 +92,13 @@ def _outcome(spec: ModelSpec, series_uid: str, **results: Any) -> Outcome:
 
 
 def _run_model(
-    model: LoadedModel, paths: Sequence[Path], series_uid: str, *, batch_size: int, amp: bool
+    model: LoadedModel,
+    paths: Sequence[Path],
+    series_uid: str,
+    *,
+    batch_size: int,
+    amp: bool,
+    volumes: dict[str, Volume],
 ) -> SeriesResult:
     spec = model.spec
     sources = tuple(paths)
@@ -111,7 +117,9 @@ def _run_model(
             source_paths=sources,
             sop_instance_uids=(waveform.sop_instance_uid,),
         )
-    volume = load_volume(paths)
+    if series_uid not in volumes:  # read once per job, shared by the series' models
+        volumes[series_uid] = load_volume(paths)
+    volume = volumes[series_uid]
     t = _timed(timings, "read", t)
     if spec.task == "segmentation":
         prob = with_oom_fallback(
@@ -174,12 +182,18 @@ def run_pipeline(
     if not chosen:
         return PipelineRun(results=(), skipped_reason="no series matches the pipeline's rules")
     outcomes = []
+    volumes: dict[str, Volume] = {}
     for s in chosen:
         for model in models:
             if _model_takes(model, s):
                 outcomes.append(
                     _run_model(
-                        model, s.paths, s.series_instance_uid, batch_size=batch_size, amp=amp
+                        model,
+                        s.paths,
+                        s.series_instance_uid,
+                        batch_size=batch_size,
+                        amp=amp,
+                        volumes=volumes,
                     )
                 )
     if not outcomes:

@@ -7,6 +7,7 @@ nothing but the source headers and returns datasets; writing is the caller's.
 from __future__ import annotations
 
 import io
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -24,6 +25,8 @@ from node.results.sources import read_sources
 from node.results.sr import FindingEntry, LesionEntry, encode_report
 
 __all__ = ["ResultObject", "encode_run", "to_bytes"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -134,10 +137,17 @@ def _series_results(
                     region=lesion_region(result.lesion_labels, n),
                     code=None,
                     algorithm=algo,
-                    segment_number=n if n <= MAX_SEGMENTS else None,
+                    segment_number=n,
                 )
-                for n, lesion in enumerate(outcome.lesions, start=1)
+                for n, lesion in enumerate(outcome.lesions[:MAX_SEGMENTS], start=1)
             )
+            if len(outcome.lesions) > MAX_SEGMENTS:
+                logger.warning(
+                    "series %s: %d lesions found; the SR and SEG report the %d largest",
+                    series_uid,
+                    len(outcome.lesions),
+                    MAX_SEGMENTS,
+                )
     sr = encode_report(
         sources,
         algorithms,

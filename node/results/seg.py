@@ -58,10 +58,15 @@ def encode_segmentation(
         )
         for n in range(1, count + 1)
     ]
+    # Only the slices a lesion touches: the SEG omits empty frames anyway, and
+    # highdicom's checks cost time per frame (a 200-slice CT, two lesions).
+    kept = labels if count == len(lesions) else np.where(labels <= count, labels, 0)
+    touched = [int(k) for k in np.flatnonzero(kept.reshape(kept.shape[0], -1).any(axis=1))]
+    kept = kept[touched]
     # (frames, rows, columns, segments) of 0/1: highdicom's multi-segment input.
-    masks = np.stack([labels == n for n in range(1, count + 1)], axis=-1).astype(np.uint8)
+    masks = np.stack([kept == n for n in range(1, count + 1)], axis=-1).astype(np.uint8)
     seg = hd.seg.Segmentation(
-        source_images=list(sources),
+        source_images=[sources[k] for k in touched],
         pixel_array=masks,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,

@@ -139,7 +139,8 @@ def test_cli_serve_refuses_bad_config(write_config, capsys: pytest.CaptureFixtur
             "[[destinations]] #1 port: must be at most 65535 (got 70000)",
         ),
         (
-            '[[pipelines]]\nname = "p"\n[pipelines.recommendations.malignant]\ncode = ["1", "SCT"]\n',
+            '[[pipelines]]\nname = "p"\n'
+            '[pipelines.recommendations.malignant]\ncode = ["1", "SCT"]\n',
             "[[pipelines]] #1 recommendations.malignant code: must be [value, scheme, meaning]",
         ),
         ("[delivery]\nretry_backoff = 0.5\n", "[delivery] retry_backoff: must be at least 1"),
