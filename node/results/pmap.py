@@ -14,53 +14,7 @@ from node.config import ResultsConfig
 from node.results.identity import Algorithm, contributing_equipment
 from node.results.sources import copy_study_context
 
-__all__ = ["MAX_MAP_SIZE", "encode_attention_map", "map_grid"]
-
-# In-plane size of the heat map. An attention map is smooth (upsampled from the
-# model's input), so a 512x512 source does not need 512x512 float frames: a
-# 200-slice CT would make a 210 MB object. Larger sources are sampled every
-# n-th pixel; the map keeps its own geometry in the same frame of reference.
-MAX_MAP_SIZE = 128
-
-
-def map_grid(rows: int, cols: int, limit: int = MAX_MAP_SIZE) -> int:
-    """The block size (1 = the source grid) that brings rows and cols within ``limit``."""
-    return max(1, -(-max(rows, cols) // limit))
-
-
-def _subsample(values: np.ndarray, factor: int) -> np.ndarray:
-    """Every ``factor``-th pixel, starting at the centre of the first block."""
-    if factor == 1:
-        return values
-    offset = factor // 2
-    return np.ascontiguousarray(values[:, offset::factor, offset::factor])
-
-
-def _geometry(sources: Sequence[Dataset], factor: int) -> dict[str, object]:
-    """Pixel measures and plane positions of the block-averaged grid."""
-    if factor == 1:
-        return {}
-    orientation = [float(v) for v in sources[0].ImageOrientationPatient]
-    row_dir, col_dir = np.array(orientation[:3]), np.array(orientation[3:])
-    spacing_row, spacing_col = (float(v) for v in sources[0].PixelSpacing)
-    # The first sample is source pixel (factor // 2, factor // 2).
-    shift = (factor // 2) * (row_dir * spacing_col + col_dir * spacing_row)
-    return {
-        "pixel_measures": hd.PixelMeasuresSequence(
-            pixel_spacing=(spacing_row * factor, spacing_col * factor),
-            slice_thickness=float(sources[0].get("SliceThickness", 1.0) or 1.0),
-        ),
-        "plane_orientation": hd.PlaneOrientationSequence(
-            coordinate_system="PATIENT", image_orientation=orientation
-        ),
-        "plane_positions": [
-            hd.PlanePositionSequence(
-                coordinate_system="PATIENT",
-                image_position=[float(v) for v in np.array(ds.ImagePositionPatient, float) + shift],
-            )
-            for ds in sources
-        ],
-    }
+__all__ = ["encode_attention_map"]
 
 
 def encode_attention_map(
@@ -74,10 +28,11 @@ def encode_attention_map(
 ) -> Dataset:
     """``attention`` (0..1, the source grid) as float Parametric Map frames, one per slice.
 
-    Sources wider than :data:`MAX_MAP_SIZE` pixels get a subsampled map.
+    The map keeps the source's Rows and Columns: OHIF 3.13 refuses a map of
+    another size ("different geometry dimensions ... not yet supported"), so a
+    200-slice 512x512 CT gets a 210 MB map (checked with ohif_snapshot.sh).
     """
-    factor = map_grid(int(sources[0].Rows), int(sources[0].Columns))
-    values = np.clip(_subsample(attention, factor), 0.0, 1.0).astype(np.float32)
+    values = np.clip(attention, 0.0, 1.0).astype(np.float32)
     mapping = hd.pm.RealWorldValueMapping(
         lut_label="ATTENTION",
         lut_explanation=f"{algorithm.name} attention 0..1"[:64],
@@ -105,7 +60,6 @@ def encode_attention_map(
         content_label="ATTENTION",
         content_description=f"{algorithm.name} {algorithm.version} attention"[:64],
         contributing_equipment=contributing_equipment([algorithm], cfg),
-        **_geometry(sources, factor),  # type: ignore[arg-type]
     )
     copy_study_context(pm, sources[0])
     return pm
