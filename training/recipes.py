@@ -206,8 +206,15 @@ def train_recipe(
     epochs: int | None = None,
     checkpoint: Path | None = None,
     progress: bool = True,
+    calibration: Sequence[CtCase | EcgCase] | None = None,
 ) -> tuple[nn.Module, float]:
-    """Train a recipe's model; return it (best validated weights) and its validation score."""
+    """Train a recipe's model; return it (best validated weights) and its validation score.
+
+    Classifiers are then temperature-scaled on ``calibration`` (default: ``val``).
+    A validation set the model separates perfectly makes the fitted temperature
+    degenerate (any T <= 1 fits), so ``rebuild-models`` passes a calibration set
+    of its own with shifted acquisitions, made with seeds used nowhere else.
+    """
     torch.manual_seed(seed)
     module = build(recipe.architecture, recipe.parameters)
     cfg = TrainConfig(
@@ -274,7 +281,7 @@ def train_recipe(
 
     result = fit(module, items, loss_fn=loss_fn, validate=validate, cfg=cfg)
     if recipe.task != "segmentation":
-        temperature = calibrate(recipe, module, val)
+        temperature = calibrate(recipe, module, calibration or val)
         if progress:
             print(f"  temperature scaling: T = {temperature:.3f}", file=sys.stderr)
     return module, result.best_metric
