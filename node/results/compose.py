@@ -19,7 +19,7 @@ from inference.records import SeriesResult
 from node.config import PipelineConfig, ResultsConfig
 from node.results.identity import Algorithm, algorithm_of
 from node.results.pmap import encode_attention_map
-from node.results.regions import Region, hotspot_region, lesion_region, whole_slice_region
+from node.results.regions import Region, hotspot_region, lesion_regions, whole_slice_region
 from node.results.seg import MAX_SEGMENTS, encode_segmentation
 from node.results.sources import read_sources
 from node.results.sr import FindingEntry, LesionEntry, encode_report
@@ -129,12 +129,13 @@ def _series_results(
             objects.append(
                 ResultObject(kind="SEG", dataset=seg, source_series_instance_uid=series_uid)
             )
+            regions = lesion_regions(result.lesion_labels, min(len(uids), MAX_SEGMENTS))
             lesions.extend(
                 LesionEntry(
                     lesion=lesion,
                     number=n,
                     tracking_uid=uids[n - 1],
-                    region=lesion_region(result.lesion_labels, n),
+                    region=regions[n - 1],
                     code=None,
                     algorithm=algo,
                     segment_number=n,

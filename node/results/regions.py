@@ -6,8 +6,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+from scipy import ndimage
 
-__all__ = ["Region", "hotspot_region", "lesion_region", "whole_slice_region"]
+__all__ = ["Region", "hotspot_region", "lesion_region", "lesion_regions", "whole_slice_region"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -25,14 +26,30 @@ class Region:
 
 def lesion_region(labels: npt.NDArray[np.uint16], n: int) -> Region:
     """Lesion ``n`` on its key slice (largest cross-section): its equal-area circle."""
-    mask = labels == n
-    areas = mask.sum(axis=(1, 2))
-    k = int(areas.argmax())
-    if areas[k] == 0:
-        raise ValueError(f"lesion {n} is not in the label map")
-    rows, cols = np.nonzero(mask[k])
-    radius = max(float(np.sqrt(areas[k] / np.pi)), 1.0)
-    return Region(k=k, x=float(cols.mean()) + 0.5, y=float(rows.mean()) + 0.5, radius=radius)
+    return lesion_regions(labels, n)[n - 1]
+
+
+def lesion_regions(labels: npt.NDArray[np.uint16], count: int) -> list[Region]:
+    """:func:`lesion_region` of lesions 1..count, each looked at within its bounding box."""
+    boxes = ndimage.find_objects(labels, max_label=count)
+    regions = []
+    for n, box in enumerate(boxes, start=1):
+        if box is None:
+            raise ValueError(f"lesion {n} is not in the label map")
+        mask = labels[box] == n
+        areas = mask.sum(axis=(1, 2))
+        k = int(areas.argmax())
+        rows, cols = np.nonzero(mask[k])
+        radius = max(float(np.sqrt(areas[k] / np.pi)), 1.0)
+        regions.append(
+            Region(
+                k=k + box[0].start,
+                x=float(cols.mean()) + box[2].start + 0.5,
+                y=float(rows.mean()) + box[1].start + 0.5,
+                radius=radius,
+            )
+        )
+    return regions
 
 
 def hotspot_region(

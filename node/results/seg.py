@@ -17,8 +17,9 @@ from node.results.sources import copy_study_context
 
 __all__ = ["MAX_SEGMENTS", "encode_segmentation", "lesion_property"]
 
-# A model that sprays hundreds of specks should not make an unreadable SEG.
-MAX_SEGMENTS = 64
+# A model that sprays hundreds of specks should not make an unreadable SEG or
+# SR: they report the largest lesions (the stored outcome keeps all of them).
+MAX_SEGMENTS = 20
 
 
 def lesion_property(code: tuple[str, str, str] | None) -> hd.sr.CodedConcept:
@@ -62,12 +63,11 @@ def encode_segmentation(
     # highdicom's checks cost time per frame (a 200-slice CT, two lesions).
     kept = labels if count == len(lesions) else np.where(labels <= count, labels, 0)
     touched = [int(k) for k in np.flatnonzero(kept.reshape(kept.shape[0], -1).any(axis=1))]
-    kept = kept[touched]
-    # (frames, rows, columns, segments) of 0/1: highdicom's multi-segment input.
-    masks = np.stack([kept == n for n in range(1, count + 1)], axis=-1).astype(np.uint8)
     seg = hd.seg.Segmentation(
         source_images=[sources[k] for k in touched],
-        pixel_array=masks,
+        # A label map (value n = segment n): lesions never overlap, and stacking
+        # one 0/1 array per segment would cost frames x rows x columns x segments.
+        pixel_array=kept[touched].astype(np.uint8),
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
         series_instance_uid=hd.UID(),

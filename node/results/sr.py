@@ -241,6 +241,11 @@ def encode_report(
         groups.extend(_lesion_groups(lesion, sources, seg))
     for f in findings:
         groups.append(_finding_group(f, sources))
+    # The Image Library and the evidence list the key slices the regions are drawn
+    # on, not the whole series: 200 library entries cost seconds and tell nothing.
+    regions = [e.region for e in lesions] + [f.region for f in findings if f.region is not None]
+    used = sorted({r.k for r in regions})
+    key_images = [sources[k] for k in used] if used else list(sources)
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(
             observer_device_context=device_observer(algorithms, cfg)
@@ -248,11 +253,11 @@ def encode_report(
         procedure_reported=procedure_reported(sources[0]),
         imaging_measurements=groups or None,  # type: ignore[arg-type]
         title=codes.DCM.ImagingMeasurementReport,
-        referenced_images=list(sources) if images else None,
+        referenced_images=key_images if images else None,
     )
     document = hd.sr.Comprehensive3DSR if images else hd.sr.ComprehensiveSR
     sr = document(
-        evidence=[*sources, *evidence],
+        evidence=[*key_images, *evidence],
         content=report,
         series_instance_uid=hd.UID(),
         series_number=series_number,
