@@ -28,9 +28,11 @@ def encode_attention_map(
 ) -> Dataset:
     """``attention`` (0..1, the source grid) as float Parametric Map frames, one per slice.
 
-    The map keeps the source's Rows and Columns: OHIF 3.13 refuses a map of
-    another size ("different geometry dimensions ... not yet supported"), so a
-    200-slice 512x512 CT gets a 210 MB map (checked with ohif_snapshot.sh).
+    The map keeps the source's Rows and Columns and one frame per source slice:
+    OHIF 3.13 refuses a map of another size ("different geometry dimensions ...
+    not yet supported") and fails on one with fewer frames ("Invalid typed array
+    length"), both checked with ohif_snapshot.sh. So a 200-slice 512x512 CT gets
+    a 210 MB map.
     """
     values = np.clip(attention, 0.0, 1.0).astype(np.float32)
     mapping = hd.pm.RealWorldValueMapping(
