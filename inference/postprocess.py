@@ -39,7 +39,13 @@ def lesions(
 def label_lesions(
     probability: npt.NDArray[np.float32], volume: Volume, label: LabelSpec, min_voxels: int = 1
 ) -> tuple[tuple[Lesion, ...], npt.NDArray[np.uint16]]:
-    """:func:`lesions` and a label map on the same grid: voxel value n = the n-th lesion."""
+    """:func:`lesions` and a label map on the same grid: voxel value n = the n-th lesion.
+
+    Components smaller than the label's ``min_volume_mm3`` (or ``min_voxels``)
+    are dropped: they are neither reported nor in the map.
+    """
+    floor = int(np.ceil(label.min_volume_mm3 / volume.voxel_volume_mm3 - 1e-9))
+    min_voxels = max(min_voxels, floor, 1)
     mask = probability >= label.threshold
     labelled, _count = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
     found: list[tuple[int, Lesion]] = []

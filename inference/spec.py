@@ -27,6 +27,7 @@
     name = "lesion"
     code = ["52988006", "SCT", "Lesion"]   # value, scheme, meaning
     threshold = 0.5
+    min_volume_mm3 = 0.0           # segmentation: smaller components are not lesions
 
     [provenance]
     training_data = "..."
@@ -58,6 +59,7 @@ class LabelSpec:
     name: str
     code: tuple[str, str, str]
     threshold: float = 0.5
+    min_volume_mm3: float = 0.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -150,11 +152,15 @@ def read_spec(folder: Path) -> ModelSpec:
         code = _req(label, "code", list, lw)
         if len(code) != 3 or not all(isinstance(c, str) and c for c in code):
             raise ModelPackageError(f"{lw}: code must be [value, scheme, meaning]")
+        floor = label.get("min_volume_mm3", 0.0)
+        if not isinstance(floor, (int, float)) or isinstance(floor, bool) or floor < 0:
+            raise ModelPackageError(f"{lw}: min_volume_mm3 must be a number >= 0")
         labels.append(
             LabelSpec(
                 name=_req(label, "name", str, lw),
                 code=(code[0], code[1], code[2]),
                 threshold=float(label.get("threshold", 0.5)),
+                min_volume_mm3=float(floor),
             )
         )
     if not labels:

@@ -14,7 +14,7 @@ import numpy as np
 
 from training.data import CtCase, EcgCase, load_ct_cases, load_ecg_cases
 from training.metrics import grouped_kfold
-from training.recipes import RECIPES, Recipe, evaluate, export, train_recipe
+from training.recipes import RECIPES, Recipe, evaluate, export, train_recipe, with_lesion_floor
 from training.report import write_report
 from training.synthetic import generate_ct, generate_ecg
 
@@ -98,9 +98,12 @@ def _rebuild(out: Path, work: Path, only: list[str]) -> int:
                 _generate(recipe.kind, folder, n, seed, shift)
             folders[part] = folder
         print(f"training {name}", file=sys.stderr)
+        train_cases = _cases(recipe, folders["train"])
+        if recipe.task == "segmentation":
+            recipe = with_lesion_floor(recipe, train_cases)
         module, val_score = train_recipe(
             recipe,
-            _cases(recipe, folders["train"]),
+            train_cases,
             _cases(recipe, folders["val"]),
             seed=train_seed,
             calibration=None
@@ -178,9 +181,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if a.command == "train":
         recipe = RECIPES[a.recipe]
+        train_cases = _cases(recipe, a.data)
+        if recipe.task == "segmentation":
+            recipe = with_lesion_floor(recipe, train_cases)
         module, score = train_recipe(
             recipe,
-            _cases(recipe, a.data),
+            train_cases,
             _cases(recipe, a.val),
             seed=a.seed,
             device=a.device,

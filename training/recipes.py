@@ -7,6 +7,7 @@ exactly as it will run.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -16,12 +17,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy import ndimage
 from torch import Tensor, nn
 from torch.nn import functional as F
 
 from inference.architectures import build
 from inference.execute import classify, predict_sequence, segment
 from inference.package import LoadedModel
+from inference.postprocess import label_lesions
 from inference.preprocess import prepare_waveform, window
 from inference.spec import read_spec
 from training.data import CtCase, EcgCase
@@ -30,7 +33,7 @@ from training.metrics import classification_report, dice, iou, lesion_detection
 from training.synthetic import CT_LABELS, ECG_LABELS, LEADS
 from training.trainer import TrainConfig, fit
 
-__all__ = ["RECIPES", "Recipe", "evaluate", "train_recipe"]
+__all__ = ["RECIPES", "Recipe", "evaluate", "train_recipe", "with_lesion_floor"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -154,6 +157,7 @@ def _loaded(recipe: Recipe, module: nn.Module, folder: Path | None = None) -> Lo
                 name=x["name"],
                 code=tuple(x["code"]),
                 threshold=x["threshold"],
+                min_volume_mm3=x.get("min_volume_mm3", 0.0),
             )
             for x in recipe.labels
         ),
@@ -334,7 +338,9 @@ def evaluate(
         dices, ious, truth_n, found_n, fp_n = [], [], 0, 0, 0
         for c in cases:
             assert isinstance(c, CtCase) and c.mask is not None
-            pred = segment(model, c.volume, batch_size=4, amp=False)[0] >= 0.5
+            # The worker's post-processing (threshold, lesion volume floor), not a second one.
+            prob = segment(model, c.volume, batch_size=4, amp=False)[0]
+            pred = label_lesions(prob, c.volume, model.spec.labels[0])[1] > 0
             if c.mask.any() or pred.any():
                 dices.append(dice(pred, c.mask))
                 ious.append(iou(pred, c.mask))
@@ -358,6 +364,26 @@ def evaluate(
         report["labels"] = [c.label for c in cases]
     report["ms_per_case_cpu"] = round(1000 * (time.perf_counter() - started) / len(cases), 1)
     return report
+
+
+def with_lesion_floor(recipe: Recipe, train: Sequence[CtCase | EcgCase]) -> Recipe:
+    """The segmentation recipe with ``min_volume_mm3`` learnt from the training masks.
+
+    Half the smallest training lesion: a component below that is a speck the
+    model should not report (the lesion-free scans' false positives), while any
+    lesion like those it was trained on stays well above it.
+    """
+    volumes: list[float] = []
+    for c in train:
+        if isinstance(c, CtCase) and c.mask is not None and c.mask.any():
+            labelled, _count = ndimage.label(c.mask, structure=np.ones((3, 3, 3), dtype=bool))
+            sizes = np.bincount(labelled.ravel())[1:]
+            volumes.extend(float(v) for v in sizes * c.volume.voxel_volume_mm3)
+    if not volumes:
+        return recipe
+    floor = round(0.5 * float(min(volumes)), 1)
+    labels = [{**x, "min_volume_mm3": floor} for x in recipe.labels]
+    return dataclasses.replace(recipe, labels=labels)
 
 
 def export(

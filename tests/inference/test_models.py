@@ -13,7 +13,7 @@ from inference.architectures import ARCHITECTURES, build
 from inference.errors import ModelPackageError
 from inference.execute import classify, pick_device, predict_sequence, segment
 from inference.package import load_package
-from inference.postprocess import findings, lesions
+from inference.postprocess import findings, label_lesions, lesions
 from inference.records import Volume, Waveform
 from inference.spec import LabelSpec, read_spec
 from tests.packages import make_package, threshold_segmenter
@@ -94,6 +94,19 @@ def test_sphere_measurements_in_patient_space() -> None:
     assert big.centroid_mm == pytest.approx((10.0 + 30.0, 20.0 + 30.0, 30.0 + 30.0), abs=0.05)
     assert big.longest_diameter_mm == pytest.approx(2 * radius, rel=0.08)
     assert found[1].voxel_count == 8
+
+
+def test_lesion_volume_floor_drops_specks_from_list_and_map() -> None:
+    prob = np.zeros((10, 20, 20), dtype=np.float32)
+    prob[1:5, 1:5, 1:5] = 1.0  # 64 voxels x 1 mm3 = 64 mm3
+    prob[7:9, 10:12, 10:12] = 1.0  # 8 voxels = 8 mm3
+    volume = _volume(prob, spacing=(1.0, 1.0, 1.0))
+    label = LabelSpec(name="lesion", code=("1", "SCT", "x"), min_volume_mm3=8.5)
+    found, label_map = label_lesions(prob, volume, label)
+    assert [f.voxel_count for f in found] == [64]
+    assert set(np.unique(label_map)) == {0, 1} and int((label_map == 1).sum()) == 64
+    at_floor = LabelSpec(name="lesion", code=("1", "SCT", "x"), min_volume_mm3=8.0)
+    assert len(label_lesions(prob, volume, at_floor)[0]) == 2  # 8 mm3 is not below 8
 
 
 def test_findings_apply_thresholds() -> None:

@@ -83,3 +83,18 @@ def test_grouped_folds_never_share_a_patient() -> None:
     assert sorted(seen_test) == list(range(len(patients)))  # each case tested once
     with pytest.raises(ValueError, match="k must be between 2"):
         grouped_kfold(patients, k=7)
+
+
+def test_lesion_floor_is_half_the_smallest_training_lesion() -> None:
+    from tests.inference.test_models import _volume
+    from training.data import CtCase
+    from training.recipes import RECIPES, with_lesion_floor
+
+    mask = np.zeros((10, 20, 20), dtype=bool)
+    mask[1:5, 1:5, 1:5] = True  # 64 voxels
+    mask[7:9, 10:12, 10:12] = True  # 8 voxels: the smallest lesion
+    volume = _volume(mask, spacing=(2.0, 1.0, 1.0))  # 2 mm3 voxels
+    case = CtCase(patient_id="p", label=1, volume=volume, mask=mask)
+    recipe = with_lesion_floor(RECIPES["lesion-seg"], [case])
+    assert recipe.labels[0]["min_volume_mm3"] == 8.0  # half of 8 voxels x 2 mm3
+    assert "min_volume_mm3" not in RECIPES["lesion-seg"].labels[0]  # the recipe is not changed
