@@ -151,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         f"\n{len(files)} CT slices sent in {send_s:.2f} s; {len(results)} result objects "
         f"({', '.join(r.kind for r in results)}) delivered to Orthanc"
     )
+    found = sum(len(o.result.get("lesions", [])) for o in outcomes)
+    print(f"the models found {found} connected component(s); the SR and SEG report <= 20")
     print(f"{'stage':44} {'seconds':>8}")
     print(
         f"{'ack -> job queued (quiet period ' + str(args.quiet) + ' s + check)':44} {queued:8.2f}"
