@@ -24,6 +24,7 @@ __all__ = [
     "Algorithm",
     "algorithm_of",
     "contributing_equipment",
+    "derived_object",
     "device_observer",
     "node_device_uid",
     "segment_algorithm",
@@ -116,3 +117,22 @@ def device_observer(algorithms: Sequence[Algorithm], cfg: ResultsConfig) -> hd.s
             serial_number=cfg.device_serial_number or None,
         ),
     )
+
+
+def derived_object(
+    algorithm: Algorithm, cfg: ResultsConfig, *, series_number: int, series_description: str
+) -> dict[str, object]:
+    """The keyword arguments every image-like result (SEG, map) takes: new series and
+    instance UIDs, the algorithm as equipment, and its Contributing Equipment item."""
+    return {
+        "series_instance_uid": hd.UID(),
+        "series_number": series_number,
+        "series_description": series_description,
+        "sop_instance_uid": hd.UID(),
+        "instance_number": 1,
+        "manufacturer": cfg.manufacturer,
+        "manufacturer_model_name": algorithm.name,
+        "software_versions": algorithm.version,
+        "device_serial_number": cfg.device_serial_number or "1",
+        "contributing_equipment": contributing_equipment([algorithm], cfg),
+    }

@@ -11,7 +11,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from node.config import ResultsConfig
-from node.results.identity import Algorithm, contributing_equipment
+from node.results.identity import Algorithm, derived_object
 from node.results.sources import copy_study_context
 
 __all__ = ["encode_attention_map"]
@@ -47,21 +47,14 @@ def encode_attention_map(
     pm = hd.pm.ParametricMap(
         source_images=list(sources),
         pixel_array=values,
-        series_instance_uid=hd.UID(),
-        series_number=series_number,
-        sop_instance_uid=hd.UID(),
-        instance_number=1,
-        manufacturer=cfg.manufacturer,
-        manufacturer_model_name=algorithm.name,
-        software_versions=algorithm.version,
-        device_serial_number=cfg.device_serial_number or "1",
         contains_recognizable_visual_features=False,
         real_world_value_mappings=[mapping],
         voi_lut_transformations=[hd.VOILUTTransformation(window_center=0.5, window_width=1.0)],
-        series_description=series_description,
         content_label="ATTENTION",
         content_description=f"{algorithm.name} {algorithm.version} attention"[:64],
-        contributing_equipment=contributing_equipment([algorithm], cfg),
+        **derived_object(  # type: ignore[arg-type]
+            algorithm, cfg, series_number=series_number, series_description=series_description
+        ),
     )
     copy_study_context(pm, sources[0])
     return pm

@@ -12,7 +12,7 @@ from pydicom.sr.codedict import codes
 
 from inference.records import Lesion
 from node.config import ResultsConfig
-from node.results.identity import Algorithm, contributing_equipment, segment_algorithm
+from node.results.identity import Algorithm, derived_object, segment_algorithm
 from node.results.sources import copy_study_context
 
 __all__ = ["MAX_SEGMENTS", "encode_segmentation", "lesion_property"]
@@ -70,19 +70,12 @@ def encode_segmentation(
         pixel_array=kept[touched].astype(np.uint8),
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
-        series_instance_uid=hd.UID(),
-        series_number=series_number,
-        sop_instance_uid=hd.UID(),
-        instance_number=1,
-        manufacturer=cfg.manufacturer,
-        manufacturer_model_name=algorithm.name,
-        software_versions=algorithm.version,
-        device_serial_number=cfg.device_serial_number or "1",
-        series_description=series_description,
         content_label="LESIONS",
         content_description=f"{algorithm.name} {algorithm.version}"[:64],
-        contributing_equipment=contributing_equipment([algorithm], cfg),
         omit_empty_frames=True,
+        **derived_object(  # type: ignore[arg-type]
+            algorithm, cfg, series_number=series_number, series_description=series_description
+        ),
     )
     copy_study_context(seg, sources[0])
     return seg
