@@ -137,6 +137,7 @@ def _run_model(
             outcome=_outcome(spec, series_uid, lesions=tuple(found), timings_s=timings),
             source_paths=sources,
             sop_instance_uids=volume.sop_instance_uids,
+            frame_numbers=volume.frame_numbers,
             lesion_labels=label_map,
         )
     probs, attention = with_oom_fallback(lambda m, _b: classify(m, volume, amp=amp), model, 1)
@@ -151,6 +152,7 @@ def _run_model(
         outcome=_outcome(spec, series_uid, findings=result, timings_s=timings, extra=extra),
         source_paths=sources,
         sop_instance_uids=volume.sop_instance_uids,
+        frame_numbers=volume.frame_numbers,
         attention=attention,
     )
 

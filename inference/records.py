@@ -35,6 +35,8 @@ class Volume:
     frame_of_reference_uid: str
     sop_instance_uids: tuple[str, ...]
     modality: str = ""
+    # Enhanced multi-frame: the 1-based frame of each slice (empty: one file a slice).
+    frame_numbers: tuple[int, ...] = ()
 
     def affine(self) -> npt.NDArray[np.float64]:
         """4x4 matrix from (k, j, i, 1) voxel indices to (x, y, z, 1) LPS mm."""
@@ -120,5 +122,6 @@ class SeriesResult:
     outcome: Outcome
     source_paths: tuple[Path, ...]
     sop_instance_uids: tuple[str, ...] = ()
+    frame_numbers: tuple[int, ...] = ()
     lesion_labels: npt.NDArray[np.uint16] | None = None
     attention: FloatArray | None = None

@@ -180,7 +180,8 @@ def _enhanced(ds: Dataset, path: Path) -> Volume:
     scaler = measures[0] if measures else ds
     slices = [_rescaled(scaler, pixels[i]) for i in range(pixels.shape[0])]
     uids = [str(ds.SOPInstanceUID)] * len(slices)
-    return _assemble(ds, slices, positions, orientation, spacing, uids)
+    frames_of = list(range(1, len(slices) + 1))
+    return _assemble(ds, slices, positions, orientation, spacing, uids, frames_of)
 
 
 def _order(
@@ -230,6 +231,7 @@ def _volume(
     normal: np.ndarray,
     spacing: tuple[float, float, float],
     uids: list[str],
+    frame_numbers: list[int] | None = None,
 ) -> Volume:
     return Volume(
         array=array,
@@ -243,6 +245,7 @@ def _volume(
         frame_of_reference_uid=str(first.get("FrameOfReferenceUID", "")),
         sop_instance_uids=tuple(uids),
         modality=str(first.get("Modality", "")),
+        frame_numbers=tuple(frame_numbers or ()),
     )
 
 
@@ -253,6 +256,7 @@ def _assemble(
     orientation: np.ndarray,
     pixel_spacing: np.ndarray,
     uids: list[str],
+    frame_numbers: list[int] | None = None,
 ) -> Volume:
     order, step, normal = _order(positions, orientation, pixel_spacing, uids)
     array = np.stack([slices[i] for i in order]).astype(np.float32, copy=False)
@@ -264,6 +268,7 @@ def _assemble(
         normal,
         (step, float(pixel_spacing[0]), float(pixel_spacing[1])),
         [uids[i] for i in order],
+        [frame_numbers[i] for i in order] if frame_numbers else None,
     )
 
 

@@ -73,9 +73,9 @@ def _series_results(
     started_at: datetime,
 ) -> list[ResultObject]:
     first = results[0]
-    sources = read_sources(first.source_paths, first.sop_instance_uids)
-    series_uid = str(sources[0].SeriesInstanceUID)
-    images = "PixelData" in sources[0] or "Rows" in sources[0]
+    sources = read_sources(first.source_paths, first.sop_instance_uids, first.frame_numbers)
+    series_uid = str(sources.first.SeriesInstanceUID)
+    images = "Rows" in sources.first
     algorithms: list[Algorithm] = []
     objects: list[ResultObject] = []
     findings: list[FindingEntry] = []
@@ -87,7 +87,7 @@ def _series_results(
         algorithms.append(algo)
         region: Region | None = None
         if result.attention is not None:
-            spacing = min(float(v) for v in sources[0].PixelSpacing)
+            spacing = sources.pixel_spacing_mm()
             region = hotspot_region(result.attention, spacing)
             pm = encode_attention_map(
                 sources,
@@ -101,8 +101,8 @@ def _series_results(
                 ResultObject(kind="PM", dataset=pm, source_series_instance_uid=series_uid)
             )
         elif images and outcome.findings:
-            rows, cols = int(sources[0].Rows), int(sources[0].Columns)
-            region = whole_slice_region((len(sources), rows, cols))
+            rows, cols = int(sources.first.Rows), int(sources.first.Columns)
+            region = whole_slice_region((len(sources.slices), rows, cols))
         findings.extend(
             FindingEntry(
                 finding=f,

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import highdicom as hd
 import numpy as np
 import numpy.typing as npt
@@ -12,13 +10,13 @@ from pydicom.sr.codedict import codes
 
 from node.config import ResultsConfig
 from node.results.identity import Algorithm, derived_object
-from node.results.sources import copy_study_context
+from node.results.sources import SourceSeries, copy_study_context
 
 __all__ = ["encode_attention_map"]
 
 
 def encode_attention_map(
-    sources: Sequence[Dataset],
+    sources: SourceSeries,
     attention: npt.NDArray[np.float32],
     algorithm: Algorithm,
     cfg: ResultsConfig,
@@ -45,8 +43,8 @@ def encode_attention_map(
         quantity_definition=codes.DCM.Saliency,
     )
     pm = hd.pm.ParametricMap(
-        source_images=list(sources),
-        pixel_array=values,
+        source_images=sources.instances,
+        pixel_array=sources.in_frame_order(values),
         contains_recognizable_visual_features=False,
         real_world_value_mappings=[mapping],
         voi_lut_transformations=[hd.VOILUTTransformation(window_center=0.5, window_width=1.0)],
@@ -56,5 +54,5 @@ def encode_attention_map(
             algorithm, cfg, series_number=series_number, series_description=series_description
         ),
     )
-    copy_study_context(pm, sources[0])
+    copy_study_context(pm, sources.first)
     return pm

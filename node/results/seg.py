@@ -13,7 +13,7 @@ from pydicom.sr.codedict import codes
 from inference.records import Lesion
 from node.config import ResultsConfig
 from node.results.identity import Algorithm, derived_object, segment_algorithm
-from node.results.sources import copy_study_context
+from node.results.sources import SourceSeries, copy_study_context
 
 __all__ = ["MAX_SEGMENTS", "encode_segmentation", "lesion_property"]
 
@@ -30,7 +30,7 @@ def lesion_property(code: tuple[str, str, str] | None) -> hd.sr.CodedConcept:
 
 
 def encode_segmentation(
-    sources: Sequence[Dataset],
+    sources: SourceSeries,
     labels: npt.NDArray[np.uint16],
     lesions: Sequence[Lesion],
     tracking_uids: Sequence[str],
@@ -59,15 +59,19 @@ def encode_segmentation(
         )
         for n in range(1, count + 1)
     ]
-    # Only the slices a lesion touches: the SEG omits empty frames anyway, and
-    # highdicom's checks cost time per frame (a 200-slice CT, two lesions).
     kept = labels if count == len(lesions) else np.where(labels <= count, labels, 0)
-    touched = [int(k) for k in np.flatnonzero(kept.reshape(kept.shape[0], -1).any(axis=1))]
+    if sources.frames:  # one multi-frame source: every frame, in its own order
+        images, pixels = sources.instances, sources.in_frame_order(kept)
+    else:
+        # Only the slices a lesion touches: the SEG omits empty frames anyway, and
+        # highdicom's checks cost time per frame (a 200-slice CT, two lesions).
+        touched = [int(k) for k in np.flatnonzero(kept.reshape(kept.shape[0], -1).any(axis=1))]
+        images, pixels = [sources.slices[k] for k in touched], kept[touched]
     seg = hd.seg.Segmentation(
-        source_images=[sources[k] for k in touched],
+        source_images=images,
         # A label map (value n = segment n): lesions never overlap, and stacking
         # one 0/1 array per segment would cost frames x rows x columns x segments.
-        pixel_array=kept[touched].astype(np.uint8),
+        pixel_array=pixels.astype(np.uint8),
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
         content_label="LESIONS",
@@ -77,5 +81,5 @@ def encode_segmentation(
             algorithm, cfg, series_number=series_number, series_description=series_description
         ),
     )
-    copy_study_context(seg, sources[0])
+    copy_study_context(seg, sources.first)
     return seg

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+import highdicom as hd
+import numpy as np
+import numpy.typing as npt
 import pydicom
 from pydicom.dataset import Dataset
 
 from inference.errors import InconsistentSeries
 
-__all__ = ["copy_study_context", "read_sources"]
+__all__ = ["SourceSeries", "copy_study_context", "read_sources"]
 
 # Study/patient attributes copied onto every result (dcentvfy compares them).
 _STUDY_CONTEXT = (
@@ -21,7 +25,78 @@ _STUDY_CONTEXT = (
 )
 
 
-def read_sources(paths: Sequence[Path], sop_instance_uids: Sequence[str]) -> list[Dataset]:
+@dataclass(frozen=True, slots=True)
+class SourceSeries:
+    """The source images of a result grid: slice ``k`` is ``slices[k]`` (frame ``frames[k]``).
+
+    One file per slice: ``frames`` is empty. An enhanced multi-frame image: every
+    slice is the same dataset and ``frames`` holds each slice's 1-based frame.
+    """
+
+    slices: tuple[Dataset, ...]
+    frames: tuple[int, ...] = ()
+
+    @property
+    def first(self) -> Dataset:
+        return self.slices[0]
+
+    @property
+    def instances(self) -> list[Dataset]:
+        """The distinct source instances, in slice order (highdicom's ``source_images``)."""
+        return [self.first] if self.frames else list(self.slices)
+
+    def in_frame_order(self, array: npt.NDArray[np.generic]) -> npt.NDArray[np.generic]:
+        """A (slices, rows, cols) array in the order of the source frames."""
+        return array[np.argsort(self.frames)] if self.frames else array
+
+    def region_source(self, k: int) -> hd.sr.SourceImageForRegion:
+        if self.frames:
+            return hd.sr.SourceImageForRegion.from_source_image(
+                self.first, referenced_frame_numbers=[self.frames[k]]
+            )
+        return hd.sr.SourceImageForRegion.from_source_image(self.slices[k])
+
+    def key_images(self, ks: Sequence[int]) -> list[Dataset]:
+        return [self.first] if self.frames else [self.slices[k] for k in sorted(set(ks))]
+
+    def library_images(self, ks: Sequence[int]) -> list[Dataset]:
+        """Images for the SR's Image Library. highdicom describes an image by its
+        top-level geometry, which an enhanced image keeps in its functional groups:
+        a copy gets frame 1's spacing, orientation and position (the library entry
+        describes the instance; the SR's regions name their frames)."""
+        if not self.frames:
+            return self.key_images(ks)
+        copy = Dataset(self.first)
+        shared = self.first.get("SharedFunctionalGroupsSequence", [Dataset()])[0]
+        frame = self.first.PerFrameFunctionalGroupsSequence[0]
+        for sequence, keyword in (
+            ("PixelMeasuresSequence", "PixelSpacing"),
+            ("PixelMeasuresSequence", "SliceThickness"),
+            ("PlaneOrientationSequence", "ImageOrientationPatient"),
+            ("PlanePositionSequence", "ImagePositionPatient"),
+        ):
+            group = frame.get(sequence) or shared.get(sequence)
+            if group and keyword in group[0] and keyword not in copy:
+                setattr(copy, keyword, group[0][keyword].value)
+        return [copy]
+
+    def pixel_spacing_mm(self) -> float:
+        """The smaller in-plane spacing (enhanced images keep it in the functional groups)."""
+        spacing = self.first.get("PixelSpacing")
+        if spacing is None:
+            shared = self.first.SharedFunctionalGroupsSequence[0]
+            groups = (
+                shared
+                if "PixelMeasuresSequence" in shared
+                else (self.first.PerFrameFunctionalGroupsSequence[0])
+            )
+            spacing = groups.PixelMeasuresSequence[0].PixelSpacing
+        return min(float(v) for v in spacing)
+
+
+def read_sources(
+    paths: Sequence[Path], sop_instance_uids: Sequence[str], frames: Sequence[int] = ()
+) -> SourceSeries:
     """Headers (no pixel data) of ``paths``, ordered like ``sop_instance_uids``.
 
     The order is the order of the result's arrays (slices sorted along the
@@ -34,7 +109,7 @@ def read_sources(paths: Sequence[Path], sop_instance_uids: Sequence[str]) -> lis
     missing = [uid for uid in sop_instance_uids if uid not in by_uid]
     if missing:
         raise InconsistentSeries(f"source instance {missing[0]} is gone from the store")
-    return [by_uid[uid] for uid in sop_instance_uids]
+    return SourceSeries(tuple(by_uid[uid] for uid in sop_instance_uids), tuple(frames))
 
 
 def copy_study_context(result: Dataset, source: Dataset) -> None:
@@ -46,3 +121,8 @@ def copy_study_context(result: Dataset, source: Dataset) -> None:
         for keyword in ("BodyPartExamined", "Laterality"):
             if keyword in source and keyword not in result:
                 setattr(result, keyword, source[keyword].value)
+        is_map = result.Modality != "SEG"  # the SEG IOD forbids it in this case
+        if is_map and "BodyPartExamined" not in result and "Laterality" not in result:
+            # General Series: Laterality is required (type 2C) unless the body part is
+            # known to be unpaired; with no body part, present and empty (unknown).
+            result.Laterality = ""

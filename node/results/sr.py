@@ -31,7 +31,7 @@ from node.results.identity import (
 )
 from node.results.regions import Region
 from node.results.seg import lesion_property
-from node.results.sources import copy_study_context
+from node.results.sources import SourceSeries, copy_study_context
 
 __all__ = ["FindingEntry", "LesionEntry", "encode_report", "procedure_reported"]
 
@@ -79,18 +79,18 @@ def _coded(code: tuple[str, str, str]) -> hd.sr.CodedConcept:
     return hd.sr.CodedConcept(value=code[0], scheme_designator=code[1], meaning=code[2])
 
 
-def _circle(region: Region, sources: Sequence[Dataset]) -> hd.sr.ImageRegion:
+def _circle(region: Region, sources: SourceSeries) -> hd.sr.ImageRegion:
     return hd.sr.ImageRegion(
         graphic_type=hd.sr.GraphicTypeValues.CIRCLE,
         graphic_data=np.array(
             [[region.x, region.y], [region.x + region.radius, region.y]], dtype=np.float64
         ),
-        source_image=hd.sr.SourceImageForRegion.from_source_image(sources[region.k]),
+        source_image=sources.region_source(region.k),
     )
 
 
 def _lesion_groups(
-    entry: LesionEntry, sources: Sequence[Dataset], seg: Dataset | None
+    entry: LesionEntry, sources: SourceSeries, seg: Dataset | None
 ) -> list[
     hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
     | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
@@ -139,7 +139,7 @@ def _lesion_groups(
                     sop_instance_uid=seg.SOPInstanceUID,
                     segment_number=entry.segment_number,
                     source_series=hd.sr.SourceSeriesForSegmentation(
-                        str(sources[0].SeriesInstanceUID)
+                        str(sources.first.SeriesInstanceUID)
                     ),
                 ),
                 finding_type=kind,
@@ -187,7 +187,7 @@ def _annotate_recommendations(sr: Dataset, notes: dict[str, str]) -> None:
 
 
 def _finding_group(
-    entry: FindingEntry, sources: Sequence[Dataset]
+    entry: FindingEntry, sources: SourceSeries
 ) -> (
     hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
     | hd.sr.MeasurementsAndQualitativeEvaluations
@@ -221,7 +221,7 @@ def _finding_group(
 
 
 def encode_report(
-    sources: Sequence[Dataset],
+    sources: SourceSeries,
     algorithms: Sequence[Algorithm],
     findings: Sequence[FindingEntry],
     lesions: Sequence[LesionEntry],
@@ -245,15 +245,16 @@ def encode_report(
     # on, not the whole series: 200 library entries cost seconds and tell nothing.
     regions = [e.region for e in lesions] + [f.region for f in findings if f.region is not None]
     used = sorted({r.k for r in regions})
-    key_images = [sources[k] for k in used] if used else list(sources)
+    key_images = sources.key_images(used) if used else sources.instances
+    library = sources.library_images(used) if used else key_images
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(
             observer_device_context=device_observer(algorithms, cfg)
         ),
-        procedure_reported=procedure_reported(sources[0]),
+        procedure_reported=procedure_reported(sources.first),
         imaging_measurements=groups or None,  # type: ignore[arg-type]
         title=codes.DCM.ImagingMeasurementReport,
-        referenced_images=key_images if images else None,
+        referenced_images=library if images else None,
     )
     document = hd.sr.Comprehensive3DSR if images else hd.sr.ComprehensiveSR
     sr = document(
@@ -283,5 +284,5 @@ def encode_report(
             if f.recommendation is not None and f.finding.positive
         },
     )
-    copy_study_context(sr, sources[0])
+    copy_study_context(sr, sources.first)
     return sr

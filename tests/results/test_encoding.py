@@ -282,6 +282,7 @@ def test_ecg_report_is_valid_and_holds_the_probabilities(tmp_path: Path) -> None
 def test_heat_map_keeps_the_source_grid_as_ohif_requires() -> None:
     from node.results.identity import Algorithm
     from node.results.pmap import encode_attention_map
+    from node.results.sources import SourceSeries
     from tests.dicomgen import ct_slice
 
     study, series = pydicom.uid.generate_uid(), pydicom.uid.generate_uid()
@@ -289,8 +290,89 @@ def test_heat_map_keeps_the_source_grid_as_ohif_requires() -> None:
     attention = np.random.default_rng(0).random((3, 256, 256), dtype=np.float32)
     algo = Algorithm(name="m", version="1", sha256="0" * 64, device_uid="1.2.3")
     pm = encode_attention_map(
-        sources, attention, algo, CFG, series_number=3, series_description="map"
+        SourceSeries(tuple(sources)),
+        attention,
+        algo,
+        CFG,
+        series_number=3,
+        series_description="map",
     )
     assert (pm.Rows, pm.Columns, pm.NumberOfFrames) == (256, 256, 3)
     shared = pm.SharedFunctionalGroupsSequence[0]
     assert [float(v) for v in shared.PixelMeasuresSequence[0].PixelSpacing] == [0.8, 0.8]
+
+
+@needs_tools
+def test_enhanced_multiframe_source_gets_frame_references(tmp_path: Path) -> None:
+    """An enhanced CT (one file, frames) — pydicom-data's eCT_Supplemental.dcm."""
+    from pydicom.data import get_testdata_file
+
+    from inference.records import Finding, Lesion, Outcome, SeriesResult
+    from node.volume_in import load_volume
+
+    source = Path(get_testdata_file("eCT_Supplemental.dcm", download=False))
+    volume = load_volume([source])
+    assert sorted(volume.frame_numbers) == [1, 2]
+    labels = np.zeros(volume.array.shape, np.uint16)
+    labels[1, 200:240, 200:240] = 1  # a lesion on the second slice along the normal
+    attention = np.zeros(volume.array.shape, np.float32)
+    attention[1, 100, 100] = 1.0
+    lesion = Lesion(
+        label="lesion",
+        voxel_count=1600,
+        volume_mm3=100.0,
+        centroid_mm=(0.0, 0.0, 0.0),
+        longest_diameter_mm=5.0,
+        bbox_kji=((1, 200, 200), (1, 239, 239)),
+        mean_probability=0.9,
+    )
+    common = {
+        "series_instance_uid": volume.series_instance_uid,
+        "model_version": "1",
+    }
+    seg_outcome = Outcome(
+        model_name="s", model_sha256="0" * 64, task="segmentation", lesions=(lesion,), **common
+    )
+    finding = Finding(
+        label="m", code=("1", "SCT", "x"), probability=0.9, threshold=0.5, positive=True
+    )
+    cls_outcome = Outcome(
+        model_name="c", model_sha256="1" * 64, task="classification", findings=(finding,), **common
+    )
+    grid = {
+        "source_paths": (source,),
+        "sop_instance_uids": volume.sop_instance_uids,
+        "frame_numbers": volume.frame_numbers,
+    }
+    objects = encode_run(
+        [
+            SeriesResult(outcome=seg_outcome, lesion_labels=labels, **grid),
+            SeriesResult(outcome=cls_outcome, attention=attention, **grid),
+        ],
+        PipelineConfig(name="p"),
+        CFG,
+        started_at=STARTED,
+    )
+    for obj in objects:
+        (tmp_path / f"{obj.kind}.dcm").write_bytes(to_bytes(obj.dataset))
+    result = subprocess.run(
+        ["bash", str(VALIDATE), "-k", "-E", str(tmp_path)], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout[-3000:]
+    # The SEG's one frame names the source frame that holds slice 1.
+    seg = pydicom.dcmread(tmp_path / "SEG.dcm")
+    (frame,) = seg.PerFrameFunctionalGroupsSequence
+    ref = frame.DerivationImageSequence[0].SourceImageSequence[0]
+    assert ref.ReferencedFrameNumber == volume.frame_numbers[1]
+    # The map's frames follow the source's frame order.
+    pm = pydicom.dcmread(tmp_path / "PM.dcm")
+    peak_frame = int(np.argmax(pm.pixel_array.reshape(2, -1).max(axis=1))) + 1
+    assert peak_frame == volume.frame_numbers[1]
+    # The SR's circles name their frame.
+    sr = pydicom.dcmread(tmp_path / "SR.dcm")
+    frames = {
+        int(i.ReferencedSOPSequence[0].ReferencedFrameNumber)
+        for i in _items(sr)
+        if i.ValueType == "IMAGE" and "ReferencedFrameNumber" in i.ReferencedSOPSequence[0]
+    }
+    assert frames == {volume.frame_numbers[1]}
