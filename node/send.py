@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pydicom
 from pynetdicom import AE, evt
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from node.config import DestinationConfig
 from node.handlers import handle_conn_open
@@ -27,7 +26,6 @@ __all__ = [
     "SendItem",
     "SendOutcome",
     "classify_status",
-    "echo",
     "items_for",
     "send_files",
 ]
@@ -185,17 +183,3 @@ def _send_one(assoc: object, item: SendItem, dest: DestinationConfig) -> SendOut
         status=status,
         detail=None if status == 0 else detail,
     )
-
-
-def echo(dest: DestinationConfig, *, calling_ae: str, timeout_s: float) -> str | None:
-    """C-ECHO ``dest``; None when it answered with success, otherwise why not."""
-    ae = _ae(calling_ae, timeout_s, timeout_s)
-    ae.add_requested_context(Verification)
-    assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
-    if not assoc.is_established:
-        return f"cannot associate with {_describe(dest)}"
-    try:
-        status = assoc.send_c_echo()
-        return None if status and int(status.Status) == 0 else "C-ECHO failed"
-    finally:
-        assoc.release()

@@ -8,7 +8,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
-__all__ = ["Region", "hotspot_region", "lesion_region", "lesion_regions", "whole_slice_region"]
+__all__ = ["Region", "hotspot_region", "lesion_regions", "whole_slice_region"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -24,13 +24,9 @@ class Region:
     radius: float
 
 
-def lesion_region(labels: npt.NDArray[np.uint16], n: int) -> Region:
-    """Lesion ``n`` on its key slice (largest cross-section): its equal-area circle."""
-    return lesion_regions(labels, n)[n - 1]
-
-
 def lesion_regions(labels: npt.NDArray[np.uint16], count: int) -> list[Region]:
-    """:func:`lesion_region` of lesions 1..count, each looked at within its bounding box."""
+    """Lesions 1..count, each on its key slice (largest cross-section) as its
+    equal-area circle, each looked at within its bounding box."""
     boxes = ndimage.find_objects(labels, max_label=count)
     regions = []
     for n, box in enumerate(boxes, start=1):
