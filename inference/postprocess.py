@@ -63,6 +63,7 @@ def label_lesions(
                 index,
                 Lesion(
                     label=label.name,
+                    code=label.code,
                     voxel_count=count,
                     volume_mm3=count * volume.voxel_volume_mm3,
                     centroid_mm=tuple(float(v) for v in volume.to_patient(centre)),  # type: ignore[arg-type]

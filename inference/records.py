@@ -76,6 +76,7 @@ class Lesion:
     """One connected component of a segmentation, measured in patient space."""
 
     label: str
+    code: tuple[str, str, str]  # the model label's code: what the lesion is
     voxel_count: int
     volume_mm3: float
     centroid_mm: tuple[float, float, float]

@@ -113,14 +113,12 @@ def _series_results(
             for f in outcome.findings
         )
         if result.lesion_labels is not None and outcome.lesions:
-            uids = [hd.UID() for _ in outcome.lesions]
-            codes_by_label = {f.label: f.code for f in outcome.findings}
+            uids = [hd.UID() for _ in outcome.lesions[:MAX_SEGMENTS]]
             seg = encode_segmentation(
                 sources,
                 result.lesion_labels,
                 outcome.lesions,
                 uids,
-                codes_by_label,
                 algo,
                 cfg,
                 series_number=pipeline.series_number + 1,
@@ -129,14 +127,13 @@ def _series_results(
             objects.append(
                 ResultObject(kind="SEG", dataset=seg, source_series_instance_uid=series_uid)
             )
-            regions = lesion_regions(result.lesion_labels, min(len(uids), MAX_SEGMENTS))
+            regions = lesion_regions(result.lesion_labels, len(uids))
             lesions.extend(
                 LesionEntry(
                     lesion=lesion,
                     number=n,
                     tracking_uid=uids[n - 1],
                     region=regions[n - 1],
-                    code=None,
                     algorithm=algo,
                     segment_number=n,
                 )

@@ -15,16 +15,15 @@ from node.config import ResultsConfig
 from node.results.identity import Algorithm, derived_object, segment_algorithm
 from node.results.sources import SourceSeries, copy_study_context
 
-__all__ = ["MAX_SEGMENTS", "encode_segmentation", "lesion_property"]
+__all__ = ["MAX_SEGMENTS", "coded", "encode_segmentation"]
 
 # A model that sprays hundreds of specks should not make an unreadable SEG or
 # SR: they report the largest lesions (the stored outcome keeps all of them).
 MAX_SEGMENTS = 20
 
 
-def lesion_property(code: tuple[str, str, str] | None) -> hd.sr.CodedConcept:
-    if code is None:
-        return hd.sr.CodedConcept.from_code(codes.SCT.Lesion)
+def coded(code: tuple[str, str, str]) -> hd.sr.CodedConcept:
+    """A (value, scheme, meaning) code from a model package as a coded concept."""
     value, scheme, meaning = code
     return hd.sr.CodedConcept(value=value, scheme_designator=scheme, meaning=meaning)
 
@@ -34,7 +33,6 @@ def encode_segmentation(
     labels: npt.NDArray[np.uint16],
     lesions: Sequence[Lesion],
     tracking_uids: Sequence[str],
-    codes_by_label: dict[str, tuple[str, str, str]],
     algorithm: Algorithm,
     cfg: ResultsConfig,
     *,
@@ -51,7 +49,7 @@ def encode_segmentation(
             segment_number=n,
             segment_label=f"Lesion {n}",
             segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
-            segmented_property_type=lesion_property(codes_by_label.get(lesions[n - 1].label)),
+            segmented_property_type=coded(lesions[n - 1].code),
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
             algorithm_identification=algo,
             tracking_uid=tracking_uids[n - 1],

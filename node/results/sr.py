@@ -30,7 +30,7 @@ from node.results.identity import (
     sr_algorithm,
 )
 from node.results.regions import Region
-from node.results.seg import lesion_property
+from node.results.seg import coded
 from node.results.sources import SourceSeries, copy_study_context
 
 __all__ = ["FindingEntry", "LesionEntry", "encode_report", "procedure_reported"]
@@ -49,7 +49,6 @@ class LesionEntry:
     number: int
     tracking_uid: str
     region: Region
-    code: tuple[str, str, str] | None
     algorithm: Algorithm
     segment_number: int | None
 
@@ -75,10 +74,6 @@ def procedure_reported(source: Dataset) -> hd.sr.CodedConcept | Code:
     return _PROCEDURES.get(str(source.get("Modality", "")).upper(), _IMAGING)
 
 
-def _coded(code: tuple[str, str, str]) -> hd.sr.CodedConcept:
-    return hd.sr.CodedConcept(value=code[0], scheme_designator=code[1], meaning=code[2])
-
-
 def _circle(region: Region, sources: SourceSeries) -> hd.sr.ImageRegion:
     return hd.sr.ImageRegion(
         graphic_type=hd.sr.GraphicTypeValues.CIRCLE,
@@ -98,7 +93,7 @@ def _lesion_groups(
     algo = sr_algorithm(entry.algorithm)
     lesion = entry.lesion
     tracking = hd.sr.TrackingIdentifier(uid=entry.tracking_uid, identifier=f"Lesion {entry.number}")
-    kind = lesion_property(entry.code)
+    kind = coded(lesion.code)
     volume = hd.sr.Measurement(
         name=codes.SCT.Volume,
         value=round(lesion.volume_mm3, 3),
@@ -153,7 +148,7 @@ def _recommendation(entry: FindingEntry) -> list[hd.sr.QualitativeEvaluation]:
     rec = entry.recommendation
     if rec is None or not entry.finding.positive:
         return []
-    return [hd.sr.QualitativeEvaluation(codes.DCM.Recommendation, _coded(rec.code))]
+    return [hd.sr.QualitativeEvaluation(codes.DCM.Recommendation, coded(rec.code))]
 
 
 def _recommendation_note(entry: FindingEntry) -> str:
@@ -207,14 +202,14 @@ def _finding_group(
     if entry.region is None:  # no image (an ECG): TID 1501
         return hd.sr.MeasurementsAndQualitativeEvaluations(
             tracking_identifier=tracking,
-            finding_type=_coded(finding.code),
+            finding_type=coded(finding.code),
             measurements=measurements,
             qualitative_evaluations=evaluations or None,
         )
     return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=tracking,
         referenced_region=_circle(entry.region, sources),
-        finding_type=_coded(finding.code),
+        finding_type=coded(finding.code),
         measurements=measurements,
         qualitative_evaluations=evaluations or None,
     )

@@ -200,6 +200,9 @@ def test_segmentation_equals_the_label_map(ct_case) -> None:
     expected = np.stack([result.lesion_labels == 1, result.lesion_labels == 2], axis=-1)
     assert np.array_equal(pixels.astype(bool), expected)
     assert seg.SeriesNumber == 701 and seg.ContentLabel == "LESIONS"
+    for n, lesion in enumerate(result.outcome.lesions, start=1):  # the model label's code
+        kind = seg.get_segment_description(n).SegmentedPropertyTypeCodeSequence[0]
+        assert (kind.CodeValue, kind.CodingSchemeDesignator) == lesion.code[:2]
 
 
 def test_heat_map_is_float_and_equals_the_attention(ct_case) -> None:
@@ -319,6 +322,7 @@ def test_enhanced_multiframe_source_gets_frame_references(tmp_path: Path) -> Non
     attention[1, 100, 100] = 1.0
     lesion = Lesion(
         label="lesion",
+        code=("52988006", "SCT", "Lesion"),
         voxel_count=1600,
         volume_mm3=100.0,
         centroid_mm=(0.0, 0.0, 0.0),
