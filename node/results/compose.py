@@ -135,7 +135,6 @@ def _series_results(
                     tracking_uid=uids[n - 1],
                     region=regions[n - 1],
                     algorithm=algo,
-                    segment_number=n,
                 )
                 for n, lesion in enumerate(outcome.lesions[:MAX_SEGMENTS], start=1)
             )

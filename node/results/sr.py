@@ -50,7 +50,6 @@ class LesionEntry:
     tracking_uid: str
     region: Region
     algorithm: Algorithm
-    segment_number: int | None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -125,14 +124,14 @@ def _lesion_groups(
             ],
         )
     ]
-    if seg is not None and entry.segment_number is not None:
+    if seg is not None:  # lesion n is segment n of the SEG
         groups.append(
             hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
                 tracking_identifier=tracking,
                 referenced_segment=hd.sr.ReferencedSegment(
                     sop_class_uid=seg.SOPClassUID,
                     sop_instance_uid=seg.SOPInstanceUID,
-                    segment_number=entry.segment_number,
+                    segment_number=entry.number,
                     source_series=hd.sr.SourceSeriesForSegmentation(
                         str(sources.first.SeriesInstanceUID)
                     ),
