@@ -170,8 +170,14 @@ class Worker:
                 self._fail(job, f"{type(exc).__name__}: {exc}", retryable=not permanent)
                 return
         if beat.lost.is_set():
+            self._discard(written)
             return
         self._succeed(job, pipeline, run, written)
+
+    def _discard(self, written: Sequence[WrittenResult]) -> None:
+        """Result files of a job whose lease was lost: no row will ever point to them."""
+        for w in written:
+            self.spool.remove(w.path)
 
     def _execute(self, job: JobRecord, pipeline: PipelineConfig) -> PipelineRun:
         with self.sessions.begin() as s:
@@ -199,6 +205,7 @@ class Worker:
             if not queue.mark_succeeded(s, job_id=job.id, worker=self.name, now=now):
                 logger.error("job %d: lease lost before completion; result discarded", job.id)
                 s.rollback()
+                self._discard(written)
                 return
             rows: Sequence[tuple[str, str, str, str, str | None, dict[str, Any]]]
             if run.skipped_reason:

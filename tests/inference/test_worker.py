@@ -167,3 +167,47 @@ def test_worker_killed_mid_job_is_redone_once(node_factory, tmp_path: Path) -> N
     assert job.attempts == 2
     assert len(_outcomes(cfg, job.id)) == 1
     assert node.terminate() == 0
+
+
+def test_result_files_of_a_lost_lease_are_removed(write_config, sessions, tmp_path: Path) -> None:
+    """A worker that lost its job's lease leaves no result file behind (no row points to it)."""
+    from inference.pipeline import PipelineRun
+    from inference.worker import Worker
+    from node.config import load_config
+    from node.receive import utc_now
+    from node.results.write import WrittenResult
+
+    package = threshold_segmenter(tmp_path / "pkg", threshold_hu=120)
+    (tmp_path / "data").mkdir()
+    cfg = load_config(write_config(_pipeline(package), storage={"data_dir": "data"}))
+    worker = Worker(cfg, sessions, name="me")
+    with sessions.begin() as s:  # queued, never claimed by "me"
+        job = queue.enqueue(
+            s,
+            pipeline="lesions",
+            level="study",
+            study_instance_uid="1.2.3",
+            series_instance_uid=None,
+            completion_event=1,
+            priority=1,
+            max_attempts=1,
+            now=utc_now(),
+        ).job
+    worker.spool.prepare()  # as serve does at start-up
+    path = worker.spool.result_path("1.2.3", "1.2.3.9")
+    worker.spool.write(path, [b"result bytes"])
+    written = WrittenResult(
+        kind="SR",
+        path=path,
+        size_bytes=12,
+        study_instance_uid="1.2.3",
+        series_instance_uid="1.2.3.8",
+        source_series_instance_uid="1.2.3.7",
+        sop_class_uid="1.2.840.10008.5.1.4.1.1.88.34",
+        sop_instance_uid="1.2.3.9",
+    )
+    worker._succeed(job, worker.pipelines["lesions"], PipelineRun(results=()), [written])
+    assert not path.exists()
+    with sessions.begin() as s:
+        (row,) = queue.list_jobs(s)
+        assert row.status == "todo"  # untouched: it belongs to whoever holds the lease
