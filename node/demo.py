@@ -18,10 +18,16 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from node.config import DestinationConfig, load_config
 from node.send import AssociationFailed, SendOutcome, items_for, send_files
+from storage import deliveries, queue
+from storage.db import create_sqlite_engine, make_sessionmaker
+from storage.deliveries import DeliveryRecord, ResultRecord
+from storage.outcomes import OutcomeRecord, list_outcomes
+from storage.records import JobRecord
 
 __all__ = ["DemoError", "parse_destination", "run_demo"]
 
@@ -31,6 +37,7 @@ _DEST_RE = re.compile(r"^([^@]{1,16})@([^:]+):(\d{1,5})$")
 # lies near the middle slice, where OHIF opens the heat map.
 _CT_SEED, _ECG_SEED = 7302, 7303
 _TIMEOUT_S = 600.0
+_JOBS = 4  # two studies (CT, ECG), each queued once for each of the two pipelines
 
 
 class DemoError(Exception):
@@ -143,47 +150,47 @@ def _wait_ready(port: int, proc: subprocess.Popen[bytes], deadline: float) -> No
     raise DemoError("ainode serve did not open its port in time")
 
 
-def _progress(config: Path) -> dict[str, object]:
-    from storage import deliveries, queue
-    from storage.db import create_sqlite_engine, make_sessionmaker
-    from storage.outcomes import list_outcomes
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _State:
+    jobs: list[JobRecord]
+    outcomes: list[OutcomeRecord]
+    results: list[ResultRecord]
+    deliveries: list[DeliveryRecord]
 
-    cfg = load_config(config)
-    engine = create_sqlite_engine(cfg.storage.database_path)
+
+def _wait_results(config: Path, proc: subprocess.Popen[bytes], want_delivery: bool) -> _State:
+    engine = create_sqlite_engine(load_config(config).storage.database_path)
+    sessions = make_sessionmaker(engine)
+
+    def progress() -> _State:
+        with sessions.begin() as s:
+            return _State(
+                jobs=queue.list_jobs(s, limit=100),
+                outcomes=list_outcomes(s),
+                results=deliveries.list_results(s),
+                deliveries=deliveries.list_deliveries(s, limit=100),
+            )
+
+    deadline = time.monotonic() + _TIMEOUT_S
     try:
-        with make_sessionmaker(engine).begin() as s:
-            return {
-                "jobs": queue.list_jobs(s, limit=100),
-                "outcomes": list_outcomes(s),
-                "results": deliveries.list_results(s),
-                "deliveries": deliveries.list_deliveries(s, limit=100),
-            }
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise DemoError(f"ainode serve exited with status {proc.returncode}")
+            state = progress()
+            finished = all(j.status in ("succeeded", "dead") for j in state.jobs)
+            if len(state.jobs) == _JOBS and finished:
+                sent = all(d.status != "pending" or d.attempts > 0 for d in state.deliveries)
+                if not want_delivery or sent:
+                    return state
+            time.sleep(0.5)
     finally:
         engine.dispose()
-
-
-def _wait_results(
-    config: Path, proc: subprocess.Popen[bytes], want_delivery: bool
-) -> dict[str, object]:
-    deadline = time.monotonic() + _TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise DemoError(f"ainode serve exited with status {proc.returncode}")
-        state = _progress(config)
-        jobs = state["jobs"]
-        assert isinstance(jobs, list)
-        if len(jobs) >= 2 and all(j.status in ("succeeded", "dead") for j in jobs):
-            rows = state["deliveries"]
-            assert isinstance(rows, list)
-            if not want_delivery or all(d.status != "pending" or d.attempts > 0 for d in rows):
-                return state
-        time.sleep(0.5)
     raise DemoError(f"no results within {_TIMEOUT_S:.0f} s (see ainode status)")
 
 
-def _print(state: dict[str, object]) -> None:
+def _print(state: _State) -> None:
     print("\nfindings")
-    for o in state["outcomes"]:  # type: ignore[attr-defined]
+    for o in state.outcomes:
         for f in o.result.get("findings", []):
             mark = "POSITIVE" if f["positive"] else ""
             print(f"  {o.model_name:13} {f['label']:14} p={f['probability']:.3f}  {mark}")
@@ -192,12 +199,12 @@ def _print(state: dict[str, object]) -> None:
                 f"  {o.model_name:13} lesion {n:<7} {lesion['volume_mm3']:8.1f} mm3, "
                 f"longest diameter {lesion['longest_diameter_mm']:.1f} mm"
             )
-    for j in state["jobs"]:  # type: ignore[attr-defined]
+    for j in state.jobs:
         if j.status == "dead":
             print(f"  job {j.id} ({j.pipeline}) failed: {j.last_error}")
     print("\nresult objects")
-    delivered = {d.result.sop_instance_uid: d for d in state["deliveries"]}  # type: ignore[attr-defined]
-    for r in state["results"]:  # type: ignore[attr-defined]
+    delivered = {d.result.sop_instance_uid: d for d in state.deliveries}
+    for r in state.results:
         d = delivered.get(r.sop_instance_uid)
         where = "kept in the node (no destination)"
         if d is not None:
@@ -237,7 +244,7 @@ def run_demo(*, send_to: str | None, work: Path | None, port: int) -> int:
             _print(state)
             (work / "demo.json").write_text(
                 json.dumps(
-                    {"results": [str(r.path) for r in state["results"]]},  # type: ignore[attr-defined]
+                    {"results": [str(r.path) for r in state.results]},
                     indent=2,
                 )
             )
@@ -248,9 +255,8 @@ def run_demo(*, send_to: str | None, work: Path | None, port: int) -> int:
             except subprocess.TimeoutExpired:
                 proc.kill()
             log.close()
-        jobs = state["jobs"]
         print(f"\nnode log: {work / 'serve.log'}; inspect with: ainode status --config {config}")
-        return 0 if all(j.status == "succeeded" for j in jobs) else 1  # type: ignore[attr-defined]
+        return 0 if all(j.status == "succeeded" for j in state.jobs) else 1
     except (DemoError, AssociationFailed) as exc:
         print(f"ainode demo: {exc}", file=sys.stderr)
         return 1
