@@ -67,31 +67,36 @@ class SourceSeries:
         if not self.frames:
             return self.key_images(ks)
         copy = Dataset(self.first)
-        shared = self.first.get("SharedFunctionalGroupsSequence", [Dataset()])[0]
-        frame = self.first.PerFrameFunctionalGroupsSequence[0]
         for sequence, keyword in (
             ("PixelMeasuresSequence", "PixelSpacing"),
             ("PixelMeasuresSequence", "SliceThickness"),
             ("PlaneOrientationSequence", "ImageOrientationPatient"),
             ("PlanePositionSequence", "ImagePositionPatient"),
         ):
-            group = frame.get(sequence) or shared.get(sequence)
-            if group and keyword in group[0] and keyword not in copy:
-                setattr(copy, keyword, group[0][keyword].value)
+            item = _frame_group(self.first, sequence)
+            if item is not None and keyword in item and keyword not in copy:
+                setattr(copy, keyword, item[keyword].value)
         return [copy]
 
     def pixel_spacing_mm(self) -> float:
         """The smaller in-plane spacing (enhanced images keep it in the functional groups)."""
         spacing = self.first.get("PixelSpacing")
         if spacing is None:
-            shared = self.first.SharedFunctionalGroupsSequence[0]
-            groups = (
-                shared
-                if "PixelMeasuresSequence" in shared
-                else (self.first.PerFrameFunctionalGroupsSequence[0])
-            )
-            spacing = groups.PixelMeasuresSequence[0].PixelSpacing
+            measures = _frame_group(self.first, "PixelMeasuresSequence")
+            if measures is None or "PixelSpacing" not in measures:
+                raise InconsistentSeries("the source has no pixel spacing")
+            spacing = measures.PixelSpacing
         return min(float(v) for v in spacing)
+
+
+def _frame_group(ds: Dataset, sequence: str) -> Dataset | None:
+    """Frame 1's item of a functional group, per-frame or shared (where it is)."""
+    for groups in ("PerFrameFunctionalGroupsSequence", "SharedFunctionalGroupsSequence"):
+        items = ds.get(groups)
+        if items and items[0].get(sequence):
+            item: Dataset = items[0].get(sequence)[0]
+            return item
+    return None
 
 
 def read_sources(
