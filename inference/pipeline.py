@@ -127,10 +127,13 @@ def _run_model(
         )
         t = _timed(timings, "forward", t)
         found: list[Lesion] = []
-        label_map = np.zeros(volume.array.shape, dtype=np.uint16)
+        label_map: npt.NDArray[np.uint16] | None = None
         for channel, label in enumerate(spec.labels):
             channel_lesions, channel_map = label_lesions(prob[channel], volume, label)
-            label_map = np.where(channel_map > 0, channel_map + len(found), label_map)
+            if label_map is None:  # one channel (the usual case): no copy at all
+                label_map = channel_map
+            else:  # numbered after the lesions of the channels before
+                np.copyto(label_map, channel_map + len(found), where=channel_map > 0)
             found.extend(channel_lesions)
         _timed(timings, "postprocess", t)
         return SeriesResult(

@@ -32,29 +32,42 @@ def _longest_diameter_mm(
 def lesions(
     probability: npt.NDArray[np.float32], volume: Volume, label: LabelSpec, min_voxels: int = 1
 ) -> tuple[Lesion, ...]:
-    """Connected components (26-connected) of ``probability >= threshold``, largest first."""
-    return label_lesions(probability, volume, label, min_voxels)[0]
+    """Connected components (26-connected) of ``probability >= threshold``, largest first.
+
+    Components smaller than the label's ``min_volume_mm3`` (or ``min_voxels``)
+    are dropped.
+    """
+    _labelled, _count, found = _components(probability, volume, label, min_voxels)
+    return tuple(lesion for _index, lesion in found)
 
 
 def label_lesions(
     probability: npt.NDArray[np.float32], volume: Volume, label: LabelSpec, min_voxels: int = 1
 ) -> tuple[tuple[Lesion, ...], npt.NDArray[np.uint16]]:
-    """:func:`lesions` and a label map on the same grid: voxel value n = the n-th lesion.
+    """:func:`lesions` and a label map on the same grid: voxel value n = the n-th lesion
+    (dropped components are not in the map)."""
+    labelled, count, found = _components(probability, volume, label, min_voxels)
+    relabel = np.zeros(count + 1, dtype=np.uint16)
+    for n, (index, _lesion) in enumerate(found, start=1):
+        relabel[index] = n
+    return tuple(lesion for _index, lesion in found), relabel[labelled]
 
-    Components smaller than the label's ``min_volume_mm3`` (or ``min_voxels``)
-    are dropped: they are neither reported nor in the map.
-    """
+
+def _components(
+    probability: npt.NDArray[np.float32], volume: Volume, label: LabelSpec, min_voxels: int
+) -> tuple[npt.NDArray[np.int32], int, list[tuple[int, Lesion]]]:
+    """The labelled components, their number, and (component index, lesion), largest first."""
     floor = int(np.ceil(label.min_volume_mm3 / volume.voxel_volume_mm3 - 1e-9))
     min_voxels = max(min_voxels, floor, 1)
     mask = probability >= label.threshold
-    labelled, _count = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
+    labelled, count = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
     found: list[tuple[int, Lesion]] = []
     for index, box in enumerate(ndimage.find_objects(labelled), start=1):
         if box is None:
             continue
         component = labelled[box] == index
-        count = int(component.sum())
-        if count < min_voxels:
+        voxels = int(component.sum())
+        if voxels < min_voxels:
             continue
         offset = np.array([s.start for s in box])
         centre = np.argwhere(component).mean(axis=0) + offset
@@ -64,8 +77,8 @@ def label_lesions(
                 Lesion(
                     label=label.name,
                     code=label.code,
-                    voxel_count=count,
-                    volume_mm3=count * volume.voxel_volume_mm3,
+                    voxel_count=voxels,
+                    volume_mm3=voxels * volume.voxel_volume_mm3,
                     centroid_mm=tuple(float(v) for v in volume.to_patient(centre)),  # type: ignore[arg-type]
                     longest_diameter_mm=_longest_diameter_mm(component, offset, volume),
                     bbox_kji=(
@@ -77,10 +90,7 @@ def label_lesions(
             )
         )
     found.sort(key=lambda item: -item[1].voxel_count)
-    relabel = np.zeros(len(ndimage.find_objects(labelled)) + 1, dtype=np.uint16)
-    for n, (index, _lesion) in enumerate(found, start=1):
-        relabel[index] = n
-    return tuple(lesion for _index, lesion in found), relabel[labelled]
+    return labelled, int(count), found
 
 
 def findings(probabilities: Sequence[float], labels: Sequence[LabelSpec]) -> tuple[Finding, ...]:
