@@ -18,7 +18,8 @@ from inference.package import LoadedModel, load_package
 from inference.pipeline import run_pipeline
 from node.config import NodeConfig
 from node.results.compose import encode_run, to_bytes
-from node.volume_in import scan_studies
+from node.volume_in import patient_and_date, scan_studies
+from storage.index import PatientHistory, PriorStudy, SeriesInfo
 
 __all__ = ["AnalyzeError", "analyze"]
 
@@ -53,6 +54,7 @@ def analyze(
     cache: dict[Path, LoadedModel] = {}
     failures = 0
     out.mkdir(parents=True, exist_ok=True)
+    histories = scanned_histories(studies)
     for study_uid, series in studies.items():
         print(f"study {study_uid}: {len(series)} series")
         for pipeline in chosen:
@@ -65,6 +67,7 @@ def analyze(
                     models,
                     batch_size=cfg.inference.batch_size,
                     amp=cfg.inference.amp,
+                    history=histories[study_uid],
                 )
             except PermanentJobError as exc:
                 print(f"  {pipeline.name}: cannot run: {exc}")
@@ -75,6 +78,13 @@ def analyze(
                 continue
             for o in run.outcomes:
                 print(f"  {pipeline.name}: {o.model_name} {o.model_version} ({o.task})")
+                if o.not_run:
+                    print(f"    not run: {o.not_run}")
+                for prior in o.extra.get("priors", []):
+                    print(
+                        f"    compared with study {prior['study_instance_uid']} of "
+                        f"{prior['study_date']} ({prior['days_before']} days before)"
+                    )
                 for f in o.findings:
                     mark = "POSITIVE" if f.positive else "negative"
                     print(
@@ -95,3 +105,26 @@ def analyze(
                 path.write_bytes(to_bytes(obj.dataset))
                 print(f"    wrote {obj.kind}: {path}")
     return 1 if failures else 0
+
+
+def scanned_histories(studies: dict[str, list[SeriesInfo]]) -> dict[str, PatientHistory]:
+    """Each scanned study's priors among the other scanned studies (same Patient ID, earlier
+    Study Date, newest first): what the worker finds in its index."""
+    keys = {uid: patient_and_date(series[0].paths[0]) for uid, series in studies.items()}
+    out = {}
+    for uid, (patient, date) in keys.items():
+        earlier = sorted(
+            (
+                (d, other)
+                for other, (p, d) in keys.items()
+                if patient and date and p == patient and d and d < date
+            ),
+            reverse=True,
+        )
+        priors = tuple(
+            PriorStudy(study_instance_uid=other, study_date=d, series=tuple(studies[other]))
+            for d, other in earlier
+        )
+        reason = "" if priors else "no earlier study of this patient among the inputs"
+        out[uid] = PatientHistory(study_date=date, priors=priors, reason=reason)
+    return out

@@ -8,7 +8,9 @@
   is an output (explanation and localisation).
 - ``sequence_rnn``: a convolutional front end and an LSTM or GRU over time
   (12-lead ECG, or a patient's prior studies as feature vectors).
-- ``fusion_head``: combines an image feature vector with a sequence.
+- ``fusion_head``: combines an image feature vector with a sequence (LSTM/GRU).
+- ``priors_fusion``: a study and the patient's prior studies -> change since
+  the priors (a shared CNN per study, the fusion head over the priors).
 
 Segmentation models return logits ``(N, C, D, H, W)``; classifiers return
 ``(logits, attention)`` where attention is ``(N, 1, D, H, W)`` or None.
@@ -28,6 +30,7 @@ __all__ = [
     "AttentionCNN",
     "CNNClassifier",
     "FusionHead",
+    "PriorsFusion",
     "SequenceRNN",
     "UNet3D",
     "VoxelLogistic",
@@ -197,20 +200,92 @@ class SequenceRNN(nn.Module):
 
 
 class FusionHead(nn.Module):
-    """Image features (N, F_img) and a sequence (N, T, F_seq) -> logits."""
+    """Image features (N, F_img) and a sequence (N, T, F_seq) -> logits.
+
+    An LSTM or GRU summarises the sequence; its last state is joined with the
+    image features by a small MLP whose last layer is ``fc`` (what temperature
+    scaling rescales).
+    """
 
     def __init__(
-        self, image_features: int, sequence_features: int, num_classes: int = 2, hidden: int = 32
+        self,
+        image_features: int,
+        sequence_features: int,
+        num_classes: int = 2,
+        hidden: int = 32,
+        cell: str = "gru",
     ) -> None:
         super().__init__()
-        self.gru = nn.GRU(sequence_features, hidden, batch_first=True)
-        self.fc = nn.Sequential(
-            nn.Linear(image_features + hidden, hidden), nn.ReLU(), nn.Linear(hidden, num_classes)
-        )
+        rnn: type[nn.LSTM] | type[nn.GRU] = {"lstm": nn.LSTM, "gru": nn.GRU}[cell]
+        self.rnn = rnn(sequence_features, hidden, batch_first=True)
+        self.hidden = nn.Sequential(nn.Linear(image_features + hidden, hidden), nn.ReLU())
+        self.fc = nn.Linear(hidden, num_classes)
 
     def forward(self, image: Tensor, sequence: Tensor) -> Tensor:
-        _, h = self.gru(sequence)
-        return self.fc(torch.cat([image, h[-1]], dim=1))  # type: ignore[no-any-return]
+        _, state = self.rnn(sequence)
+        h = state[0] if isinstance(state, tuple) else state  # LSTM: (h, c)
+        return self.fc(self.hidden(torch.cat([image, h[-1]], dim=1)))  # type: ignore[no-any-return]
+
+
+class PriorsFusion(nn.Module):
+    """Change since the priors: a study and its prior studies -> change class logits.
+
+    Each study is summarised by a learnable soft histogram (Wang et al. 2016):
+    a learnt 3-D smoothing per level, then the fraction of the field of view
+    above each of ``levels`` learnt intensity levels (sigmoid steps), as
+    logarithms, so a lesion doubling in volume moves a feature by the same step
+    whatever its size. The recurrent fusion head runs over the priors, oldest
+    first, each step seeing the prior's features, the current study's features
+    minus them, and how many years before the current study it was taken; its
+    state is fused with the current study's features. ``forward(x, years)``:
+    ``x`` (N, T, C, D, H, W) with the current study last, ``years`` (N, T)
+    before the current study (0 for it). Inputs must share a physical grid
+    (a package's ``target_spacing``) and intensity window.
+    """
+
+    logits_layer = "head.fc"
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        num_classes: int = 3,
+        levels: int = 8,
+        low: float = 0.35,
+        high: float = 0.65,
+        kernel: int = 3,
+        hidden: int = 32,
+        cell: str = "gru",
+    ) -> None:
+        super().__init__()
+        self.smooth = nn.Conv3d(in_channels, levels, kernel, padding=kernel // 2)
+        with torch.no_grad():  # start as a box filter: the mean of the neighbourhood
+            self.smooth.weight.fill_(1.0 / (in_channels * kernel**3))
+            assert self.smooth.bias is not None
+            self.smooth.bias.zero_()
+        self.level = nn.Parameter(torch.linspace(low, high, levels))
+        self.slope = nn.Parameter(torch.full((levels,), 40.0))
+        self.head = FusionHead(levels, 2 * levels + 1, num_classes, hidden, cell)
+
+    def features(self, x: Tensor) -> Tensor:
+        """(N, C, D, H, W) studies -> (N, levels) log fractions above each level."""
+        z = self.smooth(x)
+        steps = torch.sigmoid(
+            self.slope.view(1, -1, 1, 1, 1) * (z - self.level.view(1, -1, 1, 1, 1))
+        )
+        return torch.log(steps.mean(dim=(2, 3, 4)) + 1e-6)
+
+    def fuse(self, features: Tensor, years: Tensor) -> Tensor:
+        """(N, T, F) features and (N, T) years, current study last -> logits."""
+        current, priors = features[:, -1], features[:, :-1]
+        steps = torch.cat(
+            [priors, current[:, None] - priors, years[:, :-1, None].to(features.dtype)], dim=2
+        )
+        return self.head(current, steps)  # type: ignore[no-any-return]
+
+    def forward(self, x: Tensor, years: Tensor) -> tuple[Tensor, None]:
+        n, t = x.shape[:2]
+        features = self.features(x.flatten(0, 1)).view(n, t, -1)
+        return self.fuse(features, years), None
 
 
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
@@ -220,6 +295,7 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "attention_cnn": AttentionCNN,
     "sequence_rnn": SequenceRNN,
     "fusion_head": FusionHead,
+    "priors_fusion": PriorsFusion,
 }
 
 

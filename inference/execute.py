@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 import numpy as np
@@ -19,10 +19,17 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from inference.package import LoadedModel
-from inference.preprocess import prepare_waveform, resampled_shape, window
+from inference.preprocess import prepare_history, prepare_waveform, resampled_shape, window
 from inference.records import Volume, Waveform
 
-__all__ = ["classify", "pick_device", "predict_sequence", "segment", "with_oom_fallback"]
+__all__ = [
+    "classify",
+    "pick_device",
+    "predict_change",
+    "predict_sequence",
+    "segment",
+    "with_oom_fallback",
+]
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -122,6 +129,16 @@ def predict_sequence(
     x = prepare_waveform(waveform, model.spec.input)
     with torch.inference_mode(), _autocast(model.device, amp):
         logits, _ = model.module(x.to(model.device))
+    return torch.softmax(logits.float(), dim=1)[0].cpu().numpy().astype(np.float32)
+
+
+def predict_change(
+    model: LoadedModel, volumes: Sequence[Volume], days_before: Sequence[int], *, amp: bool
+) -> npt.NDArray[np.float32]:
+    """Change-class probabilities of a progression model: priors oldest first, current last."""
+    x, years = prepare_history(volumes, days_before, model.spec.input)
+    with torch.inference_mode(), _autocast(model.device, amp):
+        logits, _ = model.module(x.to(model.device), years.to(model.device))
     return torch.softmax(logits.float(), dim=1)[0].cpu().numpy().astype(np.float32)
 
 

@@ -10,21 +10,27 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from inference.errors import UnsupportedInput
-from inference.execute import classify, predict_sequence, segment, with_oom_fallback
+from inference.errors import InferenceError, UnsupportedInput
+from inference.execute import (
+    classify,
+    predict_change,
+    predict_sequence,
+    segment,
+    with_oom_fallback,
+)
 from inference.package import LoadedModel
 from inference.postprocess import findings, label_lesions
+from inference.preprocess import days_between
 from inference.records import Lesion, Outcome, SeriesResult, Volume
 from inference.spec import ModelSpec
 from node.config import SeriesRule
 from node.volume_in import is_axial, load_volume, load_waveform, series_orientation
-from storage.index import SeriesInfo
+from storage.index import PatientHistory, SeriesInfo
 
 __all__ = ["PipelineRun", "matches", "run_pipeline", "select_series"]
 
@@ -91,16 +97,108 @@ def _outcome(spec: ModelSpec, series_uid: str, **results: Any) -> Outcome:
     )
 
 
+def _volume(series: SeriesInfo, volumes: dict[str, Volume]) -> Volume:
+    """A series' volume, read once per job and shared by the models that take it."""
+    if series.series_instance_uid not in volumes:
+        volumes[series.series_instance_uid] = load_volume(series.paths)
+    return volumes[series.series_instance_uid]
+
+
+def _prior_volumes(
+    model: LoadedModel, rule: SeriesRule, history: PatientHistory, volumes: dict[str, Volume]
+) -> list[tuple[str, SeriesInfo, Volume]]:
+    """Up to ``max_priors`` prior studies as (date, series, volume), newest first.
+
+    Per prior study the largest series that the pipeline's rules select and the
+    model takes; a prior that cannot be read is passed over with a warning.
+    """
+    found: list[tuple[str, SeriesInfo, Volume]] = []
+    for prior in history.priors:
+        candidates = [s for s in select_series(prior.series, rule) if _model_takes(model, s)]
+        if not candidates:
+            continue
+        best = max(candidates, key=lambda s: len(s.paths))
+        try:
+            found.append((prior.study_date, best, _volume(best, volumes)))
+        except InferenceError as exc:
+            logger.warning(
+                "prior series %s of study %s not usable: %s",
+                best.series_instance_uid,
+                prior.study_instance_uid,
+                exc,
+            )
+            continue
+        if len(found) == model.spec.input.max_priors:
+            break
+    return found
+
+
+def _run_progression(
+    model: LoadedModel,
+    series: SeriesInfo,
+    rule: SeriesRule,
+    history: PatientHistory | None,
+    *,
+    amp: bool,
+    volumes: dict[str, Volume],
+) -> SeriesResult:
+    spec = model.spec
+    uid = series.series_instance_uid
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    if history is None or not history.priors:
+        why = history.reason if history is not None else "no patient history was looked up"
+        return SeriesResult(
+            outcome=_outcome(spec, uid, not_run=why), source_paths=tuple(series.paths)
+        )
+    volume = _volume(series, volumes)
+    priors = _prior_volumes(model, rule, history, volumes)
+    t = _timed(timings, "read", t)
+    if not priors:
+        why = "no prior study of this patient has a series the model takes"
+        return SeriesResult(
+            outcome=_outcome(spec, uid, not_run=why), source_paths=tuple(series.paths)
+        )
+    oldest_first = priors[::-1]
+    days = [days_between(date, history.study_date) for date, _s, _v in oldest_first]
+    probs = with_oom_fallback(
+        lambda m, _b: predict_change(
+            m, [v for _d, _s, v in oldest_first] + [volume], [*days, 0], amp=amp
+        ),
+        model,
+        1,
+    )
+    t = _timed(timings, "forward", t)
+    result = findings(list(probs), spec.labels)
+    _timed(timings, "postprocess", t)
+    compared = [
+        {
+            "study_instance_uid": v.study_instance_uid,
+            "series_instance_uid": s.series_instance_uid,
+            "study_date": date,
+            "days_before": d,
+        }
+        for (date, s, v), d in zip(oldest_first, days, strict=True)
+    ]
+    return SeriesResult(
+        outcome=_outcome(spec, uid, findings=result, timings_s=timings, extra={"priors": compared}),
+        source_paths=tuple(series.paths),
+        sop_instance_uids=volume.sop_instance_uids,
+        frame_numbers=volume.frame_numbers,
+        comparison_paths=tuple(p for _d, s, _v in oldest_first for p in s.paths),
+    )
+
+
 def _run_model(
     model: LoadedModel,
-    paths: Sequence[Path],
-    series_uid: str,
+    series: SeriesInfo,
     *,
     batch_size: int,
     amp: bool,
     volumes: dict[str, Volume],
 ) -> SeriesResult:
     spec = model.spec
+    paths, series_uid = series.paths, series.series_instance_uid
     sources = tuple(paths)
     timings: dict[str, float] = {}
     t = time.perf_counter()
@@ -117,9 +215,7 @@ def _run_model(
             source_paths=sources,
             sop_instance_uids=(waveform.sop_instance_uid,),
         )
-    if series_uid not in volumes:  # read once per job, shared by the series' models
-        volumes[series_uid] = load_volume(paths)
-    volume = volumes[series_uid]
+    volume = _volume(series, volumes)
     t = _timed(timings, "read", t)
     if spec.task == "segmentation":
         prob = with_oom_fallback(
@@ -181,8 +277,14 @@ def run_pipeline(
     *,
     batch_size: int,
     amp: bool,
+    history: PatientHistory | None = None,
 ) -> PipelineRun:
-    """Run every model on every series it takes, among the series the rule selects."""
+    """Run every model on every series it takes, among the series the rule selects.
+
+    A progression model also needs the patient's ``history``: it compares the
+    series with the same kind of series in the newest prior studies; without
+    any, its outcome says why it did not run.
+    """
     chosen = select_series(series, rule)
     if not chosen:
         return PipelineRun(results=(), skipped_reason="no series matches the pipeline's rules")
@@ -190,16 +292,13 @@ def run_pipeline(
     volumes: dict[str, Volume] = {}
     for s in chosen:
         for model in models:
-            if _model_takes(model, s):
+            if not _model_takes(model, s):
+                continue
+            if model.spec.task == "progression":
+                outcomes.append(_run_progression(model, s, rule, history, amp=amp, volumes=volumes))
+            else:
                 outcomes.append(
-                    _run_model(
-                        model,
-                        s.paths,
-                        s.series_instance_uid,
-                        batch_size=batch_size,
-                        amp=amp,
-                        volumes=volumes,
-                    )
+                    _run_model(model, s, batch_size=batch_size, amp=amp, volumes=volumes)
                 )
     if not outcomes:
         raise UnsupportedInput(

@@ -1,11 +1,17 @@
 """Preprocessing shared by inference and training, so the two can never drift.
 
 Images: clip to the package's window and scale to [0, 1]; resample to its
-target spacing. Waveforms: pick the package's leads in order, resample to its
-rate, crop or pad to its length.
+target spacing; for whole-volume models, fit the package's grid size (resize,
+or, with a target spacing, crop or pad around the centre so that a millimetre
+stays a millimetre: what comparing a study with its priors needs).
+Waveforms: pick the package's leads in order, resample to its rate, crop or
+pad to its length.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
 
 import numpy as np
 import numpy.typing as npt
@@ -13,10 +19,18 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from inference.errors import UnsupportedInput
 from inference.records import Volume, Waveform
 from inference.spec import InputSpec
 
-__all__ = ["prepare_waveform", "resampled_shape", "window"]
+__all__ = [
+    "days_between",
+    "prepare_history",
+    "prepare_volume",
+    "prepare_waveform",
+    "resampled_shape",
+    "window",
+]
 
 
 def window(array: npt.NDArray[np.float32], bounds: tuple[float, float] | None) -> Tensor:
@@ -34,6 +48,60 @@ def resampled_shape(volume: Volume, target: tuple[float, float, float]) -> tuple
         max(1, round(n * s / t))
         for n, s, t in zip(volume.array.shape, volume.spacing, target, strict=True)
     )
+
+
+def _centre_fit(x: Tensor, size: tuple[int, int, int]) -> Tensor:
+    """Crop or zero-pad the last three axes around their centre to ``size``."""
+    for axis, want in zip((2, 3, 4), size, strict=True):
+        have = x.shape[axis]
+        if have > want:
+            start = (have - want) // 2
+            x = x.narrow(axis, start, want)
+        elif have < want:
+            before = (want - have) // 2
+            pad = [0, 0] * (4 - axis) + [before, want - have - before]
+            x = F.pad(x, pad)
+    return x
+
+
+def prepare_volume(volume: Volume, spec: InputSpec) -> Tensor:
+    """(1, 1, *size) for a whole-volume model (classification, progression).
+
+    Without a target spacing the volume is resized to ``size``; with one it is
+    resampled to that spacing and cropped or padded to ``size`` around its centre.
+    """
+    x = window(volume.array, spec.window)
+    if spec.target_spacing is not None:
+        x = F.interpolate(x, size=resampled_shape(volume, spec.target_spacing), mode="trilinear")
+        return _centre_fit(x, spec.size) if spec.size is not None else x
+    if spec.size is not None:
+        x = F.interpolate(x, size=spec.size, mode="trilinear")
+    return x
+
+
+def days_between(earlier: str, later: str) -> int:
+    """Days from one DICOM date (YYYYMMDD) to another; a malformed date is a named error."""
+    try:
+        start = datetime.strptime(earlier, "%Y%m%d").date()
+        end = datetime.strptime(later, "%Y%m%d").date()
+    except ValueError:
+        raise UnsupportedInput(f"study date {earlier!r} or {later!r} is not YYYYMMDD") from None
+    return (end - start).days
+
+
+def prepare_history(
+    volumes: Sequence[Volume], days_before: Sequence[int], spec: InputSpec
+) -> tuple[Tensor, Tensor]:
+    """A study and its priors for a progression model, oldest first, current last.
+
+    Returns ``x`` (1, T, 1, *size) and ``years`` (1, T): each study's time
+    before the current one in years (0 for the current study).
+    """
+    if len(volumes) != len(days_before) or len(volumes) < 2:
+        raise ValueError("a history needs the current study and at least one prior")
+    x = torch.stack([prepare_volume(v, spec)[0] for v in volumes])[None]
+    years = torch.tensor([[d / 365.25 for d in days_before]], dtype=torch.float32)
+    return x, years
 
 
 def prepare_waveform(waveform: Waveform, spec: InputSpec) -> Tensor:

@@ -109,6 +109,8 @@ class Outcome:
     lesions: tuple[Lesion, ...] = ()
     timings_s: dict[str, float] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    # Why the model did not run on the series (a progression model without priors).
+    not_run: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -118,6 +120,8 @@ class SeriesResult:
     ``lesion_labels[k, j, i] == n`` marks voxels of ``outcome.lesions[n - 1]``;
     ``attention`` is the classifier's map scaled to 0..1. Both are kept in memory
     only, for the result encoders; the stored outcome is ``outcome``.
+    ``comparison_paths`` are the files of the prior studies a progression model
+    compared with (the report lists them as other evidence).
     """
 
     outcome: Outcome
@@ -126,3 +130,4 @@ class SeriesResult:
     frame_numbers: tuple[int, ...] = ()
     lesion_labels: npt.NDArray[np.uint16] | None = None
     attention: FloatArray | None = None
+    comparison_paths: tuple[Path, ...] = ()

@@ -5,7 +5,7 @@
     [model]
     name = "lesion-seg"            # letters, digits, - _ .
     version = "1.0.0"
-    task = "segmentation"          # classification | segmentation | sequence
+    task = "segmentation"          # classification | segmentation | sequence | progression
     architecture = "unet3d"        # inference.architectures registry, or
     format = "state_dict"          #   "torchscript" (then architecture is ignored)
     weights = "weights.pt"
@@ -17,11 +17,13 @@
     modality = ["CT"]
     window = [-200.0, 300.0]       # images: clip, then scale to [0, 1]
     target_spacing = [2.0, 2.0, 2.0]   # images: resample (z, y, x mm) before the model
-    size = [64, 64, 64]            # classification: resize to this grid
+    size = [64, 64, 64]            # classification, progression: this grid (resized, or
+                                   #   cropped/padded when target_spacing is set)
     patch = [64, 64, 64]           # segmentation: sliding-window patch
     leads = ["Lead I (Einthoven)", ...]  # sequence: lead order
     sampling_hz = 500.0            # sequence: resample to this rate
     samples = 5000                 # sequence: crop or pad to this length
+    max_priors = 2                 # progression: the newest prior studies it compares with
 
     [[output.labels]]
     name = "lesion"
@@ -51,7 +53,7 @@ from inference.errors import ModelPackageError
 
 __all__ = ["InputSpec", "LabelSpec", "ModelSpec", "read_spec", "sha256_file", "verify_package"]
 
-TASKS = ("classification", "segmentation", "sequence")
+TASKS = ("classification", "segmentation", "sequence", "progression")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -72,6 +74,7 @@ class InputSpec:
     leads: tuple[str, ...] = ()
     sampling_hz: float | None = None
     samples: int | None = None
+    max_priors: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -166,6 +169,13 @@ def read_spec(folder: Path) -> ModelSpec:
     if not labels:
         raise ModelPackageError(f"{where} [output]: at least one label is required")
     modality = inp.get("modality", [])
+    max_priors = inp.get("max_priors", 0)
+    if task == "progression" and (
+        not isinstance(max_priors, int) or isinstance(max_priors, bool) or max_priors < 1
+    ):
+        raise ModelPackageError(
+            f"{where} [input]: max_priors must be an integer >= 1 for a progression model"
+        )
     return ModelSpec(
         folder=folder,
         name=name,
@@ -189,6 +199,7 @@ def read_spec(folder: Path) -> ModelSpec:
             leads=tuple(inp.get("leads", [])),
             sampling_hz=float(inp["sampling_hz"]) if "sampling_hz" in inp else None,
             samples=int(inp["samples"]) if "samples" in inp else None,
+            max_priors=int(max_priors) if task == "progression" else 0,
         ),
         labels=tuple(labels),
         provenance=dict(data.get("provenance", {})),

@@ -32,7 +32,7 @@ from node.results.compose import encode_run
 from node.results.write import WrittenResult, write_results
 from storage import queue
 from storage.deliveries import record_result
-from storage.index import study_series
+from storage.index import patient_history, study_series
 from storage.outcomes import record_outcome
 from storage.records import JobRecord
 from storage.spool import Spool
@@ -40,6 +40,10 @@ from storage.spool import Spool
 __all__ = ["Worker", "outcome_json"]
 
 logger = logging.getLogger(__name__)
+
+# Prior studies looked up per job for progression models (newest first); each
+# model then uses up to its package's max_priors of those with a usable series.
+_PRIOR_STUDIES = 10
 
 
 def outcome_json(outcome: Outcome) -> dict[str, Any]:
@@ -180,16 +184,21 @@ class Worker:
             self.spool.remove(w.path)
 
     def _execute(self, job: JobRecord, pipeline: PipelineConfig) -> PipelineRun:
+        models = self.models[pipeline.name]
+        history = None
         with self.sessions.begin() as s:
             series = study_series(s, job.study_instance_uid)
+            if any(m.spec.task == "progression" for m in models):
+                history = patient_history(s, job.study_instance_uid, limit=_PRIOR_STUDIES)
         if job.series_instance_uid is not None:
             series = [x for x in series if x.series_instance_uid == job.series_instance_uid]
         return run_pipeline(
             series,
             pipeline.match,
-            self.models[pipeline.name],
+            models,
             batch_size=self.cfg.inference.batch_size,
             amp=self.cfg.inference.amp,
+            history=history,
         )
 
     def _succeed(
@@ -263,6 +272,15 @@ class Worker:
         if run.skipped_reason:
             logger.info("job %d: %s", job.id, run.skipped_reason)
         for o in run.outcomes:
+            if o.not_run:
+                logger.info(
+                    "job %d: %s not run on series %s: %s",
+                    job.id,
+                    o.model_name,
+                    o.series_instance_uid,
+                    o.not_run,
+                )
+                continue
             logger.info(
                 "job %d: %s %s on series %s: %d lesion(s), findings %s, %s",
                 job.id,

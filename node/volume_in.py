@@ -25,6 +25,7 @@ __all__ = [
     "is_axial",
     "load_volume",
     "load_waveform",
+    "patient_and_date",
     "scan_studies",
     "series_files",
     "series_orientation",
@@ -270,6 +271,14 @@ def _assemble(
         [uids[i] for i in order],
         [frame_numbers[i] for i in order] if frame_numbers else None,
     )
+
+
+def patient_and_date(path: Path) -> tuple[str, str]:
+    """A file's Patient ID and Study Date (YYYYMMDD); "" for what it lacks."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = dcmread(path, stop_before_pixels=True, specific_tags=["PatientID", "StudyDate"])
+    return str(ds.get("PatientID", "") or ""), str(ds.get("StudyDate", "") or "")
 
 
 def _header(path: Path) -> Dataset:

@@ -18,10 +18,13 @@ from storage.models import Instance, ReceiveState, Series, Study
 from storage.records import IndexOutcome, IndexResult, InstanceHeader, StoredInstance
 
 __all__ = [
+    "PatientHistory",
+    "PriorStudy",
     "SeriesInfo",
     "find_instance_path",
     "index_instance",
     "instance_paths",
+    "patient_history",
     "study_counts",
     "study_series",
 ]
@@ -87,6 +90,65 @@ def study_series(session: Session, study_instance_uid: str) -> list[SeriesInfo]:
         )
         for uid, items in grouped.items()
     ]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PriorStudy:
+    """An earlier study of the same patient, with its series."""
+
+    study_instance_uid: str
+    study_date: str  # YYYYMMDD
+    series: tuple[SeriesInfo, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PatientHistory:
+    """A study's date and its patient's earlier studies in the index, newest first.
+
+    ``reason`` says why there are no priors when the study cannot have any
+    (no Patient ID, no Study Date) or none are stored.
+    """
+
+    study_date: str
+    priors: tuple[PriorStudy, ...]
+    reason: str = ""
+
+
+def patient_history(session: Session, study_instance_uid: str, *, limit: int) -> PatientHistory:
+    """Up to ``limit`` studies of the same Patient ID dated before this one, newest first.
+
+    Studies are matched on Patient ID alone (the index keeps no issuer) and
+    ordered by Study Date; a study of the same day is not a prior, since the
+    index cannot tell which came first.
+    """
+    row = session.execute(
+        select(Study.patient_id, Study.study_date).where(
+            Study.study_instance_uid == study_instance_uid
+        )
+    ).first()
+    if row is None:
+        return PatientHistory(study_date="", priors=(), reason="study not in the index")
+    patient_id, date = row
+    if not patient_id:
+        return PatientHistory(study_date=date, priors=(), reason="the study has no Patient ID")
+    if not date:
+        return PatientHistory(study_date="", priors=(), reason="the study has no Study Date")
+    earlier = session.execute(
+        select(Study.study_instance_uid, Study.study_date)
+        .where(Study.patient_id == patient_id, Study.study_date != "", Study.study_date < date)
+        .order_by(Study.study_date.desc(), Study.first_received_at.desc())
+        .limit(limit)
+    ).all()
+    priors = tuple(
+        PriorStudy(
+            study_instance_uid=uid,
+            study_date=prior_date,
+            series=tuple(study_series(session, uid)),
+        )
+        for uid, prior_date in earlier
+    )
+    reason = "" if priors else "no earlier study of this patient in the store"
+    return PatientHistory(study_date=date, priors=priors, reason=reason)
 
 
 def _merge_modalities(current: str, modality: str) -> str:

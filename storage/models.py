@@ -85,7 +85,10 @@ class Study(Base):
     completion_count: Mapped[int] = mapped_column(Integer, default=0)
     reopen_count: Mapped[int] = mapped_column(Integer, default=0)
 
-    __table_args__ = (Index("ix_studies_state_last", "state", "last_received_at"),)
+    __table_args__ = (
+        Index("ix_studies_state_last", "state", "last_received_at"),
+        Index("ix_studies_patient_date", "patient_id", "study_date"),
+    )
 
 
 class Series(Base):

@@ -12,33 +12,58 @@ from typing import Any
 
 import numpy as np
 
-from training.data import CtCase, EcgCase, load_ct_cases, load_ecg_cases
+from training.data import load_ct_cases, load_ecg_cases, load_history_cases
 from training.metrics import grouped_kfold
-from training.recipes import RECIPES, Recipe, evaluate, export, train_recipe, with_lesion_floor
+from training.recipes import (
+    RECIPES,
+    Case,
+    Recipe,
+    evaluate,
+    export,
+    train_recipe,
+    with_lesion_floor,
+)
 from training.report import write_report
-from training.synthetic import generate_ct, generate_ecg
+from training.synthetic import generate_ct, generate_ecg, generate_longitudinal
 
 __all__ = ["main"]
 
 # Seeds of the shipped models: training, validation, and a shifted held-out test
 # set made with seeds never used in training; classifiers are temperature-scaled
 # on a shifted calibration set (its own seeds, as large as the validation set).
-SEEDS = {"ct": (1001, 1002, 2001), "ecg": (3001, 3002, 4001)}
-CALIBRATION_SEEDS = {"ct": 1102, "ecg": 3102}
-SIZES = {"ct": (96, 24, 40), "ecg": (240, 60, 90)}
+# Longitudinal sizes count patients (3-4 studies each, 2-3 labelled follow-ups).
+SEEDS = {"ct": (1001, 1002, 2001), "ecg": (3001, 3002, 4001), "longitudinal": (5001, 5002, 6001)}
+CALIBRATION_SEEDS = {"ct": 1102, "ecg": 3102, "longitudinal": 5102}
+SIZES = {"ct": (96, 24, 40), "ecg": (240, 60, 90), "longitudinal": (64, 20, 30)}
+_DATA = {
+    "ct": "CT volumes with 0-3 lesions; label normal / benign-like (round, smooth) / "
+    "malignant-like (lobulated, heterogeneous)",
+    "ecg": "10 s 12-lead ECGs: normal sinus rhythm, irregular RR without P waves (AF-like), "
+    "ST elevation",
+    "longitudinal": "patients with 3-4 CT studies 2-8 months apart whose lesions grow, stay or "
+    "shrink; each follow-up study is a case, compared with up to 2 earlier studies; label = "
+    "change in lesion size since the previous study",
+}
+_GENERATORS = {"ct": generate_ct, "ecg": generate_ecg, "longitudinal": generate_longitudinal}
 
 
 def _generate(kind: str, out: Path, n: int, seed: int, shift: bool) -> Path:
-    return (generate_ct if kind == "ct" else generate_ecg)(out, n, seed, shift=shift)
+    return _GENERATORS[kind](out, n, seed, shift=shift)
 
 
-def _cases(recipe: Recipe, folder: Path) -> list[CtCase | EcgCase]:
+def _cases(recipe: Recipe, folder: Path) -> list[Case]:
     labels = folder / "labels.csv"
+    cases: list[Case]
     if recipe.kind == "ecg":
         ecg, report = load_ecg_cases(
             folder, labels, recipe.classes, tuple(recipe.input_spec["leads"])
         )
-        cases: list[CtCase | EcgCase] = list(ecg)
+        cases = list(ecg)
+    elif recipe.kind == "longitudinal":
+        history, report = load_history_cases(
+            folder, labels, recipe.classes, max_priors=int(recipe.input_spec["max_priors"])
+        )
+        cases = list(history)
     else:
         ct, report = load_ct_cases(
             folder, labels, recipe.classes, masks=recipe.task == "segmentation"
@@ -65,6 +90,7 @@ _CARD = """# {name} {version}
 the same commands (`ainode train train {name} --data FOLDER --out PACKAGE`).
 
 - Task: {task}; architecture `{arch}` {params}
+- Data: {data}
 - Input: {input}
 - Labels: {labels}
 - Held-out test set: {n} synthetic cases, seeds never used in training, with shifted noise,
@@ -119,6 +145,7 @@ def _rebuild(out: Path, work: Path, only: list[str]) -> int:
             seeds=f"{train_seed}/{val_seed}, test {test_seed}",
             calibration_seed=CALIBRATION_SEEDS[recipe.kind],
             task=recipe.task,
+            data=_DATA[recipe.kind],
             arch=recipe.architecture,
             params=json.dumps(recipe.parameters),
             input=json.dumps(recipe.input_spec),
@@ -147,9 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="ainode train", description=__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
     g = sub.add_parser("generate", help="write a synthetic data set as DICOM")
-    g.add_argument("kind", choices=["ct", "ecg"])
+    g.add_argument("kind", choices=sorted(_GENERATORS))
     g.add_argument("--out", type=Path, required=True)
-    g.add_argument("--n", type=int, default=50)
+    g.add_argument("--n", type=int, default=50, help="studies (longitudinal: patients)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--shift", action="store_true", help="harder, shifted test data")
     t = sub.add_parser("train", help="train a recipe on a folder and export a package")

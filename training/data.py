@@ -5,8 +5,11 @@ segmentation set adds ``masks/<series uid>.npy`` (bool, on the series' grid in
 the loader's slice order). Missing data is never silently dropped: each case
 skipped is listed with its reason in the returned :class:`DataReport`, and the
 policy ``on_missing = "skip" | "error"`` decides whether a gap stops training.
-For ECGs, ``missing_leads = "skip" | "zero"`` decides whether a recording
-without all the model's leads is dropped or the missing leads are zero-masked.
+A longitudinal set (progression) lists every study of a patient; a row's
+label is the change since the patient's previous study, and a patient's first
+study has an empty label (it is only a prior). For ECGs,
+``missing_leads = "skip" | "zero"`` decides whether a recording without all
+the model's leads is dropped or the missing leads are zero-masked.
 """
 
 from __future__ import annotations
@@ -19,10 +22,19 @@ import numpy as np
 import numpy.typing as npt
 
 from inference.errors import InferenceError
+from inference.preprocess import days_between
 from inference.records import Volume, Waveform
-from node.volume_in import load_volume, load_waveform, series_files
+from node.volume_in import load_volume, load_waveform, patient_and_date, series_files
 
-__all__ = ["CtCase", "DataReport", "EcgCase", "load_ct_cases", "load_ecg_cases"]
+__all__ = [
+    "CtCase",
+    "DataReport",
+    "EcgCase",
+    "HistoryCase",
+    "load_ct_cases",
+    "load_ecg_cases",
+    "load_history_cases",
+]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -38,6 +50,16 @@ class EcgCase:
     patient_id: str
     label: int
     waveform: Waveform
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HistoryCase:
+    """A labelled study with the patient's earlier studies: oldest first, itself last."""
+
+    patient_id: str
+    label: int
+    volumes: tuple[Volume, ...]
+    days_before: tuple[int, ...]  # days before the labelled study (0 for itself)
 
 
 @dataclass(slots=True)
@@ -148,5 +170,64 @@ def load_ecg_cases(
                 patient_id=row["patient_id"], label=classes.index(row["label"]), waveform=waveform
             )
         )
+    report.used = len(cases)
+    return cases, report
+
+
+def load_history_cases(
+    folder: Path,
+    labels_csv: Path,
+    classes: tuple[str, ...],
+    *,
+    max_priors: int,
+    on_missing: str = "skip",
+) -> tuple[list[HistoryCase], DataReport]:
+    """Every labelled study with up to ``max_priors`` earlier studies of its patient.
+
+    Studies are ordered by their Study Date (from the DICOM headers, as the
+    node orders priors); a study without a date, or a labelled study without
+    any earlier study to compare with, is skipped and reported.
+    """
+    report = DataReport()
+    files = series_files(folder)
+    patients: dict[str, list[tuple[str, str, Volume]]] = {}
+    for row in _labels(labels_csv):
+        uid, label = row["series_uid"], row["label"]
+        if label and label not in classes:
+            report.skip(uid, f"label {label!r} is not one of {classes}", on_missing)
+            continue
+        if uid not in files:
+            report.skip(uid, "series not found in the folder", on_missing)
+            continue
+        _patient, date = patient_and_date(files[uid][0])
+        if not date:
+            report.skip(uid, "no Study Date: cannot be ordered among the priors", on_missing)
+            continue
+        try:
+            volume = load_volume(files[uid])
+        except InferenceError as exc:
+            report.skip(uid, str(exc), on_missing)
+            continue
+        patients.setdefault(row["patient_id"], []).append((date, label, volume))
+    cases = []
+    for patient, studies in patients.items():
+        studies.sort(key=lambda s: s[0])
+        for t, (date, label, volume) in enumerate(studies):
+            if not label:
+                continue
+            if t == 0:
+                report.skip(
+                    volume.series_instance_uid, "no earlier study to compare with", on_missing
+                )
+                continue
+            history = studies[max(0, t - max_priors) : t + 1]
+            cases.append(
+                HistoryCase(
+                    patient_id=patient,
+                    label=classes.index(label),
+                    volumes=tuple(v for _d, _l, v in history),
+                    days_before=tuple(days_between(d, date) for d, _l, _v in history),
+                )
+            )
     report.used = len(cases)
     return cases, report

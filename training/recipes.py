@@ -21,16 +21,16 @@ from scipy import ndimage
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from inference.architectures import build
-from inference.execute import classify, predict_sequence, segment
+from inference.architectures import PriorsFusion, build
+from inference.execute import classify, predict_change, predict_sequence, segment
 from inference.package import LoadedModel
 from inference.postprocess import label_lesions
-from inference.preprocess import prepare_waveform, window
+from inference.preprocess import prepare_history, prepare_waveform, window
 from inference.spec import read_spec
-from training.data import CtCase, EcgCase
+from training.data import CtCase, EcgCase, HistoryCase
 from training.export import export_package
 from training.metrics import classification_report, dice, iou, lesion_detection
-from training.synthetic import CT_LABELS, ECG_LABELS, LEADS
+from training.synthetic import CHANGE_LABELS, CT_LABELS, ECG_LABELS, LEADS
 from training.trainer import TrainConfig, fit
 
 __all__ = ["RECIPES", "Recipe", "evaluate", "train_recipe", "with_lesion_floor"]
@@ -40,7 +40,7 @@ __all__ = ["RECIPES", "Recipe", "evaluate", "train_recipe", "with_lesion_floor"]
 class Recipe:
     name: str
     task: str
-    kind: str  # "ct" or "ecg": which synthetic data and loader
+    kind: str  # "ct", "ecg" or "longitudinal": which synthetic data and loader
     architecture: str
     parameters: dict[str, Any]
     input_spec: dict[str, Any]
@@ -124,8 +124,43 @@ RECIPES = {
             classes=ECG_LABELS,
             train=TrainConfig(epochs=30, batch_size=16, lr=3e-3, patience=8),
         ),
+        Recipe(
+            name="lesion-change",
+            task="progression",
+            kind="longitudinal",
+            architecture="priors_fusion",
+            parameters={"num_classes": 3, "levels": 8, "hidden": 32, "cell": "gru"},
+            input_spec={
+                "modality": ["CT"],
+                "window": [-100.0, 300.0],
+                "target_spacing": [3.0, 2.0, 2.0],
+                "size": [32, 48, 48],
+                "max_priors": 2,
+            },
+            labels=[
+                {
+                    "name": "decrease",
+                    "code": ["19776001", "SCT", "Decrease in size"],
+                    "threshold": 0.5,
+                },
+                {
+                    "name": "stable",
+                    "code": ["129723006", "SCT", "No significant changes in the finding"],
+                    "threshold": 0.5,
+                },
+                {
+                    "name": "increase",
+                    "code": ["15454001", "SCT", "Increase in size"],
+                    "threshold": 0.5,
+                },
+            ],
+            classes=CHANGE_LABELS,
+            train=TrainConfig(epochs=30, batch_size=8, lr=1e-3, patience=10),
+        ),
     )
 }
+
+Case = CtCase | EcgCase | HistoryCase
 
 
 def _loaded(recipe: Recipe, module: nn.Module, folder: Path | None = None) -> LoadedModel:
@@ -146,11 +181,15 @@ def _loaded(recipe: Recipe, module: nn.Module, folder: Path | None = None) -> Lo
         input=InputSpec(
             modalities=tuple(spec_in.get("modality", ())),
             window=tuple(spec_in["window"]) if "window" in spec_in else None,
+            target_spacing=tuple(spec_in["target_spacing"])
+            if "target_spacing" in spec_in
+            else None,
             size=tuple(spec_in["size"]) if "size" in spec_in else None,
             patch=tuple(spec_in["patch"]) if "patch" in spec_in else None,
             leads=tuple(spec_in.get("leads", ())),
             sampling_hz=spec_in.get("sampling_hz"),
             samples=spec_in.get("samples"),
+            max_priors=spec_in.get("max_priors", 0),
         ),
         labels=tuple(
             LabelSpec(
@@ -194,7 +233,9 @@ def _soft_dice_loss(logits: Tensor, target: Tensor) -> Tensor:
     return (1 - (2 * inter + 1) / (total + 1)).mean()
 
 
-def _predict_probs(recipe: Recipe, model: LoadedModel, case: CtCase | EcgCase) -> np.ndarray:
+def _predict_probs(recipe: Recipe, model: LoadedModel, case: Case) -> np.ndarray:
+    if isinstance(case, HistoryCase):
+        return predict_change(model, case.volumes, case.days_before, amp=False)
     if isinstance(case, EcgCase):
         return predict_sequence(model, case.waveform, amp=False)
     return classify(model, case.volume, amp=False)[0]
@@ -202,15 +243,15 @@ def _predict_probs(recipe: Recipe, model: LoadedModel, case: CtCase | EcgCase) -
 
 def train_recipe(
     recipe: Recipe,
-    train: Sequence[CtCase | EcgCase],
-    val: Sequence[CtCase | EcgCase],
+    train: Sequence[Case],
+    val: Sequence[Case],
     *,
     seed: int,
     device: str = "cpu",
     epochs: int | None = None,
     checkpoint: Path | None = None,
     progress: bool = True,
-    calibration: Sequence[CtCase | EcgCase] | None = None,
+    calibration: Sequence[Case] | None = None,
 ) -> tuple[nn.Module, float]:
     """Train a recipe's model; return it (best validated weights) and its validation score.
 
@@ -235,7 +276,7 @@ def train_recipe(
     loss_fn: Callable[[nn.Module, list[Any], torch.device], Tensor]
     validate: Callable[[nn.Module], float]
     if recipe.task == "segmentation":
-        items: list[tuple[Tensor, Any]] = [
+        items: list[tuple[Any, Any]] = [
             (_ct_input(recipe, c), torch.from_numpy(c.mask[None].astype(np.float32)))
             for c in train
             if isinstance(c, CtCase) and c.mask is not None
@@ -256,22 +297,42 @@ def train_recipe(
             ]
             return float(np.mean(scores))
     else:
+        spec = _loaded(recipe, module).spec.input
         if recipe.kind == "ecg":
-            spec = _loaded(recipe, module).spec.input
             items = [
                 (prepare_waveform(c.waveform, spec)[0], c.label)
                 for c in train
                 if isinstance(c, EcgCase)
             ]
+        elif recipe.kind == "longitudinal":
+            items = []
+            for c in train:
+                if isinstance(c, HistoryCase):
+                    x, years = prepare_history(c.volumes, c.days_before, spec)
+                    items.append(((x[0], years[0]), c.label))
         else:
             items = [(_ct_input(recipe, c), c.label) for c in train if isinstance(c, CtCase)]
 
         def loss_fn(m: nn.Module, batch: list[Any], dev: torch.device) -> Tensor:
+            y = torch.tensor([b[1] for b in batch], device=dev)
+            if recipe.kind == "longitudinal":  # histories of 2..1+max_priors studies
+                assert isinstance(m, PriorsFusion)
+                sizes = [b[0][0].shape[0] for b in batch]
+                # One intensity shift per history: a protocol, not each study, differs.
+                studies = torch.cat([_augment(b[0][0][None], generator)[0] for b in batch])
+                studies = studies.to(dev)
+                features = torch.split(m.features(studies), sizes)
+                logits = torch.cat(
+                    [
+                        m.fuse(f[None], b[0][1][None].to(dev))
+                        for f, b in zip(features, batch, strict=True)
+                    ]
+                )
+                return F.cross_entropy(logits, y)
             x = torch.stack([b[0] for b in batch])
             if recipe.kind == "ct":
                 x = _augment(x, generator)
             x = x.to(dev)
-            y = torch.tensor([b[1] for b in batch], device=dev)
             logits, _ = m(x)
             return F.cross_entropy(logits, y)
 
@@ -279,7 +340,7 @@ def train_recipe(
             model = _loaded(recipe, m)
             probs = np.stack([_predict_probs(recipe, model, c) for c in val])
             report = classification_report([c.label for c in val], probs, list(recipe.classes))
-            key = "macro_f1" if recipe.kind == "ecg" else "macro_auroc"
+            key = "macro_f1" if recipe.kind != "ct" else "macro_auroc"
             value = report[key]
             return float(value) if isinstance(value, (int, float)) else 0.0
 
@@ -291,18 +352,22 @@ def train_recipe(
     return module, result.best_metric
 
 
-def _logits(recipe: Recipe, module: nn.Module, case: CtCase | EcgCase) -> Tensor:
-    if isinstance(case, EcgCase):
-        x = prepare_waveform(case.waveform, _loaded(recipe, module).spec.input)
+def _logits(recipe: Recipe, module: nn.Module, case: Case) -> Tensor:
+    device = next(module.parameters()).device
+    inputs: tuple[Tensor, ...]
+    if isinstance(case, HistoryCase):
+        inputs = prepare_history(case.volumes, case.days_before, _loaded(recipe, module).spec.input)
+    elif isinstance(case, EcgCase):
+        inputs = (prepare_waveform(case.waveform, _loaded(recipe, module).spec.input),)
     else:
-        x = _ct_input(recipe, case)[None]
+        inputs = (_ct_input(recipe, case)[None],)
     with torch.inference_mode():
-        logits, _ = module(x.to(next(module.parameters()).device))
+        logits, _ = module(*(x.to(device) for x in inputs))
     row: Tensor = logits[0].float().cpu()
     return row
 
 
-def calibrate(recipe: Recipe, module: nn.Module, val: Sequence[CtCase | EcgCase]) -> float:
+def calibrate(recipe: Recipe, module: nn.Module, val: Sequence[Case]) -> float:
     """Temperature scaling (Guo et al. 2017) fitted on the validation set.
 
     The temperature T minimising the validation NLL is folded into the final
@@ -314,17 +379,15 @@ def calibrate(recipe: Recipe, module: nn.Module, val: Sequence[CtCase | EcgCase]
     grid = torch.exp(torch.linspace(np.log(0.25), np.log(20.0), 200))
     nll = torch.stack([F.cross_entropy(logits / t, labels) for t in grid])
     temperature = float(grid[int(nll.argmin())])
-    fc = module.get_submodule("fc")
-    assert isinstance(fc, nn.Linear), "classifiers end in a Linear layer named fc"
+    fc = module.get_submodule(getattr(module, "logits_layer", "fc"))
+    assert isinstance(fc, nn.Linear), "classifiers end in a Linear layer (fc, or logits_layer)"
     with torch.no_grad():
         fc.weight.div_(temperature)
         fc.bias.div_(temperature)
     return temperature
 
 
-def evaluate(
-    recipe: Recipe, module: nn.Module, cases: Sequence[CtCase | EcgCase]
-) -> dict[str, Any]:
+def evaluate(recipe: Recipe, module: nn.Module, cases: Sequence[Case]) -> dict[str, Any]:
     """Held-out metrics through the worker's execution path, plus size and cost."""
     model = _loaded(recipe, module)
     params = sum(p.numel() for p in module.parameters())
@@ -366,7 +429,7 @@ def evaluate(
     return report
 
 
-def with_lesion_floor(recipe: Recipe, train: Sequence[CtCase | EcgCase]) -> Recipe:
+def with_lesion_floor(recipe: Recipe, train: Sequence[Case]) -> Recipe:
     """The segmentation recipe with ``min_volume_mm3`` learnt from the training masks.
 
     Half the smallest training lesion: a component below that is a speck the

@@ -33,9 +33,19 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian
 
-__all__ = ["CT_LABELS", "ECG_LABELS", "LEADS", "generate_ct", "generate_ecg", "make_uid"]
+__all__ = [
+    "CHANGE_LABELS",
+    "CT_LABELS",
+    "ECG_LABELS",
+    "LEADS",
+    "generate_ct",
+    "generate_ecg",
+    "generate_longitudinal",
+    "make_uid",
+]
 
 CT_LABELS = ("normal", "benign", "malignant")
+CHANGE_LABELS = ("decrease", "stable", "increase")
 ECG_LABELS = ("normal", "af", "st_elevation")
 LEADS = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
 TWELVE_LEAD_ECG = "1.2.840.10008.5.1.4.1.1.9.1.1"
@@ -71,14 +81,16 @@ def _meta(sop_class: str, sop_uid: str) -> FileMetaDataset:
     return meta
 
 
-def _common(ds: Dataset, *, patient: str, study: str, series: str, modality: str) -> None:
+def _common(
+    ds: Dataset, *, patient: str, study: str, series: str, modality: str, date: str = "20260101"
+) -> None:
     ds.SpecificCharacterSet = "ISO_IR 100"
     ds.PatientName = f"Synthetic^{patient}"
     ds.PatientID = patient
     ds.PatientBirthDate = ""
     ds.PatientSex = "O"
     ds.StudyInstanceUID = study
-    ds.StudyDate = "20260101"
+    ds.StudyDate = date
     ds.StudyTime = "120000"
     ds.AccessionNumber = ""
     ds.StudyID = "1"
@@ -148,6 +160,7 @@ def _write_ct(
     patient: str,
     study: str,
     series: str,
+    date: str = "20260101",
 ) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     angle = np.deg2rad(tilt_deg)
@@ -158,7 +171,7 @@ def _write_ct(
         sop = make_uid(series, k)
         ds = Dataset()
         ds.file_meta = _meta(CTImageStorage, sop)
-        _common(ds, patient=patient, study=study, series=series, modality="CT")
+        _common(ds, patient=patient, study=study, series=series, modality="CT", date=date)
         ds.SOPClassUID = CTImageStorage
         ds.SOPInstanceUID = sop
         ds.SeriesDescription = "Synthetic CT"
@@ -206,6 +219,113 @@ def generate_ct(out: Path, n: int, seed: int, *, shift: bool = False) -> Path:
         rows.append(
             {"patient_id": patient, "study_uid": study, "series_uid": series, "label": kind}
         )
+    return _write_labels(out, rows)
+
+
+# Radius factor per follow-up interval, by change class (volume x0.17-0.42, x0.8-1.2, x2.2-4.1).
+_CHANGE_FACTOR = {"decrease": (0.55, 0.75), "stable": (0.93, 1.07), "increase": (1.3, 1.6)}
+_RADIUS_MM = (3.0, 12.5)
+
+
+def _follow_up_classes(
+    rng: np.random.Generator, radius: float, intervals: int
+) -> tuple[list[str], list[float]]:
+    """A change class per interval and the radius after each, kept within ``_RADIUS_MM``."""
+    classes, radii = [], [radius]
+    for _ in range(intervals):
+        feasible = [
+            c
+            for c in CHANGE_LABELS
+            if _RADIUS_MM[0] <= radii[-1] * _CHANGE_FACTOR[c][0]
+            and radii[-1] * _CHANGE_FACTOR[c][1] <= _RADIUS_MM[1]
+        ]
+        change = str(rng.choice(feasible))
+        classes.append(change)
+        radii.append(radii[-1] * float(rng.uniform(*_CHANGE_FACTOR[change])))
+    return classes, radii
+
+
+def _follow_up_study(
+    rng: np.random.Generator,
+    spacing: tuple[float, float, float],
+    centres: list[npt.NDArray[np.float64]],
+    radii: list[float],
+    phases: list[float],
+    contrast: float,
+    shift: bool,
+) -> npt.NDArray[np.float32]:
+    """One time point: the patient's lesions at their current radii, in a new acquisition."""
+    shape = (32, 64, 64)
+    offset = rng.uniform(-4, 4, 3)  # the patient lies a little differently each time
+    z, y, x = (np.arange(n) * s for n, s in zip(shape, spacing, strict=True))
+    zz, yy, xx = np.meshgrid(z, y, x, indexing="ij")
+    noise = rng.uniform(14, 20) if shift else rng.uniform(6, 14)
+    hu = 40 + rng.normal(0, noise, shape)
+    for centre, radius, phase in zip(centres, radii, phases, strict=True):
+        c = centre + offset
+        dz, dy, dx = zz - c[0], yy - c[1], xx - c[2]
+        r = np.sqrt(dz**2 + dy**2 + dx**2)
+        theta = np.arctan2(dy, dx)
+        inside = r <= radius * (1 + 0.12 * np.sin(3 * theta + phase))
+        lesion_contrast = contrast + rng.uniform(-10, 10)
+        hu[inside] = 40 + lesion_contrast + rng.normal(0, noise, int(inside.sum()))
+    return hu.astype(np.float32)
+
+
+def generate_longitudinal(out: Path, n: int, seed: int, *, shift: bool = False) -> Path:
+    """Write ``n`` patients with 3-4 CT studies each, 2-8 months apart; return labels.csv.
+
+    Every patient has one or two lesions that grow, stay or shrink between
+    consecutive studies (all lesions of a patient change alike). A study's
+    label is the change since the patient's previous study (``decrease``:
+    radius x0.55-0.75, ``stable``: x0.93-1.07, ``increase``: x1.3-1.6); a
+    patient's first study has no label (it is only a prior). Each study is a
+    new acquisition: its own noise, a slightly different voxel spacing, the
+    patient shifted by up to 4 mm, lesion contrast varying by 10 HU.
+    """
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        patient = f"SYN-LONG-{seed}-{i:04d}"
+        studies = int(rng.choice([3, 4]))
+        base = (
+            float(rng.uniform(2.5, 3.0) if shift else rng.uniform(1.8, 2.4)),
+            float(rng.uniform(1.3, 1.5) if shift else rng.uniform(1.0, 1.3)),
+        )
+        extent = np.array([32 * base[0], 64 * base[1], 64 * base[1]])
+        lesions = int(rng.choice([1, 2]))
+        centres = [np.array([rng.uniform(18, e - 18) for e in extent]) for _ in range(lesions)]
+        phases = [float(rng.uniform(0, 6)) for _ in range(lesions)]
+        contrast = float(rng.uniform(50, 90) if shift else rng.uniform(70, 160))
+        classes, radii = _follow_up_classes(rng, float(rng.uniform(4.5, 9.0)), studies - 1)
+        spread = [float(rng.uniform(0.9, 1.1)) for _ in range(lesions)]
+        day = np.datetime64("2023-01-01") + int(rng.integers(0, 365))
+        for t in range(studies):
+            if t:
+                day = day + int(rng.integers(60, 240))
+            study = make_uid("long", seed, i, t)
+            series = make_uid("long-series", seed, i, t)
+            jitter = rng.uniform(0.97, 1.03, 2)
+            spacing = (base[0] * float(jitter[0]), base[1] * float(jitter[1]), 0.0)
+            spacing = (spacing[0], spacing[1], spacing[1])
+            hu = _follow_up_study(
+                rng, spacing, centres, [radii[t] * s for s in spread], phases, contrast, shift
+            )
+            date = str(day).replace("-", "")
+            _write_ct(
+                out / "studies" / f"{i:04d}" / f"{t}",
+                hu,
+                spacing,
+                0.0,
+                patient=patient,
+                study=study,
+                series=series,
+                date=date,
+            )
+            label = classes[t - 1] if t else ""
+            rows.append(
+                {"patient_id": patient, "study_uid": study, "series_uid": series, "label": label}
+            )
     return _write_labels(out, rows)
 
 

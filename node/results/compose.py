@@ -21,7 +21,7 @@ from node.results.identity import Algorithm, algorithm_of
 from node.results.pmap import encode_attention_map
 from node.results.regions import Region, hotspot_region, lesion_regions, whole_slice_region
 from node.results.seg import MAX_SEGMENTS, encode_segmentation
-from node.results.sources import read_sources
+from node.results.sources import read_headers, read_sources
 from node.results.sr import FindingEntry, LesionEntry, encode_report
 
 __all__ = ["ResultObject", "encode_run", "to_bytes"]
@@ -80,11 +80,13 @@ def _series_results(
     objects: list[ResultObject] = []
     findings: list[FindingEntry] = []
     lesions: list[LesionEntry] = []
+    comparisons: list[Dataset] = []
     recommendations = {r.finding: r for r in pipeline.recommendations}
     for result in results:
         outcome = result.outcome
         algo = algorithm_of(outcome)
         algorithms.append(algo)
+        comparisons.extend(read_headers(result.comparison_paths))
         region: Region | None = None
         if result.attention is not None:
             spacing = sources.pixel_spacing_mm()
@@ -151,6 +153,7 @@ def _series_results(
         findings,
         lesions,
         [o.dataset for o in objects],
+        comparisons,
         cfg,
         started_at=started_at,
         series_number=pipeline.series_number,
@@ -167,9 +170,15 @@ def encode_run(
     *,
     started_at: datetime,
 ) -> list[ResultObject]:
-    """All result objects of one pipeline run, grouped per source series (SR first)."""
+    """All result objects of one pipeline run, grouped per source series (SR first).
+
+    A model that did not run (a progression model without priors) adds nothing;
+    a series where no model ran gets no objects.
+    """
     by_series: dict[str, list[SeriesResult]] = {}
     for result in results:
+        if result.outcome.not_run:
+            continue
         by_series.setdefault(result.outcome.series_instance_uid, []).append(result)
     objects: list[ResultObject] = []
     for series_results in by_series.values():

@@ -99,6 +99,11 @@ def _frame_group(ds: Dataset, sequence: str) -> Dataset | None:
     return None
 
 
+def read_headers(paths: Sequence[Path]) -> list[Dataset]:
+    """The headers (no pixel data) of stored instances."""
+    return [pydicom.dcmread(path, stop_before_pixels=True) for path in paths]
+
+
 def read_sources(
     paths: Sequence[Path], sop_instance_uids: Sequence[str], frames: Sequence[int] = ()
 ) -> SourceSeries:
@@ -107,10 +112,7 @@ def read_sources(
     The order is the order of the result's arrays (slices sorted along the
     normal), which highdicom follows frame by frame.
     """
-    by_uid: dict[str, Dataset] = {}
-    for path in paths:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-        by_uid[str(ds.SOPInstanceUID)] = ds
+    by_uid = {str(ds.SOPInstanceUID): ds for ds in read_headers(paths)}
     missing = [uid for uid in sop_instance_uids if uid not in by_uid]
     if missing:
         raise InconsistentSeries(f"source instance {missing[0]} is gone from the store")

@@ -220,6 +220,7 @@ def encode_report(
     findings: Sequence[FindingEntry],
     lesions: Sequence[LesionEntry],
     evidence: Sequence[Dataset],
+    comparisons: Sequence[Dataset],
     cfg: ResultsConfig,
     *,
     started_at: datetime,
@@ -227,7 +228,11 @@ def encode_report(
     series_description: str,
     images: bool,
 ) -> Dataset:
-    """Comprehensive 3D SR (images) or Comprehensive SR (waveforms) with TID 1500 content."""
+    """Comprehensive 3D SR (images) or Comprehensive SR (waveforms) with TID 1500 content.
+
+    ``comparisons``: the prior studies' instances a progression model compared
+    with; highdicom lists instances of other studies as Pertinent Other Evidence.
+    """
     seg = next((d for d in evidence if str(d.Modality) == "SEG"), None)
     # Lesions first: OHIF opens the SR on its first measurement's slice.
     groups: list[object] = []
@@ -252,7 +257,7 @@ def encode_report(
     )
     document = hd.sr.Comprehensive3DSR if images else hd.sr.ComprehensiveSR
     sr = document(
-        evidence=[*key_images, *evidence],
+        evidence=[*key_images, *evidence, *comparisons],
         content=report,
         series_instance_uid=hd.UID(),
         series_number=series_number,

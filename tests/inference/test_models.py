@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from inference.architectures import ARCHITECTURES, build
-from inference.errors import ModelPackageError
+from inference.errors import ModelPackageError, UnsupportedInput
 from inference.execute import classify, pick_device, predict_sequence, segment
 from inference.package import load_package
 from inference.postprocess import findings, label_lesions, lesions
@@ -133,7 +133,17 @@ def test_every_architecture_builds_and_runs() -> None:
         assert out.shape == (2, 4)
     fused = build("fusion_head", {"image_features": 8, "sequence_features": 5})
     assert fused(torch.zeros(2, 8), torch.zeros(2, 3, 5)).shape == (2, 2)
-    assert set(ARCHITECTURES) >= {"unet3d", "attention_cnn", "sequence_rnn", "fusion_head"}
+    for cell in ("lstm", "gru"):
+        priors = build("priors_fusion", {"cell": cell, "levels": 4})
+        logits, none = priors(torch.zeros(2, 3, 1, 8, 8, 8), torch.tensor([[1.0, 0.5, 0.0]] * 2))
+        assert logits.shape == (2, 3) and none is None
+    assert set(ARCHITECTURES) >= {
+        "unet3d",
+        "attention_cnn",
+        "sequence_rnn",
+        "fusion_head",
+        "priors_fusion",
+    }
     with pytest.raises(KeyError, match="unknown architecture 'resnet9000'"):
         build("resnet9000", {})
 
@@ -193,3 +203,53 @@ def test_device_auto_is_cpu_without_cuda() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="no CUDA device"):
             pick_device("cuda")
+
+
+def test_priors_fusion_features_are_log_fractions_above_each_level() -> None:
+    """Untrained, the soft histogram is a box filter and steep steps at its levels."""
+    model = build("priors_fusion", {"levels": 2, "low": 0.3, "high": 0.7})
+    half = torch.zeros(1, 1, 16, 16, 16)
+    half[0, 0, :, :8] = 1.0  # half the volume bright; the box filter blurs only edges
+    quarter = torch.zeros(1, 1, 16, 16, 16)
+    quarter[0, 0, :, :4] = 1.0
+    with torch.no_grad():
+        fractions = model.features(half).exp()[0]
+        step = model.features(half) - model.features(quarter)  # twice the bright volume
+    # Above the low level: the bright half, give or take the blurred edge.
+    assert abs(float(fractions[0]) - 0.5) < 0.05
+    assert abs(float(step[0, 0]) - np.log(2)) < 0.1
+    # Above the high level the blurred edges drop out: less volume, still a clear step.
+    assert float(fractions[1]) < float(fractions[0]) and float(step[0, 1]) > 0.5
+
+
+def test_whole_volume_input_keeps_millimetres_with_a_target_spacing() -> None:
+    from inference.preprocess import days_between, prepare_volume
+    from inference.spec import InputSpec
+
+    volume = _volume(np.ones((4, 10, 10)), spacing=(2.0, 1.0, 1.0))
+    spec = InputSpec(window=(0.0, 1.0), target_spacing=(2.0, 2.0, 2.0), size=(6, 4, 4))
+    x = prepare_volume(volume, spec)
+    # 4x10x10 at (2, 1, 1) mm -> 4x5x5 at 2 mm, then padded/cropped around the centre.
+    assert x.shape == (1, 1, 6, 4, 4)
+    assert float(x[0, 0, 0].sum()) == 0 and float(x[0, 0, 5].sum()) == 0  # padded slices
+    assert torch.allclose(x[0, 0, 1:5], torch.ones(4, 4, 4))
+    resized = prepare_volume(volume, InputSpec(window=(0.0, 1.0), size=(6, 4, 4)))
+    assert torch.allclose(resized, torch.ones(1, 1, 6, 4, 4))  # no target spacing: resized
+    assert days_between("20250101", "20250301") == 59
+    with pytest.raises(UnsupportedInput, match="not YYYYMMDD"):
+        days_between("2025-01-01", "20250301")
+
+
+def test_progression_package_needs_max_priors(tmp_path: Path) -> None:
+    args = {
+        "name": "change",
+        "task": "progression",
+        "architecture": "priors_fusion",
+        "parameters": {"levels": 2},
+        "labels": [{"name": "increase", "code": ["15454001", "SCT", "Increase in size"]}],
+    }
+    make_package(tmp_path / "no", input_spec={"size": [4, 4, 4]}, **args)
+    with pytest.raises(ModelPackageError, match=r"\[input\]: max_priors must be an integer >= 1"):
+        read_spec(tmp_path / "no")
+    make_package(tmp_path / "ok", input_spec={"size": [4, 4, 4], "max_priors": 2}, **args)
+    assert load_package(tmp_path / "ok", CPU).spec.input.max_priors == 2

@@ -27,7 +27,7 @@ from node.config import PipelineConfig, Recommendation, ResultsConfig, SeriesRul
 from node.results.compose import ResultObject, encode_run, to_bytes
 from node.results.identity import algorithm_of
 from node.volume_in import scan_studies
-from training.synthetic import generate_ct, generate_ecg
+from training.synthetic import generate_ct, generate_ecg, generate_longitudinal
 
 ROOT = Path(__file__).resolve().parents[2]
 VALIDATE = ROOT.parent / "shared" / "tools" / "validate_dicom.sh"
@@ -380,3 +380,56 @@ def test_enhanced_multiframe_source_gets_frame_references(tmp_path: Path) -> Non
         if i.ValueType == "IMAGE" and "ReferencedFrameNumber" in i.ReferencedSOPSequence[0]
     }
     assert frames == {volume.frame_numbers[1]}
+
+
+def test_progression_report_cites_its_priors_and_holds_the_probabilities(tmp_path: Path) -> None:
+    """A follow-up study with two priors of the same patient through lesion-change."""
+    from inference.analyze import scanned_histories
+
+    generate_longitudinal(tmp_path / "in", 1, 7401)
+    studies = scan_studies([tmp_path / "in"])
+    histories = scanned_histories(studies)
+    current = max(histories, key=lambda uid: len(histories[uid].priors))
+    history = histories[current]
+    assert len(history.priors) >= 2
+    model = load_package(ROOT / "models" / "lesion-change", torch.device("cpu"))
+    rule = SeriesRule(modalities=("CT",))
+    run = run_pipeline(studies[current], rule, [model], batch_size=1, amp=False, history=history)
+    (outcome,) = run.outcomes
+    used = history.priors[:2]  # the package's max_priors, newest first
+    assert [p["study_instance_uid"] for p in outcome.extra["priors"]] == [
+        p.study_instance_uid for p in reversed(used)
+    ]
+    assert all(p["days_before"] > 0 for p in outcome.extra["priors"])
+    (obj,) = encode_run(run.results, PipelineConfig(name="change"), CFG, started_at=STARTED)
+    assert obj.kind == "SR"
+    out = tmp_path / "study"
+    shutil.copytree(studies[current][0].paths[0].parent, out)
+    (out / "SR.dcm").write_bytes(to_bytes(obj.dataset))
+    result = subprocess.run(
+        ["bash", str(VALIDATE), "-k", str(out)], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stdout[-3000:]
+    sr = pydicom.dcmread(out / "SR.dcm")
+    # The priors compared with are the report's Pertinent Other Evidence, instance by instance.
+    other = {item.StudyInstanceUID for item in sr.PertinentOtherEvidenceSequence}
+    assert other == {p.study_instance_uid for p in used}
+    cited = {
+        inst.ReferencedSOPInstanceUID
+        for item in sr.PertinentOtherEvidenceSequence
+        for series in item.ReferencedSeriesSequence
+        for inst in series.ReferencedSOPSequence
+    }
+    assert len(cited) == sum(len(p.series[0].paths) for p in used)
+    groups = hd.sr.srread(out / "SR.dcm").content.get_planar_roi_measurement_groups()
+    probabilities = {str(g.finding_type.value): g.get_measurements()[0].value for g in groups}
+    assert probabilities == pytest.approx(
+        {f.code[0]: f.probability for f in outcome.findings}, abs=1e-4
+    )
+    # The patient's first study has no prior: the model says why and nothing is written.
+    first = min(histories, key=lambda uid: histories[uid].study_date)
+    run = run_pipeline(
+        studies[first], rule, [model], batch_size=1, amp=False, history=histories[first]
+    )
+    assert run.outcomes[0].not_run == "no earlier study of this patient among the inputs"
+    assert encode_run(run.results, PipelineConfig(name="change"), CFG, started_at=STARTED) == []

@@ -12,11 +12,18 @@ import numpy as np
 import pytest
 import torch
 
-from inference.execute import predict_sequence, segment
+from inference.execute import predict_change, predict_sequence, segment
 from inference.package import load_package
-from training.data import load_ct_cases, load_ecg_cases
+from training.data import load_ct_cases, load_ecg_cases, load_history_cases
 from training.recipes import RECIPES, _loaded, export, train_recipe
-from training.synthetic import CT_LABELS, ECG_LABELS, generate_ct, generate_ecg
+from training.synthetic import (
+    CHANGE_LABELS,
+    CT_LABELS,
+    ECG_LABELS,
+    generate_ct,
+    generate_ecg,
+    generate_longitudinal,
+)
 from training.trainer import TrainConfig, fit
 
 SEG = RECIPES["lesion-seg"]
@@ -164,6 +171,92 @@ def test_ecg_model_trains_and_runs_through_the_worker_loader(tmp_path: Path) -> 
         )
 
 
+CHANGE = RECIPES["lesion-change"]
+TINY_CHANGE = replace(
+    CHANGE,
+    parameters={**CHANGE.parameters, "levels": 4, "hidden": 8},
+    train=TrainConfig(epochs=4, batch_size=4, lr=5e-3, patience=10),
+)
+
+
+def _csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_history_cases_follow_each_patients_studies_by_date(tmp_path: Path) -> None:
+    labels = generate_longitudinal(tmp_path, 4, seed=31)
+    rows = _csv(labels)
+    cases, report = load_history_cases(tmp_path, labels, CHANGE_LABELS, max_priors=2)
+    assert report.skipped == []
+    # Every follow-up is a case; a patient's first study is only a prior.
+    assert len(cases) == sum(1 for r in rows if r["label"]) == report.used
+    assert sum(1 for r in rows if not r["label"]) == 4
+    by_series = {r["series_uid"]: r for r in rows}
+    for case in cases:
+        assert 2 <= len(case.volumes) <= 3
+        assert case.days_before[-1] == 0
+        assert list(case.days_before) == sorted(case.days_before, reverse=True)
+        assert all(d >= 60 for d in case.days_before[:-1])  # 2-8 months apart
+        studied = [by_series[v.series_instance_uid] for v in case.volumes]
+        assert {r["patient_id"] for r in studied} == {case.patient_id}
+        assert CHANGE_LABELS[case.label] == studied[-1]["label"]
+    # With one prior allowed, each case holds the labelled study and the one before it.
+    one, _ = load_history_cases(tmp_path, labels, CHANGE_LABELS, max_priors=1)
+    assert {len(c.volumes) for c in one} == {2}
+
+
+def test_history_gaps_are_reported(tmp_path: Path) -> None:
+    labels = generate_longitudinal(tmp_path, 1, seed=32)
+    rows = _csv(labels)
+    broken = tmp_path / "broken.csv"
+    with open(broken, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        # The first study is missing from the CSV: the second has nothing to compare with.
+        writer.writerows(rows[1:])
+        writer.writerow({**rows[0], "series_uid": "2.25.7", "label": "increase"})
+    cases, report = load_history_cases(tmp_path, broken, CHANGE_LABELS, max_priors=2)
+    reasons = dict(report.skipped)
+    assert reasons[rows[1]["series_uid"]] == "no earlier study to compare with"
+    assert reasons["2.25.7"] == "series not found in the folder"
+    assert len(cases) == len(rows) - 2
+    with pytest.raises(ValueError, match="on_missing = 'error'"):
+        load_history_cases(tmp_path, broken, CHANGE_LABELS, max_priors=2, on_missing="error")
+
+
+def test_progression_model_trains_and_runs_through_the_worker_loader(tmp_path: Path) -> None:
+    generate_longitudinal(tmp_path / "train", 6, seed=33)
+    generate_longitudinal(tmp_path / "val", 2, seed=34, shift=True)
+    train, _ = load_history_cases(
+        tmp_path / "train", tmp_path / "train" / "labels.csv", CHANGE_LABELS, max_priors=2
+    )
+    val, _ = load_history_cases(
+        tmp_path / "val", tmp_path / "val" / "labels.csv", CHANGE_LABELS, max_priors=2
+    )
+    module, _ = train_recipe(
+        TINY_CHANGE, train, val, seed=0, progress=False, checkpoint=tmp_path / "ckpt.pt"
+    )
+    history = torch.load(tmp_path / "ckpt.pt", weights_only=False)["history"]
+    assert history[-1]["loss"] < history[0]["loss"]
+    package = export(
+        TINY_CHANGE,
+        module,
+        tmp_path / "pkg",
+        metrics={"macro_f1": 0.0},
+        training_data="test",
+        card="# test\n",
+    )
+    loaded = load_package(package, torch.device("cpu"))
+    assert loaded.spec.task == "progression" and loaded.spec.input.max_priors == 2
+    for case in val:
+        theirs = predict_change(loaded, case.volumes, case.days_before, amp=False)
+        ours = predict_change(
+            _loaded(TINY_CHANGE, module), case.volumes, case.days_before, amp=False
+        )
+        assert np.allclose(theirs, ours) and abs(float(theirs.sum()) - 1) < 1e-5
+
+
 VALIDATE = Path(__file__).resolve().parents[3] / "shared" / "tools" / "validate_dicom.sh"
 
 
@@ -171,7 +264,12 @@ VALIDATE = Path(__file__).resolve().parents[3] / "shared" / "tools" / "validate_
 def test_synthetic_dicom_passes_dciodvfy_and_dcentvfy(tmp_path: Path) -> None:
     generate_ct(tmp_path / "ct", 1, seed=3, shift=True)
     generate_ecg(tmp_path / "ecg", 2, seed=3)
-    for folder, extra in ((tmp_path / "ct" / "studies", []), (tmp_path / "ecg" / "ecg", ["-E"])):
+    generate_longitudinal(tmp_path / "long", 1, seed=3)
+    for folder, extra in (
+        (tmp_path / "ct" / "studies", []),
+        (tmp_path / "ecg" / "ecg", ["-E"]),
+        (tmp_path / "long" / "studies", []),
+    ):
         result = subprocess.run(
             ["bash", str(VALIDATE), "-k", *extra, str(folder)],
             capture_output=True,

@@ -1,0 +1,66 @@
+"""A study's priors: the same patient's earlier studies in the index, newest first."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+from storage.index import index_instance, patient_history
+from storage.records import InstanceHeader, StoredInstance
+
+T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+
+
+def _store(sessions, study: str, *, patient: str, date: str, modality: str = "CT") -> None:
+    header = InstanceHeader(
+        sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+        sop_instance_uid=f"{study}.1.1",
+        study_instance_uid=study,
+        series_instance_uid=f"{study}.1",
+        transfer_syntax_uid="1.2.840.10008.1.2.1",
+        modality=modality,
+        patient_id=patient,
+        study_date=date,
+    )
+    stored = StoredInstance(
+        header=header,
+        path=Path(f"/x/{study}.dcm"),
+        size_bytes=1,
+        calling_ae_title="CT",
+        received_at=T0,
+    )
+    with sessions.begin() as s:
+        index_instance(s, stored, replace=False)
+
+
+def _history(sessions, study: str, limit: int = 10):
+    with sessions.begin() as s:
+        return patient_history(s, study, limit=limit)
+
+
+def test_priors_are_the_same_patients_earlier_studies_newest_first(sessions) -> None:
+    _store(sessions, "1.1", patient="P1", date="20240105")
+    _store(sessions, "1.2", patient="P1", date="20250310")
+    _store(sessions, "1.3", patient="P1", date="20251120")  # the current study
+    _store(sessions, "1.4", patient="P1", date="20251120")  # same day: not a prior
+    _store(sessions, "1.5", patient="P1", date="20260101")  # later: not a prior
+    _store(sessions, "2.1", patient="P2", date="20240101")  # another patient
+    _store(sessions, "1.6", patient="P1", date="")  # undated: cannot be ordered
+    history = _history(sessions, "1.3")
+    assert history.study_date == "20251120" and history.reason == ""
+    assert [p.study_instance_uid for p in history.priors] == ["1.2", "1.1"]
+    assert [p.study_date for p in history.priors] == ["20250310", "20240105"]
+    (series,) = history.priors[0].series
+    assert series.series_instance_uid == "1.2.1" and series.paths == (Path("/x/1.2.dcm"),)
+    assert [p.study_instance_uid for p in _history(sessions, "1.3", limit=1).priors] == ["1.2"]
+
+
+def test_no_priors_says_why(sessions) -> None:
+    _store(sessions, "1.1", patient="P1", date="20240105")
+    _store(sessions, "3.1", patient="", date="20240105")
+    _store(sessions, "4.1", patient="P4", date="")
+    assert _history(sessions, "1.1").reason == "no earlier study of this patient in the store"
+    assert _history(sessions, "3.1").reason == "the study has no Patient ID"
+    assert _history(sessions, "4.1").reason == "the study has no Study Date"
+    assert _history(sessions, "9.9").reason == "study not in the index"
+    assert all(not _history(sessions, uid).priors for uid in ("1.1", "3.1", "4.1", "9.9"))
