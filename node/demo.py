@@ -1,9 +1,10 @@
 """``ainode demo``: the whole path in one command, on synthetic studies.
 
 Starts ``ainode serve`` (listener, scheduler, one worker) with the bundled
-models in a work folder, writes a synthetic CT with lesions and a synthetic
-12-lead ECG, sends them over DICOM (C-STORE), waits for the results and prints
-the findings and where the SR, SEG and heat map went. ``--send-to
+models in a work folder, writes a synthetic CT with lesions, a synthetic
+12-lead ECG and a synthetic patient's CT follow-ups (so the progression model
+compares each study with its priors), sends them over DICOM (C-STORE), waits
+for the results and prints the findings and where the SR, SEG and heat map went. ``--send-to
 AE@HOST:PORT`` adds that PACS as the destination of every result.
 """
 
@@ -34,10 +35,11 @@ __all__ = ["DemoError", "parse_destination", "run_demo"]
 ROOT = Path(__file__).resolve().parents[1]
 _DEST_RE = re.compile(r"^([^@]{1,16})@([^:]+):(\d{1,5})$")
 # Seeds of the demo: a CT with lesions (so it shows a SEG) whose attention hot spot
-# lies near the middle slice, where OHIF opens the heat map.
-_CT_SEED, _ECG_SEED = 7302, 7303
+# lies near the middle slice, where OHIF opens the heat map; a patient with CT
+# follow-ups for the progression model.
+_CT_SEED, _ECG_SEED, _FOLLOW_UP_SEED = 7302, 7303, 7314
 _TIMEOUT_S = 600.0
-_JOBS = 4  # two studies (CT, ECG), each queued once for each of the two pipelines
+_PIPELINES = 2  # every study is queued once for each pipeline
 
 
 class DemoError(Exception):
@@ -98,7 +100,7 @@ level = "WARNING"
 {destinations}
 [[pipelines]]
 name = "ct-lesions"
-models = ["{models / "lesion-seg"}", "{models / "lesion-class"}"]
+models = ["{models / "lesion-seg"}", "{models / "lesion-class"}", "{models / "lesion-change"}"]
 series_number = 900
 {send}[pipelines.match]
 modality = "CT"
@@ -116,12 +118,15 @@ sop_class = "1.2.840.10008.5.1.4.1.1.9.1.1"
     return path
 
 
-def _studies(work: Path) -> list[Path]:
-    from training.synthetic import generate_ct, generate_ecg
+def _studies(work: Path) -> tuple[list[Path], int]:
+    """The demo's files, and how many studies they make."""
+    from training.synthetic import generate_ct, generate_ecg, generate_longitudinal
 
     generate_ct(work / "input" / "ct", 1, _CT_SEED)
     generate_ecg(work / "input" / "ecg", 1, _ECG_SEED)
-    return sorted((work / "input").rglob("*.dcm"))
+    labels = generate_longitudinal(work / "input" / "follow-up", 1, _FOLLOW_UP_SEED)
+    follow_ups = len(labels.read_text().splitlines()) - 1
+    return sorted((work / "input").rglob("*.dcm")), 2 + follow_ups
 
 
 def _send(files: list[Path], port: int) -> int:
@@ -158,7 +163,9 @@ class _State:
     deliveries: list[DeliveryRecord]
 
 
-def _wait_results(config: Path, proc: subprocess.Popen[bytes], want_delivery: bool) -> _State:
+def _wait_results(
+    config: Path, proc: subprocess.Popen[bytes], want_delivery: bool, jobs: int
+) -> _State:
     engine = create_sqlite_engine(load_config(config).storage.database_path)
     sessions = make_sessionmaker(engine)
 
@@ -178,7 +185,7 @@ def _wait_results(config: Path, proc: subprocess.Popen[bytes], want_delivery: bo
                 raise DemoError(f"ainode serve exited with status {proc.returncode}")
             state = progress()
             finished = all(j.status in ("succeeded", "dead") for j in state.jobs)
-            if len(state.jobs) == _JOBS and finished:
+            if len(state.jobs) == jobs and finished:
                 sent = all(d.status != "pending" or d.attempts > 0 for d in state.deliveries)
                 if not want_delivery or sent:
                     return state
@@ -191,6 +198,12 @@ def _wait_results(config: Path, proc: subprocess.Popen[bytes], want_delivery: bo
 def _print(state: _State) -> None:
     print("\nfindings")
     for o in state.outcomes:
+        if o.result.get("not_run"):
+            print(f"  {o.model_name:13} not run: {o.result['not_run']}")
+        priors = o.result.get("extra", {}).get("priors", [])
+        if priors:
+            days = ", ".join(f"{p['days_before']} days" for p in priors)
+            print(f"  {o.model_name:13} compared with {len(priors)} prior(s) ({days} before)")
         for f in o.result.get("findings", []):
             mark = "POSITIVE" if f["positive"] else ""
             print(f"  {o.model_name:13} {f['label']:14} p={f['probability']:.3f}  {mark}")
@@ -223,8 +236,11 @@ def run_demo(*, send_to: str | None, work: Path | None, port: int) -> int:
         port = port or _free_port()
         config = _write_config(work, port, dest)
         print(f"ainode demo in {work} (node AINODE on 127.0.0.1:{port})")
-        files = _studies(work)
-        print(f"generated {len(files)} synthetic instances (a CT with lesions, a 12-lead ECG)")
+        files, studies = _studies(work)
+        print(
+            f"generated {len(files)} synthetic instances in {studies} studies (a CT with "
+            "lesions, a 12-lead ECG, a patient's CT follow-ups)"
+        )
         env = {**os.environ, "AINODE_CONFIG": str(config)}
         log = (work / "serve.log").open("wb")
         proc = subprocess.Popen(
@@ -239,7 +255,9 @@ def run_demo(*, send_to: str | None, work: Path | None, port: int) -> int:
             t0 = time.monotonic()
             sent = _send(files, port)
             print(f"sent {sent} instances over DICOM in {time.monotonic() - t0:.1f} s; waiting")
-            state = _wait_results(config, proc, want_delivery=dest is not None)
+            state = _wait_results(
+                config, proc, want_delivery=dest is not None, jobs=studies * _PIPELINES
+            )
             print(f"results after {time.monotonic() - t0:.1f} s")
             _print(state)
             (work / "demo.json").write_text(

@@ -55,9 +55,14 @@ def test_demo_sends_results_to_the_given_pacs(tmp_path: Path) -> None:
     finally:
         pacs.stop()
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    assert run.stdout.count("delivered to pacs") == 4  # CT: SR, SEG, PM; ECG: SR
+    # Every result object was delivered: each CT study an SR, a SEG and a map; the ECG an SR.
+    objects = run.stdout.split("\nresult objects\n")[1]
+    assert objects.count("delivered to pacs") == objects.count(".dcm") >= 4
     received = {pydicom.dcmread(p).Modality for p in (tmp_path / "pacs").iterdir()}
     assert received == {"SR", "SEG", "OT"}
+    # The follow-up patient: its first study has no prior, its follow-ups are compared.
+    assert "lesion-change not run: no earlier study of this patient in the store" in run.stdout
+    assert run.stdout.count("lesion-change compared with") == 2
 
 
 def test_demo_refuses_a_malformed_destination() -> None:
