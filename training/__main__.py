@@ -37,9 +37,15 @@ __all__ = ["main"]
 SEEDS = {"ct": (1001, 1002, 2001), "ecg": (3001, 3002, 4001), "longitudinal": (5001, 5002, 6001)}
 CALIBRATION_SEEDS = {"ct": 1102, "ecg": 3102, "longitudinal": 5102}
 SIZES = {
-    "ct": (96, 24, 96, 200),
+    "ct": (96, 96, 96, 200),
     "ecg": (240, 60, 60, 90),
     "longitudinal": (64, 20, 60, 100),
+}
+_CALIBRATION = {
+    "temperature": " Calibrated by temperature scaling fitted on a separate shifted\n"
+    "  calibration set (seed {seed}).",
+    "vector": " Calibrated by vector scaling (a scale and a shift per class) fitted on\n"
+    "  the validation set and a separate shifted calibration set (seed {seed}) together.",
 }
 _DATA = {
     "ct": "CT volumes with 0-3 lesions; label normal / benign-like (round, smooth) / "
@@ -100,8 +106,7 @@ the same commands (`ainode train train {name} --data FOLDER --out PACKAGE`).
 - Input: {input}
 - Labels: {labels}
 - Held-out test set: {n} synthetic cases, seeds never used in training, with shifted noise,
-  contrast and spacing. Classifiers: temperature scaling fitted on a separate shifted
-  calibration set (seed {calibration_seed}).
+  contrast and spacing.{calibration}
 
 ## Held-out metrics (`ainode train evaluate`)
 
@@ -133,14 +138,18 @@ def _rebuild(out: Path, work: Path, only: list[str]) -> int:
         train_cases = _cases(recipe, folders["train"])
         if recipe.task == "segmentation":
             recipe = with_lesion_floor(recipe, train_cases)
+        val_cases = _cases(recipe, folders["val"])
+        calibration_cases: list[Case] = []
+        if recipe.task != "segmentation":
+            calibration_cases = _cases(recipe, folders["calibration"])
+            if recipe.calibration == "vector":  # both acquisition ranges: see calibrate()
+                calibration_cases = [*val_cases, *calibration_cases]
         module, val_score = train_recipe(
             recipe,
             train_cases,
-            _cases(recipe, folders["val"]),
+            val_cases,
             seed=train_seed,
-            calibration=None
-            if recipe.task == "segmentation"
-            else _cases(recipe, folders["calibration"]),
+            calibration=calibration_cases or None,
         )
         report = evaluate(recipe, module, _cases(recipe, folders["test"]))
         write_report(out.parent / "reports" / name, name, report, list(recipe.classes))
@@ -149,7 +158,9 @@ def _rebuild(out: Path, work: Path, only: list[str]) -> int:
             name=name,
             version="1.0.0",
             seeds=f"{train_seed}/{val_seed}, test {test_seed}",
-            calibration_seed=CALIBRATION_SEEDS[recipe.kind],
+            calibration=_CALIBRATION[recipe.calibration].format(seed=CALIBRATION_SEEDS[recipe.kind])
+            if recipe.task != "segmentation"
+            else "",
             task=recipe.task,
             data=_DATA[recipe.kind],
             arch=recipe.architecture,

@@ -33,7 +33,15 @@ from training.metrics import classification_report, dice, iou, lesion_detection
 from training.synthetic import CHANGE_LABELS, CT_LABELS, ECG_LABELS, LEADS
 from training.trainer import TrainConfig, fit
 
-__all__ = ["RECIPES", "Recipe", "evaluate", "train_recipe", "with_lesion_floor"]
+__all__ = [
+    "RECIPES",
+    "Calibration",
+    "Recipe",
+    "calibrate",
+    "evaluate",
+    "train_recipe",
+    "with_lesion_floor",
+]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -47,6 +55,9 @@ class Recipe:
     labels: list[dict[str, Any]]
     classes: tuple[str, ...]
     train: TrainConfig
+    # Post-hoc calibration of a classifier: "temperature" (one parameter, the
+    # predicted class never changes) or "vector" (a scale and a shift per class).
+    calibration: str = "temperature"
 
 
 RECIPES = {
@@ -84,7 +95,8 @@ RECIPES = {
                 },
             ],
             classes=CT_LABELS,
-            train=TrainConfig(epochs=30, batch_size=8, lr=1e-3, patience=12),
+            train=TrainConfig(epochs=40, batch_size=8, lr=5e-4, patience=15),
+            calibration="vector",
         ),
         Recipe(
             name="ecg-rhythm",
@@ -156,6 +168,7 @@ RECIPES = {
             ],
             classes=CHANGE_LABELS,
             train=TrainConfig(epochs=30, batch_size=8, lr=1e-3, patience=10),
+            calibration="vector",
         ),
     )
 }
@@ -226,21 +239,6 @@ def _augment(x: Tensor, generator: torch.Generator) -> Tensor:
     return (0.35 + (x - 0.35) * scale + noise).clamp(0, 1)
 
 
-def _zoom_out(x: Tensor, generator: torch.Generator) -> Tensor:
-    """Shrink each volume's content by 0.7-1.0 about its centre, edges repeated.
-
-    A whole-volume classifier resizes every series to one grid, so coarser
-    voxels make the same lesion fewer voxels across; this teaches it that
-    range of scanners (the shifted test set has 25-40 % larger voxels).
-    """
-    n = x.shape[0]
-    scale = torch.empty(n).uniform_(0.7, 1.0, generator=generator)
-    theta = torch.zeros(n, 3, 4)
-    theta[:, 0, 0] = theta[:, 1, 1] = theta[:, 2, 2] = 1 / scale
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-
-
 def _soft_dice_loss(logits: Tensor, target: Tensor) -> Tensor:
     p = torch.sigmoid(logits)
     inter = (p * target).sum(dim=(1, 2, 3, 4))
@@ -270,10 +268,11 @@ def train_recipe(
 ) -> tuple[nn.Module, float]:
     """Train a recipe's model; return it (best validated weights) and its validation score.
 
-    Classifiers are then temperature-scaled on ``calibration`` (default: ``val``).
-    A validation set the model separates perfectly makes the fitted temperature
-    degenerate (any T <= 1 fits), so ``rebuild-models`` passes a calibration set
-    of its own with shifted acquisitions, made with seeds used nowhere else.
+    Classifiers are then calibrated on ``calibration`` (default: ``val``), see
+    :func:`calibrate`. A validation set the model separates perfectly makes a
+    fitted temperature degenerate (any T <= 1 fits), so ``rebuild-models``
+    passes a calibration set of its own with shifted acquisitions, made with
+    seeds used nowhere else.
     """
     torch.manual_seed(seed)
     module = build(recipe.architecture, recipe.parameters)
@@ -346,7 +345,7 @@ def train_recipe(
                 return F.cross_entropy(logits, y)
             x = torch.stack([b[0] for b in batch])
             if recipe.kind == "ct":
-                x = _augment(_zoom_out(x, generator), generator)
+                x = _augment(x, generator)
             x = x.to(dev)
             logits, _ = m(x)
             return F.cross_entropy(logits, y)
@@ -361,9 +360,9 @@ def train_recipe(
 
     result = fit(module, items, loss_fn=loss_fn, validate=validate, cfg=cfg)
     if recipe.task != "segmentation":
-        temperature = calibrate(recipe, module, calibration or val)
+        fitted = calibrate(recipe, module, calibration or val)
         if progress:
-            print(f"  temperature scaling: T = {temperature:.3f}", file=sys.stderr)
+            print(f"  calibration: {fitted.describe()}", file=sys.stderr)
     return module, result.best_metric
 
 
@@ -382,24 +381,73 @@ def _logits(recipe: Recipe, module: nn.Module, case: Case) -> Tensor:
     return row
 
 
-def calibrate(recipe: Recipe, module: nn.Module, val: Sequence[Case]) -> float:
-    """Temperature scaling (Guo et al. 2017) fitted on the validation set.
+@dataclass(frozen=True, slots=True)
+class Calibration:
+    """What :func:`calibrate` folded into the last layer: logits -> scale * logits + shift."""
 
-    The temperature T minimising the validation NLL is folded into the final
-    linear layer (weights and bias divided by T), which is exactly softmax(z / T):
+    method: str
+    scale: tuple[float, ...]
+    shift: tuple[float, ...]
+    cases: int
+
+    def describe(self) -> str:
+        if self.method == "temperature":
+            return f"temperature scaling, T = {1 / self.scale[0]:.3f} ({self.cases} cases)"
+        scale = ", ".join(f"{v:.3f}" for v in self.scale)
+        shift = ", ".join(f"{v:.3f}" for v in self.shift)
+        return f"vector scaling, scale [{scale}], shift [{shift}] ({self.cases} cases)"
+
+
+def _fit_vector(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-class scale and shift minimising the NLL (L-BFGS from the identity)."""
+    scale = torch.ones(logits.shape[1], requires_grad=True)
+    shift = torch.zeros(logits.shape[1], requires_grad=True)
+    optimiser = torch.optim.LBFGS([scale, shift], lr=0.5, max_iter=500)
+
+    def closure() -> Tensor:
+        optimiser.zero_grad()
+        loss = F.cross_entropy(logits * scale + shift, labels)
+        loss.backward()  # type: ignore[no-untyped-call]
+        return loss
+
+    optimiser.step(closure)  # type: ignore[no-untyped-call]
+    return scale.detach(), shift.detach()
+
+
+def calibrate(recipe: Recipe, module: nn.Module, cases: Sequence[Case]) -> Calibration:
+    """Post-hoc calibration (Guo et al. 2017) fitted on ``cases``, folded into the model.
+
+    ``temperature``: the T minimising the NLL; logits / T never change the
+    predicted class. ``vector``: a scale and a shift per class minimising the
+    NLL; it can move decision boundaries, so ``rebuild-models`` fits it on the
+    validation and the shifted calibration set together (both acquisition
+    ranges, neither traded for the other). Either is folded into the final
+    linear layer (W' = diag(a) W, b' = a b + c), which is exactly softmax(a z + c):
     the package stays a plain state dict and the worker needs no extra step.
     """
-    logits = torch.stack([_logits(recipe, module, c) for c in val])
-    labels = torch.tensor([c.label for c in val])
-    grid = torch.exp(torch.linspace(np.log(0.25), np.log(20.0), 200))
-    nll = torch.stack([F.cross_entropy(logits / t, labels) for t in grid])
-    temperature = float(grid[int(nll.argmin())])
+    logits = torch.stack([_logits(recipe, module, c) for c in cases])
+    labels = torch.tensor([c.label for c in cases])
+    if recipe.calibration == "vector":
+        scale, shift = _fit_vector(logits, labels)
+    elif recipe.calibration == "temperature":
+        grid = torch.exp(torch.linspace(np.log(0.25), np.log(20.0), 200))
+        nll = torch.stack([F.cross_entropy(logits / t, labels) for t in grid])
+        temperature = float(grid[int(nll.argmin())])
+        scale = torch.full((logits.shape[1],), 1 / temperature)
+        shift = torch.zeros(logits.shape[1])
+    else:
+        raise ValueError(f"{recipe.name}: calibration must be temperature or vector")
     fc = module.get_submodule(getattr(module, "logits_layer", "fc"))
     assert isinstance(fc, nn.Linear), "classifiers end in a Linear layer (fc, or logits_layer)"
     with torch.no_grad():
-        fc.weight.div_(temperature)
-        fc.bias.div_(temperature)
-    return temperature
+        fc.weight.mul_(scale.to(fc.weight)[:, None])
+        fc.bias.mul_(scale.to(fc.bias)).add_(shift.to(fc.bias))
+    return Calibration(
+        method=recipe.calibration,
+        scale=tuple(float(v) for v in scale),
+        shift=tuple(float(v) for v in shift),
+        cases=len(cases),
+    )
 
 
 def evaluate(recipe: Recipe, module: nn.Module, cases: Sequence[Case]) -> dict[str, Any]:

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from inference.execute import predict_change, predict_sequence, segment
+from inference.architectures import build
+from inference.execute import classify, predict_change, predict_sequence, segment
 from inference.package import load_package
 from training.data import load_ct_cases, load_ecg_cases, load_history_cases
 from training.recipes import RECIPES, _loaded, export, train_recipe
@@ -85,6 +86,63 @@ def test_segmentation_loss_falls_export_loads_same_predictions(
     theirs = segment(loaded, volume, batch_size=2, amp=False)
     assert np.array_equal(ours, theirs)
     assert (package / "MODEL_CARD.md").read_text() == "# test\n"
+
+
+@pytest.mark.parametrize("architecture", ["cnn_classifier", "attention_cnn"])
+def test_ct_classifier_trains_and_runs_through_the_worker_loader(
+    ct_data: Path, tmp_path: Path, architecture: str
+) -> None:
+    """Both CNN families of the classification recipe: plain (diagnosis) and attention."""
+    recipe = replace(
+        RECIPES["lesion-class"],
+        architecture=architecture,
+        parameters={"num_classes": 3, "base": 4, "depth": 2},
+        input_spec={**RECIPES["lesion-class"].input_spec, "size": [16, 32, 32]},
+        train=TrainConfig(epochs=3, batch_size=3, lr=5e-3, patience=10),
+    )
+    cases, _ = load_ct_cases(ct_data, ct_data / "labels.csv", CT_LABELS, masks=False)
+    module, _ = train_recipe(
+        recipe, cases, cases[4:], seed=0, progress=False, checkpoint=tmp_path / "ckpt.pt"
+    )
+    history = torch.load(tmp_path / "ckpt.pt", weights_only=False)["history"]
+    assert history[-1]["loss"] < history[0]["loss"]
+    package = export(
+        recipe, module, tmp_path / "pkg", metrics={}, training_data="test", card="# test\n"
+    )
+    loaded = load_package(package, torch.device("cpu"))
+    for case in cases[4:]:
+        probs, attention = classify(loaded, case.volume, amp=False)
+        ours, _ = classify(_loaded(recipe, module), case.volume, amp=False)
+        assert np.allclose(probs, ours) and abs(float(probs.sum()) - 1) < 1e-5
+        assert (attention is None) == (architecture == "cnn_classifier")
+
+
+@pytest.mark.parametrize("method", ["temperature", "vector"])
+def test_calibration_is_folded_into_the_last_layer(ct_data: Path, method: str) -> None:
+    from torch.nn import functional as F
+
+    from training.recipes import _logits, calibrate
+
+    recipe = replace(
+        RECIPES["lesion-class"],
+        architecture="cnn_classifier",
+        parameters={"num_classes": 3, "base": 4, "depth": 2},
+        input_spec={**RECIPES["lesion-class"].input_spec, "size": [16, 32, 32]},
+        calibration=method,
+    )
+    cases, _ = load_ct_cases(ct_data, ct_data / "labels.csv", CT_LABELS, masks=False)
+    torch.manual_seed(3)
+    module = build("cnn_classifier", recipe.parameters)
+    before = torch.stack([_logits(recipe, module, c) for c in cases])
+    labels = torch.tensor([c.label for c in cases])
+    fitted = calibrate(recipe, module, cases)
+    after = torch.stack([_logits(recipe, module, c) for c in cases])
+    scale, shift = torch.tensor(fitted.scale), torch.tensor(fitted.shift)
+    assert torch.allclose(after, before * scale + shift, atol=1e-4)
+    assert F.cross_entropy(after, labels) <= F.cross_entropy(before, labels) + 1e-6
+    if method == "temperature":  # one parameter: the predicted class never changes
+        assert len(set(fitted.scale)) == 1 and not any(fitted.shift)
+        assert torch.equal(after.argmax(1), before.argmax(1))
 
 
 def test_training_resumes_from_its_checkpoint(tmp_path: Path) -> None:
