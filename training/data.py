@@ -1,10 +1,12 @@
 """Datasets from folders of DICOM plus a labels CSV, read with the node's own loaders.
 
 ``labels.csv`` has the columns ``patient_id, study_uid, series_uid, label``; a
-segmentation set adds ``masks/<series uid>.npy`` (bool, on the series' grid in
-the loader's slice order). Missing data is never silently dropped: each case
-skipped is listed with its reason in the returned :class:`DataReport`, and the
-policy ``on_missing = "skip" | "error"`` decides whether a gap stops training.
+segmentation set adds ground truth per series: ``masks/<series uid>.npy`` (bool,
+on the series' grid in the loader's slice order) or a DICOM SEG anywhere in the
+folder that references the series (its frames placed by their source images).
+Missing data is never silently dropped: each case skipped is listed with its
+reason in the returned :class:`DataReport`, and the policy
+``on_missing = "skip" | "error"`` decides whether a gap stops training.
 A longitudinal set (progression) lists every study of a patient; a row's
 label is the change since the patient's previous study, and a patient's first
 study has an empty label (it is only a prior). For ECGs,
@@ -24,6 +26,7 @@ import numpy.typing as npt
 from inference.errors import InferenceError
 from inference.preprocess import days_between
 from inference.records import Volume, Waveform
+from node.seg_in import find_segmentations, load_seg_mask
 from node.volume_in import load_volume, load_waveform, patient_and_date, series_files
 
 __all__ = [
@@ -92,6 +95,8 @@ def load_ct_cases(
 ) -> tuple[list[CtCase], DataReport]:
     report = DataReport()
     files = series_files(folder)
+    segs = find_segmentations(folder) if masks else {}
+    ground_truth = set(segs.values())
     cases = []
     labelled = set()
     for row in _labels(labels_csv):
@@ -111,10 +116,18 @@ def load_ct_cases(
         mask = None
         if masks:
             mask_path = labels_csv.parent / "masks" / f"{uid}.npy"
-            if not mask_path.exists():
-                report.skip(uid, "no ground-truth mask", on_missing)
+            if mask_path.exists():
+                mask = np.load(mask_path)
+            elif uid in segs:
+                try:
+                    mask = load_seg_mask(segs[uid], volume)
+                except InferenceError as exc:
+                    report.skip(uid, f"ground-truth SEG {segs[uid].name}: {exc}", on_missing)
+                    continue
+            else:
+                why = "no ground-truth mask (masks/<series uid>.npy or a DICOM SEG of the series)"
+                report.skip(uid, why, on_missing)
                 continue
-            mask = np.load(mask_path)
             if mask.shape != volume.array.shape:
                 report.skip(uid, f"mask {mask.shape} != volume {volume.array.shape}", on_missing)
                 continue
@@ -127,7 +140,8 @@ def load_ct_cases(
             )
         )
     for uid in sorted(set(files) - labelled):
-        report.skip(uid, "no label in the CSV", on_missing)
+        if not set(files[uid]) <= ground_truth:  # a SEG series is ground truth, not a case
+            report.skip(uid, "no label in the CSV", on_missing)
     report.used = len(cases)
     return cases, report
 

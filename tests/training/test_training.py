@@ -191,6 +191,74 @@ def test_missing_data_is_reported_with_the_policy(ct_data: Path, tmp_path: Path)
         load_ct_cases(ct_data, broken, CT_LABELS, masks=True, on_missing="error")
 
 
+def test_dicom_seg_ground_truth_equals_the_arrays(ct_data: Path, tmp_path: Path) -> None:
+    """A hospital's ground truth as DICOM SEG: placed by source image, same mask as the array."""
+    import shutil
+
+    import highdicom as hd
+    import pydicom
+
+    from node.volume_in import load_volume, series_files
+
+    data = tmp_path / "data"
+    shutil.copytree(ct_data, data)
+    files = series_files(data / "studies")
+    with_seg = []
+    for uid, paths in files.items():
+        mask = np.load(data / "masks" / f"{uid}.npy")
+        if not mask.any():
+            continue  # lesion-free scans keep their array: both kinds in one set
+        volume = load_volume(paths)
+        by_uid = {str(d.SOPInstanceUID): d for d in map(pydicom.dcmread, paths)}
+        seg = hd.seg.Segmentation(
+            source_images=[by_uid[u] for u in volume.sop_instance_uids],
+            pixel_array=mask.astype(np.uint8),
+            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segment_descriptions=[
+                hd.seg.SegmentDescription(
+                    segment_number=1,
+                    segment_label="lesion",
+                    segmented_property_category=hd.sr.CodedConcept(
+                        "49755003", "SCT", "Morphologically abnormal structure"
+                    ),
+                    segmented_property_type=hd.sr.CodedConcept("52988006", "SCT", "Lesion"),
+                    algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
+                )
+            ],
+            series_instance_uid=hd.UID(),
+            series_number=99,
+            sop_instance_uid=hd.UID(),
+            instance_number=1,
+            manufacturer="annotator",
+            manufacturer_model_name="test",
+            software_versions="1",
+            device_serial_number="1",
+        )
+        seg.save_as(data / f"seg-{len(with_seg)}.dcm")
+        (data / "masks" / f"{uid}.npy").unlink()
+        with_seg.append(uid)
+    assert len(with_seg) >= 2
+    cases, report = load_ct_cases(data, data / "labels.csv", CT_LABELS, masks=True)
+    assert report.skipped == [] and len(cases) == len(files)  # SEG series are not cases
+    for case in cases:
+        truth = np.load(ct_data / "masks" / f"{case.volume.series_instance_uid}.npy")
+        assert case.mask is not None and np.array_equal(case.mask, truth)
+    # A frame drawn on an image that is not in the series cannot be placed: a named error.
+    from inference.errors import InconsistentSeries
+    from node.seg_in import load_seg_mask
+
+    broken = pydicom.dcmread(data / "seg-0.dcm")
+    source = broken.PerFrameFunctionalGroupsSequence[0].DerivationImageSequence[0]
+    source.SourceImageSequence[0].ReferencedSOPInstanceUID = "2.25.1"
+    broken.save_as(tmp_path / "broken.dcm")
+    with pytest.raises(InconsistentSeries, match="frame 1 was drawn on 2.25.1, which is not in"):
+        load_seg_mask(tmp_path / "broken.dcm", load_volume(files[with_seg[0]]))
+    # Without its SEG a series has no ground truth, and says so.
+    (data / "seg-0.dcm").unlink()
+    _, report = load_ct_cases(data, data / "labels.csv", CT_LABELS, masks=True)
+    assert dict(report.skipped)[with_seg[0]].startswith("no ground-truth mask")
+
+
 def test_ecg_missing_leads_policy(tmp_path: Path) -> None:
     generate_ecg(tmp_path, 3, seed=2)
     leads = (*ECG.input_spec["leads"], "Lead X")  # a lead no recording has
