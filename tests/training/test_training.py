@@ -251,7 +251,7 @@ def test_dicom_seg_ground_truth_equals_the_arrays(ct_data: Path, tmp_path: Path)
     source = broken.PerFrameFunctionalGroupsSequence[0].DerivationImageSequence[0]
     source.SourceImageSequence[0].ReferencedSOPInstanceUID = "2.25.1"
     broken.save_as(tmp_path / "broken.dcm")
-    with pytest.raises(InconsistentSeries, match="frame 1 was drawn on 2.25.1, which is not in"):
+    with pytest.raises(InconsistentSeries, match=r"frame 1 was drawn on 2\.25\.1, which is not in"):
         load_seg_mask(tmp_path / "broken.dcm", load_volume(files[with_seg[0]]))
     # Without its SEG a series has no ground truth, and says so.
     (data / "seg-0.dcm").unlink()
