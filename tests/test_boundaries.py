@@ -16,6 +16,7 @@ ALLOWED = {
     "pydicom": {
         "node/dicom_in.py",
         "node/volume_in.py",
+        "node/seg_in.py",  # ground-truth SEG objects for training
         "node/handlers.py",
         "node/results/",
         "node/send.py",
