@@ -104,22 +104,32 @@ def _volume(series: SeriesInfo, volumes: dict[str, Volume]) -> Volume:
     return volumes[series.series_instance_uid]
 
 
+@dataclass(frozen=True, slots=True)
+class _Prior:
+    date: str
+    days_before: int
+    series: SeriesInfo
+    volume: Volume
+
+
 def _prior_volumes(
     model: LoadedModel, rule: SeriesRule, history: PatientHistory, volumes: dict[str, Volume]
-) -> list[tuple[str, SeriesInfo, Volume]]:
-    """Up to ``max_priors`` prior studies as (date, series, volume), newest first.
+) -> list[_Prior]:
+    """Up to ``max_priors`` prior studies, newest first.
 
     Per prior study the largest series that the pipeline's rules select and the
-    model takes; a prior that cannot be read is passed over with a warning.
+    model takes; a prior that cannot be read, or whose date is malformed, is
+    passed over with a warning (the other models of the job are not failed).
     """
-    found: list[tuple[str, SeriesInfo, Volume]] = []
+    found: list[_Prior] = []
     for prior in history.priors:
         candidates = [s for s in select_series(prior.series, rule) if _model_takes(model, s)]
         if not candidates:
             continue
         best = max(candidates, key=lambda s: len(s.paths))
         try:
-            found.append((prior.study_date, best, _volume(best, volumes)))
+            days = days_between(prior.study_date, history.study_date)
+            found.append(_Prior(prior.study_date, days, best, _volume(best, volumes)))
         except InferenceError as exc:
             logger.warning(
                 "prior series %s of study %s not usable: %s",
@@ -146,24 +156,25 @@ def _run_progression(
     uid = series.series_instance_uid
     timings: dict[str, float] = {}
     t = time.perf_counter()
-    if history is None or not history.priors:
-        why = history.reason if history is not None else "no patient history was looked up"
+
+    def not_run(why: str) -> SeriesResult:
         return SeriesResult(
             outcome=_outcome(spec, uid, not_run=why), source_paths=tuple(series.paths)
         )
+
+    if history is None or not history.priors:
+        return not_run(history.reason if history is not None else "no patient history")
     volume = _volume(series, volumes)
-    priors = _prior_volumes(model, rule, history, volumes)
+    priors = _prior_volumes(model, rule, history, volumes)[::-1]  # oldest first
     t = _timed(timings, "read", t)
     if not priors:
-        why = "no prior study of this patient has a series the model takes"
-        return SeriesResult(
-            outcome=_outcome(spec, uid, not_run=why), source_paths=tuple(series.paths)
-        )
-    oldest_first = priors[::-1]
-    days = [days_between(date, history.study_date) for date, _s, _v in oldest_first]
+        return not_run("no prior study of this patient has a usable series the model takes")
     probs = with_oom_fallback(
         lambda m, _b: predict_change(
-            m, [v for _d, _s, v in oldest_first] + [volume], [*days, 0], amp=amp
+            m,
+            [p.volume for p in priors] + [volume],
+            [p.days_before for p in priors] + [0],
+            amp=amp,
         ),
         model,
         1,
@@ -173,19 +184,19 @@ def _run_progression(
     _timed(timings, "postprocess", t)
     compared = [
         {
-            "study_instance_uid": v.study_instance_uid,
-            "series_instance_uid": s.series_instance_uid,
-            "study_date": date,
-            "days_before": d,
+            "study_instance_uid": p.volume.study_instance_uid,
+            "series_instance_uid": p.series.series_instance_uid,
+            "study_date": p.date,
+            "days_before": p.days_before,
         }
-        for (date, s, v), d in zip(oldest_first, days, strict=True)
+        for p in priors
     ]
     return SeriesResult(
         outcome=_outcome(spec, uid, findings=result, timings_s=timings, extra={"priors": compared}),
         source_paths=tuple(series.paths),
         sop_instance_uids=volume.sop_instance_uids,
         frame_numbers=volume.frame_numbers,
-        comparison_paths=tuple(p for _d, s, _v in oldest_first for p in s.paths),
+        comparison_paths=tuple(path for p in priors for path in p.series.paths),
     )
 
 

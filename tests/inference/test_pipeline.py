@@ -102,3 +102,45 @@ def test_out_of_memory_falls_back_to_batch_one_then_cpu(tmp_path: Path) -> None:
     prob = with_oom_fallback(run, fake, 8)
     assert batches == [8, 1, 1]  # full batch, batch of one, then the CPU
     assert prob.shape == (1, 8, 16, 16)
+
+
+def test_progression_passes_over_priors_it_cannot_use(tmp_path: Path) -> None:
+    """A malformed prior date or an unreadable prior series skips that prior, not the job."""
+    from dataclasses import replace
+
+    from node.volume_in import scan_studies
+    from storage.index import PatientHistory, PriorStudy
+    from training.synthetic import generate_longitudinal
+
+    labels = generate_longitudinal(tmp_path, 1, seed=7403)
+    order = [line.split(",")[1] for line in labels.read_text().splitlines()[1:]]
+    studies = scan_studies([tmp_path / "studies"])
+    current, newest, older = order[2], order[1], order[0]
+    model = load_package(
+        Path(__file__).parents[2] / "models" / "lesion-change", torch.device("cpu")
+    )
+    rule = SeriesRule(modalities=("CT",))
+
+    def prior(uid: str, date: str) -> PriorStudy:
+        return PriorStudy(study_instance_uid=uid, study_date=date, series=tuple(studies[uid]))
+
+    def compared(*priors: PriorStudy) -> list[str]:
+        history = PatientHistory(study_date="20250101", priors=priors)
+        run = run_pipeline(
+            studies[current], rule, [model], batch_size=1, amp=False, history=history
+        )
+        (outcome,) = run.outcomes
+        return [p["study_instance_uid"] for p in outcome.extra.get("priors", [])] or [
+            outcome.not_run
+        ]
+
+    good_new, good_old = prior(newest, "20241001"), prior(older, "20240501")
+    assert compared(good_new, good_old) == [older, newest]  # oldest first
+    assert compared(replace(good_new, study_date="2024-10"), good_old) == [older]
+    one_slice = replace(
+        good_new, series=(replace(studies[newest][0], paths=studies[newest][0].paths[:1]),)
+    )
+    assert compared(one_slice, good_old) == [older]  # a single slice is no volume
+    assert compared(replace(good_old, study_date="x")) == [
+        "no prior study of this patient has a usable series the model takes"
+    ]
