@@ -21,7 +21,7 @@ from node.results.compose import encode_run, to_bytes
 from node.volume_in import patient_and_date, scan_studies
 from storage.index import PatientHistory, PriorStudy, SeriesInfo
 
-__all__ = ["AnalyzeError", "analyze"]
+__all__ = ["AnalyzeError", "analyze", "scanned_histories"]
 
 logger = logging.getLogger(__name__)
 
@@ -108,8 +108,11 @@ def analyze(
 
 
 def scanned_histories(studies: dict[str, list[SeriesInfo]]) -> dict[str, PatientHistory]:
-    """Each scanned study's priors among the other scanned studies (same Patient ID, earlier
-    Study Date, newest first): what the worker finds in its index."""
+    """Each scanned study's priors among the other scanned studies.
+
+    The same rule as the worker's index lookup: same Patient ID, an earlier
+    Study Date, newest first; a study without either has no priors, and says why.
+    """
     keys = {uid: patient_and_date(series[0].paths[0]) for uid, series in studies.items()}
     out = {}
     for uid, (patient, date) in keys.items():
@@ -126,5 +129,9 @@ def scanned_histories(studies: dict[str, list[SeriesInfo]]) -> dict[str, Patient
             for d, other in earlier
         )
         reason = "" if priors else "no earlier study of this patient among the inputs"
+        if not patient:
+            reason = "the study has no Patient ID"
+        elif not date:
+            reason = "the study has no Study Date"
         out[uid] = PatientHistory(study_date=date, priors=priors, reason=reason)
     return out

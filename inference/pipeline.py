@@ -112,9 +112,7 @@ class _Prior:
     volume: Volume
 
 
-def _prior_volumes(
-    model: LoadedModel, rule: SeriesRule, history: PatientHistory, volumes: dict[str, Volume]
-) -> list[_Prior]:
+def _prior_volumes(model: LoadedModel, rule: SeriesRule, history: PatientHistory) -> list[_Prior]:
     """Up to ``max_priors`` prior studies, newest first.
 
     Per prior study the largest series that the pipeline's rules select and the
@@ -129,7 +127,9 @@ def _prior_volumes(
         best = max(candidates, key=lambda s: len(s.paths))
         try:
             days = days_between(prior.study_date, history.study_date)
-            found.append(_Prior(prior.study_date, days, best, _volume(best, volumes)))
+            # Not kept in the job's cache: only this model reads priors, and each
+            # is a full volume that should be freed as soon as the model is done.
+            found.append(_Prior(prior.study_date, days, best, load_volume(best.paths)))
         except InferenceError as exc:
             logger.warning(
                 "prior series %s of study %s not usable: %s",
@@ -165,7 +165,7 @@ def _run_progression(
     if history is None or not history.priors:
         return not_run(history.reason if history is not None else "no patient history")
     volume = _volume(series, volumes)
-    priors = _prior_volumes(model, rule, history, volumes)[::-1]  # oldest first
+    priors = _prior_volumes(model, rule, history)[::-1]  # oldest first
     t = _timed(timings, "read", t)
     if not priors:
         return not_run("no prior study of this patient has a usable series the model takes")
