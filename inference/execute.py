@@ -133,10 +133,17 @@ def predict_sequence(
 
 
 def predict_change(
-    model: LoadedModel, volumes: Sequence[Volume], days_before: Sequence[int], *, amp: bool
+    model: LoadedModel,
+    studies: Sequence[Volume | Tensor],
+    days_before: Sequence[int],
+    *,
+    amp: bool,
 ) -> npt.NDArray[np.float32]:
-    """Change-class probabilities of a progression model: priors oldest first, current last."""
-    x, years = prepare_history(volumes, days_before, model.spec.input)
+    """Change-class probabilities of a progression model: priors oldest first, current last.
+
+    A study is a volume or a volume already prepared for this model.
+    """
+    x, years = prepare_history(studies, days_before, model.spec.input)
     with torch.inference_mode(), _autocast(model.device, amp):
         logits, _ = model.module(x.to(model.device), years.to(model.device))
     return torch.softmax(logits.float(), dim=1)[0].cpu().numpy().astype(np.float32)

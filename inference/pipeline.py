@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from torch import Tensor
 
 from inference.errors import InferenceError, UnsupportedInput
 from inference.execute import (
@@ -25,7 +26,7 @@ from inference.execute import (
 )
 from inference.package import LoadedModel
 from inference.postprocess import findings, label_lesions
-from inference.preprocess import days_between
+from inference.preprocess import days_between, prepare_volume
 from inference.records import Lesion, Outcome, SeriesResult, Volume
 from inference.spec import ModelSpec
 from node.config import SeriesRule
@@ -109,7 +110,8 @@ class _Prior:
     date: str
     days_before: int
     series: SeriesInfo
-    volume: Volume
+    study_instance_uid: str
+    prepared: Tensor  # on the model's grid: the full-size volume is freed at once
 
 
 def _prior_volumes(model: LoadedModel, rule: SeriesRule, history: PatientHistory) -> list[_Prior]:
@@ -127,9 +129,12 @@ def _prior_volumes(model: LoadedModel, rule: SeriesRule, history: PatientHistory
         best = max(candidates, key=lambda s: len(s.paths))
         try:
             days = days_between(prior.study_date, history.study_date)
-            # Not kept in the job's cache: only this model reads priors, and each
-            # is a full volume that should be freed as soon as the model is done.
-            found.append(_Prior(prior.study_date, days, best, load_volume(best.paths)))
+            # Not kept in the job's cache: only this model reads priors, and a
+            # full-size volume is dropped as soon as it is on the model's grid.
+            volume = load_volume(best.paths)
+            prepared = prepare_volume(volume, model.spec.input)
+            del volume
+            found.append(_Prior(prior.study_date, days, best, prior.study_instance_uid, prepared))
         except InferenceError as exc:
             logger.warning(
                 "prior series %s of study %s not usable: %s",
@@ -172,7 +177,7 @@ def _run_progression(
     probs = with_oom_fallback(
         lambda m, _b: predict_change(
             m,
-            [p.volume for p in priors] + [volume],
+            [*(p.prepared for p in priors), volume],
             [p.days_before for p in priors] + [0],
             amp=amp,
         ),
@@ -184,7 +189,7 @@ def _run_progression(
     _timed(timings, "postprocess", t)
     compared = [
         {
-            "study_instance_uid": p.volume.study_instance_uid,
+            "study_instance_uid": p.study_instance_uid,
             "series_instance_uid": p.series.series_instance_uid,
             "study_date": p.date,
             "days_before": p.days_before,

@@ -90,16 +90,21 @@ def days_between(earlier: str, later: str) -> int:
 
 
 def prepare_history(
-    volumes: Sequence[Volume], days_before: Sequence[int], spec: InputSpec
+    studies: Sequence[Volume | Tensor], days_before: Sequence[int], spec: InputSpec
 ) -> tuple[Tensor, Tensor]:
     """A study and its priors for a progression model, oldest first, current last.
 
-    Returns ``x`` (1, T, 1, *size) and ``years`` (1, T): each study's time
-    before the current one in years (0 for the current study).
+    Each study is a volume, or one already made by :func:`prepare_volume` (the
+    worker prepares each prior as soon as it is read, so that its full-size
+    volume is freed at once). Returns ``x`` (1, T, 1, *size) and ``years``
+    (1, T): each study's time before the current one in years (0 for the
+    current study).
     """
-    if len(volumes) != len(days_before) or len(volumes) < 2:
+    if len(studies) != len(days_before) or len(studies) < 2:
         raise ValueError("a history needs the current study and at least one prior")
-    x = torch.stack([prepare_volume(v, spec)[0] for v in volumes])[None]
+    x = torch.stack(
+        [(prepare_volume(v, spec) if isinstance(v, Volume) else v)[0] for v in studies]
+    )[None]
     years = torch.tensor([[d / 365.25 for d in days_before]], dtype=torch.float32)
     return x, years
 
