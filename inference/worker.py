@@ -282,12 +282,13 @@ class Worker:
                 )
                 continue
             logger.info(
-                "job %d: %s %s on series %s: %d lesion(s), findings %s, %s",
+                "job %d: %s %s on series %s: %d lesion(s), %d prior(s), findings %s, %s",
                 job.id,
                 o.model_name,
                 o.model_version,
                 o.series_instance_uid,
                 len(o.lesions),
+                len(o.extra.get("priors", [])),
                 ", ".join(f"{f.label}={f.probability:.2f}" for f in o.findings) or "-",
                 " ".join(f"{k}={v:.2f}s" for k, v in o.timings_s.items()),
             )
