@@ -18,8 +18,6 @@ Usage: .venv/bin/python bench/inference.py [--slices 200] [--device auto]
 from __future__ import annotations
 
 import argparse
-import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,6 +30,7 @@ from torch.nn import functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.study import ct_study, rss_mib  # noqa: E402
 from inference.architectures import build  # noqa: E402
 from inference.execute import pick_device, segment  # noqa: E402
 from inference.package import load_package  # noqa: E402
@@ -44,12 +43,6 @@ from storage.db import create_sqlite_engine, make_sessionmaker, migrate  # noqa:
 from storage.outcomes import record_outcome  # noqa: E402
 from tests.packages import make_package  # noqa: E402
 
-SHARED_GENERATOR = ROOT.parent / "shared" / "bench" / "make_study.py"
-
-
-def rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
@@ -61,21 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="bench-inference-"))
     data = a.data or work / "data"
-    if not (data / "ct").is_dir():
-        subprocess.run(
-            [
-                sys.executable,
-                str(SHARED_GENERATOR),
-                "--out",
-                str(data),
-                "--ct-slices",
-                str(a.slices),
-                "--skip-small",
-            ],
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
-    paths = sorted((data / "ct").glob("*.dcm"))
+    paths = ct_study(data, a.slices)
     device = pick_device(a.device)
     torch.manual_seed(0)
     params = {"base": 8, "depth": 3}

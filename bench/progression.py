@@ -16,7 +16,6 @@ Usage: .venv/bin/python bench/progression.py [--slices 200] [--device auto]
 from __future__ import annotations
 
 import argparse
-import resource
 import subprocess
 import sys
 import tempfile
@@ -26,18 +25,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.study import ct_study, rss_mib  # noqa: E402
 from inference.execute import pick_device  # noqa: E402
 from inference.package import load_package  # noqa: E402
 from inference.pipeline import run_pipeline  # noqa: E402
 from node.config import SeriesRule  # noqa: E402
 from node.volume_in import scan_studies  # noqa: E402
 from storage.index import PatientHistory, PriorStudy  # noqa: E402
-
-SHARED_GENERATOR = ROOT.parent / "shared" / "bench" / "make_study.py"
-
-
-def rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,20 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", choices=["lesion-class", "lesion-change"], help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     data = a.data or Path(tempfile.mkdtemp(prefix="bench-progression-")) / "data"
-    if not (data / "ct").is_dir():
-        subprocess.run(
-            [
-                sys.executable,
-                str(SHARED_GENERATOR),
-                "--out",
-                str(data),
-                "--ct-slices",
-                str(a.slices),
-                "--skip-small",
-            ],
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
+    ct_study(data, a.slices)  # made once, before the per-model processes read it
     if a.model is None:  # each model in its own process: peak RSS is per process
         print(f"One CT study, {a.slices} slices 512x512, device {pick_device(a.device)}")
         print()

@@ -1,0 +1,34 @@
+"""What the benchmarks share: the synthetic CT study they run on, and peak RSS."""
+
+from __future__ import annotations
+
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+SHARED_GENERATOR = Path(__file__).resolve().parents[2] / "shared" / "bench" / "make_study.py"
+
+
+def rss_mib() -> float:
+    """Peak resident memory of this process so far (MiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def ct_study(data: Path, slices: int) -> list[Path]:
+    """The files of the 512x512 CT in ``data/ct``, made by make_study.py if absent."""
+    if not (data / "ct").is_dir():
+        subprocess.run(
+            [
+                sys.executable,
+                str(SHARED_GENERATOR),
+                "--out",
+                str(data),
+                "--ct-slices",
+                str(slices),
+                "--skip-small",
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+    return sorted((data / "ct").glob("*.dcm"))
