@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from node.config import NodeConfig, load_config
 from storage.db import create_sqlite_engine, make_sessionmaker, migrate
-from tests.peers import NodeProcess, free_port
+from tests.peers import NodeProcess, Orthanc, free_port
 
 ConfigFactory = Callable[..., Path]
 
@@ -100,3 +100,12 @@ def node_factory(
     yield factory
     for proc in started:
         proc.stop()
+
+
+@pytest.fixture
+def orthanc(tmp_path: Path) -> Iterator[Orthanc]:
+    """A real Orthanc (Debian package) on free loopback ports, stopped at teardown."""
+    pacs = Orthanc(tmp_path / "orthanc", dicom_port=free_port(), http_port=free_port())
+    pacs.start()
+    yield pacs
+    pacs.stop()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,20 +19,12 @@ from pydicom import dcmread
 from storage import deliveries, queue
 from storage.db import create_sqlite_engine, make_sessionmaker
 from storage.outcomes import list_outcomes
-from tests.peers import Orthanc, free_port, storescu
+from tests.peers import Orthanc, storescu
 from training.synthetic import generate_longitudinal
 
 pytestmark = pytest.mark.network
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def orthanc(tmp_path: Path) -> Iterator[Orthanc]:
-    pacs = Orthanc(tmp_path / "orthanc", dicom_port=free_port(), http_port=free_port())
-    pacs.start()
-    yield pacs
-    pacs.stop()
 
 
 def test_follow_ups_are_compared_with_their_priors(

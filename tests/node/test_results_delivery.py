@@ -8,7 +8,6 @@ while results are pending, restarts ainode, and checks everything arrives once.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,19 +19,11 @@ from storage.db import create_sqlite_engine, make_sessionmaker
 from storage.deliveries import DeliveryRecord
 from tests.dicomgen import write_lesion_ct
 from tests.packages import threshold_segmenter
-from tests.peers import Orthanc, free_port, storescu
+from tests.peers import Orthanc, storescu
 
 pytestmark = pytest.mark.network
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def orthanc(tmp_path: Path) -> Iterator[Orthanc]:
-    pacs = Orthanc(tmp_path / "orthanc", dicom_port=free_port(), http_port=free_port())
-    pacs.start()
-    yield pacs
-    pacs.stop()
 
 
 def _config(package: Path, pacs: Orthanc) -> tuple[str, dict[str, dict[str, object]]]:

@@ -1,35 +1,12 @@
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from datetime import datetime, timedelta
 
 from storage import queue
 from storage.completion import PipelineTarget, complete_due
-from storage.index import index_instance
-from storage.records import InstanceHeader, StoredInstance
+from tests.storage.stored import T0, store
 
-T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 PIPELINES = [PipelineTarget(name="default", priority=100, max_attempts=3)]
-
-
-def _store(sessions, sop: str, *, study: str = "1.1", series: str = "1.1.1", at: datetime = T0):
-    header = InstanceHeader(
-        sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
-        sop_instance_uid=sop,
-        study_instance_uid=study,
-        series_instance_uid=series,
-        transfer_syntax_uid="1.2.840.10008.1.2.1",
-        modality="CT",
-    )
-    stored = StoredInstance(
-        header=header,
-        path=Path(f"/x/{sop}.dcm"),
-        size_bytes=1,
-        calling_ae_title="CT",
-        received_at=at,
-    )
-    with sessions.begin() as s:
-        return index_instance(s, stored, replace=False)
 
 
 def _complete(sessions, now: datetime, level: str = "study"):
@@ -38,8 +15,8 @@ def _complete(sessions, now: datetime, level: str = "study"):
 
 
 def test_study_completes_after_the_quiet_period_once(sessions) -> None:
-    _store(sessions, "1.1.1.1", at=T0)
-    _store(sessions, "1.1.1.2", at=T0 + timedelta(seconds=10))
+    store(sessions, "1.1.1.1", at=T0)
+    store(sessions, "1.1.1.2", at=T0 + timedelta(seconds=10))
     assert _complete(sessions, T0 + timedelta(seconds=29)) == []
     done = _complete(sessions, T0 + timedelta(seconds=30))
     assert len(done) == 1
@@ -52,11 +29,11 @@ def test_study_completes_after_the_quiet_period_once(sessions) -> None:
 
 
 def test_late_instance_reopens_and_completes_again(sessions) -> None:
-    _store(sessions, "1.1.1.1", at=T0)
+    store(sessions, "1.1.1.1", at=T0)
     _complete(sessions, T0 + timedelta(seconds=20))
     with sessions.begin() as s:
         queue.claim_next(s, worker="w", lease_s=60, now=T0 + timedelta(seconds=21))
-    late = _store(sessions, "1.1.1.9", at=T0 + timedelta(minutes=5))
+    late = store(sessions, "1.1.1.9", at=T0 + timedelta(minutes=5))
     assert late.study_reopened
     ((event, jobs),) = _complete(sessions, T0 + timedelta(minutes=6))
     assert event.event_number == 2 and event.instance_count == 2
@@ -66,8 +43,8 @@ def test_late_instance_reopens_and_completes_again(sessions) -> None:
 
 
 def test_series_level_completes_each_series(sessions) -> None:
-    _store(sessions, "1.1.1.1", series="1.1.1", at=T0)
-    _store(sessions, "1.1.2.1", series="1.1.2", at=T0 + timedelta(seconds=15))
+    store(sessions, "1.1.1.1", series="1.1.1", at=T0)
+    store(sessions, "1.1.2.1", series="1.1.2", at=T0 + timedelta(seconds=15))
     first = _complete(sessions, T0 + timedelta(seconds=25), level="series")
     assert [e.series_instance_uid for e, _ in first] == ["1.1.1"]
     assert first[0][0].study_instance_uid == "1.1"

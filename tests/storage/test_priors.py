@@ -2,35 +2,22 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from pathlib import Path
 
-from storage.index import index_instance, patient_history
-from storage.records import InstanceHeader, StoredInstance
-
-T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+from storage.index import patient_history
+from tests.storage.stored import store
 
 
-def _store(sessions, study: str, *, patient: str, date: str, modality: str = "CT") -> None:
-    header = InstanceHeader(
-        sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
-        sop_instance_uid=f"{study}.1.1",
-        study_instance_uid=study,
-        series_instance_uid=f"{study}.1",
-        transfer_syntax_uid="1.2.840.10008.1.2.1",
-        modality=modality,
+def _store(sessions, study: str, *, patient: str, date: str) -> None:
+    """One instance of a study: ``<study>.1.1`` in series ``<study>.1``."""
+    store(
+        sessions,
+        f"{study}.1.1",
+        study=study,
+        series=f"{study}.1",
         patient_id=patient,
         study_date=date,
     )
-    stored = StoredInstance(
-        header=header,
-        path=Path(f"/x/{study}.dcm"),
-        size_bytes=1,
-        calling_ae_title="CT",
-        received_at=T0,
-    )
-    with sessions.begin() as s:
-        index_instance(s, stored, replace=False)
 
 
 def _history(sessions, study: str, limit: int = 10):
@@ -51,7 +38,7 @@ def test_priors_are_the_same_patients_earlier_studies_newest_first(sessions) -> 
     assert [p.study_instance_uid for p in history.priors] == ["1.2", "1.1"]
     assert [p.study_date for p in history.priors] == ["20250310", "20240105"]
     (series,) = history.priors[0].series
-    assert series.series_instance_uid == "1.2.1" and series.paths == (Path("/x/1.2.dcm"),)
+    assert series.series_instance_uid == "1.2.1" and series.paths == (Path("/x/1.2.1.1.dcm"),)
     assert [p.study_instance_uid for p in _history(sessions, "1.3", limit=1).priors] == ["1.2"]
 
 
