@@ -85,6 +85,38 @@ def _labels(labels_csv: Path) -> list[dict[str, str]]:
     return rows
 
 
+def _labelled_series(
+    row: dict[str, str],
+    files: dict[str, list[Path]],
+    classes: tuple[str, ...],
+    report: DataReport,
+    on_missing: str,
+    *,
+    unlabelled: bool = False,
+) -> list[Path] | None:
+    """The files of a CSV row's series, or None (reported) for an unknown label or series.
+
+    ``unlabelled``: an empty label is allowed (a longitudinal set's first study).
+    """
+    uid, label = row["series_uid"], row["label"]
+    if label not in classes and not (unlabelled and not label):
+        report.skip(uid, f"label {label!r} is not one of {classes}", on_missing)
+        return None
+    if uid not in files:
+        report.skip(uid, "series not found in the folder", on_missing)
+        return None
+    return files[uid]
+
+
+def _volume(uid: str, paths: list[Path], report: DataReport, on_missing: str) -> Volume | None:
+    """The series as the node loads it, or None (reported) when it cannot make a volume."""
+    try:
+        return load_volume(paths)
+    except InferenceError as exc:  # missing slices, gaps, undecodable pixels...
+        report.skip(uid, str(exc), on_missing)
+        return None
+
+
 def load_ct_cases(
     folder: Path,
     labels_csv: Path,
@@ -102,16 +134,9 @@ def load_ct_cases(
     for row in _labels(labels_csv):
         uid = row["series_uid"]
         labelled.add(uid)
-        if row["label"] not in classes:
-            report.skip(uid, f"label {row['label']!r} is not one of {classes}", on_missing)
-            continue
-        if uid not in files:
-            report.skip(uid, "series not found in the folder", on_missing)
-            continue
-        try:
-            volume = load_volume(files[uid])
-        except InferenceError as exc:  # missing slices, gaps, undecodable pixels...
-            report.skip(uid, str(exc), on_missing)
+        paths = _labelled_series(row, files, classes, report, on_missing)
+        volume = _volume(uid, paths, report, on_missing) if paths else None
+        if volume is None:
             continue
         mask = None
         if masks:
@@ -207,20 +232,15 @@ def load_history_cases(
     patients: dict[str, list[tuple[str, str, Volume]]] = {}
     for row in _labels(labels_csv):
         uid, label = row["series_uid"], row["label"]
-        if label and label not in classes:
-            report.skip(uid, f"label {label!r} is not one of {classes}", on_missing)
+        paths = _labelled_series(row, files, classes, report, on_missing, unlabelled=True)
+        if not paths:
             continue
-        if uid not in files:
-            report.skip(uid, "series not found in the folder", on_missing)
-            continue
-        _patient, date = patient_and_date(files[uid][0])
+        _patient, date = patient_and_date(paths[0])
         if not date:
             report.skip(uid, "no Study Date: cannot be ordered among the priors", on_missing)
             continue
-        try:
-            volume = load_volume(files[uid])
-        except InferenceError as exc:
-            report.skip(uid, str(exc), on_missing)
+        volume = _volume(uid, paths, report, on_missing)
+        if volume is None:
             continue
         patients.setdefault(row["patient_id"], []).append((date, label, volume))
     cases = []
