@@ -128,10 +128,11 @@ def scanned_histories(studies: dict[str, list[SeriesInfo]]) -> dict[str, Patient
             PriorStudy(study_instance_uid=other, study_date=d, series=tuple(studies[other]))
             for d, other in earlier
         )
-        reason = "" if priors else "no earlier study of this patient among the inputs"
         if not patient:
             reason = "the study has no Patient ID"
         elif not date:
             reason = "the study has no Study Date"
+        else:
+            reason = "" if priors else "no earlier study of this patient among the inputs"
         out[uid] = PatientHistory(study_date=date, priors=priors, reason=reason)
     return out

@@ -114,7 +114,7 @@ class _Prior:
     prepared: Tensor  # on the model's grid: the full-size volume is freed at once
 
 
-def _prior_volumes(model: LoadedModel, rule: SeriesRule, history: PatientHistory) -> list[_Prior]:
+def _priors(model: LoadedModel, rule: SeriesRule, history: PatientHistory) -> list[_Prior]:
     """Up to ``max_priors`` prior studies, newest first.
 
     Per prior study the largest series that the pipeline's rules select and the
@@ -170,7 +170,7 @@ def _run_progression(
     if history is None or not history.priors:
         return not_run(history.reason if history is not None else "no patient history")
     volume = _volume(series, volumes)
-    priors = _prior_volumes(model, rule, history)[::-1]  # oldest first
+    priors = _priors(model, rule, history)[::-1]  # oldest first
     t = _timed(timings, "read", t)
     if not priors:
         return not_run("no prior study of this patient has a usable series the model takes")

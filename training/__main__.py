@@ -29,8 +29,9 @@ from training.synthetic import generate_ct, generate_ecg, generate_longitudinal
 __all__ = ["main"]
 
 # Seeds of the shipped models: training, validation, and a shifted held-out test
-# set made with seeds never used in training; classifiers are temperature-scaled
-# on a shifted calibration set (its own seeds, as large as the validation set).
+# set made with seeds never used in training; classifiers are calibrated on a
+# shifted calibration set of their own seeds (vector scaling: together with the
+# validation set, see recipes.calibrate).
 # Sizes: train, validation, calibration, test. Longitudinal sizes count patients
 # (3-4 studies each, 2-3 labelled follow-ups). Test sets are large enough for a
 # calibration error to be measured (ECE's 95 % bootstrap interval is +-0.03 wide
