@@ -11,15 +11,16 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from node.config import DuplicatePolicy
 from node.dicom_in import file_meta_bytes, read_instance_header
-from node.errors import InvalidUid, OutOfResources, UidMismatch
+from node.errors import InvalidUid, OutOfResources, SeriesInOtherStudy, UidMismatch
 from node.status import StoreStatus
-from storage.index import find_instance_path, index_instance
+from storage.index import StudyConflict, index_instance, locate
 from storage.records import IndexOutcome, IndexResult, StoredInstance
 from storage.spool import Spool, is_safe_uid
 
@@ -102,28 +103,35 @@ def receive_instance(
             raise OutOfResources(f"disk full: {exc.strerror}") from exc
         raise OutOfResources(f"cannot write instance: {exc.strerror}") from exc
 
-    stored = StoredInstance(
-        header=header,
-        path=final,
-        size_bytes=size,
-        calling_ae_title=calling_ae_title,
-        received_at=deps.clock(),
-    )
     replace = deps.on_duplicate is DuplicatePolicy.REPLACE
+    published: Path | None = None
     try:
         with deps.sessions.begin() as session:
-            if not replace and find_instance_path(session, header.sop_instance_uid) is not None:
+            placement = locate(session, header)
+            if placement.instance_id is not None and not replace:
                 result = IndexResult(outcome=IndexOutcome.KEPT_EXISTING)
             else:
                 # Publish inside the transaction: the file is in place before
-                # the row that points to it is committed.
-                spool.publish(staged, final)
-                result = index_instance(session, stored, replace=replace)
-    except OSError as exc:
+                # the row that points to it is committed. It never overwrites a
+                # file a committed row points to (see Spool.publish), so a
+                # failure below leaves the store exactly as it was.
+                published = spool.publish(staged, final)
+                stored = StoredInstance(
+                    header=header,
+                    path=published,
+                    size_bytes=size,
+                    calling_ae_title=calling_ae_title,
+                    received_at=deps.clock(),
+                )
+                result = index_instance(session, stored, placement, replace=replace)
+    except StudyConflict as exc:
         spool.discard(staged)
+        raise SeriesInOtherStudy(exc) from None
+    except OSError as exc:
+        _undo(spool, staged, published)
         raise OutOfResources(f"cannot write instance: {exc.strerror}") from exc
     except SQLAlchemyError as exc:
-        spool.discard(staged)
+        _undo(spool, staged, published)
         raise OutOfResources(
             f"index unavailable: {type(getattr(exc, 'orig', None) or exc).__name__}",
             StoreStatus.OUT_OF_RESOURCES_INDEX,
@@ -133,3 +141,14 @@ def receive_instance(
     if result.previous_path is not None:
         spool.remove(result.previous_path)
     return result
+
+
+def _undo(spool: Spool, staged: Path, published: Path | None) -> None:
+    """Remove what a failed store wrote; no committed row points to it."""
+    spool.discard(staged)
+    if published is not None:
+        try:
+            spool.remove(published)
+        except OSError:
+            # Start-up reconciliation finds it (a file without a row).
+            logger.exception("cannot remove %s after a failed store", published)

@@ -25,11 +25,14 @@ from multiprocessing.synchronize import Event as MpEvent
 from pathlib import Path
 from typing import IO
 
+from sqlalchemy.orm import Session, sessionmaker
+
 from node.config import NodeConfig
 from node.housekeeping import start_scheduler
 from node.logs import configure_logging
 from node.server import start_listener, stop_listener
 from storage.db import create_sqlite_engine, make_sessionmaker, migrate
+from storage.reconcile import ReconcileRefused, reconcile
 from storage.spool import Spool
 
 __all__ = ["ServeError", "listener_main", "serve"]
@@ -116,6 +119,34 @@ def _verify_models(cfg: NodeConfig) -> None:
                 raise ServeError(f"[[pipelines]] {pipeline.name!r}: {exc}") from None
 
 
+def _reconcile(sessions: sessionmaker[Session], spool: Spool, *, grace_s: float) -> None:
+    """Repair what a crash left between files and index (storage.reconcile); log it all."""
+    try:
+        with sessions.begin() as s:
+            found = reconcile(s, spool, grace_s=grace_s)
+    except ReconcileRefused as exc:
+        raise ServeError(str(exc)) from None
+    for lost in found.lost:
+        logger.error(
+            "acknowledged instance lost from disk, removed from the index: sop=%s series=%s "
+            "study=%s (was %s)",
+            lost.sop_instance_uid,
+            lost.series_instance_uid,
+            lost.study_instance_uid,
+            lost.path,
+        )
+    for moved in found.quarantined:
+        logger.warning("file without an index row moved to %s", moved)
+    logger.info(
+        "reconciled %d file(s) with %d index row(s) in %.2f s: %d quarantined, %d lost",
+        found.files_checked,
+        found.rows_checked,
+        found.seconds,
+        len(found.quarantined),
+        len(found.lost),
+    )
+
+
 def _wait_ready(children: list[tuple[BaseProcess, MpEvent]]) -> None:
     for child, ready in children:
         if not ready.wait(_READY_TIMEOUT_S) or not child.is_alive():
@@ -124,14 +155,17 @@ def _wait_ready(children: list[tuple[BaseProcess, MpEvent]]) -> None:
 
 def serve(cfg: NodeConfig) -> int:
     """Run the node until SIGTERM; return the process exit code."""
-    spool = Spool(cfg.storage.data_dir)
-    removed = spool.prepare()
+    cfg.storage.data_dir.mkdir(exist_ok=True)
+    # Lock first: a second, refused serve must not touch the running node's files.
     lock = _lock_data_dir(cfg.storage.data_dir)
+    spool = Spool(cfg.storage.data_dir)
+    removed = spool.prepare(grace_s=cfg.queue.lease_s)
     if removed:
         logger.warning("removed %d partial file(s) left by an interrupted write", removed)
     engine = create_sqlite_engine(cfg.storage.database_path)
     migrate(engine)
     sessions = make_sessionmaker(engine)
+    _reconcile(sessions, spool, grace_s=cfg.queue.lease_s)
     node = cfg.node
     _check_port_free(node.bind_address, node.port)
     if cfg.inference.workers:

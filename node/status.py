@@ -28,5 +28,7 @@ class StoreStatus(enum.IntEnum):
     UID_MISMATCH = 0xC002
     #: A UID is not a valid UID (digits and dots, at most 64 characters).
     INVALID_UID = 0xC003
+    #: The Series (or SOP) Instance UID is already stored under another Study Instance UID.
+    SERIES_IN_OTHER_STUDY = 0xC004
     #: An unexpected error inside the node; the log has the traceback.
     UNEXPECTED_ERROR = 0xC0FF

@@ -19,11 +19,14 @@ from storage.records import IndexOutcome, IndexResult, InstanceHeader, StoredIns
 
 __all__ = [
     "PatientHistory",
+    "Placement",
     "PriorStudy",
     "SeriesInfo",
+    "StudyConflict",
     "find_instance_path",
     "index_instance",
     "instance_paths",
+    "locate",
     "patient_history",
     "study_counts",
     "study_series",
@@ -167,6 +170,29 @@ _instances = cast(Table, Instance.__table__)
 _FIND_INSTANCE = select(_instances.c.id, _instances.c.path).where(
     _instances.c.sop_instance_uid == bindparam("uid")
 )
+# Where an incoming instance would go: its own row (if its SOP Instance UID is
+# indexed) and its series' row, each with the study that holds it.
+_LOCATE_INSTANCE = (
+    select(
+        _instances.c.id,
+        _instances.c.path,
+        _instances.c.series_id,
+        _studies.c.study_instance_uid,
+    )
+    .join(_series, _instances.c.series_id == _series.c.id)
+    .join(_studies, _series.c.study_id == _studies.c.id)
+    .where(_instances.c.sop_instance_uid == bindparam("uid"))
+)
+_LOCATE_SERIES = (
+    select(_series.c.id, _series.c.state, _studies.c.study_instance_uid)
+    .join(_studies, _series.c.study_id == _studies.c.id)
+    .where(_series.c.series_instance_uid == bindparam("uid"))
+)
+_UNCOUNT_SERIES = (
+    update(_series)
+    .where(_series.c.id == bindparam("row_id"))
+    .values(instance_count=_series.c.instance_count - 1)
+)
 _FIND_STUDY = select(_studies.c.id, _studies.c.state, _studies.c.modalities).where(
     _studies.c.study_instance_uid == bindparam("uid")
 )
@@ -181,9 +207,6 @@ _TOUCH_STUDY = (
         reopen_count=_studies.c.reopen_count + bindparam("reopened"),
         modalities=bindparam("modalities"),
     )
-)
-_FIND_SERIES = select(_series.c.id, _series.c.state).where(
-    _series.c.series_instance_uid == bindparam("uid")
 )
 _INSERT_SERIES = insert(_series).returning(_series.c.id)
 _TOUCH_SERIES = (
@@ -242,9 +265,75 @@ def _upsert_study(conn: Connection, h: InstanceHeader, now: datetime, added: int
     return reopened
 
 
-def _upsert_series(conn: Connection, h: InstanceHeader, now: datetime, added: int) -> int:
-    row = conn.execute(_FIND_SERIES, {"uid": h.series_instance_uid}).first()
-    if row is None:
+class StudyConflict(Exception):
+    """The instance's series (or the instance itself) is already indexed under another study.
+
+    A series belongs to one study (PS3.3 C.7.3.1): an instance that names a
+    known Series or SOP Instance UID with another Study Instance UID is a
+    broken anonymiser or a modality UID bug, and must never be mixed into the
+    other study's jobs.
+    """
+
+    def __init__(self, *, what: str, uid: str, stored_study: str, new_study: str) -> None:
+        super().__init__(
+            f"{what} {uid} is already stored in study {stored_study}; "
+            f"this instance says study {new_study}"
+        )
+        self.what = what
+        self.stored_study = stored_study
+        self.new_study = new_study
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Placement:
+    """Where an incoming instance goes in the index, found before anything is written."""
+
+    instance_id: int | None = None
+    instance_path: Path | None = None
+    instance_series_id: int | None = None
+    series_id: int | None = None
+    series_complete: bool = False
+
+
+def locate(session: Session, header: InstanceHeader) -> Placement:
+    """Look up the instance's row and its series' row, refusing study conflicts.
+
+    Raises
+    ------
+    StudyConflict
+        The Series or SOP Instance UID is indexed under another study.
+    """
+    conn = session.connection()
+    study = header.study_instance_uid
+    series = conn.execute(_LOCATE_SERIES, {"uid": header.series_instance_uid}).first()
+    if series is not None and series.study_instance_uid != study:
+        raise StudyConflict(
+            what="series",
+            uid=header.series_instance_uid,
+            stored_study=series.study_instance_uid,
+            new_study=study,
+        )
+    instance = conn.execute(_LOCATE_INSTANCE, {"uid": header.sop_instance_uid}).first()
+    if instance is not None and instance.study_instance_uid != study:
+        raise StudyConflict(
+            what="instance",
+            uid=header.sop_instance_uid,
+            stored_study=instance.study_instance_uid,
+            new_study=study,
+        )
+    return Placement(
+        instance_id=None if instance is None else instance.id,
+        instance_path=None if instance is None else Path(instance.path),
+        instance_series_id=None if instance is None else instance.series_id,
+        series_id=None if series is None else series.id,
+        series_complete=series is not None and series.state == ReceiveState.COMPLETE,
+    )
+
+
+def _upsert_series(
+    conn: Connection, h: InstanceHeader, placement: Placement, now: datetime, added: int
+) -> int:
+    if placement.series_id is None:
         study_id = conn.execute(_FIND_STUDY, {"uid": h.study_instance_uid}).one().id
         new_id: int = conn.execute(
             _INSERT_SERIES,
@@ -262,18 +351,19 @@ def _upsert_series(conn: Connection, h: InstanceHeader, now: datetime, added: in
     conn.execute(
         _TOUCH_SERIES,
         {
-            "row_id": row.id,
+            "row_id": placement.series_id,
             "added": added,
             "now": now,
-            "reopened": int(row.state == ReceiveState.COMPLETE),
+            "reopened": int(placement.series_complete),
         },
     )
-    series_id: int = row.id
-    return series_id
+    return placement.series_id
 
 
-def index_instance(session: Session, stored: StoredInstance, *, replace: bool) -> IndexResult:
-    """Record a durably written instance.
+def index_instance(
+    session: Session, stored: StoredInstance, placement: Placement, *, replace: bool
+) -> IndexResult:
+    """Record a durably written instance at the place :func:`locate` found.
 
     A SOP Instance UID already indexed is never a second row: with
     ``replace`` the row points at the new file (and the previous path is
@@ -282,14 +372,18 @@ def index_instance(session: Session, stored: StoredInstance, *, replace: bool) -
     """
     h = stored.header
     conn = session.connection()
-    existing = conn.execute(_FIND_INSTANCE, {"uid": h.sop_instance_uid}).first()
-    if existing is not None and not replace:
+    if placement.instance_id is not None and not replace:
         return IndexResult(outcome=IndexOutcome.KEPT_EXISTING)
-    added = 0 if existing is not None else 1
+    replacing = placement.instance_id is not None
     now = stored.received_at
-    reopened = _upsert_study(conn, h, now, added)
+    reopened = _upsert_study(conn, h, now, 0 if replacing else 1)
+    # A replaced instance that moves to another series of its study counts there.
+    moved = replacing and placement.instance_series_id != placement.series_id
+    series_id = _upsert_series(conn, h, placement, now, 0 if replacing and not moved else 1)
+    if moved:
+        conn.execute(_UNCOUNT_SERIES, {"row_id": placement.instance_series_id})
     values = {
-        "series_id": _upsert_series(conn, h, now, added),
+        "series_id": series_id,
         "sop_class_uid": h.sop_class_uid,
         "transfer_syntax_uid": h.transfer_syntax_uid,
         "instance_number": h.instance_number,
@@ -298,11 +392,11 @@ def index_instance(session: Session, stored: StoredInstance, *, replace: bool) -
         "calling_ae_title": stored.calling_ae_title,
         "received_at": now,
     }
-    if existing is None:
+    if not replacing:
         conn.execute(_INSERT_INSTANCE, {"sop_instance_uid": h.sop_instance_uid, **values})
         return IndexResult(outcome=IndexOutcome.NEW, study_reopened=reopened)
-    conn.execute(_REPLACE_INSTANCE, {"row_id": existing.id, **values})
-    previous = Path(existing.path)
+    conn.execute(_REPLACE_INSTANCE, {"row_id": placement.instance_id, **values})
+    previous = placement.instance_path
     return IndexResult(
         outcome=IndexOutcome.REPLACED,
         previous_path=None if previous == stored.path else previous,

@@ -5,6 +5,7 @@ Layout below the data folder::
     instances/<study uid>/<series uid>/<sop instance uid>.dcm
     results/<study uid>/<sop instance uid>.dcm   result objects the node wrote
     tmp/       files being written; removed at start-up, never indexed
+    orphans/   files found without an index row at start-up (storage.reconcile)
 
 A file is visible under ``instances/`` only once its bytes are on disk, so a
 crash at any moment leaves either the whole file or none of it.
@@ -12,11 +13,13 @@ crash at any moment leaves either the whole file or none of it.
 
 from __future__ import annotations
 
+import errno
 import itertools
 import os
 import re
 import shutil
 import threading
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -39,6 +42,32 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+# Filesystems without hard links (FAT, some network mounts) answer link() so.
+_NO_HARD_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK}
+
+
+def _move_no_replace(source: Path, target: Path) -> bool:
+    """Rename ``source`` to ``target`` unless ``target`` exists; False if it does.
+
+    link + unlink is a rename that cannot overwrite; where hard links are not
+    supported, an existence check before the rename serves (callers publishing
+    instances hold the index's write lock).
+    """
+    try:
+        os.link(source, target)
+    except FileExistsError:
+        return False
+    except OSError as exc:
+        if exc.errno not in _NO_HARD_LINKS:
+            raise
+        if target.exists():
+            return False
+        os.replace(source, target)
+        return True
+    os.unlink(source)
+    return True
+
+
 class Spool:
     """The instance files of one data folder."""
 
@@ -46,23 +75,31 @@ class Spool:
         self.data_dir = data_dir
         self.instances_dir = data_dir / "instances"
         self.tmp_dir = data_dir / "tmp"
+        self.results_dir = data_dir / "results"
+        self.orphans_dir = data_dir / "orphans"
+        self._results_tmp = self.tmp_dir / "results"
         self._known_dirs: set[Path] = set()
         self._lock = threading.Lock()
 
-    def prepare(self) -> int:
+    def prepare(self, *, grace_s: float = 0.0) -> int:
         """Create the folders and delete leftovers of interrupted writes.
 
-        Returns the number of partial files removed. Call once at start-up,
-        before any listener runs.
+        Returns the number of partial files removed. Call at start-up with the
+        data folder's lock held, before any listener runs. Result files staged
+        by workers (``tmp/results/``) are removed only once older than
+        ``grace_s``: a worker running beside the node may be writing one.
         """
-        for path in (self.data_dir, self.instances_dir, self.tmp_dir):
+        for path in (self.data_dir, self.instances_dir, self.tmp_dir, self._results_tmp):
             self._ensure_dir(path)
         removed = 0
-        for leftover in self.tmp_dir.iterdir():
-            leftover.unlink()
-            removed += 1
-        if removed:
-            _fsync_dir(self.tmp_dir)
+        for folder, cutoff in ((self.tmp_dir, None), (self._results_tmp, time.time() - grace_s)):
+            for leftover in folder.iterdir():
+                if leftover.is_dir() or (cutoff is not None and leftover.stat().st_mtime > cutoff):
+                    continue
+                leftover.unlink()
+                removed += 1
+            if removed:
+                _fsync_dir(folder)
         return removed
 
     def instance_path(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
@@ -75,18 +112,20 @@ class Spool:
         for uid in (study_uid, sop_uid):
             if not is_safe_uid(uid):
                 raise ValueError(f"not a valid UID for a file name: {uid!r}")
-        return self.data_dir / "results" / study_uid / f"{sop_uid}.dcm"
+        return self.results_dir / study_uid / f"{sop_uid}.dcm"
 
     def free_bytes(self) -> int:
         return shutil.disk_usage(self.data_dir).free
 
-    def stage(self, chunks: Iterable[bytes], name: str) -> tuple[Path, int]:
-        """Write ``chunks`` to a new file under ``tmp/`` and fsync it.
+    def stage(
+        self, chunks: Iterable[bytes], name: str, *, folder: Path | None = None
+    ) -> tuple[Path, int]:
+        """Write ``chunks`` to a new file under ``tmp/`` (or ``folder``) and fsync it.
 
         Returns the staged path and its size. The file is invisible to
         readers of ``instances/`` until :meth:`publish` moves it there.
         """
-        tmp = self.tmp_dir / f"{name}.{os.getpid()}.{next(_counter)}.part"
+        tmp = (folder or self.tmp_dir) / f"{name}.{os.getpid()}.{next(_counter)}.part"
         size = 0
         try:
             with open(tmp, "wb") as f:
@@ -100,24 +139,49 @@ class Spool:
             raise
         return tmp, size
 
-    def publish(self, staged: Path, path: Path) -> None:
-        """Atomically move a staged file to ``path`` and make the rename durable."""
+    def publish(self, staged: Path, path: Path) -> Path:
+        """Move a staged file to ``path`` and make the move durable; return where it went.
+
+        Never overwrites: if ``path`` exists (an instance replaced with the
+        same UIDs), the file goes to a new name beside it, so the bytes that a
+        committed index row points to stay untouched until that row moves.
+        """
         self._ensure_dir(path.parent)
-        os.replace(staged, path)
+        target = path
+        while not _move_no_replace(staged, target):
+            target = path.with_name(f"{path.stem}.{os.getpid()}-{next(_counter)}{path.suffix}")
         _fsync_dir(path.parent)
+        return target
 
     def discard(self, staged: Path) -> None:
         staged.unlink(missing_ok=True)
 
     def write(self, path: Path, chunks: Iterable[bytes]) -> int:
-        """Stage and publish in one step; return the size."""
-        staged, size = self.stage(chunks, path.name)
+        """Stage and publish a file at a path that does not exist yet; return the size.
+
+        Used for result objects (staged in ``tmp/results/``).
+        """
+        self._ensure_dir(self._results_tmp)
+        staged, size = self.stage(chunks, path.name, folder=self._results_tmp)
         try:
-            self.publish(staged, path)
+            published = self.publish(staged, path)
         except BaseException:
             self.discard(staged)
             raise
+        if published != path:
+            self.remove(published)
+            raise FileExistsError(errno.EEXIST, "already exists", str(path))
         return size
+
+    def quarantine(self, path: Path) -> Path:
+        """Move a file of the data folder to ``orphans/`` under the same relative path."""
+        target = self.orphans_dir / path.relative_to(self.data_dir)
+        self._ensure_dir(target.parent)
+        while not _move_no_replace(path, target):
+            target = target.with_name(f"{target.name}.{next(_counter)}")
+        _fsync_dir(target.parent)
+        _fsync_dir(path.parent)
+        return target
 
     def remove(self, path: Path) -> None:
         """Delete an instance file that the index no longer points to."""

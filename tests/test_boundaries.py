@@ -28,6 +28,7 @@ ALLOWED = {
         "storage/",
         "node/receive.py",
         "node/server.py",
+        "node/service.py",
         "node/housekeeping.py",
         "node/delivery.py",
         "node/report.py",

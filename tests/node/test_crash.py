@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -14,7 +15,8 @@ from sqlalchemy import select
 from storage.db import create_sqlite_engine, make_sessionmaker
 from storage.models import Instance, Job
 from tests.dicomgen import dataset_bytes, write_ct_series
-from tests.peers import DCMTK_ENV, acknowledged
+from tests.peers import DCMTK_ENV, acknowledged, storescu
+from tests.storage.stored import files_in as _files_in
 
 pytestmark = [pytest.mark.network, pytest.mark.slow]
 
@@ -77,7 +79,7 @@ def test_kill_9_during_four_concurrent_senders(node_factory, tmp_path: Path) -> 
         assert dataset_bytes(instances[uid]) == dataset_bytes(path)
     # No partial file is visible: tmp/ was cleared, and every file under
     # instances/ is a whole instance equal to one that was sent.
-    assert list((cfg.storage.data_dir / "tmp").iterdir()) == []
+    assert _files_in(cfg.storage.data_dir / "tmp") == []
     for stored in (cfg.storage.data_dir / "instances").rglob("*.dcm"):
         assert dataset_bytes(stored) == dataset_bytes(by_uid[stored.stem])
 
@@ -89,3 +91,43 @@ def test_kill_9_during_four_concurrent_senders(node_factory, tmp_path: Path) -> 
     time.sleep(cfg.completion.quiet_period_s + 1)
     assert _snapshot(db)[1] == jobs == [(study, "todo")]
     assert node.terminate() == 0
+
+
+def test_second_serve_is_refused_before_it_touches_the_running_nodes_files(
+    node_factory, tmp_path: Path
+) -> None:
+    node, cfg = node_factory()
+    in_flight = cfg.storage.data_dir / "tmp" / "1.2.3.4.999.0.part"
+    in_flight.write_bytes(b"an instance being received right now")
+    second = subprocess.run(
+        [sys.executable, "-m", "node", "serve", "--config", str(node.config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert second.returncode == 1
+    assert "another ainode process is using the data folder" in second.stderr
+    assert in_flight.read_bytes() == b"an instance being received right now"
+    assert node.terminate() == 0
+
+
+def test_restart_reconciles_files_and_index(node_factory, tmp_path: Path) -> None:
+    node, cfg = node_factory()
+    files = write_ct_series(tmp_path / "ct", count=4)
+    assert storescu(cfg.node.port, files).returncode == 0
+    assert node.terminate() == 0
+    instances, _ = _snapshot(cfg.storage.database_path)
+    lost_uid, lost_path = sorted(instances.items())[0]
+    lost_path.unlink()  # an acknowledged file lost from disk
+    stray = lost_path.with_name("1.2.3.4.5.6.dcm")  # a file no row points to
+    stray.write_bytes(b"never acknowledged")
+
+    node.start()
+    assert node.terminate() == 0
+    log = node.output()
+    assert f"acknowledged instance lost from disk, removed from the index: sop={lost_uid}" in log
+    orphan = cfg.storage.data_dir / "orphans" / stray.relative_to(cfg.storage.data_dir)
+    assert f"file without an index row moved to {orphan}" in log
+    assert orphan.read_bytes() == b"never acknowledged" and not stray.exists()
+    assert "reconciled 4 file(s) with 4 index row(s)" in log
+    assert sorted(_snapshot(cfg.storage.database_path)[0]) == sorted(instances)[1:]

@@ -18,6 +18,7 @@ from storage.models import Instance, Job
 from tests.corpus import corpus_files, read_header, storable
 from tests.dicomgen import dataset_bytes, write_ct_series
 from tests.peers import StoreScp, acknowledged, echoscu, free_port, storescu
+from tests.storage.stored import files_in as _files_in
 
 pytestmark = pytest.mark.network
 
@@ -77,7 +78,7 @@ def test_ct_series_stored_byte_exact_indexed_completed_and_queued_once(
     for path in files:
         stored = indexed[_sop_uid(path)]
         assert dataset_bytes(stored) == dataset_bytes(path)
-    assert not list((cfg.storage.data_dir / "tmp").iterdir())
+    assert _files_in(cfg.storage.data_dir / "tmp") == []
 
     jobs = _wait_for(lambda: _jobs(cfg), 30, "the completion job")
     time.sleep(cfg.completion.quiet_period_s + 1)  # no second job may follow
@@ -204,6 +205,31 @@ def test_malformed_instance_refused_and_the_association_goes_on(
     assert (
         f"C-STORE refused (0xC001 missing (0020,000D) Study Instance UID): "
         f"sop={ds.SOPInstanceUID} from AE 'STORESCU'"
+    ) in node.output()
+
+
+def test_series_filed_under_another_study_is_refused_and_never_joins_its_jobs(
+    node_factory, tmp_path: Path
+) -> None:
+    node, cfg = node_factory(completion={"quiet_period_s": 1})
+    first = write_ct_series(tmp_path / "a", count=2, patient_id="PAT-A")
+    series_uid = str(read_header(first[0]).SeriesInstanceUID)
+    study_a = str(read_header(first[0]).StudyInstanceUID)
+    # A broken anonymiser: another patient's study reusing the Series Instance UID.
+    second = write_ct_series(tmp_path / "b", count=2, series_uid=series_uid, patient_id="PAT-B")
+    study_b = str(read_header(second[0]).StudyInstanceUID)
+    assert storescu(cfg.node.port, first).returncode == 0
+    sent = storescu(cfg.node.port, second, extra=["--no-halt", "-d"])
+    assert list(acknowledged(sent.stdout).values()) == ["0xc004", "0xc004"]
+    comment = f"series is in study ..{study_a[-17:]}, not ..{study_b[-17:]}"
+    assert f"[{comment}] #  64, 1 ErrorComment" in sent.stdout
+    assert set(_indexed(cfg)) == {_sop_uid(p) for p in first}
+    _wait_for(lambda: _jobs(cfg), 20, "the first study's job")
+    assert [j[0] for j in _jobs(cfg)] == [study_a]
+    assert node.terminate() == 0
+    assert (
+        f"series {series_uid} is already stored in study {study_a}; "
+        f"this instance says study {study_b}"
     ) in node.output()
 
 

@@ -17,10 +17,11 @@ from node.config import DuplicatePolicy
 from node.errors import StoreRejected
 from node.receive import ReceiveDeps, receive_instance
 from node.status import StoreStatus
-from storage.models import Instance, Study
+from storage.models import Instance, Series, Study
 from storage.records import IndexOutcome
 from storage.spool import Spool
 from tests.dicomgen import ct_slice, dataset_bytes
+from tests.storage.stored import files_in as _files_in
 
 EXPLICIT = "1.2.840.10008.1.2.1"
 
@@ -124,13 +125,15 @@ def test_invalid_uid_is_refused(deps, tmp_path: Path) -> None:
 def test_duplicate_kept(deps, tmp_path: Path) -> None:
     raw, sop_class, sop = _encoded(tmp_path)
     _receive(deps, raw, sop_class, sop)
-    changed, _, _ = _encoded(tmp_path, SOPInstanceUID=sop, PatientID="OTHER")
+    changed, _, _ = _encoded(
+        tmp_path, SOPInstanceUID=sop, StudyInstanceUID=_study(deps), PatientID="OTHER"
+    )
     assert _receive(deps, changed, sop_class, sop).outcome is IndexOutcome.KEPT_EXISTING
     with deps.sessions.begin() as s:
         rows = s.scalars(select(Instance)).all()
     assert len(rows) == 1
     assert dataset_bytes(Path(rows[0].path)) == raw
-    assert list(deps.spool.tmp_dir.iterdir()) == []
+    assert _files_in(deps.spool.tmp_dir) == []
 
 
 def test_duplicate_replaced(deps, tmp_path: Path) -> None:
@@ -138,7 +141,12 @@ def test_duplicate_replaced(deps, tmp_path: Path) -> None:
     raw, sop_class, sop = _encoded(tmp_path)
     _receive(deps, raw, sop_class, sop)
     # Same SOP Instance UID, but moved to another series: the old file goes.
-    changed, _, _ = _encoded(tmp_path, SOPInstanceUID=sop, SeriesInstanceUID=generate_uid())
+    changed, _, _ = _encoded(
+        tmp_path,
+        SOPInstanceUID=sop,
+        StudyInstanceUID=_study(deps),
+        SeriesInstanceUID=generate_uid(),
+    )
     result = _receive(deps, changed, sop_class, sop)
     assert result.outcome is IndexOutcome.REPLACED
     with deps.sessions.begin() as s:
@@ -146,6 +154,14 @@ def test_duplicate_replaced(deps, tmp_path: Path) -> None:
     assert len(rows) == 1
     assert dataset_bytes(Path(rows[0].path)) == changed
     assert result.previous_path is not None and not result.previous_path.exists()
+    with deps.sessions.begin() as s:
+        counts = sorted(s.scalars(select(Series.instance_count)).all())
+    assert counts == [0, 1]  # the instance moved to the new series
+
+
+def _study(deps: ReceiveDeps) -> str:
+    with deps.sessions.begin() as s:
+        return s.scalars(select(Study.study_instance_uid)).one()
 
 
 class _FullDisk(Spool):
@@ -192,5 +208,116 @@ def test_database_error_refuses_and_leaves_no_file(deps, tmp_path: Path) -> None
     exc = _rejected(deps, raw, sop_class, sop)
     assert exc.status is StoreStatus.OUT_OF_RESOURCES_INDEX
     assert str(exc) == "index unavailable: OperationalError"
-    assert list(deps.spool.tmp_dir.iterdir()) == []
+    assert _files_in(deps.spool.tmp_dir) == []
     assert [p for p in deps.spool.instances_dir.rglob("*") if p.is_file()] == []
+
+
+def _files(spool: Spool) -> list[Path]:
+    return sorted(p for p in spool.instances_dir.rglob("*") if p.is_file())
+
+
+def test_series_already_in_another_study_is_refused(deps, tmp_path: Path) -> None:
+    raw, sop_class, sop = _encoded(tmp_path)
+    _receive(deps, raw, sop_class, sop)
+    with deps.sessions.begin() as s:
+        first = s.scalars(select(Instance)).one()
+        first_study = s.scalars(select(Study)).one().study_instance_uid
+    series_uid = Path(first.path).parent.name
+    other_study = generate_uid()
+    # A broken anonymiser: same Series Instance UID, another Study Instance UID.
+    raw2, _, sop2 = _encoded(
+        tmp_path, StudyInstanceUID=other_study, SeriesInstanceUID=series_uid, PatientID="OTHER"
+    )
+    exc = _rejected(deps, raw2, sop_class, sop2)
+    assert exc.status is StoreStatus.SERIES_IN_OTHER_STUDY
+    assert 0xC000 <= exc.status <= 0xCFFF
+    assert len(exc.comment) <= 64
+    # Both studies are named (the log line has them in full, the comment their ends).
+    assert first_study in str(exc) and other_study in str(exc)
+    assert first_study[-14:] in exc.comment and other_study[-14:] in exc.comment
+    with deps.sessions.begin() as s:
+        assert [r.sop_instance_uid for r in s.scalars(select(Instance))] == [sop]
+        assert [r.study_instance_uid for r in s.scalars(select(Study))] == [first_study]
+    assert _files(deps.spool) == [Path(first.path)]
+    assert _files_in(deps.spool.tmp_dir) == []
+
+
+@pytest.mark.parametrize("policy", [DuplicatePolicy.KEEP, DuplicatePolicy.REPLACE])
+def test_sop_instance_already_in_another_study_is_refused(deps, tmp_path, policy) -> None:
+    deps = replace(deps, on_duplicate=policy)
+    raw, sop_class, sop = _encoded(tmp_path)
+    _receive(deps, raw, sop_class, sop)
+    raw2, _, _ = _encoded(tmp_path, SOPInstanceUID=sop, StudyInstanceUID=generate_uid())
+    exc = _rejected(deps, raw2, sop_class, sop)
+    assert exc.status is StoreStatus.SERIES_IN_OTHER_STUDY
+    with deps.sessions.begin() as s:
+        row = s.scalars(select(Instance)).one()
+    assert dataset_bytes(Path(row.path)) == raw
+    assert len(_files(deps.spool)) == 1
+
+
+_FAIL_INSERT = """
+CREATE TRIGGER fail_{op} BEFORE {op} ON instances
+BEGIN SELECT RAISE(ABORT, 'injected index failure'); END
+"""
+
+
+def test_failed_index_insert_after_the_rename_leaves_no_file(deps, tmp_path: Path) -> None:
+    raw, sop_class, sop = _encoded(tmp_path)
+    with deps.sessions.begin() as s:
+        s.execute(text(_FAIL_INSERT.format(op="INSERT")))
+    exc = _rejected(deps, raw, sop_class, sop)
+    assert exc.status is StoreStatus.OUT_OF_RESOURCES_INDEX
+    assert _files(deps.spool) == []
+    assert _files_in(deps.spool.tmp_dir) == []
+    with deps.sessions.begin() as s:
+        assert s.scalars(select(Study)).all() == []
+
+
+def test_failed_commit_under_replace_keeps_the_old_bytes(deps, tmp_path: Path) -> None:
+    deps = replace(deps, on_duplicate=DuplicatePolicy.REPLACE)
+    raw, sop_class, sop = _encoded(tmp_path)
+    _receive(deps, raw, sop_class, sop)
+    with deps.sessions.begin() as s:
+        before = s.scalars(select(Instance)).one()
+        s.execute(text(_FAIL_INSERT.format(op="UPDATE")))
+    # Same UIDs, other bytes: the file name would be the same as the stored one.
+    with deps.sessions.begin() as s:
+        study = s.scalars(select(Study)).one().study_instance_uid
+    changed, _, _ = _encoded(
+        tmp_path,
+        SOPInstanceUID=sop,
+        StudyInstanceUID=study,
+        SeriesInstanceUID=Path(before.path).parent.name,
+        PatientName="Changed^Name",
+    )
+    exc = _rejected(deps, changed, sop_class, sop)
+    assert exc.status is StoreStatus.OUT_OF_RESOURCES_INDEX
+    with deps.sessions.begin() as s:
+        after = s.scalars(select(Instance)).one()
+    assert after.path == before.path and after.size_bytes == before.size_bytes
+    assert dataset_bytes(Path(after.path)) == raw
+    assert _files(deps.spool) == [Path(before.path)]
+    assert _files_in(deps.spool.tmp_dir) == []
+
+
+def test_replace_with_same_uids_swaps_the_file_only_after_commit(deps, tmp_path: Path) -> None:
+    deps = replace(deps, on_duplicate=DuplicatePolicy.REPLACE)
+    raw, sop_class, sop = _encoded(tmp_path)
+    _receive(deps, raw, sop_class, sop)
+    with deps.sessions.begin() as s:
+        before = s.scalars(select(Instance)).one()
+        study = s.scalars(select(Study)).one().study_instance_uid
+    changed, _, _ = _encoded(
+        tmp_path,
+        SOPInstanceUID=sop,
+        StudyInstanceUID=study,
+        SeriesInstanceUID=Path(before.path).parent.name,
+        PatientName="Changed^Name",
+    )
+    assert _receive(deps, changed, sop_class, sop).outcome is IndexOutcome.REPLACED
+    with deps.sessions.begin() as s:
+        after = s.scalars(select(Instance)).one()
+        assert s.scalars(select(Study)).one().instance_count == 1
+    assert dataset_bytes(Path(after.path)) == changed
+    assert _files(deps.spool) == [Path(after.path)]

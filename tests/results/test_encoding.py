@@ -8,6 +8,7 @@ number, reference or mask in the encoders fails here.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import subprocess
@@ -26,7 +27,9 @@ from inference.pipeline import PipelineRun, run_pipeline
 from node.config import PipelineConfig, Recommendation, ResultsConfig, SeriesRule
 from node.results.compose import ResultObject, encode_run, to_bytes
 from node.results.identity import algorithm_of
+from node.results.write import write_results
 from node.volume_in import scan_studies
+from storage.spool import Spool
 from training.synthetic import generate_ct, generate_ecg, generate_longitudinal
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -433,3 +436,24 @@ def test_progression_report_cites_its_priors_and_holds_the_probabilities(tmp_pat
     )
     assert run.outcomes[0].not_run == "no earlier study of this patient among the inputs"
     assert encode_run(run.results, PipelineConfig(name="change"), CFG, started_at=STARTED) == []
+
+
+def test_write_results_is_all_or_nothing(ct_case, tmp_path: Path) -> None:
+    """A disk that fills up after the first object: no partial set of results is left."""
+    _, _, objects = ct_case
+
+    class FillsUp(Spool):
+        writes = 0
+
+        def write(self, path: Path, chunks) -> int:
+            FillsUp.writes += 1
+            if FillsUp.writes > 1:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return super().write(path, chunks)
+
+    spool = FillsUp(tmp_path / "data")
+    spool.prepare()
+    with pytest.raises(OSError, match="No space left"):
+        write_results(objects, spool)
+    assert FillsUp.writes == 2
+    assert [p for p in (tmp_path / "data").rglob("*") if p.is_file()] == []

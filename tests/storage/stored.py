@@ -7,7 +7,7 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from storage.index import index_instance
+from storage.index import index_instance, locate
 from storage.records import IndexResult, InstanceHeader, StoredInstance
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
@@ -42,4 +42,9 @@ def store(
         received_at=at,
     )
     with sessions.begin() as s:
-        return index_instance(s, stored, replace=False)
+        return index_instance(s, stored, locate(s, stored.header), replace=False)
+
+
+def files_in(folder: Path) -> list[Path]:
+    """Every file below ``folder`` (empty sub-folders do not count)."""
+    return sorted(p for p in folder.rglob("*") if p.is_file())

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from storage.spool import Spool, is_safe_uid
+from tests.storage.stored import files_in as _files_in
 
 
 def test_write_is_atomic_and_prepare_clears_partial_files(tmp_path: Path) -> None:
@@ -13,7 +14,7 @@ def test_write_is_atomic_and_prepare_clears_partial_files(tmp_path: Path) -> Non
     path = spool.instance_path("1.2", "1.2.3", "1.2.3.4")
     assert spool.write(path, [b"abc", b"def"]) == 6
     assert path.read_bytes() == b"abcdef"
-    assert list(spool.tmp_dir.iterdir()) == []
+    assert _files_in(spool.tmp_dir) == []
     staged, size = spool.stage([b"partial"], "1.2.3.5")
     assert size == 7 and staged.parent == spool.tmp_dir
     # A crash here leaves the staged file in tmp/, never under instances/.
@@ -32,7 +33,7 @@ def test_failed_write_leaves_nothing(tmp_path: Path) -> None:
 
     with pytest.raises(OSError):
         spool.stage(chunks(), "1.2")
-    assert list(spool.tmp_dir.iterdir()) == []
+    assert _files_in(spool.tmp_dir) == []
 
 
 @pytest.mark.parametrize("uid", ["", "../../etc", "1.2.a", "1." + "2" * 70, "1..2", "/1.2"])
@@ -40,3 +41,40 @@ def test_unsafe_uids_never_become_paths(tmp_path: Path, uid: str) -> None:
     assert not is_safe_uid(uid)
     with pytest.raises(ValueError, match="not a valid UID"):
         Spool(tmp_path).instance_path("1.2", "1.2.3", uid)
+
+
+def test_publish_never_overwrites_a_stored_file(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "data")
+    spool.prepare()
+    path = spool.instance_path("1.2", "1.2.3", "1.2.3.4")
+    spool.write(path, [b"old"])
+    staged, _ = spool.stage([b"new"], "1.2.3.4")
+    published = spool.publish(staged, path)
+    assert published != path and published.parent == path.parent
+    assert path.read_bytes() == b"old" and published.read_bytes() == b"new"
+    assert not staged.exists()
+    with pytest.raises(FileExistsError):
+        spool.write(path, [b"other"])
+    assert path.read_bytes() == b"old"
+    assert sorted(_files_in(spool.data_dir / "instances")) == sorted([path, published])
+
+
+def test_prepare_spares_young_result_files_of_a_running_worker(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "data")
+    spool.prepare()
+    young, _ = spool.stage([b"x"], "r", folder=spool.tmp_dir / "results")
+    partial, _ = spool.stage([b"y"], "i")
+    assert spool.prepare(grace_s=300) == 1
+    assert young.exists() and not partial.exists()
+    assert spool.prepare(grace_s=0) == 1
+    assert not young.exists()
+
+
+def test_quarantine_keeps_the_relative_path(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "data")
+    spool.prepare()
+    path = spool.instance_path("1.2", "1.2.3", "1.2.3.4")
+    spool.write(path, [b"abc"])
+    moved = spool.quarantine(path)
+    assert moved == spool.data_dir / "orphans" / "instances" / "1.2" / "1.2.3" / "1.2.3.4.dcm"
+    assert moved.read_bytes() == b"abc" and not path.exists()
