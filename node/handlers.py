@@ -1,13 +1,16 @@
 """pynetdicom event handlers: plain functions, dependencies passed as handler args.
 
-The C-STORE handler is one of the three places with a broad ``except``: any
-error becomes a DIMSE status, logged once with the calling AE and the UIDs.
+The C-STORE handler is one of the places with a broad ``except``: any error
+becomes a DIMSE status, logged once with the calling AE and the UIDs; the
+access decision is another: any error refuses the caller.
 """
 
 from __future__ import annotations
 
 import logging
 import socket
+import threading
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,15 +22,59 @@ from node.receive import ReceiveDeps, receive_instance
 from node.status import StoreStatus
 from storage.records import IndexOutcome
 
-__all__ = ["handle_conn_open", "handle_echo", "handle_requested", "handle_store"]
+__all__ = [
+    "AccessControl",
+    "handle_conn_open",
+    "handle_echo",
+    "handle_requested",
+    "handle_store",
+]
 
 logger = logging.getLogger(__name__)
 
 # A-ASSOCIATE-RJ: rejected-permanent, service-user, calling AE title not recognised.
 _REJECT_CALLING_AE = (0x01, 0x01, 0x03)
+#: PS3.7 C.5.x "Refused: Not Authorized", for requests on an association never admitted.
+_NOT_AUTHORIZED = 0x0124
 
 
-def _status(status: StoreStatus, comment: str | None = None) -> Dataset:
+class AccessControl:
+    """``[[peers]]`` at association time, failing closed.
+
+    The decision runs in pynetdicom's EVT_REQUESTED notification handler,
+    whose exceptions the library logs and swallows — the association would
+    then be accepted. So (1) the handler catches every error of its own and
+    rejects; (2) if rejecting itself fails, it aborts; (3) only associations
+    the handler admitted are served: every C-ECHO and C-STORE on any other is
+    refused (0x0124) and nothing is stored; and (4) the AE is built with
+    ``require_calling_aet`` (node.server), pynetdicom's own check of the
+    calling AE title. tests/node/test_access.py pins the library behaviour
+    this relies on.
+    """
+
+    def __init__(self, peers: Sequence[PeerConfig]) -> None:
+        self.peers = tuple(peers)
+        self._admitted: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._lock = threading.Lock()
+
+    def refusal(self, calling: str, address: str) -> str | None:
+        """Why a caller is refused, or None if it is allowed."""
+        if not self.peers or any(peer.allows(calling, address) for peer in self.peers):
+            return None
+        if any(peer.ae_title == calling for peer in self.peers):
+            return "not allowed from this host"
+        return "not a configured peer"
+
+    def admit(self, assoc: Any) -> None:
+        with self._lock:
+            self._admitted.add(assoc)
+
+    def admitted(self, assoc: Any) -> bool:
+        with self._lock:
+            return assoc in self._admitted
+
+
+def _status(status: int, comment: str | None = None) -> Dataset:
     ds = Dataset()
     ds.Status = int(status)
     if comment:
@@ -46,38 +93,67 @@ def handle_conn_open(event: Any) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-def handle_requested(event: Any, peers: Sequence[PeerConfig]) -> None:
-    """Access control at association time: reject callers not in ``[[peers]]``.
-
-    With no peers configured every caller is accepted (the node warns at
-    start-up). The called AE title is checked by pynetdicom itself
-    (``require_called_aet``).
-    """
-    if not peers:
-        return
-    assoc = event.assoc
-    calling = str(assoc.requestor.primitive.calling_ae_title).strip()
-    address = str(assoc.requestor.address)
-    if any(peer.allows(calling, address) for peer in peers):
-        return
-    known_ae = any(peer.ae_title == calling for peer in peers)
-    logger.warning(
-        "association rejected: calling AE %r from %s is %s",
-        calling,
-        address,
-        "not allowed from this host" if known_ae else "not a configured peer",
-    )
+def _reject(assoc: Any) -> None:
+    """Send A-ASSOCIATE-RJ from EVT_REQUESTED (pynetdicom 3.0: then it skips negotiation)."""
     assoc.acse.send_reject(*_REJECT_CALLING_AE)
     assoc.is_rejected = True
     assoc.kill()
 
 
-def handle_echo(event: Any) -> int:
-    return int(StoreStatus.SUCCESS)
+def _abort(assoc: Any) -> None:
+    """A-ABORT (pynetdicom makes ``abort`` non-blocking inside notification handlers)."""
+    assoc.abort()
 
 
-def handle_store(event: Any, deps: ReceiveDeps) -> Dataset:
+def handle_requested(event: Any, access: AccessControl) -> None:
+    """Access control at association time: reject callers not in ``[[peers]]``.
+
+    With no peers configured every caller is accepted (the node warns at
+    start-up). The called AE title is checked by pynetdicom itself
+    (``require_called_aet``). One of the broad-``except`` edges: any error in
+    the decision rejects the caller.
+    """
+    assoc = event.assoc
+    calling, address = "?", "?"
+    try:
+        calling = str(assoc.requestor.primitive.calling_ae_title).strip()
+        address = str(assoc.requestor.address)
+        reason = access.refusal(calling, address)
+    except Exception as exc:
+        logger.exception(
+            "access decision failed (%s: %s): association rejected", type(exc).__name__, exc
+        )
+        reason = "access decision failed"
+    if reason is None:
+        access.admit(assoc)
+        return
+    logger.warning("association rejected: calling AE %r from %s is %s", calling, address, reason)
+    try:
+        _reject(assoc)
+    except Exception:
+        logger.exception("A-ASSOCIATE-RJ failed: aborting the association instead")
+        _abort(assoc)
+
+
+def _not_admitted(event: Any, access: AccessControl) -> Dataset | None:
+    if access.admitted(event.assoc):
+        return None
+    logger.error(
+        "refused: association of AE %r from %s was not admitted",
+        _calling_ae(event),
+        event.assoc.requestor.address,
+    )
+    return _status(_NOT_AUTHORIZED, "association not admitted by access control")
+
+
+def handle_echo(event: Any, access: AccessControl) -> Dataset:
+    return _not_admitted(event, access) or _status(StoreStatus.SUCCESS)
+
+
+def handle_store(event: Any, deps: ReceiveDeps, access: AccessControl) -> Dataset:
     """C-STORE: store durably and index, then answer Success; else a precise failure."""
+    if (refused := _not_admitted(event, access)) is not None:
+        return refused
     request = event.request
     calling = _calling_ae(event)
     sop_uid = str(request.AffectedSOPInstanceUID)

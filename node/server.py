@@ -20,7 +20,13 @@ from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.orm import Session, sessionmaker
 
 from node.config import NodeConfig
-from node.handlers import handle_conn_open, handle_echo, handle_requested, handle_store
+from node.handlers import (
+    AccessControl,
+    handle_conn_open,
+    handle_echo,
+    handle_requested,
+    handle_store,
+)
 from node.receive import ReceiveDeps
 from storage.spool import Spool
 
@@ -83,6 +89,9 @@ def build_ae(cfg: NodeConfig) -> AE:
     ae.acse_timeout = node.acse_timeout_s
     ae.dimse_timeout = node.dimse_timeout_s
     ae.require_called_aet = True
+    # pynetdicom's own check of the calling AE title: a second line behind
+    # handle_requested, which also checks the host (node.handlers.AccessControl).
+    ae.require_calling_aet = sorted({peer.ae_title for peer in cfg.peers})
     for uid in storage_sop_class_uids():
         ae.add_supported_context(uid, ALL_TRANSFER_SYNTAXES)
     ae.add_supported_context(_VERIFICATION, _UNCOMPRESSED)
@@ -90,11 +99,12 @@ def build_ae(cfg: NodeConfig) -> AE:
 
 
 def build_handlers(cfg: NodeConfig, deps: ReceiveDeps) -> list[Any]:
+    access = AccessControl(cfg.peers)
     return [
         (evt.EVT_CONN_OPEN, handle_conn_open),
-        (evt.EVT_REQUESTED, handle_requested, [cfg.peers]),
-        (evt.EVT_C_ECHO, handle_echo),
-        (evt.EVT_C_STORE, handle_store, [deps]),
+        (evt.EVT_REQUESTED, handle_requested, [access]),
+        (evt.EVT_C_ECHO, handle_echo, [access]),
+        (evt.EVT_C_STORE, handle_store, [deps, access]),
     ]
 
 
