@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from node.config import load_config  # noqa: E402
+from core.config_file import load_config  # noqa: E402
 from storage import deliveries, queue  # noqa: E402
 from storage.db import create_sqlite_engine, make_sessionmaker  # noqa: E402
 from storage.outcomes import list_outcomes  # noqa: E402

@@ -31,14 +31,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.study import ct_study, rss_mib  # noqa: E402
+from core.clock import utc_now  # noqa: E402
+from dicomio.records import Outcome  # noqa: E402
+from dicomio.volume_in import load_volume  # noqa: E402
 from inference.architectures import build  # noqa: E402
 from inference.execute import pick_device, segment  # noqa: E402
 from inference.package import load_package  # noqa: E402
 from inference.postprocess import lesions  # noqa: E402
-from inference.records import Outcome  # noqa: E402
 from inference.worker import outcome_json  # noqa: E402
-from node.receive import utc_now  # noqa: E402
-from node.volume_in import load_volume  # noqa: E402
 from storage.db import create_sqlite_engine, make_sessionmaker, migrate  # noqa: E402
 from storage.outcomes import record_outcome  # noqa: E402
 from tests.packages import make_package  # noqa: E402

@@ -26,11 +26,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.study import ct_study, rss_mib  # noqa: E402
+from core.config import SeriesRule  # noqa: E402
+from dicomio.volume_in import scan_studies  # noqa: E402
 from inference.execute import pick_device  # noqa: E402
 from inference.package import load_package  # noqa: E402
 from inference.pipeline import run_pipeline  # noqa: E402
-from node.config import SeriesRule  # noqa: E402
-from node.volume_in import scan_studies  # noqa: E402
 from storage.index import PatientHistory, PriorStudy  # noqa: E402
 
 

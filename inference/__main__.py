@@ -7,9 +7,9 @@ import signal
 import threading
 from multiprocessing.synchronize import Event as MpEvent
 
+from core.config import NodeConfig
+from core.logs import configure_logging
 from inference.errors import ModelPackageError
-from node.config import NodeConfig
-from node.logs import configure_logging
 from storage.db import create_sqlite_engine, make_sessionmaker, migrate
 
 __all__ = ["run_worker", "worker_process"]

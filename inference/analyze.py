@@ -12,13 +12,13 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from inference.errors import PermanentJobError
+from core.config import NodeConfig
+from core.errors import PermanentError
+from dicomio.results.compose import encode_run, to_bytes
+from dicomio.volume_in import patient_and_date, scan_studies
 from inference.execute import pick_device
 from inference.package import LoadedModel, load_package
 from inference.pipeline import run_pipeline
-from node.config import NodeConfig
-from node.results.compose import encode_run, to_bytes
-from node.volume_in import patient_and_date, scan_studies
 from storage.index import PatientHistory, PriorStudy, SeriesInfo
 
 __all__ = ["AnalyzeError", "analyze", "scanned_histories"]
@@ -69,7 +69,7 @@ def analyze(
                     amp=cfg.inference.amp,
                     history=histories[study_uid],
                 )
-            except PermanentJobError as exc:
+            except PermanentError as exc:
                 print(f"  {pipeline.name}: cannot run: {exc}")
                 failures += 1
                 continue

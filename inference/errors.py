@@ -3,38 +3,28 @@
 ::
 
     InferenceError
-     ├── PermanentJobError        retrying cannot help: the job is dead-lettered at once
-     │    ├── InconsistentSeries  the series cannot make one volume
-     │    └── UnsupportedInput    no loader for this kind of data
-     └── ModelPackageError        a model package is broken (raised at start-up)
+     ├── ModelPackageError         a model package is broken (found at start-up)
+     └── OutputMismatch            the model's outputs do not fit its labels (permanent)
+
+Errors of the input data (a series that makes no volume, a missing lead) are
+:mod:`dicomio.errors`; both kinds of permanent error derive from
+:class:`core.errors.PermanentError`, which the retry policy dead-letters at once.
 """
 
 from __future__ import annotations
 
-__all__ = [
-    "InconsistentSeries",
-    "InferenceError",
-    "ModelPackageError",
-    "PermanentJobError",
-    "UnsupportedInput",
-]
+from core.errors import PermanentError
+
+__all__ = ["InferenceError", "ModelPackageError", "OutputMismatch"]
 
 
 class InferenceError(Exception):
     """An error of the inference package."""
 
 
-class PermanentJobError(InferenceError):
-    """The job fails the same way however often it runs."""
-
-
-class InconsistentSeries(PermanentJobError):
-    """The instances of a series do not form one consistent volume."""
-
-
-class UnsupportedInput(PermanentJobError):
-    """The input is of a kind the pipeline cannot read."""
-
-
 class ModelPackageError(InferenceError):
-    """A model package is missing a file, breaks a rule, or fails its hash."""
+    """A model package is missing a file, breaks a rule, fails its hash or its trial run."""
+
+
+class OutputMismatch(InferenceError, PermanentError):
+    """A model's output does not have the shape its package declares."""

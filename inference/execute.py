@@ -18,9 +18,9 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from dicomio.records import Volume, Waveform
 from inference.package import LoadedModel
 from inference.preprocess import prepare_history, prepare_waveform, resampled_shape, window
-from inference.records import Volume, Waveform
 
 __all__ = [
     "classify",

@@ -16,7 +16,10 @@ import numpy as np
 import numpy.typing as npt
 from torch import Tensor
 
-from inference.errors import InferenceError, UnsupportedInput
+from core.config import SeriesRule
+from dicomio.errors import InputError, UnsupportedInput
+from dicomio.records import Lesion, Outcome, SeriesResult, Volume
+from dicomio.volume_in import load_volume, load_waveform
 from inference.execute import (
     classify,
     predict_change,
@@ -24,25 +27,16 @@ from inference.execute import (
     segment,
     with_oom_fallback,
 )
+from inference.matching import model_takes, select_series
 from inference.package import LoadedModel
 from inference.postprocess import findings, label_lesions
 from inference.preprocess import days_between, prepare_volume
-from inference.records import Lesion, Outcome, SeriesResult, Volume
 from inference.spec import ModelSpec
-from node.config import SeriesRule
-from node.volume_in import is_axial, load_volume, load_waveform, series_orientation
 from storage.index import PatientHistory, SeriesInfo
 
-__all__ = ["PipelineRun", "matches", "run_pipeline", "select_series"]
+__all__ = ["PipelineRun", "run_pipeline"]
 
 logger = logging.getLogger(__name__)
-
-_WAVEFORM_CLASSES = {
-    "1.2.840.10008.5.1.4.1.1.9.1.1",  # 12-lead ECG
-    "1.2.840.10008.5.1.4.1.1.9.1.2",  # General ECG
-    "1.2.840.10008.5.1.4.1.1.9.1.3",  # Ambulatory ECG
-    "1.2.840.10008.5.1.4.1.1.9.1.4",  # General 32-bit ECG
-}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -55,29 +49,6 @@ class PipelineRun:
     @property
     def outcomes(self) -> tuple[Outcome, ...]:
         return tuple(r.outcome for r in self.results)
-
-
-def matches(series: SeriesInfo, rule: SeriesRule) -> bool:
-    """Whether a series satisfies every rule that is set."""
-    if rule.modalities and series.modality.upper() not in rule.modalities:
-        return False
-    if rule.body_parts and series.body_part_examined.upper() not in rule.body_parts:
-        return False
-    if rule.series_description and not rule.series_description.search(series.series_description):
-        return False
-    if rule.sop_classes and not set(series.sop_class_uids) & set(rule.sop_classes):
-        return False
-    if len(series.paths) < rule.min_instances:
-        return False
-    if rule.axial_only:
-        orientation = series_orientation(series.paths[0])
-        if orientation is None or not is_axial(*orientation):
-            return False
-    return True
-
-
-def select_series(series: Sequence[SeriesInfo], rule: SeriesRule) -> list[SeriesInfo]:
-    return [s for s in series if matches(s, rule)]
 
 
 def _timed(timings: dict[str, float], stage: str, start: float) -> float:
@@ -123,7 +94,7 @@ def _priors(model: LoadedModel, rule: SeriesRule, history: PatientHistory) -> li
     """
     found: list[_Prior] = []
     for prior in history.priors:
-        candidates = [s for s in select_series(prior.series, rule) if _model_takes(model, s)]
+        candidates = [s for s in select_series(prior.series, rule) if model_takes(model, s)]
         if not candidates:
             continue
         best = max(candidates, key=lambda s: len(s.paths))
@@ -135,7 +106,7 @@ def _priors(model: LoadedModel, rule: SeriesRule, history: PatientHistory) -> li
             prepared = prepare_volume(volume, model.spec.input)
             del volume
             found.append(_Prior(prior.study_date, days, best, prior.study_instance_uid, prepared))
-        except InferenceError as exc:
+        except InputError as exc:
             logger.warning(
                 "prior series %s of study %s not usable: %s",
                 best.series_instance_uid,
@@ -278,14 +249,6 @@ def _peak(attention: npt.NDArray[np.float32]) -> tuple[int, int, int]:
     return int(k), int(j), int(i)
 
 
-def _model_takes(model: LoadedModel, series: SeriesInfo) -> bool:
-    is_waveform = bool(set(series.sop_class_uids) & _WAVEFORM_CLASSES)
-    if (model.spec.task == "sequence") != is_waveform:
-        return False
-    mods = model.spec.input.modalities
-    return not mods or series.modality.upper() in mods
-
-
 def run_pipeline(
     series: Sequence[SeriesInfo],
     rule: SeriesRule,
@@ -308,7 +271,7 @@ def run_pipeline(
     volumes: dict[str, Volume] = {}
     for s in chosen:
         for model in models:
-            if not _model_takes(model, s):
+            if not model_takes(model, s):
                 continue
             if model.spec.task == "progression":
                 outcomes.append(_run_progression(model, s, rule, history, amp=amp, volumes=volumes))

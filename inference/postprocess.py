@@ -9,7 +9,7 @@ import numpy.typing as npt
 from scipy import ndimage
 from scipy.spatial.distance import pdist
 
-from inference.records import Finding, Lesion, Volume
+from dicomio.records import Finding, Lesion, Volume
 from inference.spec import LabelSpec
 
 __all__ = ["findings", "label_lesions", "lesions"]

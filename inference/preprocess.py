@@ -19,8 +19,8 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from inference.errors import UnsupportedInput
-from inference.records import Volume, Waveform
+from dicomio.errors import UnsupportedInput
+from dicomio.records import Volume, Waveform
 from inference.spec import InputSpec
 
 __all__ = [

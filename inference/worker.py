@@ -3,9 +3,10 @@
 Models are loaded once when the worker starts and stay warm. While a job runs,
 a heartbeat thread extends its lease; if the lease is lost (the worker stalled
 past ``lease_s``), the result is discarded and the job belongs to whoever
-reclaimed it. The job runner is one of the three broad-``except`` edges: any
-error becomes a retry or, for a :class:`PermanentJobError` or the last attempt,
-a dead job with the reason.
+reclaimed it. The job runner is one of the broad-``except`` edges: any error
+goes to the queue, whose retry policy (``[queue]``, as data) decides: a retry,
+or — for a :class:`core.errors.PermanentError` or the last attempt — a dead
+job with the reason.
 """
 
 from __future__ import annotations
@@ -20,16 +21,14 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from inference.errors import PermanentJobError
+from core.clock import utc_now
+from core.config import NodeConfig, PipelineConfig
+from dicomio.records import Outcome
+from dicomio.results.compose import encode_run
+from dicomio.results.write import WrittenResult, write_results
 from inference.execute import pick_device
 from inference.package import LoadedModel, load_package
 from inference.pipeline import PipelineRun, run_pipeline
-from inference.records import Outcome
-from node.config import NodeConfig, PipelineConfig
-from node.housekeeping import retry_policy
-from node.receive import utc_now
-from node.results.compose import encode_run
-from node.results.write import WrittenResult, write_results
 from storage import queue
 from storage.deliveries import record_result
 from storage.index import patient_history, study_series
@@ -140,7 +139,7 @@ class Worker:
                 lease_s=self.cfg.queue.lease_s,
                 now=utc_now(),
                 pipelines=list(self.pipelines),
-                policy=retry_policy(self.cfg),
+                policy=self.cfg.queue.retry,
             )
         if job is None:
             return False
@@ -168,10 +167,9 @@ class Worker:
                     self.spool,
                 )
             except Exception as exc:
-                permanent = isinstance(exc, PermanentJobError)
-                if not permanent:
+                if self.cfg.queue.retry.retryable(exc):
                     logger.exception("job %d failed", job.id)
-                self._fail(job, f"{type(exc).__name__}: {exc}", retryable=not permanent)
+                self._fail(job, exc)
                 return
         if beat.lost.is_set():
             self._discard(written)
@@ -293,15 +291,14 @@ class Worker:
                 " ".join(f"{k}={v:.2f}s" for k, v in o.timings_s.items()),
             )
 
-    def _fail(self, job: JobRecord, error: str, *, retryable: bool) -> None:
+    def _fail(self, job: JobRecord, error: Exception) -> None:
         with self.sessions.begin() as s:
             updated = queue.mark_failed(
                 s,
                 job_id=job.id,
                 worker=self.name,
                 error=error,
-                retryable=retryable,
-                policy=retry_policy(self.cfg),
+                policy=self.cfg.queue.retry,
                 now=utc_now(),
             )
         if updated is None:

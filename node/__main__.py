@@ -8,8 +8,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from node.config import ConfigError, NodeConfig, default_config_path, load_config
-from node.logs import configure_logging
+from core.config import NodeConfig
+from core.config_file import ConfigError, default_config_path, load_config
+from core.logs import configure_logging
 
 __all__ = ["main"]
 
@@ -112,7 +113,7 @@ def _cmd_worker(cfg: NodeConfig) -> int:
 
 
 def _cmd_jobs(cfg: NodeConfig, args: argparse.Namespace) -> int:
-    from node.receive import utc_now
+    from core.clock import utc_now
     from storage import queue
 
     sessions = _open(cfg)
@@ -142,7 +143,7 @@ def _cmd_jobs(cfg: NodeConfig, args: argparse.Namespace) -> int:
 
 
 def _cmd_deliveries(cfg: NodeConfig, args: argparse.Namespace) -> int:
-    from node.receive import utc_now
+    from core.clock import utc_now
     from storage import deliveries
 
     sessions = _open(cfg)

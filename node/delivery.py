@@ -15,26 +15,15 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from node.config import NodeConfig
-from node.receive import utc_now
+from core.clock import utc_now
+from core.config import NodeConfig
 from node.send import AssociationFailed, SendItem, SendOutcome, send_files
 from storage import deliveries
 from storage.deliveries import DeliveryRecord
-from storage.retry import RetryPolicy
 
-__all__ = ["deliver_due", "delivery_policy"]
+__all__ = ["deliver_due"]
 
 logger = logging.getLogger(__name__)
-
-
-def delivery_policy(cfg: NodeConfig) -> RetryPolicy:
-    d = cfg.delivery
-    return RetryPolicy(
-        max_attempts=d.max_attempts,
-        wait_s=d.retry_wait_s,
-        backoff=d.retry_backoff,
-        max_wait_s=d.retry_max_wait_s,
-    )
 
 
 def _failed(
@@ -54,7 +43,7 @@ def _failed(
             status=status,
             error=error,
             retryable=retryable,
-            policy=delivery_policy(cfg),
+            policy=cfg.delivery.retry,
             now=now,
         )
     if row.status == "dead":

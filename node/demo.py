@@ -22,7 +22,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from node.config import DestinationConfig, load_config
+from core.config import DestinationConfig
+from core.config_file import load_config
 from node.send import AssociationFailed, SendOutcome, items_for, send_files
 from storage import deliveries, queue
 from storage.db import create_sqlite_engine, make_sessionmaker

@@ -10,7 +10,7 @@ import struct
 import zlib
 from io import BytesIO
 
-from pydicom import config
+from pydicom.charset import python_encoding
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
@@ -34,20 +34,25 @@ __all__ = [
 IMPLEMENTATION_CLASS_UID = "2.25.230811597091623041690644274148045364484"
 IMPLEMENTATION_VERSION_NAME = "AINODE_0_1"
 
-# The node stores what it receives byte for byte and reads only a few
-# attributes: odd values elsewhere (a UI with a bad character, a DS with too
-# many digits) must neither warn per instance nor fail the store. The UIDs the
-# node relies on are checked explicitly in node.receive.
-config.settings.reading_validation_mode = config.IGNORE
-
 _UNDEFINED_LENGTH = 0xFFFFFFFF
 
 _REQUIRED = (
-    ("SOPClassUID", "(0008,0016) SOP Class UID"),
-    ("SOPInstanceUID", "(0008,0018) SOP Instance UID"),
-    ("StudyInstanceUID", "(0020,000D) Study Instance UID"),
-    ("SeriesInstanceUID", "(0020,000E) Series Instance UID"),
+    ("SOPClassUID", 0x00080016, "(0008,0016) SOP Class UID"),
+    ("SOPInstanceUID", 0x00080018, "(0008,0018) SOP Instance UID"),
+    ("StudyInstanceUID", 0x0020000D, "(0020,000D) Study Instance UID"),
+    ("SeriesInstanceUID", 0x0020000E, "(0020,000E) Series Instance UID"),
 )
+_OPTIONAL = {
+    "patient_id": (0x00100020, 64),
+    "accession_number": (0x00080050, 64),
+    "study_date": (0x00080020, 8),
+    "study_description": (0x00081030, 64),
+    "modality": (0x00080060, 16),
+    "body_part_examined": (0x00180015, 64),
+    "series_description": (0x0008103E, 64),
+    "series_number": (0x00200011, 12),
+    "instance_number": (0x00200013, 12),
+}
 
 
 def _inflate(raw: bytes) -> bytes:
@@ -57,13 +62,40 @@ def _inflate(raw: bytes) -> bytes:
         raise MalformedDataset(f"deflated dataset does not inflate: {exc}") from None
 
 
-def _text(ds: Dataset, keyword: str) -> str:
-    value = ds.get(keyword)
+_CHARSET = 0x00080005
+
+
+def _codec(charset: str) -> str:
+    """Python's codec for the first Specific Character Set term (default: ASCII/Latin-1).
+
+    ISO 2022 code extensions (escape sequences) are decoded with the first
+    term only, with replacement characters: enough to index, never to fail.
+    """
+    first = charset.split("\\")[0].strip() if charset else ""
+    return python_encoding.get(first, "iso8859")
+
+
+def _text(ds: Dataset, tag: int, codec: str) -> str:
+    """An attribute's value as text, straight from the raw bytes.
+
+    The node stores what it receives byte for byte and reads only a few
+    attributes: odd values elsewhere (a UI with a bad character, a DS with too
+    many digits) must neither warn per instance nor fail the store, and
+    pydicom's global reading mode is not ours to switch. So values are
+    decoded here, never converted (and validated) by pydicom; the UIDs the
+    node relies on are checked in node.receive.
+    """
+    elem = ds.get_item(tag)
+    value = None if elem is None else elem.value
     if value is None:
         return ""
-    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
-        value = "\\".join(str(v) for v in value)
-    return str(value).strip()
+    if isinstance(value, bytes):
+        text = value.decode(codec, errors="replace")
+    elif isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        text = "\\".join(str(v) for v in value)
+    else:
+        text = str(value)
+    return text.strip(" \x00")
 
 
 def _check_complete(ds: Dataset) -> None:
@@ -98,28 +130,24 @@ def read_instance_header(raw: bytes, transfer_syntax_uid: str) -> InstanceHeader
         if len(ds) == 0:
             raise MalformedDataset("empty dataset")
         _check_complete(ds)
-        values = {kw: _text(ds, kw) for kw, _ in _REQUIRED}
+        codec = _codec(_text(ds, _CHARSET, "ascii"))
+        values = {kw: _text(ds, tag, "ascii") for kw, tag, _ in _REQUIRED}
         header = InstanceHeader(
             sop_class_uid=values["SOPClassUID"],
             sop_instance_uid=values["SOPInstanceUID"],
             study_instance_uid=values["StudyInstanceUID"],
             series_instance_uid=values["SeriesInstanceUID"],
             transfer_syntax_uid=transfer_syntax_uid,
-            patient_id=_text(ds, "PatientID")[:64],
-            accession_number=_text(ds, "AccessionNumber")[:64],
-            study_date=_text(ds, "StudyDate")[:8],
-            study_description=_text(ds, "StudyDescription")[:64],
-            modality=_text(ds, "Modality")[:16],
-            body_part_examined=_text(ds, "BodyPartExamined")[:64],
-            series_description=_text(ds, "SeriesDescription")[:64],
-            series_number=_text(ds, "SeriesNumber")[:12],
-            instance_number=_text(ds, "InstanceNumber")[:12],
+            **{
+                field: _text(ds, tag, codec)[:limit]
+                for field, (tag, limit) in _OPTIONAL.items()
+            },
         )
     except MalformedDataset:
         raise
     except Exception as exc:  # pydicom raises many types on corrupt input
         raise MalformedDataset(f"cannot parse dataset: {type(exc).__name__}: {exc}") from None
-    for keyword, name in _REQUIRED:
+    for keyword, _, name in _REQUIRED:
         if not values[keyword]:
             raise MissingAttribute(f"missing {name}")
     return header

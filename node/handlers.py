@@ -16,7 +16,7 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
-from node.config import PeerConfig
+from core.config import PeerConfig
 from node.errors import StoreRejected
 from node.receive import ReceiveDeps, receive_instance
 from node.status import StoreStatus

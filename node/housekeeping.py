@@ -13,26 +13,15 @@ from datetime import datetime
 from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy.orm import Session, sessionmaker
 
-from node.config import NodeConfig
+from core.clock import utc_now
+from core.config import NodeConfig
 from node.delivery import deliver_due
-from node.receive import utc_now
 from storage import queue
 from storage.completion import PipelineTarget, complete_due
-from storage.retry import RetryPolicy
 
-__all__ = ["expire_leases", "retry_policy", "run_completion", "start_scheduler"]
+__all__ = ["expire_leases", "run_completion", "start_scheduler"]
 
 logger = logging.getLogger(__name__)
-
-
-def retry_policy(cfg: NodeConfig) -> RetryPolicy:
-    q = cfg.queue
-    return RetryPolicy(
-        max_attempts=q.max_attempts,
-        wait_s=q.retry_wait_s,
-        backoff=q.retry_backoff,
-        max_wait_s=q.retry_max_wait_s,
-    )
 
 
 def run_completion(
@@ -70,7 +59,7 @@ def expire_leases(
     cfg: NodeConfig, sessions: sessionmaker[Session], now: datetime | None = None
 ) -> int:
     with sessions.begin() as session:
-        expired = queue.requeue_expired(session, now=now or utc_now(), policy=retry_policy(cfg))
+        expired = queue.requeue_expired(session, now=now or utc_now(), policy=cfg.queue.retry)
     for job in expired:
         logger.warning("job %d lease expired: now %s (%s)", job.id, job.status, job.last_error)
     return len(expired)

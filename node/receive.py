@@ -10,13 +10,14 @@ import errno
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from node.config import DuplicatePolicy
+from core.clock import utc_now
+from core.config import DuplicatePolicy
 from node.dicom_in import file_meta_bytes, read_instance_header
 from node.errors import InvalidUid, OutOfResources, SeriesInOtherStudy, UidMismatch
 from node.status import StoreStatus
@@ -24,15 +25,11 @@ from storage.index import StudyConflict, index_instance, locate
 from storage.records import IndexOutcome, IndexResult, StoredInstance
 from storage.spool import Spool, is_safe_uid
 
-__all__ = ["ReceiveDeps", "receive_instance", "utc_now"]
+__all__ = ["ReceiveDeps", "receive_instance"]
 
 logger = logging.getLogger(__name__)
 
 _DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

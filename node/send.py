@@ -18,7 +18,7 @@ from pathlib import Path
 import pydicom
 from pynetdicom import AE, evt
 
-from node.config import DestinationConfig
+from core.config import DestinationConfig
 from node.handlers import handle_conn_open
 
 __all__ = [

@@ -19,7 +19,7 @@ from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.orm import Session, sessionmaker
 
-from node.config import NodeConfig
+from core.config import NodeConfig
 from node.handlers import (
     AccessControl,
     handle_conn_open,

@@ -27,9 +27,9 @@ from typing import IO
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from node.config import NodeConfig
+from core.config import NodeConfig
+from core.logs import configure_logging
 from node.housekeeping import start_scheduler
-from node.logs import configure_logging
 from node.server import start_listener, stop_listener
 from storage.db import create_sqlite_engine, make_sessionmaker, migrate
 from storage.reconcile import ReconcileRefused, reconcile

@@ -19,8 +19,8 @@ from datetime import datetime
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from core.retry import RetryPolicy
 from storage.models import Delivery, DeliveryStatus, ResultObject
-from storage.retry import RetryPolicy
 
 __all__ = [
     "DeliveryRecord",

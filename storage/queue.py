@@ -26,9 +26,10 @@ from datetime import datetime, timedelta
 from sqlalchemy import ColumnElement, and_, func, select, update
 from sqlalchemy.orm import Session
 
+from core.errors import describe
+from core.retry import RetryPolicy
 from storage.models import Job, JobStatus
 from storage.records import JobRecord
-from storage.retry import RetryPolicy
 
 __all__ = [
     "EnqueueResult",
@@ -179,19 +180,20 @@ def mark_failed(
     *,
     job_id: int,
     worker: str,
-    error: str,
-    retryable: bool,
+    error: BaseException,
     policy: RetryPolicy,
     now: datetime,
 ) -> JobRecord | None:
     """Record a failed attempt: retry later per ``policy``, or dead-letter it.
 
-    Returns the updated job, or None if ``worker`` no longer held the lease.
+    The policy decides whether ``error`` is worth another attempt (a
+    :class:`core.errors.PermanentError` is not). Returns the updated job, or
+    None if ``worker`` no longer held the lease.
     """
     job = session.scalar(select(Job).where(_owned(job_id, worker)))
     if job is None:
         return None
-    _fail(job, error=error, retryable=retryable, policy=policy, now=now)
+    _fail(job, error=describe(error), retryable=policy.retryable(error), policy=policy, now=now)
     session.flush()
     return JobRecord.from_row(job)
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from node.config import NodeConfig, load_config
+from core.config import NodeConfig
+from core.config_file import load_config
 from storage.db import create_sqlite_engine, make_sessionmaker, migrate
 from tests.peers import NodeProcess, Orthanc, free_port
 

@@ -31,7 +31,12 @@ def read_header(path: Path) -> Dataset:
     """dcmread up to the pixel data, quiet about the corpus's deliberate oddities."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return dcmread(path, stop_before_pixels=True)
+        ds = dcmread(path, stop_before_pixels=True)
+        # Convert every value now (pydicom converts lazily, outside this block).
+        for dataset in (ds, getattr(ds, "file_meta", None) or Dataset()):
+            for _ in dataset:
+                pass
+        return ds
 
 
 def storable(path: Path) -> bool:

@@ -23,11 +23,11 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from inference.errors import InferenceError
+from dicomio.errors import InputError
+from dicomio.records import Volume, Waveform
+from dicomio.seg_in import find_segmentations, load_seg_mask
+from dicomio.volume_in import load_volume, load_waveform, patient_and_date, series_files
 from inference.preprocess import days_between
-from inference.records import Volume, Waveform
-from node.seg_in import find_segmentations, load_seg_mask
-from node.volume_in import load_volume, load_waveform, patient_and_date, series_files
 
 __all__ = [
     "CtCase",
@@ -112,7 +112,7 @@ def _volume(uid: str, paths: list[Path], report: DataReport, on_missing: str) ->
     """The series as the node loads it, or None (reported) when it cannot make a volume."""
     try:
         return load_volume(paths)
-    except InferenceError as exc:  # missing slices, gaps, undecodable pixels...
+    except InputError as exc:  # missing slices, gaps, undecodable pixels...
         report.skip(uid, str(exc), on_missing)
         return None
 
@@ -146,7 +146,7 @@ def load_ct_cases(
             elif uid in segs:
                 try:
                     mask = load_seg_mask(segs[uid], volume)
-                except InferenceError as exc:
+                except InputError as exc:
                     report.skip(uid, f"ground-truth SEG {segs[uid].name}: {exc}", on_missing)
                     continue
             else:
@@ -190,7 +190,7 @@ def load_ecg_cases(
             continue
         try:
             waveform = load_waveform(files[uid][0])
-        except InferenceError as exc:
+        except InputError as exc:
             report.skip(uid, str(exc), on_missing)
             continue
         absent = [lead for lead in leads if lead not in waveform.lead_names]

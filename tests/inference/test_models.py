@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 import torch
 
+from dicomio.errors import UnsupportedInput
+from dicomio.records import Volume, Waveform
 from inference.architectures import ARCHITECTURES, build
-from inference.errors import ModelPackageError, UnsupportedInput
+from inference.errors import ModelPackageError
 from inference.execute import classify, pick_device, predict_sequence, segment
 from inference.package import load_package
 from inference.postprocess import findings, label_lesions, lesions
-from inference.records import Volume, Waveform
 from inference.spec import LabelSpec, read_spec
 from tests.packages import make_package, threshold_segmenter
 

@@ -10,10 +10,11 @@ import pytest
 import torch
 from torch import nn
 
+from core.config import SeriesRule
 from inference.execute import segment, with_oom_fallback
+from inference.matching import select_series
 from inference.package import LoadedModel, load_package
-from inference.pipeline import run_pipeline, select_series
-from node.config import SeriesRule
+from inference.pipeline import run_pipeline
 from storage.index import SeriesInfo
 from tests.dicomgen import write_lesion_ct
 from tests.inference.test_models import _volume
@@ -108,7 +109,7 @@ def test_progression_passes_over_priors_it_cannot_use(tmp_path: Path) -> None:
     """A malformed prior date or an unreadable prior series skips that prior, not the job."""
     from dataclasses import replace
 
-    from node.volume_in import scan_studies
+    from dicomio.volume_in import scan_studies
     from storage.index import PatientHistory, PriorStudy
     from training.synthetic import generate_longitudinal
 

@@ -17,8 +17,9 @@ import pytest
 from pynetdicom import AE, evt
 from sqlalchemy import select
 
+from core.config import NodeConfig, PeerConfig
+from core.config_file import load_config
 from node import handlers
-from node.config import NodeConfig, PeerConfig, load_config
 from node.server import start_listener, stop_listener
 from storage.models import Instance
 from storage.spool import Spool

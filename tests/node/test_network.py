@@ -12,7 +12,7 @@ import pytest
 from pydicom import dcmread
 from sqlalchemy import select
 
-from node.config import NodeConfig
+from core.config import NodeConfig
 from storage.db import create_sqlite_engine, make_sessionmaker
 from storage.models import Instance, Job
 from tests.corpus import corpus_files, read_header, storable

@@ -13,7 +13,7 @@ from pydicom.filewriter import write_dataset
 from pydicom.uid import generate_uid
 from sqlalchemy import select, text
 
-from node.config import DuplicatePolicy
+from core.config import DuplicatePolicy
 from node.errors import StoreRejected
 from node.receive import ReceiveDeps, receive_instance
 from node.status import StoreStatus

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 
-from node.config import NodeConfig
+from core.config import NodeConfig
 from storage import deliveries, queue
 from storage.db import create_sqlite_engine, make_sessionmaker
 from storage.deliveries import DeliveryRecord

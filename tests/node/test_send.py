@@ -16,9 +16,10 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 from sqlalchemy.orm import Session, sessionmaker
 
-from node.config import NodeConfig, load_config
+from core.clock import utc_now
+from core.config import NodeConfig
+from core.config_file import load_config
 from node.delivery import deliver_due
-from node.receive import utc_now
 from node.send import classify_status
 from storage import deliveries, queue
 from tests.dicomgen import ct_slice

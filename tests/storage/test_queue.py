@@ -6,8 +6,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
+from core.retry import RetryPolicy
+from dicomio.errors import InconsistentSeries
 from storage import queue
-from storage.retry import RetryPolicy
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 POLICY = RetryPolicy(max_attempts=3, wait_s=10, backoff=2, max_wait_s=1000)
@@ -125,7 +126,7 @@ def test_retries_follow_the_policy_then_dead_letter(sessions) -> None:
         assert claimed is not None and claimed.attempts == attempt
         with sessions.begin() as s:
             failed = queue.mark_failed(
-                s, job_id=job.id, worker="w", error="boom", retryable=True, policy=POLICY, now=now
+                s, job_id=job.id, worker="w", error=RuntimeError("boom"), policy=POLICY, now=now
             )
         if attempt < 3:
             assert failed.status == "todo"
@@ -134,7 +135,7 @@ def test_retries_follow_the_policy_then_dead_letter(sessions) -> None:
             now = failed.scheduled_at
     assert waits == [10, 20]
     assert failed.status == "dead"
-    assert failed.last_error == "gave up after 3 attempts: boom"
+    assert failed.last_error == "gave up after 3 attempts: RuntimeError: boom"
     assert _claim(sessions, "w", now + timedelta(days=1)) is None
 
 
@@ -144,7 +145,12 @@ def test_permanent_error_dead_letters_at_once(sessions) -> None:
     _claim(sessions, "w")
     with sessions.begin() as s:
         failed = queue.mark_failed(
-            s, job_id=job.id, worker="w", error="bad series", retryable=False, policy=POLICY, now=T0
+            s,
+            job_id=job.id,
+            worker="w",
+            error=InconsistentSeries("bad series"),
+            policy=POLICY,
+            now=T0,
         )
     assert failed.status == "dead" and failed.last_error == "permanent error: bad series"
 
@@ -170,7 +176,7 @@ def _dead_job(sessions) -> int:
     _claim(sessions, "w")
     with sessions.begin() as s:
         queue.mark_failed(
-            s, job_id=job.id, worker="w", error="x", retryable=False, policy=POLICY, now=T0
+            s, job_id=job.id, worker="w", error=InconsistentSeries("x"), policy=POLICY, now=T0
         )
     return job.id
 

@@ -198,7 +198,7 @@ def test_dicom_seg_ground_truth_equals_the_arrays(ct_data: Path, tmp_path: Path)
     import highdicom as hd
     import pydicom
 
-    from node.volume_in import load_volume, series_files
+    from dicomio.volume_in import load_volume, series_files
 
     data = tmp_path / "data"
     shutil.copytree(ct_data, data)
@@ -244,8 +244,8 @@ def test_dicom_seg_ground_truth_equals_the_arrays(ct_data: Path, tmp_path: Path)
         truth = np.load(ct_data / "masks" / f"{case.volume.series_instance_uid}.npy")
         assert case.mask is not None and np.array_equal(case.mask, truth)
     # A frame drawn on an image that is not in the series cannot be placed: a named error.
-    from inference.errors import InconsistentSeries
-    from node.seg_in import load_seg_mask
+    from dicomio.errors import InconsistentSeries
+    from dicomio.seg_in import load_seg_mask
 
     broken = pydicom.dcmread(data / "seg-0.dcm")
     source = broken.PerFrameFunctionalGroupsSequence[0].DerivationImageSequence[0]

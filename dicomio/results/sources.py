@@ -12,7 +12,7 @@ import numpy.typing as npt
 import pydicom
 from pydicom.dataset import Dataset
 
-from inference.errors import InconsistentSeries
+from dicomio.errors import InconsistentSeries
 
 __all__ = ["SourceSeries", "copy_study_context", "read_sources"]
 

@@ -8,9 +8,9 @@ import numpy.typing as npt
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
-from node.config import ResultsConfig
-from node.results.identity import Algorithm, derived_object
-from node.results.sources import SourceSeries, copy_study_context
+from core.config import ResultsConfig
+from dicomio.results.identity import Algorithm, derived_object
+from dicomio.results.sources import SourceSeries, copy_study_context
 
 __all__ = ["encode_attention_map"]
 

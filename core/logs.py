@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from node.config import LoggingConfig
+from core.config import LoggingConfig
 
 __all__ = ["configure_logging"]
 

@@ -21,17 +21,17 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
-from inference.records import Finding, Lesion
-from node.config import Recommendation, ResultsConfig
-from node.results.identity import (
+from core.config import Recommendation, ResultsConfig
+from dicomio.records import Finding, Lesion
+from dicomio.results.identity import (
     Algorithm,
     contributing_equipment,
     device_observer,
     sr_algorithm,
 )
-from node.results.regions import Region
-from node.results.seg import coded
-from node.results.sources import SourceSeries, copy_study_context
+from dicomio.results.regions import Region
+from dicomio.results.seg import coded
+from dicomio.results.sources import SourceSeries, copy_study_context
 
 __all__ = ["FindingEntry", "LesionEntry", "encode_report", "procedure_reported"]
 

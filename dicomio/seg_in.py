@@ -19,8 +19,8 @@ import numpy.typing as npt
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
-from inference.errors import InconsistentSeries, UnsupportedInput
-from inference.records import Volume
+from dicomio.errors import InconsistentSeries, UnsupportedInput
+from dicomio.records import Volume
 
 __all__ = ["find_segmentations", "load_seg_mask"]
 

@@ -17,8 +17,8 @@ import numpy as np
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
-from inference.errors import InconsistentSeries, UnsupportedInput
-from inference.records import Volume, Waveform
+from dicomio.errors import InconsistentSeries, UnsupportedInput
+from dicomio.records import Volume, Waveform
 from storage.index import SeriesInfo
 
 __all__ = [

@@ -15,14 +15,14 @@ from datetime import datetime
 import highdicom as hd
 from pydicom.dataset import Dataset
 
-from inference.records import SeriesResult
-from node.config import PipelineConfig, ResultsConfig
-from node.results.identity import Algorithm, algorithm_of
-from node.results.pmap import encode_attention_map
-from node.results.regions import Region, hotspot_region, lesion_regions, whole_slice_region
-from node.results.seg import MAX_SEGMENTS, encode_segmentation
-from node.results.sources import read_headers, read_sources
-from node.results.sr import FindingEntry, LesionEntry, encode_report
+from core.config import PipelineConfig, ResultsConfig
+from dicomio.records import SeriesResult
+from dicomio.results.identity import Algorithm, algorithm_of
+from dicomio.results.pmap import encode_attention_map
+from dicomio.results.regions import Region, hotspot_region, lesion_regions, whole_slice_region
+from dicomio.results.seg import MAX_SEGMENTS, encode_segmentation
+from dicomio.results.sources import read_headers, read_sources
+from dicomio.results.sr import FindingEntry, LesionEntry, encode_report
 
 __all__ = ["ResultObject", "encode_run", "to_bytes"]
 

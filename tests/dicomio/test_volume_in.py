@@ -12,8 +12,8 @@ from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
-from inference.errors import InconsistentSeries
-from node.volume_in import is_axial, load_volume, load_waveform
+from dicomio.errors import InconsistentSeries
+from dicomio.volume_in import is_axial, load_volume, load_waveform
 from tests.dicomgen import ct_slice
 
 

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from node.results.compose import ResultObject, to_bytes
+from dicomio.results.compose import ResultObject, to_bytes
 from storage.spool import Spool
 
 __all__ = ["WrittenResult", "write_results"]

@@ -16,8 +16,8 @@ import highdicom as hd
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
-from inference.records import Outcome
-from node.config import ResultsConfig
+from core.config import ResultsConfig
+from dicomio.records import Outcome
 
 __all__ = [
     "AIR_PROCESSING_ALGORITHM",

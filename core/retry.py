@@ -1,9 +1,11 @@
-"""Retry policy as data: how long a failed job waits, and when it is dead."""
+"""Retry policy as data: which errors are worth another try, how long to wait, when to stop."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+
+from core.errors import PermanentError
 
 __all__ = ["RetryPolicy"]
 
@@ -22,12 +24,16 @@ class RetryPolicy:
         Factor applied to the wait after each further failure.
     max_wait_s
         Upper bound of any single wait.
+    permanent
+        Exception classes that no retry can fix: a job failing with one is
+        dead at once. The worker does not decide this; the policy does.
     """
 
     max_attempts: int = 3
     wait_s: float = 30.0
     backoff: float = 2.0
     max_wait_s: float = 3600.0
+    permanent: tuple[type[BaseException], ...] = (PermanentError,)
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
@@ -36,6 +42,10 @@ class RetryPolicy:
             raise ValueError('Arguments "wait_s" and "max_wait_s" must not be negative.')
         if self.backoff < 1:
             raise ValueError('Argument "backoff" must be at least 1.')
+
+    def retryable(self, error: BaseException) -> bool:
+        """Whether another attempt could succeed where this ``error`` happened."""
+        return not isinstance(error, self.permanent)
 
     def delay_s(self, attempt: int) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""

@@ -4,9 +4,10 @@ from pathlib import Path
 
 import pytest
 
+from core.config import CompletionLevel, DuplicatePolicy
+from core.config_file import ConfigError, load_config
 from inference.spec import verify_package
 from node.__main__ import main
-from node.config import CompletionLevel, ConfigError, DuplicatePolicy, load_config
 
 REPO = Path(__file__).resolve().parents[2]
 

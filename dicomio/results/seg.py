@@ -10,10 +10,10 @@ import numpy.typing as npt
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
-from inference.records import Lesion
-from node.config import ResultsConfig
-from node.results.identity import Algorithm, derived_object, segment_algorithm
-from node.results.sources import SourceSeries, copy_study_context
+from core.config import ResultsConfig
+from dicomio.records import Lesion
+from dicomio.results.identity import Algorithm, derived_object, segment_algorithm
+from dicomio.results.sources import SourceSeries, copy_study_context
 
 __all__ = ["MAX_SEGMENTS", "coded", "encode_segmentation"]
 

@@ -22,13 +22,13 @@ import pydicom
 import pytest
 import torch
 
+from core.config import PipelineConfig, Recommendation, ResultsConfig, SeriesRule
+from dicomio.results.compose import ResultObject, encode_run, to_bytes
+from dicomio.results.identity import algorithm_of
+from dicomio.results.write import write_results
+from dicomio.volume_in import scan_studies
 from inference.package import load_package
 from inference.pipeline import PipelineRun, run_pipeline
-from node.config import PipelineConfig, Recommendation, ResultsConfig, SeriesRule
-from node.results.compose import ResultObject, encode_run, to_bytes
-from node.results.identity import algorithm_of
-from node.results.write import write_results
-from node.volume_in import scan_studies
 from storage.spool import Spool
 from training.synthetic import generate_ct, generate_ecg, generate_longitudinal
 
@@ -286,9 +286,9 @@ def test_ecg_report_is_valid_and_holds_the_probabilities(tmp_path: Path) -> None
 
 
 def test_heat_map_keeps_the_source_grid_as_ohif_requires() -> None:
-    from node.results.identity import Algorithm
-    from node.results.pmap import encode_attention_map
-    from node.results.sources import SourceSeries
+    from dicomio.results.identity import Algorithm
+    from dicomio.results.pmap import encode_attention_map
+    from dicomio.results.sources import SourceSeries
     from tests.dicomgen import ct_slice
 
     study, series = pydicom.uid.generate_uid(), pydicom.uid.generate_uid()
@@ -313,8 +313,8 @@ def test_enhanced_multiframe_source_gets_frame_references(tmp_path: Path) -> Non
     """An enhanced CT (one file, frames) — pydicom-data's eCT_Supplemental.dcm."""
     from pydicom.data import get_testdata_file
 
-    from inference.records import Finding, Lesion, Outcome, SeriesResult
-    from node.volume_in import load_volume
+    from dicomio.records import Finding, Lesion, Outcome, SeriesResult
+    from dicomio.volume_in import load_volume
 
     source = Path(get_testdata_file("eCT_Supplemental.dcm", download=False))
     volume = load_volume([source])

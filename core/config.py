@@ -1,0 +1,247 @@
+"""The validated configuration as frozen records: what every layer reads.
+
+``core.config_file`` builds a :class:`NodeConfig` from ``config.toml`` once at
+start-up (every rule checked there); the rest of the code receives it and
+never reads the file itself.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from core.retry import RetryPolicy
+
+__all__ = [
+    "CompletionConfig",
+    "CompletionLevel",
+    "DeliveryConfig",
+    "DestinationConfig",
+    "DuplicatePolicy",
+    "InferenceConfig",
+    "ListenerConfig",
+    "LoggingConfig",
+    "NodeConfig",
+    "PeerConfig",
+    "PipelineConfig",
+    "QueueConfig",
+    "Recommendation",
+    "ResultsConfig",
+    "SeriesRule",
+    "StorageConfig",
+]
+
+
+class DuplicatePolicy(enum.StrEnum):
+    """What to do when a SOP Instance UID arrives that is already stored."""
+
+    KEEP = "keep"
+    REPLACE = "replace"
+
+
+class CompletionLevel(enum.StrEnum):
+    """Whether the quiet period closes a whole study or each series alone."""
+
+    STUDY = "study"
+    SERIES = "series"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ListenerConfig:
+    """``[node]``: the DICOM listener."""
+
+    ae_title: str = "AINODE"
+    bind_address: str = "127.0.0.1"
+    port: int = 11112
+    listener_processes: int = 1
+    max_associations: int = 16
+    max_pdu_bytes: int = 4 * 1024 * 1024
+    network_timeout_s: float = 60.0
+    acse_timeout_s: float = 30.0
+    dimse_timeout_s: float = 60.0
+    shutdown_grace_s: float = 30.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PeerConfig:
+    """``[[peers]]``: one caller allowed to associate."""
+
+    ae_title: str
+    host: ipaddress.IPv4Network | ipaddress.IPv6Network | None = None
+
+    def allows(self, ae_title: str, address: str) -> bool:
+        """Return whether a caller with this AE title and IP address matches."""
+        if ae_title.strip() != self.ae_title:
+            return False
+        if self.host is None:
+            return True
+        try:
+            return ipaddress.ip_address(address) in self.host
+        except ValueError:
+            return False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StorageConfig:
+    """``[storage]``: where instances and the index live."""
+
+    data_dir: Path
+    on_duplicate: DuplicatePolicy = DuplicatePolicy.KEEP
+    min_free_mb: int = 1024
+
+    @property
+    def database_path(self) -> Path:
+        return self.data_dir / "ainode.sqlite3"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CompletionConfig:
+    """``[completion]``: when a study (or series) counts as complete."""
+
+    level: CompletionLevel = CompletionLevel.STUDY
+    quiet_period_s: float = 20.0
+    check_interval_s: float = 1.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueueConfig:
+    """``[queue]``: leases and the retry policy of jobs."""
+
+    lease_s: float = 300.0
+    lease_check_interval_s: float = 5.0
+    max_attempts: int = 3
+    retry_wait_s: float = 30.0
+    retry_backoff: float = 2.0
+    retry_max_wait_s: float = 3600.0
+
+    @property
+    def retry(self) -> RetryPolicy:
+        """The jobs' retry policy, as data (storage.queue applies it)."""
+        return RetryPolicy(
+            max_attempts=self.max_attempts,
+            wait_s=self.retry_wait_s,
+            backoff=self.retry_backoff,
+            max_wait_s=self.retry_max_wait_s,
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SeriesRule:
+    """Which series of a completed study a pipeline takes (all given rules must hold)."""
+
+    modalities: tuple[str, ...] = ()
+    body_parts: tuple[str, ...] = ()
+    series_description: re.Pattern[str] | None = None
+    sop_classes: tuple[str, ...] = ()
+    min_instances: int = 1
+    axial_only: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PipelineConfig:
+    """``[[pipelines]]``: one pipeline that completed studies are queued for."""
+
+    name: str
+    priority: int = 100
+    match: SeriesRule = field(default_factory=SeriesRule)
+    models: tuple[Path, ...] = ()
+    shadow: bool = False
+    destinations: tuple[str, ...] = ()
+    series_number: int = 900
+    series_description: str = ""
+    recommendations: tuple[Recommendation, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Recommendation:
+    """Decision support: a positive finding ``finding`` suggests this follow-up."""
+
+    finding: str
+    code: tuple[str, str, str]
+    text: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DestinationConfig:
+    """A DICOM node that receives result objects (C-STORE SCP)."""
+
+    name: str
+    ae_title: str
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeliveryConfig:
+    """How result objects are sent to destinations and retried."""
+
+    check_interval_s: float = 0.5
+    max_attempts: int = 20
+    retry_wait_s: float = 10.0
+    retry_backoff: float = 2.0
+    retry_max_wait_s: float = 1800.0
+    connect_timeout_s: float = 10.0
+    dimse_timeout_s: float = 60.0
+
+    @property
+    def retry(self) -> RetryPolicy:
+        """The deliveries' retry policy, as data (storage.deliveries applies it)."""
+        return RetryPolicy(
+            max_attempts=self.max_attempts,
+            wait_s=self.retry_wait_s,
+            backoff=self.retry_backoff,
+            max_wait_s=self.retry_max_wait_s,
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ResultsConfig:
+    """Identity written into every result object (Contributing Equipment, observer)."""
+
+    manufacturer: str = "ainode"
+    institution_name: str = ""
+    device_serial_number: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InferenceConfig:
+    """``[inference]``: the worker processes that run the models."""
+
+    workers: int = 1
+    device: str = "auto"
+    batch_size: int = 8
+    amp: bool = True
+    poll_interval_s: float = 1.0
+    heartbeat_s: float = 10.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LoggingConfig:
+    """``[logging]``."""
+
+    level: str = "INFO"
+    pynetdicom_level: str = "WARNING"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeConfig:
+    """The whole validated configuration."""
+
+    path: Path
+    node: ListenerConfig
+    storage: StorageConfig
+    completion: CompletionConfig = field(default_factory=CompletionConfig)
+    queue: QueueConfig = field(default_factory=QueueConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    peers: tuple[PeerConfig, ...] = ()
+    pipelines: tuple[PipelineConfig, ...] = ()
+    destinations: tuple[DestinationConfig, ...] = ()
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    results: ResultsConfig = field(default_factory=ResultsConfig)
+
+    def destination(self, name: str) -> DestinationConfig:
+        return next(d for d in self.destinations if d.name == name)

@@ -1,0 +1,35 @@
+"""Helpers shared by the parts of the config parser: the error, tables, names, text."""
+
+from __future__ import annotations
+
+import re
+
+from core.tomltable import Table
+
+__all__ = ["NAME_RE", "ConfigError", "array_of_tables", "config_table", "short_text"]
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class ConfigError(ValueError):
+    """The configuration file is missing, unreadable or breaks a rule."""
+
+
+def config_table(data: object, name: str) -> Table:
+    """A table of config.toml: its errors are ConfigError."""
+    return Table(data, name, ConfigError)
+
+
+def array_of_tables(raw: object, name: str) -> list[Table]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise ConfigError(f"[[{name}]]: must be an array of tables")
+    return [config_table(item, f"[[{name}]] #{i + 1}") for i, item in enumerate(raw)]
+
+
+def short_text(table: Table, key: str, limit: int) -> str:
+    value = table.string(key, "")
+    if len(value) > limit or "\\" in value:
+        raise ConfigError(f"{table.key(key)}: at most {limit} characters, no backslash")
+    return value
