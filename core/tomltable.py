@@ -39,6 +39,10 @@ class Table:
     def has(self, key: str) -> bool:
         return key in self._data
 
+    def keys(self) -> list[str]:
+        """The keys not read yet."""
+        return list(self._data)
+
     def _get(self, key: str, default: T, kinds: tuple[type, ...], what: str) -> T:
         if key not in self._data:
             return default

@@ -16,9 +16,11 @@ from core.config import NodeConfig
 from core.errors import PermanentError
 from dicomio.results.compose import encode_run, to_bytes
 from dicomio.volume_in import patient_and_date, scan_studies
+from inference.errors import ModelPackageError
 from inference.execute import pick_device
-from inference.package import LoadedModel, load_package
+from inference.package import LoadedModel
 from inference.pipeline import run_pipeline
+from inference.trial import load_and_try
 from storage.index import PatientHistory, PriorStudy, SeriesInfo
 
 __all__ = ["AnalyzeError", "analyze", "scanned_histories"]
@@ -45,20 +47,30 @@ def analyze(
     if not chosen:
         raise AnalyzeError(f"no pipeline with models in {cfg.path}")
     try:
+        device = pick_device(cfg.inference.device)
+    except RuntimeError as exc:
+        raise AnalyzeError(str(exc)) from None
+    cache: dict[Path, LoadedModel] = {}
+    for pipeline in chosen:
+        for folder in pipeline.models:
+            if folder not in cache:
+                try:
+                    cache[folder] = load_and_try(folder, device)
+                except ModelPackageError as exc:
+                    raise AnalyzeError(f"[[pipelines]] {pipeline.name!r}: {exc}") from None
+    try:
         studies = scan_studies(paths)
     except FileNotFoundError as exc:
         raise AnalyzeError(str(exc)) from None
     if not studies:
         raise AnalyzeError("no DICOM files found in " + ", ".join(str(p) for p in paths))
-    device = pick_device(cfg.inference.device)
-    cache: dict[Path, LoadedModel] = {}
     failures = 0
     out.mkdir(parents=True, exist_ok=True)
     histories = scanned_histories(studies)
     for study_uid, series in studies.items():
         print(f"study {study_uid}: {len(series)} series")
         for pipeline in chosen:
-            models = [cache.setdefault(m, load_package(m, device)) for m in pipeline.models]
+            models = [cache[m] for m in pipeline.models]
             started_at = datetime.now(UTC)
             try:
                 run = run_pipeline(

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -27,14 +29,52 @@ class LoadedModel:
 def load_package(folder: Path, device: torch.device) -> LoadedModel:
     """Verify the package, build the module and load the weights onto ``device``."""
     spec = verify_package(folder)
-    try:
-        if spec.format == "torchscript":
-            module: nn.Module = torch.jit.load(str(spec.weights), map_location=device)  # type: ignore[no-untyped-call]
-        else:
+    where = folder / "model.toml"
+    if spec.format == "torchscript":
+        module: nn.Module = _read(
+            spec.weights,
+            "TorchScript",
+            lambda: torch.jit.load(  # type: ignore[no-untyped-call]
+                str(spec.weights), map_location=device
+            ),
+        )
+    else:
+        try:
             module = build(spec.architecture, spec.parameters)
-            state = torch.load(spec.weights, map_location=device, weights_only=True)
+        except KeyError as exc:
+            raise ModelPackageError(f"{where} [model] architecture: {exc.args[0]}") from None
+        except TypeError as exc:
+            raise ModelPackageError(f"{where} [model.parameters]: {exc}") from None
+        state = _read(
+            spec.weights,
+            "a state dict",
+            lambda: torch.load(spec.weights, map_location=device, weights_only=True),
+        )
+        if not isinstance(state, dict):
+            raise ModelPackageError(
+                f"{spec.weights}: holds {type(state).__name__}, not a state dict"
+            )
+        try:
             module.load_state_dict(state)
-    except (KeyError, TypeError, RuntimeError) as exc:
-        raise ModelPackageError(f"{folder / 'model.toml'} [model]: {exc}") from None
+        except RuntimeError as exc:
+            first = str(exc).splitlines()[0]
+            raise ModelPackageError(
+                f"{spec.weights}: does not fit architecture {spec.architecture!r} with "
+                f"[model.parameters] {spec.parameters}: {first}"
+            ) from None
     module.to(device).eval()
     return LoadedModel(spec=spec, module=module, device=device)
+
+
+T = TypeVar("T")
+
+
+def _read(path: Path, what: str, load: Callable[[], T]) -> T:
+    """Deserialise the weights; any failure of torch's reader is the file's fault."""
+    try:
+        return load()
+    except Exception as exc:  # torch raises pickle, zip, runtime and value errors here
+        raise ModelPackageError(
+            f"{path}: cannot be loaded as {what} ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else 'no detail'})"
+        ) from None

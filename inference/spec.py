@@ -36,8 +36,11 @@
     [provenance.metrics]
     dice = 0.91
 
-The weights' SHA-256 is checked by :func:`verify_package` (and on load); any problem raises
-:class:`ModelPackageError` naming the file and the field.
+``model.toml`` is validated like ``config.toml`` (:mod:`core.tomltable`): unknown
+keys are errors, every value is typed and ranged, keys that do not apply to the
+task are refused, and each error names the file and the key. The weights'
+SHA-256 is checked by :func:`verify_package` (and on load); the loaded model is
+then run once on a dummy input (:mod:`inference.trial`).
 """
 
 from __future__ import annotations
@@ -49,11 +52,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core.tomltable import Table
 from inference.errors import ModelPackageError
 
 __all__ = ["InputSpec", "LabelSpec", "ModelSpec", "read_spec", "sha256_file", "verify_package"]
 
 TASKS = ("classification", "segmentation", "sequence", "progression")
+_IMAGE_TASKS = ("classification", "segmentation", "progression")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -101,27 +107,159 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _req(table: dict[str, Any], key: str, kind: type, where: str) -> Any:
-    if key not in table:
-        raise ModelPackageError(f"{where}: {key} is required")
-    value = table[key]
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if not isinstance(value, kind):
-        raise ModelPackageError(f"{where}: {key} must be a {kind.__name__}")
+def _table(data: object, name: str) -> Table:
+    return Table(data, name, ModelPackageError)
+
+
+def _choice(table: Table, key: str, options: tuple[str, ...], default: str | None) -> str:
+    if default is None and not table.has(key):
+        raise table.fail(key, "is required")
+    value = table.string(key, default or "")
+    if value not in options:
+        raise table.fail(key, f"must be one of {', '.join(options)} (got {value!r})")
     return value
 
 
-def _triple(value: Any, where: str, cast: type) -> Any:
-    if value is None:
+def _model(table: Table, folder: Path) -> dict[str, Any]:
+    name = table.required_string("name")
+    if not _NAME_RE.fullmatch(name):
+        raise table.fail("name", "must be letters, digits, '-', '_', '.' (at most 64)")
+    version = table.required_string("version")
+    task = _choice(table, "task", TASKS, None)
+    fmt = _choice(table, "format", ("state_dict", "torchscript"), "state_dict")
+    architecture = table.string("architecture", "")
+    if fmt == "state_dict" and not architecture:
+        raise table.fail("architecture", 'is required with format = "state_dict"')
+    if fmt == "torchscript" and architecture:
+        raise table.fail("architecture", 'must not be set with format = "torchscript"')
+    weights = table.required_string("weights")
+    if Path(weights).is_absolute() or ".." in Path(weights).parts:
+        raise table.fail("weights", f"must name a file inside the package folder (got {weights!r})")
+    sha = table.required_string("sha256").lower()
+    if not re.fullmatch(r"[0-9a-f]{64}", sha):
+        raise table.fail("sha256", "must be 64 hex digits")
+    parameters = table.raw("parameters")
+    if parameters is None:
+        parameters = {}
+    if not isinstance(parameters, dict):
+        raise table.fail("parameters", "must be a table of the architecture's arguments")
+    if fmt == "torchscript" and parameters:
+        raise table.fail("parameters", 'must be empty with format = "torchscript"')
+    table.finish()
+    return {
+        "name": name,
+        "version": version,
+        "task": task,
+        "format": fmt,
+        "architecture": architecture,
+        "weights": folder / weights,
+        "sha256": sha,
+        "parameters": dict(parameters),
+    }
+
+
+def _ints(table: Table, key: str) -> tuple[int, int, int] | None:
+    values = table.numbers(key, 3, 1)
+    if values is None:
         return None
-    if not isinstance(value, list) or len(value) != 3:
-        raise ModelPackageError(f"{where}: must be a list of 3 numbers")
-    return tuple(cast(v) for v in value)
+    if not all(v == int(v) for v in values):
+        raise table.fail(key, f"must be whole numbers (got {list(values)})")
+    return (int(values[0]), int(values[1]), int(values[2]))
+
+
+def _input(table: Table, task: str) -> InputSpec:
+    only = {
+        "sequence": ("leads", "sampling_hz", "samples"),
+        "progression": ("max_priors",),
+        "image": ("window", "target_spacing", "size", "patch"),
+    }
+    for group, keys in only.items():
+        applies = task in _IMAGE_TASKS if group == "image" else task == group
+        for key in keys:
+            if table.has(key) and not applies:
+                what = "an image task" if group == "image" else f"task {group}"
+                raise table.fail(key, f"only for {what} (this model's task is {task})")
+    window = table.numbers("window", 2, -1e6)
+    if window is not None and not window[0] < window[1]:
+        raise table.fail("window", f"must be [low, high] with low < high (got {list(window)})")
+    spacing = table.numbers("target_spacing", 3, 1e-3, 100.0)
+    if task == "progression" and not table.has("max_priors"):
+        raise table.fail("max_priors", "is required for a progression model: an integer >= 1")
+    samples = table.integer("samples", 0, 1, 10**8) if table.has("samples") else None
+    spec = InputSpec(
+        modalities=tuple(m.upper() for m in table.strings("modality")),
+        window=None if window is None else (window[0], window[1]),
+        target_spacing=None if spacing is None else (spacing[0], spacing[1], spacing[2]),
+        size=_ints(table, "size"),
+        patch=_ints(table, "patch"),
+        leads=table.strings("leads"),
+        sampling_hz=table.number("sampling_hz", 0.0, 1.0, 1e6)
+        if table.has("sampling_hz")
+        else None,
+        samples=samples,
+        max_priors=table.integer("max_priors", 1, 1, 100) if table.has("max_priors") else 0,
+    )
+    table.finish()
+    return spec
+
+
+def _labels(raw: object, where: str, task: str) -> tuple[LabelSpec, ...]:
+    if raw is None:
+        raw = []
+    if not isinstance(raw, list):
+        raise ModelPackageError(f"{where} [[output.labels]]: must be an array of tables")
+    labels: list[LabelSpec] = []
+    for i, item in enumerate(raw):
+        table = _table(item, f"{where} [[output.labels]] #{i + 1}")
+        name = table.required_string("name")
+        if any(label.name == name for label in labels):
+            raise table.fail("name", f"must be unique ({name!r} repeats)")
+        code = table.raw("code")
+        if (
+            not isinstance(code, list)
+            or len(code) != 3
+            or not all(isinstance(c, str) and c for c in code)
+        ):
+            raise table.fail("code", "must be [value, scheme, meaning], three non-empty strings")
+        if table.has("min_volume_mm3") and task != "segmentation":
+            raise table.fail("min_volume_mm3", f"only for task segmentation (this is {task})")
+        labels.append(
+            LabelSpec(
+                name=name,
+                code=(code[0], code[1], code[2]),
+                threshold=table.number("threshold", 0.5, 0.0, 1.0),
+                min_volume_mm3=table.number("min_volume_mm3", 0.0, 0.0),
+            )
+        )
+        table.finish()
+    if not labels:
+        raise ModelPackageError(f"{where} [[output.labels]]: at least one label is required")
+    return tuple(labels)
+
+
+def _provenance(table: Table) -> dict[str, Any]:
+    training_data = table.string("training_data", "")
+    notes = table.string("notes", "")
+    metrics = _table(table.raw("metrics") or {}, f"{table.key('metrics')}")
+    values = {}
+    for key in metrics.keys():  # every metric is a number
+        values[key] = metrics.number(key, 0.0, float("-inf"))
+    metrics.finish()
+    table.finish()
+    found: dict[str, Any] = {"training_data": training_data, "metrics": values}
+    if notes:
+        found["notes"] = notes
+    return found
 
 
 def read_spec(folder: Path) -> ModelSpec:
-    """Parse and validate ``folder/model.toml`` (no weights are read)."""
+    """Parse and validate ``folder/model.toml`` (no weights are read).
+
+    Raises
+    ------
+    ModelPackageError
+        Naming the file and the key: missing, unknown, mistyped or out of range.
+    """
     toml_path = folder / "model.toml"
     where = str(toml_path)
     try:
@@ -130,80 +268,17 @@ def read_spec(folder: Path) -> ModelSpec:
         raise ModelPackageError(f"{where}: not found") from None
     except tomllib.TOMLDecodeError as exc:
         raise ModelPackageError(f"{where}: not valid TOML: {exc}") from None
-    model = data.get("model", {})
-    name = _req(model, "name", str, f"{where} [model]")
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name):
-        raise ModelPackageError(f"{where} [model]: name must be letters, digits, '-', '_', '.'")
-    task = _req(model, "task", str, f"{where} [model]")
-    if task not in TASKS:
-        raise ModelPackageError(f"{where} [model]: task must be one of {', '.join(TASKS)}")
-    fmt = model.get("format", "state_dict")
-    if fmt not in ("state_dict", "torchscript"):
-        raise ModelPackageError(f'{where} [model]: format must be "state_dict" or "torchscript"')
-    sha = _req(model, "sha256", str, f"{where} [model]").lower()
-    if not re.fullmatch(r"[0-9a-f]{64}", sha):
-        raise ModelPackageError(f"{where} [model]: sha256 must be 64 hex digits")
-    inp = data.get("input", {})
-    window = inp.get("window")
-    if window is not None and (
-        not isinstance(window, list) or len(window) != 2 or not window[0] < window[1]
-    ):
-        raise ModelPackageError(f"{where} [input]: window must be [low, high] with low < high")
-    labels = []
-    for i, label in enumerate(data.get("output", {}).get("labels", [])):
-        lw = f"{where} [[output.labels]] #{i + 1}"
-        code = _req(label, "code", list, lw)
-        if len(code) != 3 or not all(isinstance(c, str) and c for c in code):
-            raise ModelPackageError(f"{lw}: code must be [value, scheme, meaning]")
-        floor = label.get("min_volume_mm3", 0.0)
-        if not isinstance(floor, (int, float)) or isinstance(floor, bool) or floor < 0:
-            raise ModelPackageError(f"{lw}: min_volume_mm3 must be a number >= 0")
-        labels.append(
-            LabelSpec(
-                name=_req(label, "name", str, lw),
-                code=(code[0], code[1], code[2]),
-                threshold=float(label.get("threshold", 0.5)),
-                min_volume_mm3=float(floor),
-            )
-        )
-    if not labels:
-        raise ModelPackageError(f"{where} [output]: at least one label is required")
-    modality = inp.get("modality", [])
-    max_priors = inp.get("max_priors", 0)
-    if task == "progression" and (
-        not isinstance(max_priors, int) or isinstance(max_priors, bool) or max_priors < 1
-    ):
-        raise ModelPackageError(
-            f"{where} [input]: max_priors must be an integer >= 1 for a progression model"
-        )
-    return ModelSpec(
-        folder=folder,
-        name=name,
-        version=_req(model, "version", str, f"{where} [model]"),
-        task=task,
-        architecture=model.get("architecture", "") if fmt == "state_dict" else "",
-        format=fmt,
-        weights=folder / _req(model, "weights", str, f"{where} [model]"),
-        sha256=sha,
-        parameters=dict(model.get("parameters", {})),
-        input=InputSpec(
-            modalities=tuple(
-                m.upper() for m in ([modality] if isinstance(modality, str) else modality)
-            ),
-            window=(float(window[0]), float(window[1])) if window else None,
-            target_spacing=_triple(
-                inp.get("target_spacing"), f"{where} [input] target_spacing", float
-            ),
-            size=_triple(inp.get("size"), f"{where} [input] size", int),
-            patch=_triple(inp.get("patch"), f"{where} [input] patch", int),
-            leads=tuple(inp.get("leads", [])),
-            sampling_hz=float(inp["sampling_hz"]) if "sampling_hz" in inp else None,
-            samples=int(inp["samples"]) if "samples" in inp else None,
-            max_priors=int(max_priors) if task == "progression" else 0,
-        ),
-        labels=tuple(labels),
-        provenance=dict(data.get("provenance", {})),
-    )
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ModelPackageError(f"{where}: cannot read: {exc}") from None
+    top = _table(data, where)
+    model = _model(_table(top.raw("model") or {}, f"{where} [model]"), folder)
+    inp = _input(_table(top.raw("input") or {}, f"{where} [input]"), model["task"])
+    output = _table(top.raw("output") or {}, f"{where} [output]")
+    labels = _labels(output.raw("labels"), where, model["task"])
+    output.finish()
+    provenance = _provenance(_table(top.raw("provenance") or {}, f"{where} [provenance]"))
+    top.finish()
+    return ModelSpec(folder=folder, input=inp, labels=labels, provenance=provenance, **model)
 
 
 def verify_package(folder: Path) -> ModelSpec:

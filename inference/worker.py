@@ -27,8 +27,9 @@ from dicomio.records import Outcome
 from dicomio.results.compose import encode_run
 from dicomio.results.write import WrittenResult, write_results
 from inference.execute import pick_device
-from inference.package import LoadedModel, load_package
+from inference.package import LoadedModel
 from inference.pipeline import PipelineRun, run_pipeline
+from inference.trial import load_and_try
 from storage import queue
 from storage.deliveries import record_result
 from storage.index import patient_history, study_series
@@ -112,7 +113,7 @@ class Worker:
         for p in self.pipelines.values():
             for folder in p.models:
                 if str(folder) not in cache:
-                    cache[str(folder)] = load_package(folder, self.device)
+                    cache[str(folder)] = load_and_try(folder, self.device)
             self.models[p.name] = [cache[str(f)] for f in p.models]
         logger.info(
             "worker %s on %s: %d model(s) loaded for %d pipeline(s)",

@@ -77,6 +77,32 @@ def _cmd_serve(cfg: NodeConfig) -> int:
         return 1
 
 
+def _cmd_check_config(cfg: NodeConfig) -> int:
+    """The config file, and every model package in full: hash, load, a trial run on the CPU."""
+    folders = {folder: p.name for p in reversed(cfg.pipelines) for folder in p.models}
+    lines = []
+    if folders:
+        from inference.errors import ModelPackageError
+        from inference.trial import check_package
+
+        for folder, pipeline in sorted(folders.items()):
+            try:
+                model, seconds = check_package(folder)
+            except ModelPackageError as exc:
+                print(f"ainode: [[pipelines]] {pipeline!r}: {exc}", file=sys.stderr)
+                return 2
+            spec = model.spec
+            lines.append(
+                f"  {folder}: {spec.name} {spec.version} ({spec.task}, "
+                f"{len(spec.labels)} label(s)), SHA-256 verified, "
+                f"trial run {seconds:.2f} s"
+            )
+    print(f"{cfg.path}: OK ({len(cfg.peers)} peer(s), {len(cfg.pipelines)} pipeline(s))")
+    for line in lines:
+        print(line)
+    return 0
+
+
 def _cmd_status(cfg: NodeConfig) -> int:
     from node.report import status_report
     from storage.db import create_sqlite_engine, make_sessionmaker, migrate
@@ -202,8 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ainode: configuration error: {exc}", file=sys.stderr)
         return 2
     if args.command == "check-config":
-        print(f"{cfg.path}: OK ({len(cfg.peers)} peer(s), {len(cfg.pipelines)} pipeline(s))")
-        return 0
+        return _cmd_check_config(cfg)
     if args.command == "status":
         return _cmd_status(cfg)
     if args.command == "worker":

@@ -138,10 +138,7 @@ def read_instance_header(raw: bytes, transfer_syntax_uid: str) -> InstanceHeader
             study_instance_uid=values["StudyInstanceUID"],
             series_instance_uid=values["SeriesInstanceUID"],
             transfer_syntax_uid=transfer_syntax_uid,
-            **{
-                field: _text(ds, tag, codec)[:limit]
-                for field, (tag, limit) in _OPTIONAL.items()
-            },
+            **{field: _text(ds, tag, codec)[:limit] for field, (tag, limit) in _OPTIONAL.items()},
         )
     except MalformedDataset:
         raise

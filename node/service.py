@@ -20,7 +20,7 @@ import os
 import signal
 import socket
 import threading
-from multiprocessing.process import BaseProcess
+from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Event as MpEvent
 from pathlib import Path
 from typing import IO
@@ -31,6 +31,7 @@ from core.config import NodeConfig
 from core.logs import configure_logging
 from node.housekeeping import start_scheduler
 from node.server import start_listener, stop_listener
+from node.supervise import ChildFailed, Supervisor
 from storage.db import create_sqlite_engine, make_sessionmaker, migrate
 from storage.reconcile import ReconcileRefused, reconcile
 from storage.spool import Spool
@@ -40,7 +41,6 @@ __all__ = ["ServeError", "listener_main", "serve"]
 logger = logging.getLogger(__name__)
 
 _READY_TIMEOUT_S = 60.0
-_mp = multiprocessing.get_context("spawn")
 
 
 class ServeError(RuntimeError):
@@ -78,14 +78,19 @@ def _install_stop_handlers(stop: threading.Event) -> None:
     signal.signal(signal.SIGINT, on_signal)
 
 
-def listener_main(cfg: NodeConfig, ready: MpEvent) -> None:
+def listener_main(cfg: NodeConfig, ready: MpEvent, errors: Queue[tuple[str, str]]) -> None:
     """Entry point of a listener child process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent forwards SIGTERM
     configure_logging(cfg.logging)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     engine = create_sqlite_engine(cfg.storage.database_path)
-    server = start_listener(cfg, make_sessionmaker(engine), share_port=True)
+    try:
+        server = start_listener(cfg, make_sessionmaker(engine), share_port=True)
+    except OSError as exc:
+        name = multiprocessing.current_process().name
+        errors.put((name, f"cannot listen on {cfg.node.bind_address}:{cfg.node.port}: {exc}"))
+        raise SystemExit(1) from None
     ready.set()
     parent = os.getppid()
     while not stop.wait(0.5):
@@ -94,17 +99,6 @@ def listener_main(cfg: NodeConfig, ready: MpEvent) -> None:
             break
     stop_listener(server, cfg.node.shutdown_grace_s)
     engine.dispose()
-
-
-def _spawn(cfg: NodeConfig, name: str) -> tuple[BaseProcess, MpEvent]:
-    if name.startswith("worker"):
-        from inference.__main__ import worker_process as target
-    else:
-        target = listener_main
-    ready = _mp.Event()
-    child = _mp.Process(target=target, args=(cfg, ready), name=name)
-    child.start()
-    return child, ready
 
 
 def _verify_models(cfg: NodeConfig) -> None:
@@ -147,12 +141,6 @@ def _reconcile(sessions: sessionmaker[Session], spool: Spool, *, grace_s: float)
     )
 
 
-def _wait_ready(children: list[tuple[BaseProcess, MpEvent]]) -> None:
-    for child, ready in children:
-        if not ready.wait(_READY_TIMEOUT_S) or not child.is_alive():
-            raise ServeError(f"{child.name} did not start (exit code {child.exitcode})")
-
-
 def serve(cfg: NodeConfig) -> int:
     """Run the node until SIGTERM; return the process exit code."""
     cfg.storage.data_dir.mkdir(exist_ok=True)
@@ -175,23 +163,27 @@ def serve(cfg: NodeConfig) -> int:
     stop = threading.Event()
     _install_stop_handlers(stop)
     server = None
-    children: list[tuple[BaseProcess, MpEvent]] = []
+    children = Supervisor(cfg)
     if node.listener_processes == 1:
         server = start_listener(cfg, sessions, share_port=False)
     else:
-        children = [_spawn(cfg, f"listener-{i + 1}") for i in range(node.listener_processes)]
+        for i in range(node.listener_processes):
+            children.start(f"listener-{i + 1}", listener_main)
     workers = cfg.inference.workers if any(p.models for p in cfg.pipelines) else 0
     if cfg.inference.workers and not workers:
         logger.warning("no pipeline has models: no worker started; jobs stay queued")
-    children += [_spawn(cfg, f"worker-{i + 1}") for i in range(workers)]
+    if workers:
+        from inference.__main__ import worker_process
+
+        for i in range(workers):
+            children.start(f"worker-{i + 1}", worker_process)
     try:
-        _wait_ready(children)
-    except ServeError:
-        for child, _ in children:
-            child.kill()
+        children.wait_ready(_READY_TIMEOUT_S)
+    except ChildFailed as exc:
+        children.kill()
         if server is not None:
             stop_listener(server, 0)
-        raise
+        raise ServeError(str(exc)) from None
     scheduler = start_scheduler(cfg, sessions)
     logger.info(
         "ainode %s listening on %s:%d (%d listener process%s, %d worker%s), data in %s",
@@ -204,22 +196,12 @@ def serve(cfg: NodeConfig) -> int:
         "" if cfg.inference.workers == 1 else "s",
         cfg.storage.data_dir,
     )
-    while not stop.wait(0.5):
-        for i, (child, _ready) in enumerate(children):
-            if not child.is_alive():
-                logger.error("%s died (exit code %s): restarting it", child.name, child.exitcode)
-                children[i] = _spawn(cfg, child.name)
-    for child, _ in children:
-        if child.pid is not None and child.is_alive():
-            os.kill(child.pid, signal.SIGTERM)
+    while not stop.wait(0.2):
+        children.check()
+    children.terminate()
     if server is not None:
         stop_listener(server, node.shutdown_grace_s)
-    for child, _ in children:
-        # A worker finishes its running job first (its lease covers a kill).
-        child.join(node.shutdown_grace_s + 10)
-        if child.is_alive():
-            logger.error("%s did not stop: killing it", child.name)
-            child.kill()
+    children.join(node.shutdown_grace_s)
     scheduler.shutdown(wait=True)
     engine.dispose()
     lock.close()

@@ -7,6 +7,7 @@ exactly "HU >= threshold", written as a per-voxel logistic model.
 from __future__ import annotations
 
 import tomllib
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -81,3 +82,40 @@ def threshold_segmenter(folder: Path, threshold_hu: float = 120.0) -> Path:
         input_spec={"modality": ["CT"], "window": [-1000.0, 1000.0], "patch": [32, 64, 64]},
         labels=[{"name": "lesion", "code": ["52988006", "SCT", "Lesion"], "threshold": 0.5}],
     )
+
+
+class _FailsOnBrightInput(torch.nn.Module):
+    """A segmenter that runs on the trial input (mid-window grey) but raises on real data."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if bool(x.max() > 0.9):
+            raise RuntimeError("input too bright for this test model")
+        return x
+
+
+def failing_segmenter(folder: Path) -> Path:
+    """A TorchScript package that passes its trial run, then fails every job on a CT."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():  # torch 2.13 deprecates TorchScript; packages still use it
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.script(_FailsOnBrightInput()).save(str(folder / "model.pt"))  # type: ignore[no-untyped-call]
+    lines = [
+        "[model]",
+        'name = "fails-on-bright"',
+        'version = "1.0.0"',
+        'task = "segmentation"',
+        'format = "torchscript"',
+        'weights = "model.pt"',
+        f'sha256 = "{sha256_file(folder / "model.pt")}"',
+        "[input]",
+        'modality = ["CT"]',
+        "window = [-1000.0, 1000.0]",
+        "patch = [16, 32, 32]",
+        "[[output.labels]]",
+        'name = "lesion"',
+        'code = ["52988006", "SCT", "Lesion"]',
+        "[provenance]",
+        'training_data = "none: a test model that raises on purpose"',
+    ]
+    (folder / "model.toml").write_text("\n".join(lines) + "\n")
+    return folder

@@ -252,9 +252,14 @@ def main(argv: list[str] | None = None) -> int:
     if a.command == "evaluate":
         import torch
 
-        from inference.package import load_package
+        from inference.errors import ModelPackageError
+        from inference.trial import load_and_try
 
-        loaded = load_package(a.package, torch.device("cpu"))
+        try:
+            loaded = load_and_try(a.package, torch.device("cpu"))
+        except ModelPackageError as exc:
+            print(f"ainode train evaluate: {exc}", file=sys.stderr)
+            return 2
         if loaded.spec.name not in RECIPES:
             print(f"no recipe named {loaded.spec.name!r}", file=sys.stderr)
             return 2

@@ -19,7 +19,7 @@ from storage.db import create_sqlite_engine, make_sessionmaker
 from storage.outcomes import list_outcomes
 from storage.records import JobRecord
 from tests.dicomgen import write_ct_series, write_lesion_ct
-from tests.packages import make_package, threshold_segmenter
+from tests.packages import failing_segmenter, threshold_segmenter
 from tests.peers import storescu
 
 pytestmark = pytest.mark.network
@@ -104,16 +104,8 @@ def test_inconsistent_series_is_dead_at_once_with_its_reason(node_factory, tmp_p
 
 
 def test_model_that_raises_is_retried_then_dead_lettered(node_factory, tmp_path: Path) -> None:
-    # A package whose network expects 2 input channels: every forward pass raises.
-    package = make_package(
-        tmp_path / "broken",
-        name="broken",
-        task="segmentation",
-        architecture="unet3d",
-        parameters={"in_channels": 2, "depth": 1, "base": 2},
-        input_spec={"modality": "CT", "window": [-1000.0, 1000.0]},
-        labels=[{"name": "lesion", "code": ["52988006", "SCT", "Lesion"]}],
-    )
+    # A package that passes its trial run but raises on every real CT.
+    package = failing_segmenter(tmp_path / "broken")
     node, cfg = node_factory(
         inference={"workers": 1, "poll_interval_s": 0.1},
         queue={"max_attempts": 2, "retry_wait_s": 0.5},
@@ -122,8 +114,8 @@ def test_model_that_raises_is_retried_then_dead_lettered(node_factory, tmp_path:
     assert storescu(cfg.node.port, write_ct_series(tmp_path / "ct", count=4)).returncode == 0
     job = _wait_job(cfg, "dead")
     assert job.attempts == 2
-    assert job.last_error.startswith("gave up after 2 attempts: RuntimeError:")
-    assert "channels" in job.last_error
+    assert job.last_error.startswith("gave up after 2 attempts: ")
+    assert "input too bright for this test model" in job.last_error
     assert "will retry" in node.output() and f"job {job.id} dead" in node.output()
     assert node.terminate() == 0
 
