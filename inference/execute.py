@@ -2,7 +2,8 @@
 
 Everything here runs under ``torch.inference_mode``. On CUDA, autocast uses
 bfloat16 when the config allows AMP. A CUDA out-of-memory error is retried
-with a batch of one, then on the CPU: it never crashes the worker.
+with a batch of one, then on a CPU copy of the model: it never crashes the
+worker, and the next job runs on the GPU again.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from dicomio.records import Volume, Waveform
-from inference.package import LoadedModel
+from inference.package import LoadedModel, load_package
 from inference.preprocess import prepare_history, prepare_waveform, resampled_shape, window
 
 __all__ = [
@@ -165,5 +166,7 @@ def with_oom_fallback(
             "CUDA out of memory again in %s: running this job on the CPU", model.spec.name
         )
         torch.cuda.empty_cache()
-    cpu = torch.device("cpu")
-    return run(LoadedModel(spec=model.spec, module=model.module.to(cpu), device=cpu), 1)
+    # A CPU copy read from the package: the worker's cached model stays on its GPU
+    # (moving it in place would leave every later job with a CPU module behind a
+    # LoadedModel that still says CUDA).
+    return run(load_package(model.spec.folder, torch.device("cpu")), 1)

@@ -18,6 +18,10 @@ ConfigFactory = Callable[..., Path]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if any("gpu" in item.keywords for item in items) and not _cuda():
+        for item in items:
+            if "gpu" in item.keywords:  # a device, not a tool: CI has none, by design
+                item.add_marker(pytest.mark.skip(reason="no CUDA device"))
     missing = [t for t in ("storescu", "echoscu", "Orthanc") if shutil.which(t) is None]
     if not missing or os.environ.get("CI"):
         return  # in CI a missing tool fails the tests loudly instead of skipping them
@@ -25,6 +29,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "network" in item.keywords:
             item.add_marker(pytest.mark.skip(reason=f"missing: {', '.join(missing)}"))
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 @pytest.fixture

@@ -145,3 +145,56 @@ def test_progression_passes_over_priors_it_cannot_use(tmp_path: Path) -> None:
     assert compared(replace(good_old, study_date="x")) == [
         "no prior study of this patient has a usable series the model takes"
     ]
+
+
+class _RecordsMoves(nn.Module):
+    """A module that notes every device move made on it (``.to``/``.cpu``/``.cuda``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv3d(1, 1, 1)
+        self.moves = 0
+
+    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+        self.moves += 1
+        return super()._apply(fn, recurse)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+def test_cpu_fallback_leaves_the_cached_model_where_it_was(tmp_path: Path) -> None:
+    """After a CUDA OOM the CPU attempt runs on a copy: the worker's model keeps its device."""
+    base = load_package(threshold_segmenter(tmp_path / "pkg"), torch.device("cpu"))
+    cached = LoadedModel(spec=base.spec, module=_RecordsMoves(), device=torch.device("cuda"))
+    used: list[LoadedModel] = []
+
+    def run(model: LoadedModel, batch: int) -> str:
+        used.append(model)
+        if model.device.type == "cuda":
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return "ran on the CPU"
+
+    assert with_oom_fallback(run, cached, 8) == "ran on the CPU"
+    assert [m.device.type for m in used] == ["cuda", "cuda", "cpu"]
+    assert used[2].module is not cached.module
+    assert cached.module.moves == 0 and cached.device.type == "cuda"
+
+
+@pytest.mark.gpu
+def test_after_a_real_oom_the_next_job_runs_on_the_gpu_again(tmp_path: Path) -> None:
+    gpu = torch.device("cuda")
+    model = load_package(threshold_segmenter(tmp_path / "pkg"), gpu)
+    volume = _volume(np.zeros((8, 16, 16)))
+    calls = {"n": 0}
+
+    def run(m: LoadedModel, batch: int) -> np.ndarray:
+        calls["n"] += 1
+        if m.device.type == "cuda" and calls["n"] <= 2:  # a real allocation that cannot fit
+            free, _total = torch.cuda.mem_get_info()
+            torch.empty(int(free) * 2, dtype=torch.uint8, device=m.device)
+        return segment(m, volume, batch_size=batch, amp=False)
+
+    assert with_oom_fallback(run, model, 8).shape == (1, 8, 16, 16)
+    assert all(p.device.type == "cuda" for p in model.module.parameters())
+    assert segment(model, volume, batch_size=8, amp=False).shape == (1, 8, 16, 16)
