@@ -17,7 +17,7 @@ import numpy as np
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
-from dicomio.errors import InconsistentSeries, UnsupportedInput
+from dicomio.errors import InconsistentSeries, MissingData, UnsupportedInput
 from dicomio.records import Volume, Waveform
 from storage.index import SeriesInfo
 
@@ -39,6 +39,38 @@ def _read(path: Path) -> Dataset:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return dcmread(path)
+
+
+_NAMES = {
+    "Rows": "(0028,0010) Rows",
+    "Columns": "(0028,0011) Columns",
+    "SOPInstanceUID": "(0008,0018) SOP Instance UID",
+    "PixelSpacing": "(0028,0030) Pixel Spacing",
+    "ImageOrientationPatient": "(0020,0037) Image Orientation (Patient)",
+    "ImagePositionPatient": "(0020,0032) Image Position (Patient)",
+    "SamplingFrequency": "(003A,001A) Sampling Frequency",
+    "ChannelDefinitionSequence": "(003A,0200) Channel Definition Sequence",
+}
+
+
+def _required(ds: Dataset, keyword: str, path: Path) -> Any:
+    """An attribute the loader cannot do without; its absence is a permanent input error."""
+    value = ds.get(keyword)
+    if value is None or value == "":
+        raise MissingData(f"{path.name}: no {_NAMES.get(keyword, keyword)}")
+    return value
+
+
+def _number(ds: Dataset, keyword: str, default: float, what: str, path: Path) -> float:
+    try:
+        raw = ds.get(keyword)  # pydicom converts (and may refuse) the value here
+        return default if raw is None or raw == "" else float(raw)
+    except (TypeError, ValueError):
+        elem = ds.get_item(keyword)
+        shown = elem.value if elem is not None else None
+        if isinstance(shown, bytes):
+            shown = shown.decode("ascii", "replace").strip()
+        raise InconsistentSeries(f"{path.name}: {what} {str(shown)!r} is not a number") from None
 
 
 def _floats(value: Any, n: int, what: str) -> np.ndarray:
@@ -132,9 +164,9 @@ def is_axial(row_direction: Sequence[float], column_direction: Sequence[float]) 
     return bool(abs(normal[2]) > 0.985)
 
 
-def _rescaled(ds: Dataset, pixels: np.ndarray) -> np.ndarray:
-    slope = float(ds.get("RescaleSlope", 1) or 1)
-    intercept = float(ds.get("RescaleIntercept", 0) or 0)
+def _rescaled(ds: Dataset, pixels: np.ndarray, path: Path) -> np.ndarray:
+    slope = _number(ds, "RescaleSlope", 1.0, "Rescale Slope", path) or 1.0
+    intercept = _number(ds, "RescaleIntercept", 0.0, "Rescale Intercept", path)
     return (pixels.astype(np.float32) * np.float32(slope) + np.float32(intercept)).astype(
         np.float32
     )
@@ -175,12 +207,17 @@ def _enhanced(ds: Dataset, path: Path) -> Volume:
     pixels = _pixels(ds, path)
     if pixels.ndim != 3:
         raise UnsupportedInput(f"{path.name}: colour multi-frame images are not volumes")
-    measures = frames[0].get("PixelValueTransformationSequence") or shared.get(
-        "PixelValueTransformationSequence"
-    )
-    scaler = measures[0] if measures else ds
-    slices = [_rescaled(scaler, pixels[i]) for i in range(pixels.shape[0])]
-    uids = [str(ds.SOPInstanceUID)] * len(slices)
+
+    def scaler(frame: Dataset) -> Dataset:
+        """Each frame's own rescale (per-frame group), else the shared one, else the top level."""
+        measures = frame.get("PixelValueTransformationSequence") or shared.get(
+            "PixelValueTransformationSequence"
+        )
+        found: Dataset = measures[0] if measures else ds
+        return found
+
+    slices = [_rescaled(scaler(frames[i]), pixels[i], path) for i in range(pixels.shape[0])]
+    uids = [str(_required(ds, "SOPInstanceUID", path))] * len(slices)
     frames_of = list(range(1, len(slices) + 1))
     return _assemble(ds, slices, positions, orientation, spacing, uids, frames_of)
 
@@ -299,29 +336,33 @@ def load_volume(paths: Sequence[Path]) -> Volume:
     headers = [_header(p) for p in paths]
     if len(headers) == 1 and int(headers[0].get("NumberOfFrames", 1) or 1) > 1:
         return _enhanced(_read(paths[0]), paths[0])
-    first = headers[0]
-    try:
-        orientation = _floats(first.ImageOrientationPatient, 6, "Image Orientation (Patient)")
-        spacing = _floats(first.PixelSpacing, 2, "Pixel Spacing")
-    except AttributeError as exc:
-        raise InconsistentSeries(f"{paths[0].name}: missing geometry ({exc})") from None
-    shape = (int(first.Rows), int(first.Columns))
+    first, first_path = headers[0], paths[0]
+    orientation = _floats(
+        _required(first, "ImageOrientationPatient", first_path), 6, "Image Orientation (Patient)"
+    )
+    spacing = _floats(_required(first, "PixelSpacing", first_path), 2, "Pixel Spacing")
+    shape = (
+        int(_required(first, "Rows", first_path)),
+        int(_required(first, "Columns", first_path)),
+    )
     positions, uids = [], []
     for path, ds in zip(paths, headers, strict=True):
-        if (ds.Rows, ds.Columns) != shape:
+        size = (int(_required(ds, "Rows", path)), int(_required(ds, "Columns", path)))
+        if size != shape:
             raise InconsistentSeries(
-                f"mixed image sizes: {shape[0]}x{shape[1]} and {ds.Rows}x{ds.Columns} ({path.name})"
+                f"mixed image sizes: {shape[0]}x{shape[1]} and {size[0]}x{size[1]} ({path.name})"
             )
-        if "ImageOrientationPatient" not in ds or "ImagePositionPatient" not in ds:
-            raise InconsistentSeries(f"{path.name}: missing Image Position/Orientation (Patient)")
-        if np.abs(_floats(ds.ImageOrientationPatient, 6, "orientation") - orientation).max() > (
-            _ORIENTATION_TOLERANCE
-        ):
+        here = _floats(_required(ds, "ImageOrientationPatient", path), 6, "orientation")
+        if np.abs(here - orientation).max() > _ORIENTATION_TOLERANCE:
             raise InconsistentSeries(f"mixed orientations in the series ({path.name})")
-        if np.abs(_floats(ds.PixelSpacing, 2, "Pixel Spacing") - spacing).max() > 1e-4:
+        if (
+            np.abs(_floats(_required(ds, "PixelSpacing", path), 2, "Pixel Spacing") - spacing).max()
+            > 1e-4
+        ):
             raise InconsistentSeries(f"mixed pixel spacing in the series ({path.name})")
-        positions.append(_floats(ds.ImagePositionPatient, 3, "Image Position (Patient)"))
-        uids.append(str(ds.SOPInstanceUID))
+        position = _required(ds, "ImagePositionPatient", path)
+        positions.append(_floats(position, 3, "Image Position (Patient)"))
+        uids.append(str(_required(ds, "SOPInstanceUID", path)))
     order, step, normal = _order(positions, orientation, spacing, uids)
     array = np.empty((len(paths), *shape), dtype=np.float32)
     for slot, index in enumerate(order):
@@ -329,7 +370,7 @@ def load_volume(paths: Sequence[Path]) -> Volume:
         pixels = _pixels(ds, paths[index])
         if pixels.shape != shape:
             raise UnsupportedInput(f"{paths[index].name}: not a single-frame greyscale image")
-        array[slot] = _rescaled(ds, pixels)
+        array[slot] = _rescaled(ds, pixels, paths[index])
     return _volume(
         first,
         array,
@@ -354,9 +395,16 @@ def load_waveform(path: Path, group: int = 0) -> Waveform:
     if "WaveformSequence" not in ds or len(ds.WaveformSequence) <= group:
         raise UnsupportedInput(f"{path.name}: no waveform multiplex group {group}")
     mux = ds.WaveformSequence[group]
-    data = np.asarray(ds.waveform_array(group), dtype=np.float64).T  # (leads, samples)
+    channels = _required(mux, "ChannelDefinitionSequence", path)
+    sampling_hz = _number(mux, "SamplingFrequency", 0.0, "Sampling Frequency", path)
+    if sampling_hz <= 0:
+        raise MissingData(f"{path.name}: no usable (003A,001A) Sampling Frequency")
+    try:
+        data = np.asarray(ds.waveform_array(group), dtype=np.float64).T  # (leads, samples)
+    except (AttributeError, KeyError, ValueError) as exc:
+        raise UnsupportedInput(f"{path.name}: cannot decode the waveform: {exc}") from None
     names, scales = [], []
-    for i, channel in enumerate(mux.ChannelDefinitionSequence):
+    for i, channel in enumerate(channels):
         source = channel.get("ChannelSourceSequence")
         names.append(str(source[0].CodeMeaning) if source else f"channel {i + 1}")
         units_seq = channel.get("ChannelSensitivityUnitsSequence")
@@ -367,7 +415,7 @@ def load_waveform(path: Path, group: int = 0) -> Waveform:
     data = data * np.asarray(scales)[:, None]
     return Waveform(
         data=data.astype(np.float32),
-        sampling_hz=float(mux.SamplingFrequency),
+        sampling_hz=sampling_hz,
         lead_names=tuple(names),
         units="mV",
         study_instance_uid=str(ds.StudyInstanceUID),

@@ -3,8 +3,8 @@
 ::
 
     InferenceError
-     ├── ModelPackageError         a model package is broken (found at start-up)
-     └── OutputMismatch            the model's outputs do not fit its labels (permanent)
+     └── ModelPackageError         a model package is broken (found at start-up)
+          └── OutputMismatch       its outputs do not fit its labels (also permanent in a job)
 
 Errors of the input data (a series that makes no volume, a missing lead) are
 :mod:`dicomio.errors`; both kinds of permanent error derive from
@@ -26,5 +26,5 @@ class ModelPackageError(InferenceError):
     """A model package is missing a file, breaks a rule, fails its hash or its trial run."""
 
 
-class OutputMismatch(InferenceError, PermanentError):
+class OutputMismatch(ModelPackageError, PermanentError):
     """A model's output does not have the shape its package declares."""

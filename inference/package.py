@@ -11,10 +11,10 @@ import torch
 from torch import nn
 
 from inference.architectures import build
-from inference.errors import ModelPackageError
+from inference.errors import ModelPackageError, OutputMismatch
 from inference.spec import ModelSpec, verify_package
 
-__all__ = ["LoadedModel", "load_package"]
+__all__ = ["LoadedModel", "check_outputs", "load_package"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -78,3 +78,13 @@ def _read(path: Path, what: str, load: Callable[[], T]) -> T:
             f"{path}: cannot be loaded as {what} ({type(exc).__name__}: "
             f"{str(exc).splitlines()[0] if str(exc) else 'no detail'})"
         ) from None
+
+
+def check_outputs(model: LoadedModel, channels: int) -> None:
+    """The model's output channels must be its labels, one each (at load and in every job)."""
+    labels = len(model.spec.labels)
+    if channels != labels:
+        raise OutputMismatch(
+            f"{model.spec.folder / 'model.toml'}: the model gives {channels} output channel(s); "
+            f"[[output.labels]] names {labels}"
+        )

@@ -28,7 +28,7 @@ from inference.execute import (
     with_oom_fallback,
 )
 from inference.matching import model_takes, select_series
-from inference.package import LoadedModel
+from inference.package import LoadedModel, check_outputs
 from inference.postprocess import findings, label_lesions
 from inference.preprocess import days_between, prepare_volume
 from inference.spec import ModelSpec
@@ -156,6 +156,7 @@ def _run_progression(
         1,
     )
     t = _timed(timings, "forward", t)
+    check_outputs(model, len(probs))
     result = findings(list(probs), spec.labels)
     _timed(timings, "postprocess", t)
     compared = [
@@ -195,6 +196,7 @@ def _run_model(
         t = _timed(timings, "read", t)
         probs = with_oom_fallback(lambda m, _b: predict_sequence(m, waveform, amp=amp), model, 1)
         t = _timed(timings, "forward", t)
+        check_outputs(model, len(probs))
         result = findings(list(probs), spec.labels)
         _timed(timings, "postprocess", t)
         return SeriesResult(
@@ -211,6 +213,7 @@ def _run_model(
         t = _timed(timings, "forward", t)
         found: list[Lesion] = []
         label_map: npt.NDArray[np.uint16] | None = None
+        check_outputs(model, prob.shape[0])
         for channel, label in enumerate(spec.labels):
             channel_lesions, channel_map = label_lesions(prob[channel], volume, label)
             if label_map is None:  # one channel (the usual case): no copy at all
@@ -228,6 +231,7 @@ def _run_model(
         )
     probs, attention = with_oom_fallback(lambda m, _b: classify(m, volume, amp=amp), model, 1)
     t = _timed(timings, "forward", t)
+    check_outputs(model, len(probs))
     result = findings(list(probs), spec.labels)
     if attention is not None:
         k, j, i = _peak(attention)

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from dicomio.errors import UnsupportedInput
+from dicomio.errors import MissingData, UnsupportedInput
 from dicomio.records import Volume, Waveform
 from inference.spec import InputSpec
 
@@ -116,7 +116,10 @@ def prepare_waveform(waveform: Waveform, spec: InputSpec) -> Tensor:
         index = {name: i for i, name in enumerate(waveform.lead_names)}
         missing = [lead for lead in spec.leads if lead not in index]
         if missing:
-            raise ValueError(f"waveform lacks the lead(s) the model needs: {', '.join(missing)}")
+            raise MissingData(
+                f"waveform lacks the lead(s) the model needs: {', '.join(missing)} "
+                f"(it has {', '.join(waveform.lead_names)})"
+            )
         data = data[[index[lead] for lead in spec.leads]]
     x = torch.from_numpy(np.ascontiguousarray(data))[None]  # (1, leads, samples)
     if spec.sampling_hz and abs(spec.sampling_hz - waveform.sampling_hz) > 1e-6:

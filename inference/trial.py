@@ -18,23 +18,13 @@ import torch
 from dicomio.records import Volume, Waveform
 from inference.errors import ModelPackageError
 from inference.execute import classify, predict_change, predict_sequence, segment
-from inference.package import LoadedModel, load_package
+from inference.package import LoadedModel, check_outputs, load_package
 
-__all__ = ["check_outputs", "check_package", "load_and_try", "trial_run"]
+__all__ = ["check_package", "load_and_try", "trial_run"]
 
 _DEFAULT_GRID = (16, 32, 32)
 _DEFAULT_LEADS = 12
 _DEFAULT_SAMPLES = 1000
-
-
-def check_outputs(model: LoadedModel, channels: int) -> None:
-    """The model's output channels must be its labels, one each."""
-    labels = len(model.spec.labels)
-    if channels != labels:
-        raise ModelPackageError(
-            f"{model.spec.folder / 'model.toml'}: the model gives {channels} output channel(s); "
-            f"[[output.labels]] names {labels}"
-        )
 
 
 def _volume(model: LoadedModel) -> Volume:

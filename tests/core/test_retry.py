@@ -37,3 +37,17 @@ def test_next_attempt_until_max_then_none() -> None:
 def test_invalid_policy(kwargs, message) -> None:
     with pytest.raises(ValueError, match=message):
         RetryPolicy(**kwargs)
+
+
+def test_the_policy_decides_what_is_retryable() -> None:
+    from core.errors import PermanentError
+    from dicomio.errors import MissingData
+    from inference.errors import OutputMismatch
+
+    policy = RetryPolicy()
+    assert not policy.retryable(MissingData("no (0028,0010) Rows"))
+    assert not policy.retryable(OutputMismatch("2 outputs, 3 labels"))
+    assert policy.retryable(OSError("disk hiccup"))
+    assert policy.retryable(RuntimeError("CUDA error: unspecified launch failure"))
+    strict = RetryPolicy(permanent=(PermanentError, KeyError))
+    assert not strict.retryable(KeyError("x"))

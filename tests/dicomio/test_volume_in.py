@@ -10,10 +10,15 @@ import numpy as np
 import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from dicomio.errors import InconsistentSeries
+from core.errors import PermanentError
+from core.retry import RetryPolicy
+from dicomio.errors import InconsistentSeries, MissingData
 from dicomio.volume_in import is_axial, load_volume, load_waveform
+from inference.preprocess import prepare_waveform
+from inference.spec import InputSpec
 from tests.dicomgen import ct_slice
 
 
@@ -152,3 +157,68 @@ def test_ecg_loads_in_millivolts() -> None:
             channel.ChannelSensitivityCorrectionFactor
         ) + float(channel.ChannelBaseline)
         assert w.data[c] == pytest.approx(uv / 1000.0, abs=1e-6)
+
+
+def _drop(keyword: str, at: int = 1):
+    def tweak(k: int, ds) -> None:
+        if k == at:
+            delattr(ds, keyword)
+
+    return tweak
+
+
+@pytest.mark.parametrize(
+    ("tweak", "message"),
+    [
+        (_drop("Rows"), r"1.dcm: no \(0028,0010\) Rows"),
+        (_drop("Columns", at=0), r"0.dcm: no \(0028,0011\) Columns"),
+        (_drop("SOPInstanceUID", at=2), r"2.dcm: no \(0008,0018\) SOP Instance UID"),
+        (
+            lambda k, ds: setattr(ds, "RescaleSlope", "9.876543"),  # made 'abc' in the file below
+            r"Rescale Slope 'abc' is not a number",
+        ),
+    ],
+)
+def test_missing_or_unusable_attributes_are_permanent_with_a_reason(
+    tmp_path: Path, tweak, message
+) -> None:
+    """Retrying cannot fix these: a PermanentError naming the file and the attribute."""
+    paths = _series(tmp_path, 3, tweak)
+    for path in paths:  # pydicom will not write an invalid DS: edit the bytes
+        path.write_bytes(path.read_bytes().replace(b"9.876543", b"abc     "))
+    with pytest.raises(PermanentError, match=message) as info:
+        load_volume(paths)
+    assert not RetryPolicy().retryable(info.value)
+
+
+def test_ecg_without_a_lead_the_model_needs_is_permanent() -> None:
+    w = load_waveform(Path(get_testdata_file("waveform_ecg.dcm", download=False)))
+    spec = InputSpec(leads=("Lead I (Einthoven)", "Lead V7"))
+    with pytest.raises(MissingData, match="lacks the lead\\(s\\) the model needs: Lead V7"):
+        prepare_waveform(w, spec)
+
+
+def test_enhanced_multiframe_rescales_each_frame_with_its_own_values(tmp_path: Path) -> None:
+    """Per-frame Pixel Value Transformation: frame 2 has slope 2 and intercept -50."""
+    source = get_testdata_file("eCT_Supplemental.dcm", download=False)
+    assert source is not None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = dcmread(source)
+        raw = ds.pixel_array.astype(np.float32)
+        frames = ds.PerFrameFunctionalGroupsSequence
+        for i, frame in enumerate(frames):
+            pvt = Dataset()
+            pvt.RescaleSlope = 1 + i
+            pvt.RescaleIntercept = -50 * i
+            pvt.RescaleType = "HU"
+            frame.PixelValueTransformationSequence = [pvt]
+        shared = ds.SharedFunctionalGroupsSequence[0]
+        if "PixelValueTransformationSequence" in shared:
+            del shared.PixelValueTransformationSequence
+        path = tmp_path / "enhanced.dcm"
+        ds.save_as(path, enforce_file_format=True)
+    v = load_volume([path])
+    by_frame = dict(zip(v.frame_numbers, v.array, strict=True))
+    for i in range(len(frames)):
+        assert np.array_equal(by_frame[i + 1], raw[i] * (1 + i) - 50 * i)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from dicomio.errors import UnsupportedInput
+from dicomio.errors import MissingData, UnsupportedInput
 from dicomio.records import Volume, Waveform
 from inference.architectures import ARCHITECTURES, build
 from inference.errors import ModelPackageError
@@ -174,7 +174,7 @@ def test_classifier_and_sequence_execution(tmp_path: Path) -> None:
     )
     assert predict_sequence(ecg, w, amp=False).shape == (3,)
     missing = dataclasses.replace(w, lead_names=("I", "V1", "V2"))
-    with pytest.raises(ValueError, match=r"lacks the lead\(s\) the model needs: II"):
+    with pytest.raises(MissingData, match=r"lacks the lead\(s\) the model needs: II"):
         predict_sequence(ecg, missing, amp=False)
 
 

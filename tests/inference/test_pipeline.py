@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -11,10 +12,13 @@ import torch
 from torch import nn
 
 from core.config import SeriesRule
+from core.retry import RetryPolicy
+from inference.errors import OutputMismatch
 from inference.execute import segment, with_oom_fallback
 from inference.matching import select_series
 from inference.package import LoadedModel, load_package
 from inference.pipeline import run_pipeline
+from inference.spec import LabelSpec
 from storage.index import SeriesInfo
 from tests.dicomgen import write_lesion_ct
 from tests.inference.test_models import _volume
@@ -198,3 +202,23 @@ def test_after_a_real_oom_the_next_job_runs_on_the_gpu_again(tmp_path: Path) -> 
     assert with_oom_fallback(run, model, 8).shape == (1, 8, 16, 16)
     assert all(p.device.type == "cuda" for p in model.module.parameters())
     assert segment(model, volume, batch_size=8, amp=False).shape == (1, 8, 16, 16)
+
+
+def test_labels_not_matching_the_outputs_at_run_time_is_permanent(tmp_path: Path) -> None:
+    """The trial run catches this at load; a job still refuses it as permanent, never retried."""
+    base = load_package(threshold_segmenter(tmp_path / "pkg"), torch.device("cpu"))
+    two = LabelSpec(name="other", code=("1", "SCT", "Other"))
+    spec = dataclasses.replace(base.spec, labels=(*base.spec.labels, two))
+    model = LoadedModel(spec=spec, module=base.module, device=base.device)
+    files, _ = write_lesion_ct(tmp_path / "ct", shape=(8, 32, 32))
+    series = SeriesInfo(
+        series_instance_uid="1.2.3",
+        modality="CT",
+        body_part_examined="",
+        series_description="",
+        sop_class_uids=("1.2.840.10008.5.1.4.1.1.2",),
+        paths=tuple(files),
+    )
+    with pytest.raises(OutputMismatch, match=r"gives 1 output channel\(s\); .* names 2") as info:
+        run_pipeline([series], SeriesRule(), [model], batch_size=2, amp=False)
+    assert not RetryPolicy().retryable(info.value)
