@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         return 0
     device = pick_device(a.device)
-    ((_study, series),) = scan_studies([data / "ct"]).items()
+    ((_study, series),) = scan_studies([data / "ct"]).studies.items()
     history = None
     if a.model == "lesion-change":
         history = PatientHistory(

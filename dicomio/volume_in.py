@@ -10,18 +10,23 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
 
 from dicomio.errors import InconsistentSeries, MissingData, UnsupportedInput
 from dicomio.records import Volume, Waveform
 from storage.index import SeriesInfo
 
 __all__ = [
+    "SeriesScan",
+    "StudyScan",
+    "Unreadable",
     "is_axial",
     "load_volume",
     "load_waveform",
@@ -83,24 +88,79 @@ def _floats(value: Any, n: int, what: str) -> np.ndarray:
     return arr
 
 
-def series_files(folder: Path) -> dict[str, list[Path]]:
-    """Every DICOM file below ``folder``, grouped by Series Instance UID (headers only)."""
-    groups: dict[str, list[Path]] = {}
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Unreadable:
+    """A file that looks like DICOM (or could not even be opened) but cannot be read."""
+
+    path: Path
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SeriesScan:
+    """A folder's DICOM files by Series Instance UID, and the files that could not be read."""
+
+    series: dict[str, list[Path]]
+    unreadable: tuple[Unreadable, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StudyScan:
+    """Studies -> series found among files and folders, and the files that could not be read."""
+
+    studies: dict[str, list[SeriesInfo]]
+    unreadable: tuple[Unreadable, ...] = ()
+
+
+def _headers(
+    files: Sequence[Path], tags: list[str] | None = None
+) -> tuple[list[tuple[Path, Dataset]], list[Unreadable]]:
+    """Read each file's header; a file that is not DICOM at all is skipped without a word.
+
+    Only "not DICOM" (no Part 10 preamble, nothing that parses as a dataset)
+    is silent: a file that cannot be opened, or a DICOM file whose header is
+    corrupt or lacks the Study/Series Instance UID, is reported with why.
+    """
+    found: list[tuple[Path, Dataset]] = []
+    unreadable: list[Unreadable] = []
+    for path in files:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                ds = dcmread(path, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
-        except Exception:
+                ds = dcmread(path, stop_before_pixels=True, specific_tags=tags)
+                study = str(ds.get("StudyInstanceUID", "") or "")
+                series = str(ds.get("SeriesInstanceUID", "") or "")
+        except InvalidDicomError:
             continue  # not DICOM: ignored
-        uid = str(ds.get("SeriesInstanceUID", ""))
-        if uid:
-            groups.setdefault(uid, []).append(path)
-    return groups
+        except OSError as exc:
+            unreadable.append(Unreadable(path=path, reason=f"cannot read: {exc.strerror}"))
+            continue
+        except Exception as exc:  # pydicom raises many types on a corrupt header
+            reason = f"corrupt DICOM header ({type(exc).__name__}: {exc})"
+            unreadable.append(Unreadable(path=path, reason=reason))
+            continue
+        wanted = (("Study", study, tags is None), ("Series", series, True))
+        missing = [f"{name} Instance UID" for name, value, needed in wanted if needed and not value]
+        if missing:
+            reason = f"DICOM without {' and '.join(missing)} (an incomplete or truncated header?)"
+            unreadable.append(Unreadable(path=path, reason=reason))
+        else:
+            found.append((path, ds))
+    return found, unreadable
 
 
-def scan_studies(paths: Sequence[Path]) -> dict[str, list[SeriesInfo]]:
-    """DICOM files and folders -> studies -> series (headers only; non-DICOM files skipped)."""
+def series_files(folder: Path) -> SeriesScan:
+    """Every DICOM file below ``folder``, grouped by Series Instance UID (headers only)."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    headers, unreadable = _headers(files, ["SeriesInstanceUID"])
+    groups: dict[str, list[Path]] = {}
+    for path, ds in headers:
+        groups.setdefault(str(ds.SeriesInstanceUID), []).append(path)
+    return SeriesScan(series=groups, unreadable=tuple(unreadable))
+
+
+def scan_studies(paths: Sequence[Path]) -> StudyScan:
+    """DICOM files and folders -> studies -> series (headers only; see :func:`_headers`)."""
     files: list[Path] = []
     for path in paths:
         if path.is_dir():
@@ -109,18 +169,11 @@ def scan_studies(paths: Sequence[Path]) -> dict[str, list[SeriesInfo]]:
             files.append(path)
         else:
             raise FileNotFoundError(f"{path}: no such file or folder")
+    headers, unreadable = _headers(files)
     series: dict[tuple[str, str], tuple[Dataset, list[Path], set[str]]] = {}
-    for path in files:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                ds = dcmread(path, stop_before_pixels=True)
-        except Exception:
-            continue  # not DICOM: ignored
-        study, uid = str(ds.get("StudyInstanceUID", "")), str(ds.get("SeriesInstanceUID", ""))
-        if not study or not uid:
-            continue
-        entry = series.setdefault((study, uid), (ds, [], set()))
+    for path, ds in headers:
+        key = (str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID))
+        entry = series.setdefault(key, (ds, [], set()))
         entry[1].append(path)
         entry[2].add(str(ds.get("SOPClassUID", "")))
     studies: dict[str, list[SeriesInfo]] = {}
@@ -135,7 +188,7 @@ def scan_studies(paths: Sequence[Path]) -> dict[str, list[SeriesInfo]]:
                 paths=tuple(found),
             )
         )
-    return studies
+    return StudyScan(studies=studies, unreadable=tuple(unreadable))
 
 
 def series_orientation(

@@ -8,6 +8,7 @@ reading files instead of the store and writing the result objects to a folder.
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -59,12 +60,15 @@ def analyze(
                 except ModelPackageError as exc:
                     raise AnalyzeError(f"[[pipelines]] {pipeline.name!r}: {exc}") from None
     try:
-        studies = scan_studies(paths)
+        scan = scan_studies(paths)
     except FileNotFoundError as exc:
         raise AnalyzeError(str(exc)) from None
+    for bad in scan.unreadable:
+        print(f"{bad.path}: not read: {bad.reason}", file=sys.stderr)
+    studies = scan.studies
     if not studies:
         raise AnalyzeError("no DICOM files found in " + ", ".join(str(p) for p in paths))
-    failures = 0
+    failures = len(scan.unreadable)
     out.mkdir(parents=True, exist_ok=True)
     histories = scanned_histories(studies)
     for study_uid, series in studies.items():

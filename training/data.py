@@ -76,6 +76,14 @@ class DataReport:
         self.skipped.append((what, why))
 
 
+def _scan(folder: Path, report: DataReport, on_missing: str) -> dict[str, list[Path]]:
+    """The folder's series; each DICOM file that cannot be read is reported by path."""
+    scan = series_files(folder)
+    for bad in scan.unreadable:
+        report.skip(str(bad.path), bad.reason, on_missing)
+    return scan.series
+
+
 def _labels(labels_csv: Path) -> list[dict[str, str]]:
     with open(labels_csv, newline="") as f:
         rows = list(csv.DictReader(f))
@@ -126,7 +134,7 @@ def load_ct_cases(
     on_missing: str = "skip",
 ) -> tuple[list[CtCase], DataReport]:
     report = DataReport()
-    files = series_files(folder)
+    files = _scan(folder, report, on_missing)
     segs = find_segmentations(folder) if masks else {}
     ground_truth = set(segs.values())
     cases = []
@@ -181,7 +189,7 @@ def load_ecg_cases(
     missing_leads: str = "skip",
 ) -> tuple[list[EcgCase], DataReport]:
     report = DataReport()
-    files = series_files(folder)
+    files = _scan(folder, report, on_missing)
     cases = []
     for row in _labels(labels_csv):
         uid = row["series_uid"]
@@ -228,7 +236,7 @@ def load_history_cases(
     any earlier study to compare with, is skipped and reported.
     """
     report = DataReport()
-    files = series_files(folder)
+    files = _scan(folder, report, on_missing)
     patients: dict[str, list[tuple[str, str, Volume]]] = {}
     for row in _labels(labels_csv):
         uid, label = row["series_uid"], row["label"]

@@ -45,7 +45,7 @@ needs_tools = pytest.mark.skipif(
 
 
 def _run(folder: Path, models: list[str], rule: SeriesRule) -> PipelineRun:
-    (series,) = next(iter(scan_studies([folder]).values()))
+    (series,) = next(iter(scan_studies([folder]).studies.values()))
     loaded = [load_package(ROOT / "models" / m, torch.device("cpu")) for m in models]
     return run_pipeline([series], rule, loaded, batch_size=4, amp=False)
 
@@ -390,7 +390,7 @@ def test_progression_report_cites_its_priors_and_holds_the_probabilities(tmp_pat
     from inference.analyze import scanned_histories
 
     generate_longitudinal(tmp_path / "in", 1, 7401)
-    studies = scan_studies([tmp_path / "in"])
+    studies = scan_studies([tmp_path / "in"]).studies
     histories = scanned_histories(studies)
     current = max(histories, key=lambda uid: len(histories[uid].priors))
     history = histories[current]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import warnings
 from pathlib import Path
@@ -16,7 +17,7 @@ from pydicom.uid import generate_uid
 from core.errors import PermanentError
 from core.retry import RetryPolicy
 from dicomio.errors import InconsistentSeries, MissingData
-from dicomio.volume_in import is_axial, load_volume, load_waveform
+from dicomio.volume_in import is_axial, load_volume, load_waveform, scan_studies, series_files
 from inference.preprocess import prepare_waveform
 from inference.spec import InputSpec
 from tests.dicomgen import ct_slice
@@ -222,3 +223,35 @@ def test_enhanced_multiframe_rescales_each_frame_with_its_own_values(tmp_path: P
     by_frame = dict(zip(v.frame_numbers, v.array, strict=True))
     for i in range(len(frames)):
         assert np.array_equal(by_frame[i + 1], raw[i] * (1 + i) - 50 * i)
+
+
+def _mixed_folder(tmp_path: Path) -> tuple[Path, list[Path], dict[str, Path]]:
+    """Good slices, a text file, a truncated DICOM header and a file nobody may read."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    good = _series(folder, 3)
+    (folder / "README.txt").write_text("not DICOM: skipped without a word")
+    truncated = folder / "truncated.dcm"
+    truncated.write_bytes(good[0].read_bytes()[:200])
+    locked = folder / "locked.dcm"
+    locked.write_bytes(good[1].read_bytes())
+    locked.chmod(0)
+    garbage = folder / "garbage.dcm"
+    garbage.write_bytes(b"\0" * 128 + b"DICM" + bytes(range(256)) * 4)
+    return folder, good, {"truncated": truncated, "locked": locked, "garbage": garbage}
+
+
+def _can_read_anything() -> bool:
+    return os.geteuid() == 0  # root ignores file permissions
+
+
+def test_scanners_report_unreadable_files_and_skip_only_non_dicom(tmp_path: Path) -> None:
+    folder, good, bad = _mixed_folder(tmp_path)
+    for scan in (series_files(folder), scan_studies([folder])):
+        reported = {u.path: u.reason for u in scan.unreadable}
+        assert folder / "README.txt" not in reported
+        assert "truncated header" in reported[bad["truncated"]]
+        assert bad["garbage"] in reported
+        if not _can_read_anything():
+            assert "Permission denied" in reported[bad["locked"]]
+    assert sorted(next(iter(series_files(folder).series.values()))) >= sorted(good)

@@ -119,7 +119,7 @@ def test_progression_passes_over_priors_it_cannot_use(tmp_path: Path) -> None:
 
     labels = generate_longitudinal(tmp_path, 1, seed=7403)
     order = [line.split(",")[1] for line in labels.read_text().splitlines()[1:]]
-    studies = scan_studies([tmp_path / "studies"])
+    studies = scan_studies([tmp_path / "studies"]).studies
     current, newest, older = order[2], order[1], order[0]
     model = load_package(
         Path(__file__).parents[2] / "models" / "lesion-change", torch.device("cpu")

@@ -202,7 +202,7 @@ def test_dicom_seg_ground_truth_equals_the_arrays(ct_data: Path, tmp_path: Path)
 
     data = tmp_path / "data"
     shutil.copytree(ct_data, data)
-    files = series_files(data / "studies")
+    files = series_files(data / "studies").series
     with_seg = []
     for uid, paths in files.items():
         mask = np.load(data / "masks" / f"{uid}.npy")
@@ -404,3 +404,16 @@ def test_synthetic_dicom_passes_dciodvfy_and_dcentvfy(tmp_path: Path) -> None:
         )
         assert result.returncode == 0, result.stdout[-2000:]
         assert " 0 failed" in result.stdout
+
+
+def test_data_report_names_unreadable_files(tmp_path: Path) -> None:
+    """A corrupt DICOM file in a training folder is reported by path, not silently dropped."""
+    from training.data import load_ct_cases
+
+    labels = generate_ct(tmp_path, 2, 9001)
+    first = next((tmp_path / "studies").rglob("*.dcm"))
+    corrupt = first.with_name("corrupt.dcm")
+    corrupt.write_bytes(first.read_bytes()[:300])
+    _cases, report = load_ct_cases(tmp_path / "studies", labels, CT_LABELS, masks=False)
+    assert [what for what, _why in report.skipped] == [str(corrupt)]
+    assert "without Series Instance UID" in report.skipped[0][1]
