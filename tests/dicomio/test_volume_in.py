@@ -255,3 +255,22 @@ def test_scanners_report_unreadable_files_and_skip_only_non_dicom(tmp_path: Path
         if not _can_read_anything():
             assert "Permission denied" in reported[bad["locked"]]
     assert sorted(next(iter(series_files(folder).series.values()))) >= sorted(good)
+
+
+def test_a_file_that_cannot_be_opened_is_reported(tmp_path: Path, monkeypatch) -> None:
+    """The permission case for machines where tests run as root (which reads anything)."""
+    import dicomio.volume_in as volume_in
+
+    paths = _series(tmp_path, 2)
+    real = volume_in.dcmread
+
+    def dcmread_denied(path, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if Path(path) == paths[0]:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(volume_in, "dcmread", dcmread_denied)
+    scan = series_files(tmp_path)
+    assert [(u.path, u.reason) for u in scan.unreadable] == [
+        (paths[0], "cannot read: Permission denied")
+    ]
