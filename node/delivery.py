@@ -1,7 +1,8 @@
 """Deliver due result objects to their destinations (a scheduled job of ``serve``).
 
-One association per destination and run; every response is recorded in its
-own transaction at once, so a crash resends at most the object in flight.
+One scheduled job per destination, one association per run; every response
+is recorded in its own transaction at once, so a crash resends at most the
+object in flight, and a hung destination holds up only its own results.
 A destination that cannot be reached counts one failed attempt for each of
 its due objects and waits by the retry policy of ``[delivery]``.
 """
@@ -129,10 +130,19 @@ def _deliver_to(
     return delivered
 
 
-def deliver_due(cfg: NodeConfig, sessions: sessionmaker[Session]) -> int:
-    """Send every due delivery; return how many were delivered."""
+def deliver_due(cfg: NodeConfig, sessions: sessionmaker[Session], destination: str | None) -> int:
+    """Send the due deliveries to ``destination``; return how many were delivered.
+
+    ``serve`` runs this as one scheduled job per destination, so a destination
+    that hangs (connects, then never answers) delays only its own results.
+    ``None``: deliveries to destinations no longer in the config, which fail.
+    """
+    configured = [d.name for d in cfg.destinations]
     with sessions.begin() as s:
-        due = deliveries.due_deliveries(s, now=utc_now())
+        if destination is None:
+            due = deliveries.due_deliveries(s, now=utc_now(), other_than=configured)
+        else:
+            due = deliveries.due_deliveries(s, now=utc_now(), destination=destination)
     by_destination: dict[str, list[DeliveryRecord]] = defaultdict(list)
     for row in due:
         by_destination[row.destination].append(row)

@@ -9,7 +9,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import datetime
+from functools import partial
 
+from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -77,12 +79,25 @@ def _guarded(name: str, fn: Callable[[], object]) -> Callable[[], None]:
 
 def start_scheduler(cfg: NodeConfig, sessions: sessionmaker[Session]) -> BackgroundScheduler:
     """Start the background scheduler; the first runs happen at once."""
-    scheduler = BackgroundScheduler(timezone="UTC")
-    for name, fn, every in (
+    scheduler = BackgroundScheduler(
+        timezone="UTC", executors={"default": ThreadPoolExecutor(4 + len(cfg.destinations))}
+    )
+    jobs: list[tuple[str, Callable[[], object], float]] = [
         ("completion", lambda: run_completion(cfg, sessions), cfg.completion.check_interval_s),
         ("lease-expiry", lambda: expire_leases(cfg, sessions), cfg.queue.lease_check_interval_s),
-        ("delivery", lambda: deliver_due(cfg, sessions), cfg.delivery.check_interval_s),
-    ):
+        # Deliveries to destinations no longer configured (they fail, with the reason).
+        ("delivery", lambda: deliver_due(cfg, sessions, None), cfg.delivery.check_interval_s),
+    ]
+    # One job per destination: a PACS that hangs holds up only its own deliveries.
+    jobs += [
+        (
+            f"delivery:{d.name}",
+            partial(deliver_due, cfg, sessions, d.name),
+            cfg.delivery.check_interval_s,
+        )
+        for d in cfg.destinations
+    ]
+    for name, fn, every in jobs:
         scheduler.add_job(
             _guarded(name, fn),
             "interval",

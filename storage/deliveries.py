@@ -142,8 +142,19 @@ def record_result(
     return row.id
 
 
-def due_deliveries(session: Session, *, now: datetime, limit: int = 500) -> list[DeliveryRecord]:
-    """Pending deliveries whose time has come, oldest first."""
+def due_deliveries(
+    session: Session,
+    *,
+    now: datetime,
+    destination: str | None = None,
+    other_than: Sequence[str] = (),
+    limit: int = 500,
+) -> list[DeliveryRecord]:
+    """Pending deliveries whose time has come, oldest first.
+
+    ``destination``: only those to this destination; ``other_than``: only
+    those to none of these (destinations no longer configured).
+    """
     query = (
         select(Delivery, ResultObject)
         .join(ResultObject, Delivery.result_id == ResultObject.id)
@@ -151,6 +162,10 @@ def due_deliveries(session: Session, *, now: datetime, limit: int = 500) -> list
         .order_by(Delivery.next_attempt_at, Delivery.id)
         .limit(limit)
     )
+    if destination is not None:
+        query = query.where(Delivery.destination == destination)
+    if other_than:
+        query = query.where(Delivery.destination.not_in(list(other_than)))
     return [_delivery(d, r) for d, r in session.execute(query)]
 
 

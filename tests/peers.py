@@ -289,3 +289,50 @@ class Orthanc:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(30)
             self._log.close()
+
+
+class HungPeer:
+    """A TCP peer on 127.0.0.1 that accepts connections, reads, and never answers.
+
+    What a hung PACS looks like from the outside: the association request is
+    sent and nothing comes back. Stopped (every socket closed) by ``stop``.
+    """
+
+    def __init__(self) -> None:
+        import threading
+
+        self._server = socket.socket()
+        self._server.bind(("127.0.0.1", 0))
+        self._server.listen(8)
+        self._server.settimeout(0.2)
+        self.port = int(self._server.getsockname()[1])
+        self.connections = 0
+        self._stop = threading.Event()
+        self._clients: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                client, _ = self._server.accept()
+            except TimeoutError:
+                continue
+            client.settimeout(0.2)
+            self._clients.append(client)
+            self.connections += 1
+            while not self._stop.is_set():  # read and drop, never answer
+                try:
+                    if not client.recv(65536):
+                        break
+                except TimeoutError:
+                    continue
+                except OSError:
+                    break
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        for client in self._clients:
+            client.close()
+        self._server.close()

@@ -19,7 +19,7 @@ from storage.db import create_sqlite_engine, make_sessionmaker
 from storage.deliveries import DeliveryRecord
 from tests.dicomgen import write_lesion_ct
 from tests.packages import threshold_segmenter
-from tests.peers import Orthanc, storescu
+from tests.peers import HungPeer, Orthanc, storescu
 
 pytestmark = pytest.mark.network
 
@@ -137,3 +137,34 @@ def test_pacs_down_then_back_across_a_node_restart(
         assert where is not None and where["copies"] == "1"
     # Orthanc stored each result exactly once (plus the two source studies it never got).
     assert orthanc.new_instance_events() == 6
+
+
+def test_a_hung_destination_does_not_hold_up_the_others(
+    node_factory, orthanc: Orthanc, tmp_path: Path
+) -> None:
+    hung = HungPeer()
+    try:
+        package = threshold_segmenter(tmp_path / "pkg", threshold_hu=120)
+        text, tables = _config(package, orthanc)
+        text = text.replace('destinations = ["pacs"]', 'destinations = ["hung", "pacs"]')
+        text += (
+            f'\n[[destinations]]\nname = "hung"\nae_title = "HUNG"\n'
+            f'host = "127.0.0.1"\nport = {hung.port}\n'
+        )
+        tables["delivery"] |= {"connect_timeout_s": 120, "dimse_timeout_s": 120}
+        _node, cfg = node_factory(text, pipelines="", **tables)
+        files, _ = write_lesion_ct(tmp_path / "ct")
+        study = str(dcmread(files[0]).StudyInstanceUID)
+        assert storescu(cfg.node.port, files).returncode == 0
+
+        def pacs_done(_jobs, rows: list[DeliveryRecord]) -> bool:
+            mine = [r for r in rows if r.destination == "pacs"]
+            return len(mine) == 3 and all(r.status == "delivered" for r in mine)
+
+        # Well inside the hung destination's 120 s association timeout.
+        rows = _wait(cfg, pacs_done, "deliveries to the PACS beside a hung one", timeout=90)
+        assert hung.connections >= 1
+        assert all(r.status == "pending" for r in rows if r.destination == "hung")
+        assert {r.result.study_instance_uid for r in rows} == {study}
+    finally:
+        hung.stop()

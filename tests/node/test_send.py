@@ -135,16 +135,16 @@ def test_refusal_is_dead_at_once_with_status_and_comment(
 ) -> None:
     scp = scp_factory(0xC123, "no such patient here")
     cfg = _setup(write_config, sessions, tmp_path, scp.port)
-    assert deliver_due(cfg, sessions) == 0
+    assert deliver_due(cfg, sessions, "pacs") == 0
     rows = _rows(sessions)
     assert len(scp.received) == 2
     for row in rows:
         assert row.status == "dead" and row.attempts == 1 and row.last_status == 0xC123
         assert row.last_error == "status 0xC123: no such patient here"
-    assert deliver_due(cfg, sessions) == 0 and len(scp.received) == 2  # not sent again
+    assert deliver_due(cfg, sessions, "pacs") == 0 and len(scp.received) == 2  # not sent again
     with sessions.begin() as s:
         assert deliveries.replay_delivery(s, delivery_id=rows[0].id, now=utc_now())
-    assert deliver_due(cfg, sessions) == 0 and len(scp.received) == 3
+    assert deliver_due(cfg, sessions, "pacs") == 0 and len(scp.received) == 3
 
 
 def test_out_of_resources_retries_then_dead(
@@ -153,10 +153,10 @@ def test_out_of_resources_retries_then_dead(
     scp = scp_factory(0xA700)
     cfg = _setup(write_config, sessions, tmp_path, scp.port, n=1)
     for attempt in (1, 2):
-        deliver_due(cfg, sessions)
+        deliver_due(cfg, sessions, "pacs")
         (row,) = _rows(sessions)
         assert row.status == "pending" and row.attempts == attempt
-    deliver_due(cfg, sessions)
+    deliver_due(cfg, sessions, "pacs")
     (row,) = _rows(sessions)
     assert row.status == "dead" and row.attempts == 3 and row.last_status == 0xA700
     assert len(scp.received) == 3
@@ -167,10 +167,10 @@ def test_success_and_warning_are_delivered_once(
 ) -> None:
     scp = scp_factory(0xB000)
     cfg = _setup(write_config, sessions, tmp_path, scp.port)
-    assert deliver_due(cfg, sessions) == 2
+    assert deliver_due(cfg, sessions, "pacs") == 2
     rows = _rows(sessions)
     assert all(r.status == "delivered" and r.last_status == 0xB000 for r in rows)
-    assert deliver_due(cfg, sessions) == 0 and len(scp.received) == 2
+    assert deliver_due(cfg, sessions, "pacs") == 0 and len(scp.received) == 2
 
 
 # pynetdicom shuts down but never closes the socket of a refused connection
@@ -180,7 +180,7 @@ def test_unreachable_destination_waits_by_the_policy(
     write_config, sessions, tmp_path: Path
 ) -> None:
     cfg = _setup(write_config, sessions, tmp_path, free_port(), n=1)
-    deliver_due(cfg, sessions)
+    deliver_due(cfg, sessions, "pacs")
     (row,) = _rows(sessions)
     assert row.status == "pending" and row.attempts == 1 and row.last_status is None
     assert "cannot associate with FAKEPACS@127.0.0.1" in (row.last_error or "")
