@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """End-to-end latency: last C-STORE acknowledged by ainode -> last result acknowledged by Orthanc.
 
-A 200-slice 512x512 CT (../shared/bench/make_study.py) is sent with dcmtk
+A 200-slice 512x512 CT (bench/make_study.py) is sent with dcmtk
 storescu to ``ainode serve`` (one worker, the shipped lesion-seg and
 lesion-class models) whose destination is a real Orthanc on 127.0.0.1. The
 timestamps come from the node's database (job queued, results committed,
@@ -33,7 +33,7 @@ from storage.db import create_sqlite_engine, make_sessionmaker  # noqa: E402
 from storage.outcomes import list_outcomes  # noqa: E402
 from tests.peers import NodeProcess, Orthanc, free_port  # noqa: E402
 
-SHARED_GENERATOR = ROOT.parent / "shared" / "bench" / "make_study.py"
+GENERATOR = ROOT / "bench" / "make_study.py"
 TARGET_S = 1.0
 
 
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     subprocess.run(
         [
             sys.executable,
-            str(SHARED_GENERATOR),
+            str(GENERATOR),
             "--out",
             str(work / "study"),
             "--ct-slices",

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Inference benchmark: per-stage times and peak RSS for one CT job.
 
-A synthetic 200-slice 512x512 CT (../shared/bench/make_study.py) goes through
+A synthetic 200-slice 512x512 CT (bench/make_study.py) goes through
 the worker's stages one by one: read (pydicom, decode), volume (sort, rescale,
 stack), preprocess (window, resample to the model's spacing), forward (sliding
 window), post-process (lesions and measurements), store (outcome JSON in

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Ingest benchmark: ainode against dcmtk storescp and Orthanc, same data, one run.
 
-Data come from ../shared/bench/make_study.py (200-slice 512x512 CT, 1000 small
+Data come from bench/make_study.py (200-slice 512x512 CT, 1000 small
 64x64 instances). Each receiver starts fresh for every run; the sender is dcmtk
 ``storescu`` with TCP_NODELAY=1. Reported: median instances/s and MB/s over the
 runs, the receiver's peak RSS, and ainode's ratio to each anchor. Every run is
@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_GENERATOR = ROOT.parent / "shared" / "bench" / "make_study.py"
+GENERATOR = ROOT / "bench" / "make_study.py"
 ENV = {**os.environ, "TCP_NODELAY": "1"}
 
 
@@ -206,19 +206,17 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
 
     data = a.data or Path(tempfile.mkdtemp(prefix="ingest-data-"))
-    if not (data / "manifest.json").exists():
-        if not SHARED_GENERATOR.exists():
-            print(f"generator not found: {SHARED_GENERATOR}", file=sys.stderr)
-            return 2
+    if not ((data / "ct").is_dir() and (data / "small").is_dir()):
         subprocess.run(
-            [sys.executable, str(SHARED_GENERATOR), "--out", str(data)],
+            [sys.executable, str(GENERATOR), "--out", str(data)],
             check=True,
             stdout=subprocess.DEVNULL,
         )
-    sets = {
-        "CT 200x512²": (sorted((data / "ct").glob("*.dcm")), 1),
-        "1000 small": (sorted((data / "small").glob("*.dcm")), 1),
-        "1000 small, 4 senders": (sorted((data / "small").glob("*.dcm")), 4),
+    ct, small = sorted((data / "ct").glob("*.dcm")), sorted((data / "small").glob("*.dcm"))
+    sets = {  # named after what they hold, so a smaller --data run is not mislabelled
+        f"CT {len(ct)}x512²": (ct, 1),
+        f"{len(small)} small": (small, 1),
+        f"{len(small)} small, 4 senders": (small, 4),
     }
     receivers = [Receiver("storescp (no fsync)", start_storescp, count_storescp)]
     if not a.skip_orthanc and shutil.which("Orthanc"):

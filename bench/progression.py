@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Progression benchmark: what comparing a CT with two priors costs the worker.
 
-A synthetic 200-slice 512x512 CT (../shared/bench/make_study.py) is the current
+A synthetic 200-slice 512x512 CT (bench/make_study.py) is the current
 study and, read again from the same files, each of its two priors (the cost
 does not depend on what the pixels show). The shipped ``lesion-change`` package
 runs through ``run_pipeline`` as the worker calls it: read the current volume

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-SHARED_GENERATOR = Path(__file__).resolve().parents[2] / "shared" / "bench" / "make_study.py"
+GENERATOR = Path(__file__).resolve().parent / "make_study.py"
 
 
 def rss_mib() -> float:
@@ -21,7 +21,7 @@ def ct_study(data: Path, slices: int) -> list[Path]:
         subprocess.run(
             [
                 sys.executable,
-                str(SHARED_GENERATOR),
+                str(GENERATOR),
                 "--out",
                 str(data),
                 "--ct-slices",

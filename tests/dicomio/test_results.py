@@ -9,7 +9,6 @@ number, reference or mask in the encoders fails here.
 from __future__ import annotations
 
 import errno
-import os
 import shutil
 import subprocess
 from dataclasses import replace
@@ -30,18 +29,14 @@ from dicomio.volume_in import scan_studies
 from inference.package import load_package
 from inference.pipeline import PipelineRun, run_pipeline
 from storage.spool import Spool
+from tests.dicomcheck import validate
 from training.synthetic import generate_ct, generate_ecg, generate_longitudinal
 
 ROOT = Path(__file__).resolve().parents[2]
-VALIDATE = ROOT.parent / "shared" / "tools" / "validate_dicom.sh"
 STARTED = datetime(2026, 11, 24, 9, 30, 15, tzinfo=UTC)
 CFG = ResultsConfig(manufacturer="ainode tests", device_serial_number="T-1")
 
-needs_tools = pytest.mark.skipif(
-    not (shutil.which("dciodvfy") and shutil.which("dsrdump") and VALIDATE.exists())
-    and not os.environ.get("CI"),
-    reason="dicom3tools, dcmtk and ../shared/tools/validate_dicom.sh are needed",
-)
+needs_tools = pytest.mark.tools("dciodvfy", "dcentvfy", "dsrdump", "dsr2html")
 
 
 def _run(folder: Path, models: list[str], rule: SeriesRule) -> PipelineRun:
@@ -86,12 +81,14 @@ def _by_kind(objects: list[ResultObject]) -> dict[str, pydicom.Dataset]:
 def test_every_object_passes_dciodvfy_and_dcentvfy(ct_case) -> None:
     folder, _pipeline_run, objects = ct_case
     assert sorted(o.kind for o in objects) == ["PM", "SEG", "SR"]
-    result = subprocess.run(
-        ["bash", str(VALIDATE), "-k", str(folder)], capture_output=True, text=True, timeout=600
+    result = validate(folder)
+    assert result.ok, result.report()
+    iods = result.iods()
+    assert (iods["SR.dcm"], iods["SEG.dcm"], iods["PM.dcm"]) == (
+        "Comprehensive3DSR",
+        "Segmentation",
+        "ParametricMap",
     )
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    for kind in ("Comprehensive3DSR", "Segmentation", "ParametricMap"):
-        assert f"PASS {kind}" in result.stdout
 
 
 @needs_tools
@@ -272,10 +269,8 @@ def test_ecg_report_is_valid_and_holds_the_probabilities(tmp_path: Path) -> None
     for p in (tmp_path / "in").rglob("*.csv"):
         p.unlink()
     shutil.rmtree(tmp_path / "in")
-    result = subprocess.run(
-        ["bash", str(VALIDATE), "-k", str(tmp_path)], capture_output=True, text=True, timeout=300
-    )
-    assert result.returncode == 0, result.stdout[-3000:]
+    result = validate(tmp_path)
+    assert result.ok, result.report()
     sr = hd.sr.srread(tmp_path / "SR.dcm")
     groups = sr.content.get_image_measurement_groups()
     probabilities = {str(g.finding_type.meaning): g.get_measurements()[0].value for g in groups}
@@ -362,10 +357,8 @@ def test_enhanced_multiframe_source_gets_frame_references(tmp_path: Path) -> Non
     )
     for obj in objects:
         (tmp_path / f"{obj.kind}.dcm").write_bytes(to_bytes(obj.dataset))
-    result = subprocess.run(
-        ["bash", str(VALIDATE), "-k", "-E", str(tmp_path)], capture_output=True, text=True
-    )
-    assert result.returncode == 0, result.stdout[-3000:]
+    result = validate(tmp_path, entity=False)
+    assert result.ok, result.report()
     # The SEG's one frame names the source frame that holds slice 1.
     seg = pydicom.dcmread(tmp_path / "SEG.dcm")
     (frame,) = seg.PerFrameFunctionalGroupsSequence
@@ -409,10 +402,8 @@ def test_progression_report_cites_its_priors_and_holds_the_probabilities(tmp_pat
     out = tmp_path / "study"
     shutil.copytree(studies[current][0].paths[0].parent, out)
     (out / "SR.dcm").write_bytes(to_bytes(obj.dataset))
-    result = subprocess.run(
-        ["bash", str(VALIDATE), "-k", str(out)], capture_output=True, text=True, timeout=300
-    )
-    assert result.returncode == 0, result.stdout[-3000:]
+    result = validate(out)
+    assert result.ok, result.report()
     sr = pydicom.dcmread(out / "SR.dcm")
     # The priors compared with are the report's Pertinent Other Evidence, instance by instance.
     other = {item.StudyInstanceUID for item in sr.PertinentOtherEvidenceSequence}

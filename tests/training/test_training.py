@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import subprocess
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import torch
 from inference.architectures import build
 from inference.execute import classify, predict_change, predict_sequence, segment
 from inference.package import load_package
+from tests.dicomcheck import validate
 from training.data import load_ct_cases, load_ecg_cases, load_history_cases
 from training.recipes import RECIPES, _loaded, export, train_recipe
 from training.synthetic import (
@@ -383,27 +383,19 @@ def test_progression_model_trains_and_runs_through_the_worker_loader(tmp_path: P
         assert np.allclose(theirs, ours) and abs(float(theirs.sum()) - 1) < 1e-5
 
 
-VALIDATE = Path(__file__).resolve().parents[3] / "shared" / "tools" / "validate_dicom.sh"
-
-
-@pytest.mark.skipif(not VALIDATE.exists(), reason="../shared/tools/validate_dicom.sh not present")
+@pytest.mark.tools("dciodvfy", "dcentvfy")
 def test_synthetic_dicom_passes_dciodvfy_and_dcentvfy(tmp_path: Path) -> None:
     generate_ct(tmp_path / "ct", 1, seed=3, shift=True)
     generate_ecg(tmp_path / "ecg", 2, seed=3)
     generate_longitudinal(tmp_path / "long", 1, seed=3)
-    for folder, extra in (
-        (tmp_path / "ct" / "studies", []),
-        (tmp_path / "ecg" / "ecg", ["-E"]),
-        (tmp_path / "long" / "studies", []),
+    for folder, entity in (
+        (tmp_path / "ct" / "studies", True),
+        (tmp_path / "ecg" / "ecg", False),
+        (tmp_path / "long" / "studies", True),
     ):
-        result = subprocess.run(
-            ["bash", str(VALIDATE), "-k", *extra, str(folder)],
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert result.returncode == 0, result.stdout[-2000:]
-        assert " 0 failed" in result.stdout
+        result = validate(folder, entity=entity)
+        assert result.ok, result.report()
+        assert len(result.files) > 0
 
 
 def test_data_report_names_unreadable_files(tmp_path: Path) -> None:
