@@ -179,3 +179,20 @@ text = "Consider biopsy"
     assert p.destinations == ("pacs",) and p.series_number == 5000
     assert p.recommendations[0].finding == "malignant"
     assert cfg.destination("pacs").port == 104 and cfg.delivery.max_attempts == 5
+
+
+def test_readme_documents_every_key_the_parser_reads() -> None:
+    """A key added to the parser without a row in the README's reference fails here."""
+    import re
+
+    root = Path(__file__).resolve().parents[2]
+    source = "".join(
+        (root / "core" / name).read_text() for name in ("config_file.py", "config_pipelines.py")
+    )
+    keys = set(re.findall(r'(?:\(|short_text\(table,)\s*"([a-z_]+)"', source))
+    keys -= {"rb"}  # not a key: the mode the file is opened in
+    readme = (root / "README.md").read_text()
+    section = readme.split("## Configuration reference", 1)[1].split("\n## ", 1)[0]
+    documented = set(re.findall(r"[a-z_]+", " ".join(re.findall(r"`([^`]+)`", section))))
+    assert len(keys) > 40, keys
+    assert sorted(keys - documented) == []
