@@ -106,6 +106,16 @@ class CompletionConfig:
     check_interval_s: float = 1.0
 
 
+def _policy(table: QueueConfig | DeliveryConfig) -> RetryPolicy:
+    """``[queue]`` and ``[delivery]`` name their retry keys alike."""
+    return RetryPolicy(
+        max_attempts=table.max_attempts,
+        wait_s=table.retry_wait_s,
+        backoff=table.retry_backoff,
+        max_wait_s=table.retry_max_wait_s,
+    )
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class QueueConfig:
     """``[queue]``: leases and the retry policy of jobs."""
@@ -120,12 +130,7 @@ class QueueConfig:
     @property
     def retry(self) -> RetryPolicy:
         """The jobs' retry policy, as data (storage.queue applies it)."""
-        return RetryPolicy(
-            max_attempts=self.max_attempts,
-            wait_s=self.retry_wait_s,
-            backoff=self.retry_backoff,
-            max_wait_s=self.retry_max_wait_s,
-        )
+        return _policy(self)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -189,12 +194,7 @@ class DeliveryConfig:
     @property
     def retry(self) -> RetryPolicy:
         """The deliveries' retry policy, as data (storage.deliveries applies it)."""
-        return RetryPolicy(
-            max_attempts=self.max_attempts,
-            wait_s=self.retry_wait_s,
-            backoff=self.retry_backoff,
-            max_wait_s=self.retry_max_wait_s,
-        )
+        return _policy(self)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
