@@ -1,10 +1,13 @@
-"""``ainode serve``: the main process and its listener processes.
+"""``ainode serve``: the main process, its listener processes and its workers.
 
-The main process owns the data folder (an exclusive lock), migrates the
-database, clears interrupted writes, runs the scheduler (completion, lease
-expiry) and supervises the listeners: with ``listener_processes = 1`` the
+The main process takes the data folder's exclusive lock before it touches
+anything in it, then clears interrupted writes, migrates the database,
+reconciles files and index (:mod:`storage.reconcile`), runs the scheduler
+(completion, lease expiry, one delivery job per destination) and supervises
+its children (:mod:`node.supervise`): with ``listener_processes = 1`` the
 listener runs in-process, otherwise each runs in a child process on the
-shared port and a child that dies is restarted.
+shared port; workers always run as children. A child that cannot start stops
+``serve`` with its own reason; one that dies later is restarted with back-off.
 
 SIGTERM (or Ctrl-C): stop accepting, let running associations finish for
 ``shutdown_grace_s``, exit 0.
