@@ -106,6 +106,7 @@ class Worker:
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self.device = pick_device(cfg.inference.device)
         self.spool = Spool(cfg.storage.data_dir)
+        self.current: JobRecord | None = None  # the job being run, for abandon()
         # Jobs of a pipeline without models stay queued until models are configured.
         self.pipelines = {p.name: p for p in cfg.pipelines if p.models}
         cache: dict[str, LoadedModel] = {}
@@ -152,8 +153,22 @@ class Worker:
             job.attempts,
             job.max_attempts,
         )
-        self._run_job(job)
+        self.current = job
+        try:
+            self._run_job(job)
+        finally:
+            self.current = None
         return True
+
+    def abandon(self) -> None:
+        """Give the running job back to the queue (the process is about to exit)."""
+        job = self.current
+        if job is None:
+            return
+        with self.sessions.begin() as s:
+            released = queue.release(s, job_id=job.id, worker=self.name, now=utc_now())
+        if released:
+            logger.warning("job %d released: this worker is stopping before it finished", job.id)
 
     def _run_job(self, job: JobRecord) -> None:
         pipeline = self.pipelines[job.pipeline]

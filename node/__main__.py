@@ -127,15 +127,15 @@ def _open(cfg: NodeConfig) -> Any:
 
 def _cmd_worker(cfg: NodeConfig) -> int:
     import signal
-    import threading
 
-    from inference.__main__ import run_worker
+    from core.process import Ending
+    from inference.__main__ import run_worker, stop_on_sigterm
 
     configure_logging(cfg.logging)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    return run_worker(cfg, stop)
+    ending = Ending()
+    stop_on_sigterm(cfg, ending)
+    signal.signal(signal.SIGINT, lambda *_: ending.request("Ctrl-C", cfg.node.shutdown_grace_s))
+    return run_worker(cfg, ending)
 
 
 def _cmd_jobs(cfg: NodeConfig, args: argparse.Namespace) -> int:

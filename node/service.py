@@ -19,10 +19,10 @@ import errno
 import fcntl
 import logging
 import multiprocessing
-import os
 import signal
 import socket
 import threading
+from multiprocessing.connection import Connection
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Event as MpEvent
 from pathlib import Path
@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core.config import NodeConfig
 from core.logs import configure_logging
+from core.process import Ending, take_sigterm, watch_parent
 from node.housekeeping import start_scheduler
 from node.server import start_listener, stop_listener
 from node.supervise import ChildFailed, Supervisor
@@ -81,12 +82,15 @@ def _install_stop_handlers(stop: threading.Event) -> None:
     signal.signal(signal.SIGINT, on_signal)
 
 
-def listener_main(cfg: NodeConfig, ready: MpEvent, errors: Queue[tuple[str, str]]) -> None:
+def listener_main(
+    cfg: NodeConfig, ready: MpEvent, errors: Queue[tuple[str, str]], lifeline: Connection
+) -> None:
     """Entry point of a listener child process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent forwards SIGTERM
     configure_logging(cfg.logging)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    ending = Ending()
+    take_sigterm(lambda: ending.request("SIGTERM", cfg.node.shutdown_grace_s + 5))
+    watch_parent(lifeline, lambda: ending.request("main process is gone", 2.0, code=1))
     engine = create_sqlite_engine(cfg.storage.database_path)
     try:
         server = start_listener(cfg, make_sessionmaker(engine), share_port=True)
@@ -95,11 +99,7 @@ def listener_main(cfg: NodeConfig, ready: MpEvent, errors: Queue[tuple[str, str]
         errors.put((name, f"cannot listen on {cfg.node.bind_address}:{cfg.node.port}: {exc}"))
         raise SystemExit(1) from None
     ready.set()
-    parent = os.getppid()
-    while not stop.wait(0.5):
-        if os.getppid() != parent:
-            logger.error("main process is gone: listener stops")
-            break
+    ending.stop.wait()
     stop_listener(server, cfg.node.shutdown_grace_s)
     engine.dispose()
 

@@ -18,6 +18,7 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Event as MpEvent
@@ -33,9 +34,10 @@ STABLE_S = 60.0
 
 _mp = multiprocessing.get_context("spawn")
 
-#: A child's entry point: (config, ready event, error queue). It sets ``ready``
-#: once serving, or puts ``(name, reason)`` on the queue and exits non-zero.
-Target = Callable[[Any, MpEvent, "Queue[tuple[str, str]]"], None]
+#: A child's entry point: (config, ready event, error queue, lifeline). It sets
+#: ``ready`` once serving, or puts ``(name, reason)`` on the queue and exits
+#: non-zero; it ends when the lifeline reads EOF (core.process.watch_parent).
+Target = Callable[[Any, MpEvent, "Queue[tuple[str, str]]", Connection], None]
 
 
 class ChildFailed(RuntimeError):
@@ -53,6 +55,7 @@ class _Child:
     target: Target
     process: BaseProcess
     ready: MpEvent
+    lifeline: Connection  # the write end: only this process holds it
     started_at: float
     deaths: int = 0
     restart_at: float | None = None
@@ -68,14 +71,20 @@ class Supervisor:
         self._reasons: dict[str, str] = {}
 
     def start(self, name: str, target: Target) -> None:
-        process, ready = self._spawn(name, target)
-        self._children.append(_Child(name, target, process, ready, started_at=time.monotonic()))
+        process, ready, lifeline = self._spawn(name, target)
+        self._children.append(
+            _Child(name, target, process, ready, lifeline, started_at=time.monotonic())
+        )
 
-    def _spawn(self, name: str, target: Target) -> tuple[BaseProcess, MpEvent]:
+    def _spawn(self, name: str, target: Target) -> tuple[BaseProcess, MpEvent, Connection]:
         ready = _mp.Event()
-        process = _mp.Process(target=target, args=(self._cfg, ready, self._errors), name=name)
+        theirs, ours = _mp.Pipe(duplex=False)
+        process = _mp.Process(
+            target=target, args=(self._cfg, ready, self._errors, theirs), name=name
+        )
         process.start()
-        return process, ready
+        theirs.close()  # the child has its copy; ours must stay the only write end
+        return process, ready, ours
 
     def _drain_errors(self) -> None:
         while True:
@@ -115,7 +124,10 @@ class Supervisor:
         for child in self._children:
             if child.restart_at is not None:
                 if now >= child.restart_at:
-                    child.process, child.ready = self._spawn(child.name, child.target)
+                    child.lifeline.close()
+                    child.process, child.ready, child.lifeline = self._spawn(
+                        child.name, child.target
+                    )
                     child.started_at, child.restart_at = now, None
                 continue
             if child.process.is_alive():
@@ -148,6 +160,7 @@ class Supervisor:
             if child.process.is_alive():
                 logger.error("%s did not stop: killing it", child.name)
                 child.process.kill()
+            child.lifeline.close()  # only now: closing it tells a child its parent is gone
         self._errors.close()
 
     def kill(self) -> None:

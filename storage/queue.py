@@ -5,6 +5,7 @@ States (PS: "dead" is the dead-letter state)::
     todo --claim--> doing --mark_succeeded--> succeeded
       ^               |--mark_failed (retryable, attempts left)--> todo (later)
       |               |--mark_failed (permanent or no attempts left)--> dead
+      |               |--release (its worker is stopping; attempt not counted)--> todo
       |               '--lease expired--> todo, or dead when no attempts left
       '----------------------- replay <-------- dead | succeeded
 
@@ -41,6 +42,7 @@ __all__ = [
     "list_jobs",
     "mark_failed",
     "mark_succeeded",
+    "release",
     "replay",
     "requeue_expired",
 ]
@@ -196,6 +198,28 @@ def mark_failed(
     _fail(job, error=describe(error), retryable=policy.retryable(error), policy=policy, now=now)
     session.flush()
     return JobRecord.from_row(job)
+
+
+def release(session: Session, *, job_id: int, worker: str, now: datetime) -> bool:
+    """Give a running job back to the queue at once: its worker is stopping.
+
+    Not the job's fault, so the attempt is not counted. False if ``worker``
+    no longer held the lease.
+    """
+    result = session.execute(
+        update(Job)
+        .where(_owned(job_id, worker))
+        .values(
+            status=JobStatus.TODO,
+            attempts=Job.attempts - 1,
+            lease_owner=None,
+            lease_expires_at=None,
+            scheduled_at=now,
+            last_error=f"released by worker {worker}, which was stopping",
+            updated_at=now,
+        )
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
 def _fail(job: Job, *, error: str, retryable: bool, policy: RetryPolicy, now: datetime) -> None:

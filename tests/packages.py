@@ -99,9 +99,37 @@ def failing_segmenter(folder: Path) -> Path:
     with warnings.catch_warnings():  # torch 2.13 deprecates TorchScript; packages still use it
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.jit.script(_FailsOnBrightInput()).save(str(folder / "model.pt"))  # type: ignore[no-untyped-call]
+    _torchscript_toml(folder, "fails-on-bright")
+    return folder
+
+
+class _SlowOnBrightInput(torch.nn.Module):
+    """Passes its trial run at once; on real data computes for minutes (a job that runs long)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if bool(x.max() > 0.9):
+            w = torch.eye(256) * 0.5
+            y = torch.ones(256, 256)
+            for _ in range(400000):
+                y = torch.mm(y, w) + 0.5
+            x = x + y.mean() * 0
+        return x
+
+
+def slow_segmenter(folder: Path) -> Path:
+    """A TorchScript segmenter whose jobs on a real CT take minutes."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.script(_SlowOnBrightInput()).save(str(folder / "model.pt"))  # type: ignore[no-untyped-call]
+    _torchscript_toml(folder, "slow-on-bright")
+    return folder
+
+
+def _torchscript_toml(folder: Path, name: str) -> None:
     lines = [
         "[model]",
-        'name = "fails-on-bright"',
+        f'name = "{name}"',
         'version = "1.0.0"',
         'task = "segmentation"',
         'format = "torchscript"',
@@ -115,7 +143,6 @@ def failing_segmenter(folder: Path) -> Path:
         'name = "lesion"',
         'code = ["52988006", "SCT", "Lesion"]',
         "[provenance]",
-        'training_data = "none: a test model that raises on purpose"',
+        'training_data = "none: a test model that misbehaves on purpose"',
     ]
     (folder / "model.toml").write_text("\n".join(lines) + "\n")
-    return folder

@@ -149,6 +149,13 @@ class NodeProcess:
         self.proc.wait(30)
         self._log_handle.close()
 
+    def kill9_main_only(self) -> None:
+        """kill -9 the main process alone, as a crash would: its children get no signal."""
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(30)
+        self._log_handle.close()
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             try:

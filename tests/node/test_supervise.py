@@ -9,9 +9,14 @@ import time
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
 from node.supervise import MAX_BACKOFF_S, backoff_s
-from tests.packages import threshold_segmenter
+from storage.db import create_sqlite_engine, make_sessionmaker
+from storage.models import Job
+from tests.dicomgen import write_ct_series
+from tests.packages import slow_segmenter, threshold_segmenter
+from tests.peers import storescu
 
 pytestmark = pytest.mark.network
 
@@ -67,3 +72,71 @@ def test_a_worker_that_keeps_dying_is_restarted_with_growing_delays(
     # The restarts say why they fail: the child's own reason, not a bare exit code.
     assert "does not match [model] sha256" in node.output()
     assert node.terminate() == 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie is gone, only not reaped
+
+
+def _job(cfg) -> tuple[str, int, str | None, str | None] | None:
+    engine = create_sqlite_engine(cfg.storage.database_path)
+    try:
+        with make_sessionmaker(engine).begin() as s:
+            row = s.execute(
+                select(Job.status, Job.attempts, Job.lease_owner, Job.last_error)
+            ).first()
+            return None if row is None else tuple(row)  # type: ignore[return-value]
+    finally:
+        engine.dispose()
+
+
+def _slow_node(node_factory, tmp_path: Path, **node: object):
+    package = slow_segmenter(tmp_path / "slow")
+    proc, cfg = node_factory(
+        node={"listener_processes": 2, "shutdown_grace_s": 3, **node},
+        inference={"workers": 1, "poll_interval_s": 0.1},
+        completion={"quiet_period_s": 0.5},
+        pipelines=f"\n[[pipelines]]\nname = 'ct'\nmodels = ['{package}']\n",
+    )
+    deadline = time.monotonic() + 60
+    while "model(s) loaded" not in proc.output():
+        assert time.monotonic() < deadline, proc.output()[-3000:]
+        time.sleep(0.2)
+    assert storescu(cfg.node.port, write_ct_series(tmp_path / "ct", count=4)).returncode == 0
+    while (job := _job(cfg)) is None or job[0] != "doing":
+        assert time.monotonic() < deadline, (job, proc.output()[-3000:])
+        time.sleep(0.1)
+    return proc, cfg
+
+
+def test_kill_9_of_serve_takes_every_child_with_it(node_factory, tmp_path: Path) -> None:
+    node, _cfg = _slow_node(node_factory, tmp_path)  # a worker busy in a long forward pass
+    assert node.proc is not None
+    children = _children(node.proc.pid)
+    assert len(children) == 3  # two listeners, one worker
+    node.kill9_main_only()  # serve only: its children are not signalled
+    deadline = time.monotonic() + 5
+    while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert [pid for pid in children if _alive(pid)] == []
+
+
+def test_sigterm_stops_a_busy_worker_within_the_grace_and_releases_its_job(
+    node_factory, tmp_path: Path
+) -> None:
+    node, cfg = _slow_node(node_factory, tmp_path)
+    assert node.proc is not None
+    children = _children(node.proc.pid)
+    start = time.monotonic()
+    assert node.terminate(timeout=30) == 0
+    took = time.monotonic() - start
+    assert took < 3 + 5, f"serve took {took:.1f} s with shutdown_grace_s = 3"
+    assert [pid for pid in children if _alive(pid)] == []
+    status, attempts, owner, error = _job(cfg) or ("?", -1, "?", "?")
+    assert (status, attempts, owner) == ("todo", 0, None)  # claimable at once, not counted
+    assert "which was stopping" in (error or "")
+    assert "released: this worker is stopping before it finished" in node.output()
