@@ -224,6 +224,7 @@ class LoggingConfig:
 
     level: str = "INFO"
     pynetdicom_level: str = "WARNING"
+    format: str = "text"  # or "json": one JSON object a line, for log collectors
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -155,6 +155,12 @@ def _queue(table: Table) -> QueueConfig:
     return cfg
 
 
+def _log_format(value: str) -> str:
+    if value not in ("text", "json"):
+        raise ValueError(value)
+    return value
+
+
 def _logging(table: Table) -> LoggingConfig:
     def level(key: str, default: str) -> str:
         value = table.string(key, default).upper()
@@ -166,6 +172,7 @@ def _logging(table: Table) -> LoggingConfig:
     cfg = LoggingConfig(
         level=level("level", d.level),
         pynetdicom_level=level("pynetdicom_level", d.pynetdicom_level),
+        format=table.choice("format", d.format, _log_format, '"text" or "json"'),
     )
     table.finish()
     return cfg

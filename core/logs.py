@@ -1,19 +1,46 @@
-"""Logging set-up for ainode processes (only entry points call this)."""
+"""Logging set-up for ainode processes (only entry points call this).
+
+``[logging] format = "text"`` (default) writes one readable line per record;
+``"json"`` writes one JSON object per line (``time`` in UTC ISO 8601, ``level``,
+``process``, ``logger``, ``message``, and ``exception`` with the traceback),
+which journald, Loki, Elasticsearch or Splunk take without a parser. Either
+way logs carry UIDs, never patient names or birth dates.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
+from datetime import UTC, datetime
 
 from core.config import LoggingConfig
 
-__all__ = ["configure_logging"]
+__all__ = ["JsonFormatter", "configure_logging"]
 
 _FORMAT = "%(asctime)s %(levelname)-7s %(processName)s %(name)s: %(message)s"
 
 
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record, on one line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "process": record.processName,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
 def configure_logging(cfg: LoggingConfig) -> None:
-    logging.basicConfig(level=cfg.level, format=_FORMAT, stream=sys.stderr, force=True)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if cfg.format == "json" else logging.Formatter(_FORMAT))
+    logging.basicConfig(level=cfg.level, handlers=[handler], force=True)
     # pynetdicom logs every PDU at DEBUG; apscheduler logs every run at INFO.
     logging.getLogger("pynetdicom").setLevel(cfg.pynetdicom_level)
     logging.getLogger("apscheduler").setLevel(logging.WARNING)

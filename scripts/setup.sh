@@ -11,11 +11,15 @@ group=""
 
 # dcmtk: storescu/echoscu/storescp (tests, benchmarks, sending studies);
 # dicom3tools: dciodvfy/dcentvfy (validating every object the node writes);
-# orthanc (--dev only): the PACS that receives results in the end-to-end tests.
+# orthanc (--dev only): the PACS that receives results in the end-to-end tests;
+# systemd (--dev only): systemd-analyze verifies deploy/ainode.service.
 need=()
 command -v storescu >/dev/null || need+=(dcmtk)
 command -v dciodvfy >/dev/null || need+=(dicom3tools)
-if [[ -n "$group" ]]; then command -v Orthanc >/dev/null || need+=(orthanc); fi
+if [[ -n "$group" ]]; then
+  command -v Orthanc >/dev/null || need+=(orthanc)
+  command -v systemd-analyze >/dev/null || need+=(systemd)  # checks deploy/ainode.service
+fi
 python3 -c "import venv, ensurepip" 2>/dev/null || need+=(python3-venv)
 if ((${#need[@]})); then
   sudo=""
