@@ -58,11 +58,22 @@ class ListenerConfig:
     port: int = 11112
     listener_processes: int = 1
     max_associations: int = 16
+    # One caller's share of the slots; None: half of max_associations (at least 1).
+    max_associations_per_host: int | None = None
     max_pdu_bytes: int = 4 * 1024 * 1024
     network_timeout_s: float = 60.0
-    acse_timeout_s: float = 30.0
+    # How long a caller has, once connected, to send its A-ASSOCIATE-RQ: a
+    # connection that sends junk, stalls or hangs up frees its slot by then.
+    acse_timeout_s: float = 2.0
     dimse_timeout_s: float = 60.0
     shutdown_grace_s: float = 30.0
+
+    @property
+    def per_host_limit(self) -> int:
+        """Concurrent associations one IP address may hold."""
+        if self.max_associations_per_host is not None:
+            return self.max_associations_per_host
+        return max(1, self.max_associations // 2)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

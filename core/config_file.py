@@ -91,12 +91,22 @@ def _listener(table: Table) -> ListenerConfig:
         port=table.integer("port", d.port, 1, 65535),
         listener_processes=table.integer("listener_processes", d.listener_processes, 1, 64),
         max_associations=table.integer("max_associations", d.max_associations, 1, 1000),
+        max_associations_per_host=(
+            table.integer("max_associations_per_host", 1, 1, 1000)
+            if table.has("max_associations_per_host")
+            else None
+        ),
         max_pdu_bytes=table.integer("max_pdu_bytes", d.max_pdu_bytes, 0, 2**32 - 1),
         network_timeout_s=table.number("network_timeout_s", d.network_timeout_s, 1),
-        acse_timeout_s=table.number("acse_timeout_s", d.acse_timeout_s, 1),
+        acse_timeout_s=table.number("acse_timeout_s", d.acse_timeout_s, 0.5, 300),
         dimse_timeout_s=table.number("dimse_timeout_s", d.dimse_timeout_s, 1),
         shutdown_grace_s=table.number("shutdown_grace_s", d.shutdown_grace_s, 0),
     )
+    if cfg.per_host_limit > cfg.max_associations:
+        raise ConfigError(
+            f"{table.key('max_associations_per_host')}: must be at most max_associations "
+            f"({cfg.per_host_limit} > {cfg.max_associations})"
+        )
     if 0 < cfg.max_pdu_bytes < 4096:
         raise ConfigError(
             f"{table.key('max_pdu_bytes')}: must be 0 (unlimited) or at least 4096 "

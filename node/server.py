@@ -57,10 +57,39 @@ def storage_sop_class_uids() -> list[str]:
 
 
 class ListenerServer(ThreadedAssociationServer):
-    """pynetdicom's threaded server, optionally sharing its port (SO_REUSEPORT)."""
+    """pynetdicom's threaded server, optionally sharing its port (SO_REUSEPORT).
+
+    No single host may hold more than ``per_host_limit`` of the association
+    slots: a further connection from it is closed at once, before any PDU, so
+    a vulnerability scanner hammering the port cannot lock out the modalities.
+    A connection that never sends a valid A-ASSOCIATE-RQ (junk, an unknown
+    PDU, silence, a reset) holds its slot at most ``[node] acse_timeout_s``.
+    """
 
     reuse_port = False
     daemon_threads = True
+    per_host_limit = 1_000_000
+    _warned: dict[str, float]
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        host = str(client_address[0])
+        held = sum(1 for a in self.active_associations if _host_of(a) == host)
+        if held < self.per_host_limit:
+            return True
+        now = time.monotonic()
+        warned = getattr(self, "_warned", {})
+        if now - warned.get(host, -3600.0) > 10:  # a scanner must not flood the log either
+            logger.warning(
+                "connection from %s closed: %s holds its share of the association slots "
+                "(%d of max_associations_per_host %d)",
+                host,
+                host,
+                held,
+                self.per_host_limit,
+            )
+            warned[host] = now
+            self._warned = warned
+        return False
 
     def server_bind(self) -> None:
         if self.reuse_port and self.socket is not None:
@@ -71,6 +100,13 @@ class ListenerServer(ThreadedAssociationServer):
         """Stop accepting and close the listening socket; running associations go on."""
         socketserver.TCPServer.shutdown(self)
         self.server_close()
+
+
+def _host_of(assoc: Any) -> str | None:
+    try:
+        return str(assoc.requestor.address)
+    except (AttributeError, TypeError):  # an association still being set up
+        return None
 
 
 class SharedPortServer(ListenerServer):
@@ -128,6 +164,7 @@ def start_listener(
         server_class=SharedPortServer if share_port else ListenerServer,
     )
     assert isinstance(server, ListenerServer)
+    server.per_host_limit = cfg.node.per_host_limit
     thread = threading.Thread(target=server.serve_forever, name="listener", daemon=True)
     thread.start()
     return server

@@ -196,3 +196,10 @@ def test_readme_documents_every_key_the_parser_reads() -> None:
     documented = set(re.findall(r"[a-z_]+", " ".join(re.findall(r"`([^`]+)`", section))))
     assert len(keys) > 40, keys
     assert sorted(keys - documented) == []
+
+
+def test_per_host_share_defaults_to_half_and_is_bounded(write_config) -> None:
+    assert load_config(write_config(node={"max_associations": 10})).node.per_host_limit == 5
+    assert load_config(write_config(node={"max_associations": 1})).node.per_host_limit == 1
+    with pytest.raises(ConfigError, match="max_associations_per_host: must be at most"):
+        load_config(write_config(node={"max_associations": 4, "max_associations_per_host": 5}))
