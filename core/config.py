@@ -16,6 +16,7 @@ from pathlib import Path
 from core.retry import RetryPolicy
 
 __all__ = [
+    "ClientTls",
     "CompletionConfig",
     "CompletionLevel",
     "DeliveryConfig",
@@ -32,6 +33,7 @@ __all__ = [
     "ResultsConfig",
     "SeriesRule",
     "StorageConfig",
+    "TlsConfig",
 ]
 
 
@@ -47,6 +49,28 @@ class CompletionLevel(enum.StrEnum):
 
     STUDY = "study"
     SERIES = "series"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TlsConfig:
+    """``[node.tls]``: DICOM over TLS (PS3.15 B.1; TLS 1.2 or newer, BCP 195 ciphers)."""
+
+    certificate: Path
+    private_key: Path
+    ca_bundle: Path | None = None  # trusted CAs for client certificates
+    require_client_certificate: bool = False
+    # A port of its own (e.g. 2762 beside 104); None: the main port speaks TLS only.
+    port: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientTls:
+    """TLS to a peer the node calls: whom to trust, and the node's own certificate."""
+
+    ca_bundle: Path | None = None  # None: the system's trusted CAs
+    certificate: Path | None = None
+    private_key: Path | None = None
+    server_name: str | None = None  # the name the peer's certificate must carry
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -67,6 +91,7 @@ class ListenerConfig:
     acse_timeout_s: float = 2.0
     dimse_timeout_s: float = 60.0
     shutdown_grace_s: float = 30.0
+    tls: TlsConfig | None = None
 
     @property
     def per_host_limit(self) -> int:
@@ -82,10 +107,15 @@ class PeerConfig:
 
     ae_title: str
     host: ipaddress.IPv4Network | ipaddress.IPv6Network | None = None
+    # Only over TLS, with a client certificate of exactly this subject (RFC 4514,
+    # as `openssl x509 -noout -subject -nameopt RFC2253` prints it).
+    tls_subject: str | None = None
 
-    def allows(self, ae_title: str, address: str) -> bool:
-        """Return whether a caller with this AE title and IP address matches."""
+    def allows(self, ae_title: str, address: str, subject: str | None = None) -> bool:
+        """Whether a caller with this AE title, IP address and certificate subject matches."""
         if ae_title.strip() != self.ae_title:
+            return False
+        if self.tls_subject is not None and subject != self.tls_subject:
             return False
         if self.host is None:
             return True
@@ -188,6 +218,7 @@ class DestinationConfig:
     ae_title: str
     host: str
     port: int
+    tls: ClientTls | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -21,19 +21,18 @@ from core.config import (
     CompletionConfig,
     CompletionLevel,
     DeliveryConfig,
-    DestinationConfig,
     DuplicatePolicy,
     InferenceConfig,
     ListenerConfig,
     LoggingConfig,
     NodeConfig,
-    PeerConfig,
     QueueConfig,
     ResultsConfig,
     StorageConfig,
 )
+from core.config_network import parse_destinations, parse_node_tls, parse_peers
 from core.config_pipelines import parse_pipelines
-from core.config_rules import NAME_RE, ConfigError, array_of_tables, config_table, short_text
+from core.config_rules import ConfigError, config_table, short_text, validate_ae_title
 from core.tomltable import Table
 
 __all__ = [
@@ -54,28 +53,7 @@ def default_config_path() -> Path:
     return Path(os.environ.get(ENV_CONFIG, "config.toml"))
 
 
-def validate_ae_title(value: object, key: str) -> str:
-    """Return a valid AE title or raise :class:`ConfigError` naming ``key``.
-
-    PS3.5 6.2: at most 16 characters of the default repertoire, no backslash,
-    no control characters, not only spaces.
-    """
-    if not isinstance(value, str):
-        raise ConfigError(f"{key}: must be a string (got {type(value).__name__})")
-    if len(value) > 16:
-        raise ConfigError(f"{key}: must be at most 16 characters (got {len(value)})")
-    if "\\" in value:
-        raise ConfigError(f"{key}: must not contain a backslash")
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
-        raise ConfigError(f"{key}: must not contain control characters")
-    if any(ord(c) > 0x7E for c in value):
-        raise ConfigError(f"{key}: must use ASCII characters only")
-    if not value.strip():
-        raise ConfigError(f"{key}: must not be empty or only spaces")
-    return value.strip()
-
-
-def _listener(table: Table) -> ListenerConfig:
+def _listener(table: Table, base: Path) -> ListenerConfig:
     d = ListenerConfig()
     ae_title = validate_ae_title(table.string("ae_title", d.ae_title), table.key("ae_title"))
     bind = table.string("bind_address", d.bind_address)
@@ -85,10 +63,11 @@ def _listener(table: Table) -> ListenerConfig:
         raise ConfigError(
             f"{table.key('bind_address')}: must be an IPv4 or IPv6 address (got {bind!r})"
         ) from None
+    port = table.integer("port", d.port, 1, 65535)
     cfg = ListenerConfig(
         ae_title=ae_title,
         bind_address=bind,
-        port=table.integer("port", d.port, 1, 65535),
+        port=port,
         listener_processes=table.integer("listener_processes", d.listener_processes, 1, 64),
         max_associations=table.integer("max_associations", d.max_associations, 1, 1000),
         max_associations_per_host=(
@@ -101,6 +80,7 @@ def _listener(table: Table) -> ListenerConfig:
         acse_timeout_s=table.number("acse_timeout_s", d.acse_timeout_s, 0.5, 300),
         dimse_timeout_s=table.number("dimse_timeout_s", d.dimse_timeout_s, 1),
         shutdown_grace_s=table.number("shutdown_grace_s", d.shutdown_grace_s, 0),
+        tls=parse_node_tls(table.raw("tls"), "[node.tls]", base, port),
     )
     if cfg.per_host_limit > cfg.max_associations:
         raise ConfigError(
@@ -188,52 +168,6 @@ def _logging(table: Table) -> LoggingConfig:
     return cfg
 
 
-def _peers(raw: object) -> tuple[PeerConfig, ...]:
-    peers = []
-    for table in array_of_tables(raw, "peers"):
-        if not table.has("ae_title"):
-            raise ConfigError(f"{table.key('ae_title')}: is required")
-        ae = validate_ae_title(table.raw("ae_title"), table.key("ae_title"))
-        host_raw = table.raw("host")
-        host = None
-        if host_raw is not None:
-            if not isinstance(host_raw, str):
-                raise ConfigError(f"{table.key('host')}: must be a string")
-            try:
-                host = ipaddress.ip_network(host_raw, strict=False)
-            except ValueError:
-                raise ConfigError(
-                    f"{table.key('host')}: must be an IP address or network such as "
-                    f'"10.0.0.5" or "10.0.0.0/24" (got {host_raw!r})'
-                ) from None
-        table.finish()
-        peers.append(PeerConfig(ae_title=ae, host=host))
-    return tuple(peers)
-
-
-def _destinations(raw: object) -> tuple[DestinationConfig, ...]:
-    found: list[DestinationConfig] = []
-    for table in array_of_tables(raw, "destinations"):
-        name = table.string("name", "")
-        if not NAME_RE.match(name):
-            raise ConfigError(
-                f"{table.key('name')}: is required: letters, digits, '_', '-', '.', "
-                f"at most 64 characters (got {name!r})"
-            )
-        if any(d.name == name for d in found):
-            raise ConfigError(f"{table.key('name')}: must be unique ({name!r} repeats)")
-        if not table.has("ae_title") or not table.has("host"):
-            raise ConfigError(f"{table.key('ae_title')}, host and port: are required")
-        ae = validate_ae_title(table.raw("ae_title"), table.key("ae_title"))
-        host = table.string("host", "")
-        if not host:
-            raise ConfigError(f"{table.key('host')}: must be a host name or IP address")
-        port = table.integer("port", 104, 1, 65535)
-        table.finish()
-        found.append(DestinationConfig(name=name, ae_title=ae, host=host, port=port))
-    return tuple(found)
-
-
 def _delivery(table: Table) -> DeliveryConfig:
     d = DeliveryConfig()
     cfg = DeliveryConfig(
@@ -290,15 +224,15 @@ def parse_config(data: dict[str, Any], path: Path) -> NodeConfig:
 
     cfg = NodeConfig(
         path=path.resolve(),
-        node=_listener(table("node")),
+        node=_listener(table("node"), base),
         storage=_storage(table("storage"), base),
         completion=_completion(table("completion")),
         queue=_queue(table("queue")),
         logging=_logging(table("logging")),
         inference=_inference(table("inference")),
-        peers=_peers(top.raw("peers")),
+        peers=parse_peers(top.raw("peers")),
         pipelines=parse_pipelines(top.raw("pipelines"), base),
-        destinations=_destinations(top.raw("destinations")),
+        destinations=parse_destinations(top.raw("destinations"), base),
         delivery=_delivery(table("delivery")),
         results=_results(table("results")),
     )

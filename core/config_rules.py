@@ -6,7 +6,14 @@ import re
 
 from core.tomltable import Table
 
-__all__ = ["NAME_RE", "ConfigError", "array_of_tables", "config_table", "short_text"]
+__all__ = [
+    "NAME_RE",
+    "ConfigError",
+    "array_of_tables",
+    "config_table",
+    "short_text",
+    "validate_ae_title",
+]
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -33,3 +40,24 @@ def short_text(table: Table, key: str, limit: int) -> str:
     if len(value) > limit or "\\" in value:
         raise ConfigError(f"{table.key(key)}: at most {limit} characters, no backslash")
     return value
+
+
+def validate_ae_title(value: object, key: str) -> str:
+    """Return a valid AE title or raise :class:`ConfigError` naming ``key``.
+
+    PS3.5 6.2: at most 16 characters of the default repertoire, no backslash,
+    no control characters, not only spaces.
+    """
+    if not isinstance(value, str):
+        raise ConfigError(f"{key}: must be a string (got {type(value).__name__})")
+    if len(value) > 16:
+        raise ConfigError(f"{key}: must be at most 16 characters (got {len(value)})")
+    if "\\" in value:
+        raise ConfigError(f"{key}: must not contain a backslash")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise ConfigError(f"{key}: must not contain control characters")
+    if any(ord(c) > 0x7E for c in value):
+        raise ConfigError(f"{key}: must use ASCII characters only")
+    if not value.strip():
+        raise ConfigError(f"{key}: must not be empty or only spaces")
+    return value.strip()

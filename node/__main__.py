@@ -78,9 +78,25 @@ def _cmd_serve(cfg: NodeConfig) -> int:
 
 
 def _cmd_check_config(cfg: NodeConfig) -> int:
-    """The config file, and every model package in full: hash, load, a trial run on the CPU."""
-    folders = {folder: p.name for p in reversed(cfg.pipelines) for folder in p.models}
+    """The config file, its TLS material, and every model package in full.
+
+    Packages: hash, load, a trial run on the CPU.
+    """
+    from node.tls import TlsError, client_context, server_context
+
     lines = []
+    try:
+        if cfg.node.tls is not None:
+            server_context(cfg.node.tls)
+            lines.append("  [node.tls]: certificate and key load (TLS 1.2+, BCP 195 suites)")
+        for d in cfg.destinations:
+            if d.tls is not None:
+                client_context(d.tls, d.name)
+                lines.append(f"  [[destinations]] {d.name!r}: TLS settings load")
+    except TlsError as exc:
+        print(f"ainode: configuration error: {cfg.path}: {exc}", file=sys.stderr)
+        return 2
+    folders = {folder: p.name for p in reversed(cfg.pipelines) for folder in p.models}
     if folders:
         from inference.errors import ModelPackageError
         from inference.trial import check_package

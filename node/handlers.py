@@ -20,6 +20,7 @@ from core.config import PeerConfig
 from node.errors import StoreRejected
 from node.receive import ReceiveDeps, receive_instance
 from node.status import StoreStatus
+from node.tls import peer_subject
 from storage.records import IndexOutcome
 
 __all__ = [
@@ -57,13 +58,20 @@ class AccessControl:
         self._admitted: weakref.WeakSet[Any] = weakref.WeakSet()
         self._lock = threading.Lock()
 
-    def refusal(self, calling: str, address: str) -> str | None:
-        """Why a caller is refused, or None if it is allowed."""
-        if not self.peers or any(peer.allows(calling, address) for peer in self.peers):
+    def refusal(self, calling: str, address: str, subject: str | None = None) -> str | None:
+        """Why a caller is refused, or None if it is allowed.
+
+        ``subject``: the caller's verified TLS client certificate subject, if any.
+        """
+        if not self.peers or any(peer.allows(calling, address, subject) for peer in self.peers):
             return None
-        if any(peer.ae_title == calling for peer in self.peers):
-            return "not allowed from this host"
-        return "not a configured peer"
+        mine = [peer for peer in self.peers if peer.ae_title == calling]
+        if not mine:
+            return "not a configured peer"
+        if all(peer.allows(calling, address, peer.tls_subject) for peer in mine):
+            shown = subject or "no client certificate"
+            return f"not the client certificate it is pinned to ({shown})"
+        return "not allowed from this host"
 
     def admit(self, assoc: Any) -> None:
         with self._lock:
@@ -118,7 +126,8 @@ def handle_requested(event: Any, access: AccessControl) -> None:
     try:
         calling = str(assoc.requestor.primitive.calling_ae_title).strip()
         address = str(assoc.requestor.address)
-        reason = access.refusal(calling, address)
+        subject = peer_subject(getattr(assoc.dul.socket, "socket", None))
+        reason = access.refusal(calling, address, subject)
     except Exception as exc:
         logger.exception(
             "access decision failed (%s: %s): association rejected", type(exc).__name__, exc

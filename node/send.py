@@ -20,6 +20,7 @@ from pynetdicom import AE, evt
 
 from core.config import DestinationConfig
 from node.handlers import handle_conn_open
+from node.tls import client_context
 
 __all__ = [
     "AssociationFailed",
@@ -92,7 +93,7 @@ def _ae(calling_ae: str, timeout_s: float, dimse_timeout_s: float) -> AE:
 
 
 def _describe(dest: DestinationConfig) -> str:
-    return f"{dest.ae_title}@{dest.host}:{dest.port}"
+    return f"{dest.ae_title}@{dest.host}:{dest.port}{' (TLS)' if dest.tls else ''}"
 
 
 def send_files(
@@ -112,16 +113,22 @@ def send_files(
     ae = _ae(calling_ae, connect_timeout_s, dimse_timeout_s)
     for sop_class in sorted({i.sop_class_uid for i in items}):
         ae.add_requested_context(sop_class, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
+    tls_args = None
+    if dest.tls is not None:  # the peer must prove it is dest.tls.server_name (or host)
+        tls_args = (client_context(dest.tls, dest.name), dest.tls.server_name or dest.host)
     assoc = ae.associate(
         dest.host,
         dest.port,
         ae_title=dest.ae_title,
         evt_handlers=[(evt.EVT_CONN_OPEN, handle_conn_open)],
+        tls_args=tls_args,
     )
     if not assoc.is_established:
         why = (
             "association rejected"
             if assoc.is_rejected
+            else "TLS handshake failed, connection refused, unreachable or aborted"
+            if tls_args
             else "connection refused, unreachable or aborted"
         )
         raise AssociationFailed(f"cannot associate with {_describe(dest)}: {why}")

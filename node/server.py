@@ -10,8 +10,10 @@ from __future__ import annotations
 import logging
 import socket
 import socketserver
+import ssl
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any, cast
 
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt, sop_class
@@ -28,9 +30,11 @@ from node.handlers import (
     handle_store,
 )
 from node.receive import ReceiveDeps
+from node.tls import server_context
 from storage.spool import Spool
 
 __all__ = [
+    "Listener",
     "ListenerServer",
     "build_ae",
     "build_handlers",
@@ -69,27 +73,55 @@ class ListenerServer(ThreadedAssociationServer):
     reuse_port = False
     daemon_threads = True
     per_host_limit = 1_000_000
-    _warned: dict[str, float]
+    handshake_timeout_s = 2.0
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
         host = str(client_address[0])
-        held = sum(1 for a in self.active_associations if _host_of(a) == host)
+        # Slots are the AE's: a plain and a TLS port share them.
+        held = sum(1 for a in self.ae.active_associations if _host_of(a) == host)
         if held < self.per_host_limit:
             return True
-        now = time.monotonic()
-        warned = getattr(self, "_warned", {})
-        if now - warned.get(host, -3600.0) > 10:  # a scanner must not flood the log either
-            logger.warning(
-                "connection from %s closed: %s holds its share of the association slots "
-                "(%d of max_associations_per_host %d)",
-                host,
-                host,
-                held,
-                self.per_host_limit,
-            )
-            warned[host] = now
-            self._warned = warned
+        _warn_once(
+            host,
+            "connection from %s closed: it holds its share of the association slots "
+            "(%d of max_associations_per_host %d)",
+            held,
+            self.per_host_limit,
+        )
         return False
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        """Accept; with TLS, wrap without the handshake (done per connection, below).
+
+        pynetdicom would handshake here, on the accepting thread: one caller
+        that connects and never speaks TLS would stop the port for everyone.
+        """
+        assert self.socket is not None
+        sock, address = self.socket.accept()
+        if self.ssl_context is not None:
+            sock = self.ssl_context.wrap_socket(
+                sock, server_side=True, do_handshake_on_connect=False
+            )
+        return sock, address
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        """On the connection's own thread: the TLS handshake first, bounded in time."""
+        if isinstance(request, ssl.SSLSocket) and not self._handshake(request, client_address):
+            return
+        super().finish_request(request, client_address)
+
+    def _handshake(self, sock: ssl.SSLSocket, client_address: Any) -> bool:
+        host = str(client_address[0])
+        try:
+            sock.settimeout(self.handshake_timeout_s)
+            sock.do_handshake()
+            sock.settimeout(None)
+        except (OSError, ValueError) as exc:  # ssl.SSLError, timeouts and resets are OSErrors
+            reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
+            _warn_once(host, "TLS handshake with %s failed: %s", reason)
+            sock.close()
+            return False
+        return True
 
     def server_bind(self) -> None:
         if self.reuse_port and self.socket is not None:
@@ -100,6 +132,24 @@ class ListenerServer(ThreadedAssociationServer):
         """Stop accepting and close the listening socket; running associations go on."""
         socketserver.TCPServer.shutdown(self)
         self.server_close()
+
+
+_warned: dict[tuple[str, str], float] = {}
+_warned_lock = threading.Lock()
+
+
+def _warn_once(host: str, message: str, *args: object) -> None:
+    """Log a warning about ``host``, the same text at most once every 10 s.
+
+    A scanner hammering the port must not flood the log either.
+    """
+    text = message % (host, *args)
+    now = time.monotonic()
+    with _warned_lock:
+        if now - _warned.get((host, text), -3600.0) < 10:
+            return
+        _warned[(host, text)] = now
+    logger.warning("%s", text)
 
 
 def _host_of(assoc: Any) -> str | None:
@@ -153,33 +203,64 @@ def make_deps(cfg: NodeConfig, sessions: sessionmaker[Session]) -> ReceiveDeps:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Listener:
+    """The listening servers of one process (a plain port, a TLS port, or both) and their AE."""
+
+    ae: AE
+    servers: tuple[ListenerServer, ...]
+
+
 def start_listener(
     cfg: NodeConfig, sessions: sessionmaker[Session], *, share_port: bool
-) -> ListenerServer:
-    """Bind the port and serve in a background thread; return the server."""
+) -> Listener:
+    """Bind the port(s) and serve each in a background thread.
+
+    Without ``[node.tls]`` the main port speaks plain DICOM; with it and no
+    ``port`` of its own, the main port speaks TLS only; with a TLS ``port``
+    both run side by side. One AE, one set of slots and handlers for both.
+
+    Raises
+    ------
+    TlsError
+        The certificate, key or CA bundle cannot be used.
+    """
     ae = build_ae(cfg)
-    server = ae.make_server(
-        (cfg.node.bind_address, cfg.node.port),
-        evt_handlers=build_handlers(cfg, make_deps(cfg, sessions)),
-        server_class=SharedPortServer if share_port else ListenerServer,
-    )
-    assert isinstance(server, ListenerServer)
-    server.per_host_limit = cfg.node.per_host_limit
-    thread = threading.Thread(target=server.serve_forever, name="listener", daemon=True)
-    thread.start()
-    return server
+    handlers = build_handlers(cfg, make_deps(cfg, sessions))
+    tls = cfg.node.tls
+    ports: list[tuple[int, ssl.SSLContext | None]] = []
+    if tls is None or tls.port is not None:
+        ports.append((cfg.node.port, None))
+    if tls is not None:
+        ports.append((tls.port or cfg.node.port, server_context(tls)))
+    servers = []
+    for port, ssl_context in ports:
+        server = ae.make_server(
+            (cfg.node.bind_address, port),
+            evt_handlers=handlers,
+            server_class=SharedPortServer if share_port else ListenerServer,
+            ssl_context=ssl_context,
+        )
+        assert isinstance(server, ListenerServer)
+        server.per_host_limit = cfg.node.per_host_limit
+        server.handshake_timeout_s = cfg.node.acse_timeout_s
+        name = f"listener:{port}{' (TLS)' if ssl_context else ''}"
+        threading.Thread(target=server.serve_forever, name=name, daemon=True).start()
+        servers.append(server)
+    return Listener(ae=ae, servers=tuple(servers))
 
 
-def stop_listener(server: ListenerServer, grace_s: float) -> int:
+def stop_listener(listener: Listener, grace_s: float) -> int:
     """Stop accepting, let running associations finish for ``grace_s``, abort the rest.
 
     Returns how many associations had to be aborted.
     """
-    server.shutdown()
+    for server in listener.servers:
+        server.shutdown()
     deadline = time.monotonic() + grace_s
-    while server.active_associations and time.monotonic() < deadline:
+    while listener.ae.active_associations and time.monotonic() < deadline:
         time.sleep(0.05)
-    leftover = server.active_associations
+    leftover = listener.ae.active_associations
     for assoc in leftover:
         assoc.abort()
     if leftover:

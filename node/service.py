@@ -36,6 +36,7 @@ from core.process import Ending, take_sigterm, watch_parent
 from node.housekeeping import start_scheduler
 from node.server import start_listener, stop_listener
 from node.supervise import ChildFailed, Supervisor
+from node.tls import TlsError, server_context
 from storage.db import create_sqlite_engine, make_sessionmaker, migrate
 from storage.reconcile import ReconcileRefused, reconcile
 from storage.spool import Spool
@@ -94,7 +95,7 @@ def listener_main(
     engine = create_sqlite_engine(cfg.storage.database_path)
     try:
         server = start_listener(cfg, make_sessionmaker(engine), share_port=True)
-    except OSError as exc:
+    except (OSError, TlsError) as exc:
         name = multiprocessing.current_process().name
         errors.put((name, f"cannot listen on {cfg.node.bind_address}:{cfg.node.port}: {exc}"))
         raise SystemExit(1) from None
@@ -159,6 +160,13 @@ def serve(cfg: NodeConfig) -> int:
     _reconcile(sessions, spool, grace_s=cfg.queue.lease_s)
     node = cfg.node
     _check_port_free(node.bind_address, node.port)
+    if node.tls is not None:
+        if node.tls.port is not None:
+            _check_port_free(node.bind_address, node.tls.port)
+        try:
+            server_context(node.tls)
+        except TlsError as exc:
+            raise ServeError(str(exc)) from None
     if cfg.inference.workers:
         _verify_models(cfg)
     if not cfg.peers:
@@ -168,7 +176,10 @@ def serve(cfg: NodeConfig) -> int:
     server = None
     children = Supervisor(cfg)
     if node.listener_processes == 1:
-        server = start_listener(cfg, sessions, share_port=False)
+        try:
+            server = start_listener(cfg, sessions, share_port=False)
+        except TlsError as exc:
+            raise ServeError(str(exc)) from None
     else:
         for i in range(node.listener_processes):
             children.start(f"listener-{i + 1}", listener_main)
@@ -188,11 +199,13 @@ def serve(cfg: NodeConfig) -> int:
             stop_listener(server, 0)
         raise ServeError(str(exc)) from None
     scheduler = start_scheduler(cfg, sessions)
+    tls = node.tls
     logger.info(
-        "ainode %s listening on %s:%d (%d listener process%s, %d worker%s), data in %s",
+        "ainode %s listening on %s:%d%s (%d listener process%s, %d worker%s), data in %s",
         node.ae_title,
         node.bind_address,
         node.port,
+        "" if tls is None else " (TLS only)" if tls.port is None else f", TLS on {tls.port}",
         node.listener_processes,
         "" if node.listener_processes == 1 else "es",
         cfg.inference.workers,

@@ -19,6 +19,7 @@ command -v dciodvfy >/dev/null || need+=(dicom3tools)
 if [[ -n "$group" ]]; then
   command -v Orthanc >/dev/null || need+=(orthanc)
   command -v systemd-analyze >/dev/null || need+=(systemd)  # checks deploy/ainode.service
+  command -v openssl >/dev/null || need+=(openssl)  # makes the TLS tests' certificates
 fi
 python3 -c "import venv, ensurepip" 2>/dev/null || need+=(python3-venv)
 if ((${#need[@]})); then

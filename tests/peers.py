@@ -29,10 +29,10 @@ def free_port() -> int:
 
 
 def echoscu(
-    port: int, *, aec: str = "AINODE", aet: str = "ECHOSCU"
+    port: int, *, aec: str = "AINODE", aet: str = "ECHOSCU", extra: Sequence[str] = ()
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["echoscu", "-aet", aet, "-aec", aec, "127.0.0.1", str(port)],
+        ["echoscu", "-aet", aet, "-aec", aec, *extra, "127.0.0.1", str(port)],
         capture_output=True,
         text=True,
         env=DCMTK_ENV,
@@ -107,6 +107,7 @@ class NodeProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, *, wait: bool = True) -> NodeProcess:
+        self._ready_mark = self.output().count(" listening on ") if self.log.exists() else 0
         self._log_handle = open(self.log, "ab")  # closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "node", "serve", "--config", str(self.config)],
@@ -124,12 +125,12 @@ class NodeProcess:
             assert self.proc is not None
             if self.proc.poll() is not None:
                 raise RuntimeError(f"ainode exited with {self.proc.returncode}:\n{self.output()}")
-            echo = echoscu(self.port)
-            # Rejected (the test's [[peers]] may not allow ECHOSCU) still means listening.
-            if echo.returncode == 0 or "Association Rejected" in echo.stdout + echo.stderr:
+            # serve logs "listening on" once its listeners, workers and scheduler run
+            # (whatever the port speaks: plain DICOM, TLS, or a peer list without us).
+            if self.output().count(" listening on ") > self._ready_mark:
                 return
-            time.sleep(0.2)
-        raise TimeoutError(f"ainode did not answer C-ECHO within {timeout} s:\n{self.output()}")
+            time.sleep(0.1)
+        raise TimeoutError(f"ainode did not start within {timeout} s:\n{self.output()}")
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
@@ -197,7 +198,17 @@ class StoreScp:
 class Orthanc:
     """A real Orthanc (Debian package) on 127.0.0.1, as the PACS that receives results."""
 
-    def __init__(self, folder: Path, *, dicom_port: int, http_port: int, aet: str = "ORTHANC"):
+    def __init__(
+        self,
+        folder: Path,
+        *,
+        dicom_port: int,
+        http_port: int,
+        aet: str = "ORTHANC",
+        extra: dict[str, Any] | None = None,
+        echo_args: Sequence[str] = (),
+    ):
+        self.echo_args = tuple(echo_args)  # e.g. dcmtk's TLS options when DicomTlsEnabled
         self.folder = folder
         self.dicom_port = dicom_port
         self.http_port = http_port
@@ -220,6 +231,7 @@ class Orthanc:
                     "DicomCheckCalledAet": True,
                     "Plugins": [],
                     "StorageCompression": False,
+                    **(extra or {}),
                 }
             )
         )
@@ -240,7 +252,7 @@ class Orthanc:
                 raise RuntimeError(f"Orthanc exited with {self.proc.returncode}")
             try:
                 self.get("/system")
-                if echoscu(self.dicom_port, aec=self.aet).returncode == 0:
+                if echoscu(self.dicom_port, aec=self.aet, extra=self.echo_args).returncode == 0:
                     return self
             except OSError:
                 pass

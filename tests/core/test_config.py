@@ -187,9 +187,10 @@ def test_readme_documents_every_key_the_parser_reads() -> None:
 
     root = Path(__file__).resolve().parents[2]
     source = "".join(
-        (root / "core" / name).read_text() for name in ("config_file.py", "config_pipelines.py")
+        (root / "core" / name).read_text()
+        for name in ("config_file.py", "config_pipelines.py", "config_network.py")
     )
-    keys = set(re.findall(r'(?:\(|short_text\(table,)\s*"([a-z_]+)"', source))
+    keys = set(re.findall(r'(?:\(|short_text\(table,|_file\(table,)\s*"([a-z_]+)"', source))
     keys -= {"rb"}  # not a key: the mode the file is opened in
     readme = (root / "README.md").read_text()
     section = readme.split("## Configuration reference", 1)[1].split("\n## ", 1)[0]
@@ -203,3 +204,58 @@ def test_per_host_share_defaults_to_half_and_is_bounded(write_config) -> None:
     assert load_config(write_config(node={"max_associations": 1})).node.per_host_limit == 1
     with pytest.raises(ConfigError, match="max_associations_per_host: must be at most"):
         load_config(write_config(node={"max_associations": 4, "max_associations_per_host": 5}))
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[node.tls]\nprivate_key = 'k.pem'\n", "[node.tls] certificate: is required"),
+        (
+            "[node.tls]\ncertificate = 'nope.pem'\nprivate_key = 'k.pem'\n",
+            "[node.tls] certificate: ",
+        ),
+        (
+            "[node.tls]\ncertificate = 'c.pem'\nprivate_key = 'k.pem'\n"
+            "require_client_certificate = true\n",
+            "[node.tls] ca_bundle: is required with require_client_certificate = true",
+        ),
+        (
+            "[node]\nport = 11112\n[node.tls]\ncertificate = 'c.pem'\nprivate_key = 'k.pem'\n"
+            "port = 11112\n",
+            "[node.tls] port: must differ from [node] port (11112)",
+        ),
+        (
+            "[[destinations]]\nname = 'p'\nae_title = 'P'\nhost = 'h'\ntls_ca_bundle = 'c.pem'\n",
+            "[[destinations]] #1 tls_ca_bundle: only with tls = true",
+        ),
+        ("[[peers]]\nae_title = 'A'\ntls_subject = ''\n", "[[peers]] #1 tls_subject: must not"),
+    ],
+)
+def test_tls_settings_are_checked(write_config, tmp_path: Path, text: str, message: str) -> None:
+    for name in ("c.pem", "k.pem"):
+        (tmp_path / name).write_text("not checked here: the TLS context loads it\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(write_config(text))
+    assert message in str(info.value)
+
+
+@pytest.mark.tools("openssl")
+def test_check_config_loads_the_tls_pair(write_config, tmp_path: Path) -> None:
+    """A key that is not the certificate's is found by check-config, naming the keys."""
+    import subprocess
+    import sys
+
+    from tests.tlscerts import make_pki
+
+    pki = make_pki(tmp_path / "pki")
+    good = write_config(
+        f"[node.tls]\ncertificate = '{pki.server.cert}'\nprivate_key = '{pki.server.key}'\n"
+    )
+    run = [sys.executable, "-m", "node", "check-config", "--config", str(good)]
+    ok = subprocess.run(run, capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0 and "[node.tls]: certificate and key load" in ok.stdout
+    good.write_text(good.read_text().replace(str(pki.server.key), str(pki.ct1.key)))
+    bad = subprocess.run(run, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2
+    assert "[node.tls] certificate/private_key:" in bad.stderr
+    assert "do not make a usable pair" in bad.stderr

@@ -61,7 +61,7 @@ def test_allowed_caller_stores_and_unknown_caller_is_rejected(listener, sessions
 def test_an_error_in_the_decision_rejects_the_association(
     listener, sessions, tmp_path, monkeypatch, caplog
 ) -> None:
-    def broken(self: PeerConfig, ae_title: str, address: str) -> bool:
+    def broken(self: PeerConfig, *_args: object) -> bool:
         raise RuntimeError("resolver down")
 
     monkeypatch.setattr(PeerConfig, "allows", broken)

@@ -1,0 +1,128 @@
+"""The network side of config.toml: ``[node.tls]``, ``[[peers]]``, ``[[destinations]]``.
+
+File paths resolve against the config file's folder and must name readable
+files; whether a certificate and its key belong together is checked when the
+TLS contexts are built (``node.tls``), which ``ainode check-config`` does too.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+from core.config import ClientTls, DestinationConfig, PeerConfig, TlsConfig
+from core.config_rules import NAME_RE, ConfigError, array_of_tables, config_table, validate_ae_title
+from core.tomltable import Table
+
+__all__ = ["parse_destinations", "parse_node_tls", "parse_peers"]
+
+
+def _file(table: Table, key: str, base: Path, *, required: bool) -> Path | None:
+    if not table.has(key):
+        if required:
+            raise table.fail(key, "is required")
+        return None
+    path = Path(table.required_string(key)).expanduser()
+    path = path if path.is_absolute() else base / path
+    if not path.is_file():
+        raise table.fail(key, f"{path} is not a file")
+    try:
+        path.open("rb").close()
+    except OSError as exc:
+        raise table.fail(key, f"{path} cannot be read: {exc.strerror}") from None
+    return path
+
+
+def parse_node_tls(raw: object, name: str, base: Path, main_port: int) -> TlsConfig | None:
+    """``[node.tls]``, or None when absent."""
+    if raw is None:
+        return None
+    table = config_table(raw, name)
+    certificate = _file(table, "certificate", base, required=True)
+    private_key = _file(table, "private_key", base, required=True)
+    assert certificate is not None and private_key is not None
+    ca_bundle = _file(table, "ca_bundle", base, required=False)
+    require = table.boolean("require_client_certificate", False)
+    if require and ca_bundle is None:
+        raise table.fail("ca_bundle", "is required with require_client_certificate = true")
+    port = table.integer("port", 2762, 1, 65535) if table.has("port") else None
+    if port == main_port:
+        raise table.fail(
+            "port",
+            f"must differ from [node] port ({main_port}); leave it out "
+            "to make the main port TLS only",
+        )
+    table.finish()
+    return TlsConfig(
+        certificate=certificate,
+        private_key=private_key,
+        ca_bundle=ca_bundle,
+        require_client_certificate=require,
+        port=port,
+    )
+
+
+def parse_peers(raw: object) -> tuple[PeerConfig, ...]:
+    peers = []
+    for table in array_of_tables(raw, "peers"):
+        if not table.has("ae_title"):
+            raise ConfigError(f"{table.key('ae_title')}: is required")
+        ae = validate_ae_title(table.raw("ae_title"), table.key("ae_title"))
+        host_raw = table.raw("host")
+        host = None
+        if host_raw is not None:
+            if not isinstance(host_raw, str):
+                raise ConfigError(f"{table.key('host')}: must be a string")
+            try:
+                host = ipaddress.ip_network(host_raw, strict=False)
+            except ValueError:
+                raise ConfigError(
+                    f"{table.key('host')}: must be an IP address or network such as "
+                    f'"10.0.0.5" or "10.0.0.0/24" (got {host_raw!r})'
+                ) from None
+        subject = table.required_string("tls_subject") if table.has("tls_subject") else None
+        table.finish()
+        peers.append(PeerConfig(ae_title=ae, host=host, tls_subject=subject))
+    return tuple(peers)
+
+
+def _client_tls(table: Table, base: Path) -> ClientTls | None:
+    if not table.boolean("tls", False):
+        for key in ("tls_ca_bundle", "tls_certificate", "tls_private_key", "tls_server_name"):
+            if table.has(key):
+                raise table.fail(key, "only with tls = true")
+        return None
+    certificate = _file(table, "tls_certificate", base, required=False)
+    private_key = _file(table, "tls_private_key", base, required=certificate is not None)
+    if private_key is not None and certificate is None:
+        raise table.fail("tls_certificate", "is required with tls_private_key")
+    return ClientTls(
+        ca_bundle=_file(table, "tls_ca_bundle", base, required=False),
+        certificate=certificate,
+        private_key=private_key,
+        server_name=table.string("tls_server_name", "") or None,
+    )
+
+
+def parse_destinations(raw: object, base: Path) -> tuple[DestinationConfig, ...]:
+    found: list[DestinationConfig] = []
+    for table in array_of_tables(raw, "destinations"):
+        name = table.string("name", "")
+        if not NAME_RE.match(name):
+            raise ConfigError(
+                f"{table.key('name')}: is required: letters, digits, '_', '-', '.', "
+                f"at most 64 characters (got {name!r})"
+            )
+        if any(d.name == name for d in found):
+            raise ConfigError(f"{table.key('name')}: must be unique ({name!r} repeats)")
+        if not table.has("ae_title") or not table.has("host"):
+            raise ConfigError(f"{table.key('ae_title')}, host and port: are required")
+        ae = validate_ae_title(table.raw("ae_title"), table.key("ae_title"))
+        host = table.string("host", "")
+        if not host:
+            raise ConfigError(f"{table.key('host')}: must be a host name or IP address")
+        port = table.integer("port", 104, 1, 65535)
+        tls = _client_tls(table, base)
+        table.finish()
+        found.append(DestinationConfig(name=name, ae_title=ae, host=host, port=port, tls=tls))
+    return tuple(found)
