@@ -16,6 +16,7 @@ from pathlib import Path
 from core.retry import RetryPolicy
 
 __all__ = [
+    "AuditConfig",
     "ClientTls",
     "CompletionConfig",
     "CompletionLevel",
@@ -33,6 +34,7 @@ __all__ = [
     "ResultsConfig",
     "SeriesRule",
     "StorageConfig",
+    "SyslogTarget",
     "TlsConfig",
 ]
 
@@ -270,6 +272,26 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class SyslogTarget:
+    """Where audit messages go: RFC 5426 (UDP), RFC 6587 (TCP) or RFC 5425 (TLS)."""
+
+    transport: str  # "udp", "tcp" or "tcp+tls"
+    host: str
+    port: int
+    tls: ClientTls | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuditConfig:
+    """``[audit]``: DICOM audit messages (PS3.15 A.5), always to ``file``, and to syslog."""
+
+    file: Path
+    syslog: SyslogTarget | None = None
+    enterprise_site_id: str = ""
+    source_id: str = ""  # AuditSourceID; "" = this host's name
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class NodeConfig:
     """The whole validated configuration."""
 
@@ -285,6 +307,7 @@ class NodeConfig:
     destinations: tuple[DestinationConfig, ...] = ()
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     results: ResultsConfig = field(default_factory=ResultsConfig)
+    audit: AuditConfig | None = None  # None only in records built by hand (tests)
 
     def destination(self, name: str) -> DestinationConfig:
         return next(d for d in self.destinations if d.name == name)

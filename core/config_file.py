@@ -30,7 +30,7 @@ from core.config import (
     ResultsConfig,
     StorageConfig,
 )
-from core.config_network import parse_destinations, parse_node_tls, parse_peers
+from core.config_network import parse_audit, parse_destinations, parse_node_tls, parse_peers
 from core.config_pipelines import parse_pipelines
 from core.config_rules import ConfigError, config_table, short_text, validate_ae_title
 from core.tomltable import Table
@@ -222,10 +222,11 @@ def parse_config(data: dict[str, Any], path: Path) -> NodeConfig:
     def table(name: str) -> Table:
         return config_table(top.raw(name) or {}, f"[{name}]")
 
+    storage = _storage(table("storage"), base)
     cfg = NodeConfig(
         path=path.resolve(),
         node=_listener(table("node"), base),
-        storage=_storage(table("storage"), base),
+        storage=storage,
         completion=_completion(table("completion")),
         queue=_queue(table("queue")),
         logging=_logging(table("logging")),
@@ -235,6 +236,7 @@ def parse_config(data: dict[str, Any], path: Path) -> NodeConfig:
         destinations=parse_destinations(top.raw("destinations"), base),
         delivery=_delivery(table("delivery")),
         results=_results(table("results")),
+        audit=parse_audit(table("audit"), base, storage.data_dir),
     )
     for p in cfg.pipelines:
         for name in p.destinations:

@@ -1,4 +1,4 @@
-"""The network side of config.toml: ``[node.tls]``, ``[[peers]]``, ``[[destinations]]``.
+"""The network side of config.toml: ``[node.tls]``, peers, destinations, ``[audit]``.
 
 File paths resolve against the config file's folder and must name readable
 files; whether a certificate and its key belong together is checked when the
@@ -9,12 +9,20 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from core.config import ClientTls, DestinationConfig, PeerConfig, TlsConfig
+from core.config import (
+    AuditConfig,
+    ClientTls,
+    DestinationConfig,
+    PeerConfig,
+    SyslogTarget,
+    TlsConfig,
+)
 from core.config_rules import NAME_RE, ConfigError, array_of_tables, config_table, validate_ae_title
 from core.tomltable import Table
 
-__all__ = ["parse_destinations", "parse_node_tls", "parse_peers"]
+__all__ = ["parse_audit", "parse_destinations", "parse_node_tls", "parse_peers"]
 
 
 def _file(table: Table, key: str, base: Path, *, required: bool) -> Path | None:
@@ -92,16 +100,9 @@ def _client_tls(table: Table, base: Path) -> ClientTls | None:
             if table.has(key):
                 raise table.fail(key, "only with tls = true")
         return None
-    certificate = _file(table, "tls_certificate", base, required=False)
-    private_key = _file(table, "tls_private_key", base, required=certificate is not None)
-    if private_key is not None and certificate is None:
+    if table.has("tls_private_key") and not table.has("tls_certificate"):
         raise table.fail("tls_certificate", "is required with tls_private_key")
-    return ClientTls(
-        ca_bundle=_file(table, "tls_ca_bundle", base, required=False),
-        certificate=certificate,
-        private_key=private_key,
-        server_name=table.string("tls_server_name", "") or None,
-    )
+    return _client_tls_for(table, base)
 
 
 def parse_destinations(raw: object, base: Path) -> tuple[DestinationConfig, ...]:
@@ -126,3 +127,50 @@ def parse_destinations(raw: object, base: Path) -> tuple[DestinationConfig, ...]
         table.finish()
         found.append(DestinationConfig(name=name, ae_title=ae, host=host, port=port, tls=tls))
     return tuple(found)
+
+
+_SYSLOG_PORTS = {"udp": 514, "tcp": 601, "tcp+tls": 6514}
+
+
+def parse_audit(table: Table, base: Path, data_dir: Path) -> AuditConfig:
+    """``[audit]``: the local audit file (default ``<data_dir>/audit/audit.log``) and syslog."""
+    raw_file = table.string("file", "")
+    path = Path(raw_file).expanduser() if raw_file else data_dir / "audit" / "audit.log"
+    path = path if path.is_absolute() else base / path
+    syslog = None
+    if table.has("syslog"):
+        url = table.required_string("syslog")
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError:
+            parts, port = urlsplit(""), None
+        scheme = parts.scheme.lower()
+        if scheme not in _SYSLOG_PORTS or not parts.hostname or parts.path not in ("", "/"):
+            raise table.fail(
+                "syslog",
+                f'must look like "udp://host:514", "tcp://host:601" or "tcp+tls://host:6514" '
+                f"(got {url!r})",
+            )
+        tls = _client_tls_for(table, base) if scheme == "tcp+tls" else None
+        syslog = SyslogTarget(
+            transport=scheme, host=parts.hostname, port=port or _SYSLOG_PORTS[scheme], tls=tls
+        )
+    for key in ("tls_ca_bundle", "tls_certificate", "tls_private_key", "tls_server_name"):
+        if table.has(key):
+            raise table.fail(key, 'only with syslog = "tcp+tls://..."')
+    site = table.string("enterprise_site_id", "")
+    source = table.string("source_id", "")
+    table.finish()
+    return AuditConfig(file=path, syslog=syslog, enterprise_site_id=site, source_id=source)
+
+
+def _client_tls_for(table: Table, base: Path) -> ClientTls:
+    certificate = _file(table, "tls_certificate", base, required=False)
+    private_key = _file(table, "tls_private_key", base, required=certificate is not None)
+    return ClientTls(
+        ca_bundle=_file(table, "tls_ca_bundle", base, required=False),
+        certificate=certificate,
+        private_key=private_key,
+        server_name=table.string("tls_server_name", "") or None,
+    )

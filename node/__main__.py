@@ -170,6 +170,9 @@ def _cmd_jobs(cfg: NodeConfig, args: argparse.Namespace) -> int:
             print(f"ainode jobs retry: {exc}", file=sys.stderr)
             return 1
         print(f"job {job.id} ({job.pipeline}, study {job.study_instance_uid}) queued again")
+        _audit_admin(
+            cfg, "replay job", f"job {job.id} ({job.pipeline}) of study {job.study_instance_uid}"
+        )
         return 0
     with sessions.begin() as s:
         jobs = queue.list_jobs(s, status=args.status, limit=args.limit)
@@ -182,6 +185,18 @@ def _cmd_jobs(cfg: NodeConfig, args: argparse.Namespace) -> int:
         if j.last_error:
             print(f"{'':>6}  {j.last_error}")
     return 0
+
+
+def _audit_admin(cfg: NodeConfig, action: str, detail: str) -> None:
+    """An admin action in the audit trail (Security Alert: Use of Restricted Function)."""
+    import getpass
+
+    from node.audit import Auditor
+
+    if cfg.audit is not None:
+        Auditor(cfg.audit, cfg.node.ae_title).restricted(
+            user=getpass.getuser(), action=action, detail=detail
+        )
 
 
 def _cmd_deliveries(cfg: NodeConfig, args: argparse.Namespace) -> int:
@@ -202,6 +217,7 @@ def _cmd_deliveries(cfg: NodeConfig, args: argparse.Namespace) -> int:
             )
             return 1
         print(f"delivery {args.delivery_id} queued again; serve sends it within seconds")
+        _audit_admin(cfg, "replay delivery", f"delivery {args.delivery_id}")
         return 0
     with sessions.begin() as s:
         rows = deliveries.list_deliveries(s, status=args.status, limit=args.limit)

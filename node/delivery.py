@@ -17,10 +17,12 @@ from pathlib import Path
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.clock import utc_now
-from core.config import NodeConfig
+from core.config import DestinationConfig, NodeConfig
+from node.audit import Auditor, StudyTransfer
 from node.send import AssociationFailed, SendItem, SendOutcome, send_files
 from storage import deliveries
 from storage.deliveries import DeliveryRecord
+from storage.index import patient_ids
 
 __all__ = ["deliver_due"]
 
@@ -79,10 +81,14 @@ def _deliver_to(
             _failed(cfg, sessions, row.id, None, error, retryable=True, now=utc_now())
         return 0
     delivered = 0
+    by_id = {row.id: row for row in rows}
+    sent: dict[str, StudyTransfer] = {}
+    failures = 0
 
     def record(outcome: SendOutcome) -> None:
-        nonlocal delivered
+        nonlocal delivered, failures
         if not outcome.delivered:
+            failures += 1
             error = outcome.detail or "failed"
             retryable = outcome.retryable
             _failed(
@@ -104,6 +110,11 @@ def _deliver_to(
                 now=utc_now(),
             )
         delivered += 1
+        result = by_id[outcome.key].result
+        transfer = sent.setdefault(result.study_instance_uid, StudyTransfer(patient_id=""))
+        transfer.sop_classes[result.sop_class_uid] = (
+            transfer.sop_classes.get(result.sop_class_uid, 0) + 1
+        )
         logger.info("delivery %d to %s: delivered", outcome.key, name)
 
     items = [
@@ -127,7 +138,32 @@ def _deliver_to(
     except AssociationFailed as exc:
         for row in rows:
             _failed(cfg, sessions, row.id, None, str(exc), retryable=True, now=utc_now())
+    _audit_sent(cfg, sessions, cfg.destination(name), sent, failed=failures > 0)
     return delivered
+
+
+def _audit_sent(
+    cfg: NodeConfig,
+    sessions: sessionmaker[Session],
+    dest: DestinationConfig,
+    sent: dict[str, StudyTransfer],
+    *,
+    failed: bool,
+) -> None:
+    """DICOM Instances Transferred (action R) for what reached the destination, per study."""
+    if cfg.audit is None or not sent:
+        return
+    with sessions.begin() as s:
+        patients = patient_ids(s, list(sent))
+    for study_uid, transfer in sent.items():
+        transfer.patient_id = patients.get(study_uid, "")
+    Auditor(cfg.audit, cfg.node.ae_title).transferred(
+        received=False,
+        remote_ae=dest.ae_title,
+        remote_address=dest.host,
+        studies=sent,
+        failed=failed,
+    )
 
 
 def deliver_due(cfg: NodeConfig, sessions: sessionmaker[Session], destination: str | None) -> int:

@@ -17,6 +17,7 @@ from typing import Any
 from pydicom.dataset import Dataset
 
 from core.config import PeerConfig
+from node.audit import AssociationAudit, Auditor
 from node.errors import StoreRejected
 from node.receive import ReceiveDeps, receive_instance
 from node.status import StoreStatus
@@ -25,6 +26,7 @@ from storage.records import IndexOutcome
 
 __all__ = [
     "AccessControl",
+    "handle_conn_close",
     "handle_conn_open",
     "handle_echo",
     "handle_requested",
@@ -53,8 +55,10 @@ class AccessControl:
     this relies on.
     """
 
-    def __init__(self, peers: Sequence[PeerConfig]) -> None:
+    def __init__(self, peers: Sequence[PeerConfig], auditor: Auditor | None = None) -> None:
         self.peers = tuple(peers)
+        self.auditor = auditor
+        self.associations = AssociationAudit(auditor)
         self._admitted: weakref.WeakSet[Any] = weakref.WeakSet()
         self._lock = threading.Lock()
 
@@ -137,6 +141,8 @@ def handle_requested(event: Any, access: AccessControl) -> None:
         access.admit(assoc)
         return
     logger.warning("association rejected: calling AE %r from %s is %s", calling, address, reason)
+    if access.auditor is not None:
+        access.auditor.refused(who=calling, address=address, reason=reason)
     try:
         _reject(assoc)
     except Exception:
@@ -153,6 +159,11 @@ def _not_admitted(event: Any, access: AccessControl) -> Dataset | None:
         event.assoc.requestor.address,
     )
     return _status(_NOT_AUTHORIZED, "association not admitted by access control")
+
+
+def handle_conn_close(event: Any, access: AccessControl) -> None:
+    """The audit of what the association stored (DICOM Instances Transferred, per study)."""
+    access.associations.closed(event.assoc, aborted=bool(event.assoc.is_aborted))
 
 
 def handle_echo(event: Any, access: AccessControl) -> Dataset:
@@ -187,6 +198,9 @@ def handle_store(event: Any, deps: ReceiveDeps, access: AccessControl) -> Datase
     except Exception:
         logger.exception("C-STORE failed unexpectedly: sop=%s from AE %r", sop_uid, calling)
         return _status(StoreStatus.UNEXPECTED_ERROR, "unexpected error in ainode, see its log")
+    if result.header is not None:
+        h = result.header
+        access.associations.stored(event.assoc, h.study_instance_uid, h.patient_id, h.sop_class_uid)
     if result.outcome is IndexOutcome.KEPT_EXISTING:
         logger.info("duplicate kept: sop=%s from AE %r", sop_uid, calling)
     elif result.study_reopened:

@@ -6,6 +6,7 @@ directly; ``node.handlers`` only adapts pynetdicom events to it.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 from collections.abc import Callable
@@ -137,7 +138,7 @@ def receive_instance(
         spool.discard(staged)
     if result.previous_path is not None:
         spool.remove(result.previous_path)
-    return result
+    return dataclasses.replace(result, header=header)
 
 
 def _undo(spool: Spool, staged: Path, published: Path | None) -> None:

@@ -22,8 +22,10 @@ from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.config import NodeConfig
+from node.audit import Auditor
 from node.handlers import (
     AccessControl,
+    handle_conn_close,
     handle_conn_open,
     handle_echo,
     handle_requested,
@@ -74,6 +76,7 @@ class ListenerServer(ThreadedAssociationServer):
     daemon_threads = True
     per_host_limit = 1_000_000
     handshake_timeout_s = 2.0
+    auditor: Auditor | None = None
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
         host = str(client_address[0])
@@ -118,7 +121,8 @@ class ListenerServer(ThreadedAssociationServer):
             sock.settimeout(None)
         except (OSError, ValueError) as exc:  # ssl.SSLError, timeouts and resets are OSErrors
             reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
-            _warn_once(host, "TLS handshake with %s failed: %s", reason)
+            if _warn_once(host, "TLS handshake with %s failed: %s", reason) and self.auditor:
+                self.auditor.refused(who="?", address=host, reason=f"TLS handshake: {reason}")
             sock.close()
             return False
         return True
@@ -138,18 +142,19 @@ _warned: dict[tuple[str, str], float] = {}
 _warned_lock = threading.Lock()
 
 
-def _warn_once(host: str, message: str, *args: object) -> None:
-    """Log a warning about ``host``, the same text at most once every 10 s.
+def _warn_once(host: str, message: str, *args: object) -> bool:
+    """Log a warning about ``host``, the same text at most once every 10 s; True if logged.
 
-    A scanner hammering the port must not flood the log either.
+    A scanner hammering the port must not flood the log (or the audit trail) either.
     """
     text = message % (host, *args)
     now = time.monotonic()
     with _warned_lock:
         if now - _warned.get((host, text), -3600.0) < 10:
-            return
+            return False
         _warned[(host, text)] = now
     logger.warning("%s", text)
+    return True
 
 
 def _host_of(assoc: Any) -> str | None:
@@ -184,10 +189,11 @@ def build_ae(cfg: NodeConfig) -> AE:
     return ae
 
 
-def build_handlers(cfg: NodeConfig, deps: ReceiveDeps) -> list[Any]:
-    access = AccessControl(cfg.peers)
+def build_handlers(cfg: NodeConfig, deps: ReceiveDeps, auditor: Auditor | None = None) -> list[Any]:
+    access = AccessControl(cfg.peers, auditor)
     return [
         (evt.EVT_CONN_OPEN, handle_conn_open),
+        (evt.EVT_CONN_CLOSE, handle_conn_close, [access]),
         (evt.EVT_REQUESTED, handle_requested, [access]),
         (evt.EVT_C_ECHO, handle_echo, [access]),
         (evt.EVT_C_STORE, handle_store, [deps, access]),
@@ -226,7 +232,8 @@ def start_listener(
         The certificate, key or CA bundle cannot be used.
     """
     ae = build_ae(cfg)
-    handlers = build_handlers(cfg, make_deps(cfg, sessions))
+    auditor = Auditor(cfg.audit, cfg.node.ae_title) if cfg.audit is not None else None
+    handlers = build_handlers(cfg, make_deps(cfg, sessions), auditor)
     tls = cfg.node.tls
     ports: list[tuple[int, ssl.SSLContext | None]] = []
     if tls is None or tls.port is not None:
@@ -244,6 +251,7 @@ def start_listener(
         assert isinstance(server, ListenerServer)
         server.per_host_limit = cfg.node.per_host_limit
         server.handshake_timeout_s = cfg.node.acse_timeout_s
+        server.auditor = auditor
         name = f"listener:{port}{' (TLS)' if ssl_context else ''}"
         threading.Thread(target=server.serve_forever, name=name, daemon=True).start()
         servers.append(server)

@@ -33,6 +33,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from core.config import NodeConfig
 from core.logs import configure_logging
 from core.process import Ending, take_sigterm, watch_parent
+from node.audit import Auditor
+from node.audit_send import AuditSender
 from node.housekeeping import start_scheduler
 from node.server import start_listener, stop_listener
 from node.supervise import ChildFailed, Supervisor
@@ -199,6 +201,7 @@ def serve(cfg: NodeConfig) -> int:
             stop_listener(server, 0)
         raise ServeError(str(exc)) from None
     scheduler = start_scheduler(cfg, sessions)
+    auditor, sender = _start_audit(cfg)
     tls = node.tls
     logger.info(
         "ainode %s listening on %s:%d%s (%d listener process%s, %d worker%s), data in %s",
@@ -219,7 +222,23 @@ def serve(cfg: NodeConfig) -> int:
         stop_listener(server, node.shutdown_grace_s)
     children.join(node.shutdown_grace_s)
     scheduler.shutdown(wait=True)
+    if auditor is not None:
+        auditor.application(started=False)
+    if sender is not None:
+        sender.stop()
     engine.dispose()
     lock.close()
     logger.info("ainode stopped")
     return 0
+
+
+def _start_audit(cfg: NodeConfig) -> tuple[Auditor | None, AuditSender | None]:
+    """Application Start in the audit trail; the syslog sender if a target is set."""
+    if cfg.audit is None:
+        return None, None
+    auditor = Auditor(cfg.audit, cfg.node.ae_title)
+    auditor.application(started=True)
+    sender = None
+    if cfg.audit.syslog is not None:
+        sender = AuditSender(cfg.audit.file, cfg.audit.syslog).start()
+    return auditor, sender

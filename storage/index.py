@@ -28,6 +28,7 @@ __all__ = [
     "instance_paths",
     "locate",
     "patient_history",
+    "patient_ids",
     "study_counts",
     "study_series",
 ]
@@ -37,6 +38,16 @@ def find_instance_path(session: Session, sop_instance_uid: str) -> Path | None:
     """The stored file of an indexed instance, or None."""
     row = session.connection().execute(_FIND_INSTANCE, {"uid": sop_instance_uid}).first()
     return None if row is None else Path(row.path)
+
+
+def patient_ids(session: Session, study_instance_uids: list[str]) -> dict[str, str]:
+    """The Patient ID of each indexed study among ``study_instance_uids``."""
+    rows = session.execute(
+        select(Study.study_instance_uid, Study.patient_id).where(
+            Study.study_instance_uid.in_(study_instance_uids)
+        )
+    )
+    return {uid: patient for uid, patient in rows}
 
 
 def instance_paths(session: Session, study_instance_uid: str) -> list[Path]:

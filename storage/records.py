@@ -61,6 +61,7 @@ class IndexResult:
     outcome: IndexOutcome
     previous_path: Path | None = None
     study_reopened: bool = False
+    header: InstanceHeader | None = None  # what was received (set by the receiver)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -355,3 +355,70 @@ class HungPeer:
         for client in self._clients:
             client.close()
         self._server.close()
+
+
+class SyslogReceiver:
+    """A syslog collector on 127.0.0.1: UDP datagrams, or TCP with octet counting (RFC 6587)."""
+
+    def __init__(self, transport: str, port: int = 0) -> None:
+        import threading
+
+        self.transport = transport
+        self.frames: list[str] = []
+        self._stop = threading.Event()
+        kind = socket.SOCK_DGRAM if transport == "udp" else socket.SOCK_STREAM
+        self._sock = socket.socket(socket.AF_INET, kind)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind(("127.0.0.1", port))
+        self._sock.settimeout(0.2)
+        self.port = int(self._sock.getsockname()[1])
+        if transport != "udp":
+            self._sock.listen(4)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                if self.transport == "udp":
+                    data, _ = self._sock.recvfrom(65536)
+                    self.frames.append(data.decode())
+                    continue
+                conn, _ = self._sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self._read_stream(conn)
+
+    def _read_stream(self, conn: socket.socket) -> None:
+        conn.settimeout(0.2)
+        buffer = b""
+        with conn:
+            while not self._stop.is_set():
+                try:
+                    chunk = conn.recv(65536)
+                except TimeoutError:
+                    continue
+                if not chunk:
+                    return
+                buffer += chunk
+                while b" " in buffer:  # "LENGTH SP FRAME"
+                    length, _, rest = buffer.partition(b" ")
+                    if len(rest) < int(length):
+                        break
+                    self.frames.append(rest[: int(length)].decode())
+                    buffer = rest[int(length) :]
+
+    def wait_for(self, predicate, timeout: float = 20) -> list[str]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate(self.frames):
+                return self.frames
+            time.sleep(0.1)
+        raise AssertionError(f"syslog: timed out; got {len(self.frames)} frame(s)")
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._sock.close()

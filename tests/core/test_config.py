@@ -259,3 +259,24 @@ def test_check_config_loads_the_tls_pair(write_config, tmp_path: Path) -> None:
     assert bad.returncode == 2
     assert "[node.tls] certificate/private_key:" in bad.stderr
     assert "do not make a usable pair" in bad.stderr
+
+
+@pytest.mark.parametrize(
+    ("syslog", "message"),
+    [
+        ("syslog://h:1", 'must look like "udp://host:514"'),
+        ("udp://", 'must look like "udp://host:514"'),
+        ("tcp://h:notaport", 'must look like "udp://host:514"'),
+    ],
+)
+def test_audit_syslog_target_is_checked(write_config, syslog: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(write_config(audit={"syslog": syslog}))
+
+
+def test_audit_defaults(write_config, tmp_path: Path) -> None:
+    cfg = load_config(write_config(audit={"syslog": "tcp+tls://siem.local"}))
+    assert cfg.audit is not None and cfg.audit.syslog is not None
+    assert cfg.audit.file == tmp_path / "data" / "audit" / "audit.log"
+    assert (cfg.audit.syslog.transport, cfg.audit.syslog.port) == ("tcp+tls", 6514)
+    assert cfg.audit.syslog.tls is not None

@@ -184,3 +184,22 @@ def test_unreachable_destination_waits_by_the_policy(
     (row,) = _rows(sessions)
     assert row.status == "pending" and row.attempts == 1 and row.last_status is None
     assert "cannot associate with FAKEPACS@127.0.0.1" in (row.last_error or "")
+
+
+def test_results_sent_are_audited(write_config, sessions, tmp_path: Path, scp_factory) -> None:
+    """DICOM Instances Transferred, action R, naming the PACS and the study."""
+    from node.audit import parse_frame
+
+    scp = scp_factory(0x0000)
+    cfg = _setup(write_config, sessions, tmp_path, scp.port)
+    assert deliver_due(cfg, sessions, "pacs") == 2
+    assert cfg.audit is not None
+    frames = cfg.audit.file.read_text().splitlines()
+    (frame,) = frames
+    _pri, _msgid, msg = parse_frame(frame)
+    event = msg.find("EventIdentification")
+    assert event is not None and event.get("EventActionCode") == "R"
+    assert next(p.get("UserID") for p in msg.iter("ActiveParticipant")) == "FAKEPACS"
+    study = next(msg.iter("ParticipantObjectIdentification"))
+    assert study.get("ParticipantObjectID") == "1.2.3"
+    assert [s.get("NumberOfInstances") for s in study.iter("SOPClass")] == ["2"]
