@@ -32,6 +32,7 @@ __all__ = [
     "QueueConfig",
     "Recommendation",
     "ResultsConfig",
+    "RetentionConfig",
     "SeriesRule",
     "StorageConfig",
     "SyslogTarget",
@@ -292,6 +293,17 @@ class AuditConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class RetentionConfig:
+    """``[retention]``: what the node deletes, and when (storage.retention)."""
+
+    instances_days: float | None = None  # after the study was processed; None: keep
+    results_days: float | None = None  # after the result was written; None: keep
+    check_interval_s: float = 60.0
+    # Below [storage] min_free_mb, evict the oldest processed studies before refusing.
+    evict_when_full: bool = True
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class NodeConfig:
     """The whole validated configuration."""
 
@@ -308,6 +320,7 @@ class NodeConfig:
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     results: ResultsConfig = field(default_factory=ResultsConfig)
     audit: AuditConfig | None = None  # None only in records built by hand (tests)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
 
     def destination(self, name: str) -> DestinationConfig:
         return next(d for d in self.destinations if d.name == name)

@@ -28,6 +28,7 @@ from core.config import (
     NodeConfig,
     QueueConfig,
     ResultsConfig,
+    RetentionConfig,
     StorageConfig,
 )
 from core.config_network import parse_audit, parse_destinations, parse_node_tls, parse_peers
@@ -214,6 +215,21 @@ def _device(value: str) -> str:
     raise ValueError(value)
 
 
+def _retention(table: Table) -> RetentionConfig:
+    def days(key: str) -> float | None:
+        return table.number(key, 0.0, 0.0, 36500.0) if table.has(key) else None
+
+    d = RetentionConfig()
+    cfg = RetentionConfig(
+        instances_days=days("instances_days"),
+        results_days=days("results_days"),
+        check_interval_s=table.number("check_interval_s", d.check_interval_s, 1.0, 86400.0),
+        evict_when_full=table.boolean("evict_when_full", d.evict_when_full),
+    )
+    table.finish()
+    return cfg
+
+
 def parse_config(data: dict[str, Any], path: Path) -> NodeConfig:
     """Validate the parsed TOML ``data`` of the file at ``path``."""
     top = config_table(data, "")
@@ -237,6 +253,7 @@ def parse_config(data: dict[str, Any], path: Path) -> NodeConfig:
         delivery=_delivery(table("delivery")),
         results=_results(table("results")),
         audit=parse_audit(table("audit"), base, storage.data_dir),
+        retention=_retention(table("retention")),
     )
     for p in cfg.pipelines:
         for name in p.destinations:

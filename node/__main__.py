@@ -46,6 +46,13 @@ def _parser() -> argparse.ArgumentParser:
     deliveries.add_argument("delivery_id", nargs="?", type=int, help="the delivery to retry")
     deliveries.add_argument("--status", choices=["pending", "delivered", "dead"])
     deliveries.add_argument("--limit", type=int, default=50)
+    purge = sub.add_parser(
+        "purge",
+        parents=[common],
+        help="delete a study now (a wrong patient, an objection): files, jobs, deliveries; audited",
+    )
+    purge.add_argument("--study", required=True, help="the Study Instance UID")
+    purge.add_argument("--reason", required=True, help="why (goes into the index and the audit)")
     analyze = sub.add_parser(
         "analyze",
         parents=[common],
@@ -232,6 +239,24 @@ def _cmd_deliveries(cfg: NodeConfig, args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_purge(cfg: NodeConfig, args: argparse.Namespace) -> int:
+    import getpass
+
+    from node.retention import purge_by_admin
+
+    done = purge_by_admin(cfg, _open(cfg), args.study, user=getpass.getuser(), reason=args.reason)
+    if done is None:
+        print(
+            f"ainode purge: no study {args.study} in the index (or purged already)", file=sys.stderr
+        )
+        return 1
+    print(
+        f"study {args.study} purged: {len(done.instance_paths)} instance(s) and "
+        f"{len(done.result_paths)} result object(s) deleted; its jobs and deliveries stopped"
+    )
+    return 0
+
+
 def _cmd_analyze(cfg: NodeConfig, args: argparse.Namespace) -> int:
     from inference.analyze import AnalyzeError, analyze
 
@@ -271,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
         return _cmd_deliveries(cfg, args)
     if args.command == "analyze":
         return _cmd_analyze(cfg, args)
+    if args.command == "purge":
+        return _cmd_purge(cfg, args)
     return _cmd_serve(cfg)
 
 

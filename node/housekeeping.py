@@ -1,4 +1,4 @@
-"""Scheduled work of the main process: completion, lease expiry, delivery (apscheduler).
+"""Scheduled work of the main process: completion, lease expiry, retention, delivery.
 
 Each scheduled job is an edge with a broad ``except``: an error is logged with
 its traceback and the schedule goes on.
@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from core.clock import utc_now
 from core.config import NodeConfig
 from node.delivery import deliver_due
+from node.retention import run_retention
 from storage import queue
 from storage.completion import PipelineTarget, complete_due
 
@@ -85,6 +86,7 @@ def start_scheduler(cfg: NodeConfig, sessions: sessionmaker[Session]) -> Backgro
     jobs: list[tuple[str, Callable[[], object], float]] = [
         ("completion", lambda: run_completion(cfg, sessions), cfg.completion.check_interval_s),
         ("lease-expiry", lambda: expire_leases(cfg, sessions), cfg.queue.lease_check_interval_s),
+        ("retention", lambda: run_retention(cfg, sessions), cfg.retention.check_interval_s),
         # Deliveries to destinations no longer configured (they fail, with the reason).
         ("delivery", lambda: deliver_due(cfg, sessions, None), cfg.delivery.check_interval_s),
     ]

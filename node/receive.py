@@ -42,6 +42,8 @@ class ReceiveDeps:
     on_duplicate: DuplicatePolicy
     min_free_bytes: int
     clock: Callable[[], datetime] = utc_now
+    # Frees disk (evicting processed studies) until that many bytes are free.
+    make_room: Callable[[int], bool] | None = None
 
 
 def receive_instance(
@@ -86,8 +88,12 @@ def receive_instance(
     )
     spool = deps.spool
     try:
+        wanted = deps.min_free_bytes + len(meta) + len(dataset)
         free = spool.free_bytes()
-        if free - len(meta) - len(dataset) < deps.min_free_bytes:
+        if free < wanted and deps.make_room is not None:
+            deps.make_room(wanted)
+            free = spool.free_bytes()
+        if free < wanted:
             raise OutOfResources(
                 f"disk reserve reached: {free // 2**20} MiB free, "
                 f"{deps.min_free_bytes // 2**20} MiB kept"

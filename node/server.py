@@ -32,6 +32,7 @@ from node.handlers import (
     handle_store,
 )
 from node.receive import ReceiveDeps
+from node.retention import RoomMaker
 from node.tls import server_context
 from storage.spool import Spool
 
@@ -201,11 +202,13 @@ def build_handlers(cfg: NodeConfig, deps: ReceiveDeps, auditor: Auditor | None =
 
 
 def make_deps(cfg: NodeConfig, sessions: sessionmaker[Session]) -> ReceiveDeps:
+    spool = Spool(cfg.storage.data_dir)
     return ReceiveDeps(
-        spool=Spool(cfg.storage.data_dir),
+        spool=spool,
         sessions=sessions,
         on_duplicate=cfg.storage.on_duplicate,
         min_free_bytes=cfg.storage.min_free_mb * 2**20,
+        make_room=RoomMaker(cfg, sessions, spool),
     )
 
 

@@ -217,6 +217,8 @@ _TOUCH_STUDY = (
         state=ReceiveState.RECEIVING.value,
         reopen_count=_studies.c.reopen_count + bindparam("reopened"),
         modalities=bindparam("modalities"),
+        purged_at=None,  # a purged study sent again is a study again
+        purge_reason=None,
     )
 )
 _INSERT_SERIES = insert(_series).returning(_series.c.id)

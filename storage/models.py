@@ -84,6 +84,9 @@ class Study(Base):
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     completion_count: Mapped[int] = mapped_column(Integer, default=0)
     reopen_count: Mapped[int] = mapped_column(Integer, default=0)
+    # Retention or an admin deleted its files; the rows stay, marked (migration 0005).
+    purged_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    purge_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
 
     __table_args__ = (
         Index("ix_studies_state_last", "state", "last_received_at"),
@@ -197,6 +200,7 @@ class ResultObject(Base):
     path: Mapped[str] = mapped_column(Text)
     size_bytes: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    purged_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 class DeliveryStatus(enum.StrEnum):

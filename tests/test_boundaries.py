@@ -35,6 +35,7 @@ ALLOWED = {
         "node/service.py",
         "node/housekeeping.py",
         "node/delivery.py",
+        "node/retention.py",
         "node/report.py",
         "inference/worker.py",
     },
