@@ -58,6 +58,8 @@ poll_interval_s = 0.05
 check_interval_s = 0.05
 [logging]
 level = "WARNING"
+[web]
+enabled = false
 [[destinations]]
 name = "pacs"
 ae_title = "{pacs.aet}"

@@ -133,7 +133,8 @@ def ainode_receiver(processes: int) -> Receiver:
         cfg.write_text(
             f"[node]\nport = {port}\nlistener_processes = {processes}\n"
             f'[storage]\ndata_dir = "data"\nmin_free_mb = 0\n'
-            f'[logging]\nlevel = "WARNING"\n[[pipelines]]\nname = "default"\n'
+            f'[logging]\nlevel = "WARNING"\n[web]\nenabled = false\n'
+            f'[[pipelines]]\nname = "default"\n'
         )
         return subprocess.Popen(
             [sys.executable, "-m", "node", "serve", "--config", str(cfg)],

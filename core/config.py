@@ -37,6 +37,7 @@ __all__ = [
     "StorageConfig",
     "SyslogTarget",
     "TlsConfig",
+    "WebConfig",
 ]
 
 
@@ -304,6 +305,16 @@ class RetentionConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class WebConfig:
+    """``[web]``: the dashboard, /metrics and /healthz, served by ``ainode serve``."""
+
+    enabled: bool = True
+    bind_address: str = "127.0.0.1"
+    port: int = 8080
+    admin_token_file: Path | None = None  # None: admin actions disabled
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class NodeConfig:
     """The whole validated configuration."""
 
@@ -321,6 +332,7 @@ class NodeConfig:
     results: ResultsConfig = field(default_factory=ResultsConfig)
     audit: AuditConfig | None = None  # None only in records built by hand (tests)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
+    web: WebConfig = field(default_factory=WebConfig)
 
     def destination(self, name: str) -> DestinationConfig:
         return next(d for d in self.destinations if d.name == name)

@@ -31,7 +31,13 @@ from core.config import (
     RetentionConfig,
     StorageConfig,
 )
-from core.config_network import parse_audit, parse_destinations, parse_node_tls, parse_peers
+from core.config_network import (
+    parse_audit,
+    parse_destinations,
+    parse_node_tls,
+    parse_peers,
+    parse_web,
+)
 from core.config_pipelines import parse_pipelines
 from core.config_rules import ConfigError, config_table, short_text, validate_ae_title
 from core.tomltable import Table
@@ -239,9 +245,10 @@ def parse_config(data: dict[str, Any], path: Path) -> NodeConfig:
         return config_table(top.raw(name) or {}, f"[{name}]")
 
     storage = _storage(table("storage"), base)
+    node = _listener(table("node"), base)
     cfg = NodeConfig(
         path=path.resolve(),
-        node=_listener(table("node"), base),
+        node=node,
         storage=storage,
         completion=_completion(table("completion")),
         queue=_queue(table("queue")),
@@ -254,6 +261,7 @@ def parse_config(data: dict[str, Any], path: Path) -> NodeConfig:
         results=_results(table("results")),
         audit=parse_audit(table("audit"), base, storage.data_dir),
         retention=_retention(table("retention")),
+        web=parse_web(table("web"), base, node.port),
     )
     for p in cfg.pipelines:
         for name in p.destinations:

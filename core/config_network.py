@@ -18,11 +18,12 @@ from core.config import (
     PeerConfig,
     SyslogTarget,
     TlsConfig,
+    WebConfig,
 )
 from core.config_rules import NAME_RE, ConfigError, array_of_tables, config_table, validate_ae_title
 from core.tomltable import Table
 
-__all__ = ["parse_audit", "parse_destinations", "parse_node_tls", "parse_peers"]
+__all__ = ["parse_audit", "parse_destinations", "parse_node_tls", "parse_peers", "parse_web"]
 
 
 def _file(table: Table, key: str, base: Path, *, required: bool) -> Path | None:
@@ -174,3 +175,29 @@ def _client_tls_for(table: Table, base: Path) -> ClientTls:
         private_key=private_key,
         server_name=table.string("tls_server_name", "") or None,
     )
+
+
+def parse_web(table: Table, base: Path, node_port: int) -> WebConfig:
+    """``[web]``: where the dashboard listens, and the admin token's file."""
+    d = WebConfig()
+    bind = table.string("bind_address", d.bind_address)
+    try:
+        ipaddress.ip_address(bind)
+    except ValueError:
+        raise table.fail(
+            "bind_address", f"must be an IPv4 or IPv6 address (got {bind!r})"
+        ) from None
+    port = table.integer("port", d.port, 1, 65535)
+    if port == node_port:
+        raise table.fail("port", f"must differ from [node] port ({node_port})")
+    token = _file(table, "admin_token_file", base, required=False)
+    if token is not None and not token.read_text().strip():
+        raise table.fail("admin_token_file", f"{token} is empty")
+    cfg = WebConfig(
+        enabled=table.boolean("enabled", d.enabled),
+        bind_address=bind,
+        port=port,
+        admin_token_file=token,
+    )
+    table.finish()
+    return cfg

@@ -16,11 +16,13 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from core import metrics
 from core.clock import utc_now
 from core.config import NodeConfig, PipelineConfig
 from dicomio.records import Outcome
@@ -30,7 +32,7 @@ from inference.execute import pick_device
 from inference.package import LoadedModel
 from inference.pipeline import PipelineRun, run_pipeline
 from inference.trial import load_and_try
-from storage import queue
+from storage import queue, workers
 from storage.deliveries import record_result
 from storage.index import patient_history, study_series
 from storage.outcomes import record_outcome
@@ -83,9 +85,11 @@ class _Heartbeat:
         while not self._stop.wait(interval_s):
             try:
                 with sessions.begin() as s:
+                    now = utc_now()
                     alive = queue.heartbeat(
-                        s, job_id=job_id, worker=worker, lease_s=lease_s, now=utc_now()
+                        s, job_id=job_id, worker=worker, lease_s=lease_s, now=now
                     )
+                    workers.touch_worker(s, name=worker, job_id=job_id, now=now)
             except Exception:
                 logger.exception("heartbeat of job %d failed; trying again", job_id)
                 continue
@@ -116,6 +120,12 @@ class Worker:
                 if str(folder) not in cache:
                     cache[str(folder)] = load_and_try(folder, self.device)
             self.models[p.name] = [cache[str(f)] for f in p.models]
+        loaded = ", ".join(f"{m.spec.name} {m.spec.version}" for m in cache.values())
+        with self.sessions.begin() as s:
+            workers.register_worker(
+                s, name=self.name, device=str(self.device), models=loaded, now=utc_now()
+            )
+        self._seen_at = 0.0
         logger.info(
             "worker %s on %s: %d model(s) loaded for %d pipeline(s)",
             self.name,
@@ -127,8 +137,19 @@ class Worker:
     def run(self, stop: threading.Event) -> None:
         """Claim and run jobs until ``stop`` is set."""
         while not stop.is_set():
+            self._alive()
             if not self.run_once():
                 stop.wait(self.cfg.inference.poll_interval_s)
+        with self.sessions.begin() as s:
+            workers.stop_worker(s, name=self.name, now=utc_now())
+
+    def _alive(self) -> None:
+        """Tell the registry this worker is alive (at most every 5 s)."""
+        if time.monotonic() - self._seen_at < 5:
+            return
+        with self.sessions.begin() as s:
+            workers.touch_worker(s, name=self.name, job_id=None, now=utc_now())
+        self._seen_at = time.monotonic()
 
     def run_once(self) -> bool:
         """Claim one due job and run it; False when there was none."""
@@ -276,6 +297,10 @@ class Worker:
                     max_attempts=self.cfg.delivery.max_attempts,
                     now=now,
                 )
+        metrics.job_finished("succeeded")
+        for o in run.outcomes:
+            for stage, seconds in o.timings_s.items():
+                metrics.stage_seconds(stage, seconds)
         if written:
             logger.info(
                 "job %d: wrote %s; deliveries to %s",
@@ -317,6 +342,9 @@ class Worker:
                 policy=self.cfg.queue.retry,
                 now=utc_now(),
             )
+        metrics.job_finished(
+            "dead" if updated is not None and updated.status == "dead" else "retry"
+        )
         if updated is None:
             logger.error("job %d failed after its lease was lost: %s", job.id, error)
         elif updated.status == "dead":

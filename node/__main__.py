@@ -74,6 +74,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _cmd_serve(cfg: NodeConfig) -> int:
+    import os
+
+    from core.metrics import MULTIPROC_ENV
+
+    # Before anything imports prometheus_client: every process of this node
+    # (children inherit the variable) writes its counters there (core.metrics).
+    os.environ[MULTIPROC_ENV] = str(cfg.storage.data_dir / "metrics")
     from node.service import ServeError, serve
 
     configure_logging(cfg.logging)

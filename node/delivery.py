@@ -16,6 +16,7 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from core import metrics
 from core.clock import utc_now
 from core.config import DestinationConfig, NodeConfig
 from node.audit import Auditor, StudyTransfer
@@ -89,6 +90,7 @@ def _deliver_to(
         nonlocal delivered, failures
         if not outcome.delivered:
             failures += 1
+            metrics.delivery(name, "retry" if outcome.retryable else "refused")
             error = outcome.detail or "failed"
             retryable = outcome.retryable
             _failed(
@@ -110,6 +112,7 @@ def _deliver_to(
                 now=utc_now(),
             )
         delivered += 1
+        metrics.delivery(name, "delivered")
         result = by_id[outcome.key].result
         transfer = sent.setdefault(result.study_instance_uid, StudyTransfer(patient_id=""))
         transfer.sop_classes[result.sop_class_uid] = (
@@ -136,6 +139,7 @@ def _deliver_to(
             dimse_timeout_s=cfg.delivery.dimse_timeout_s,
         )
     except AssociationFailed as exc:
+        metrics.delivery(name, "no association")
         for row in rows:
             _failed(cfg, sessions, row.id, None, str(exc), retryable=True, now=utc_now())
     _audit_sent(cfg, sessions, cfg.destination(name), sent, failed=failures > 0)

@@ -98,6 +98,9 @@ retry_wait_s = 5
 [logging]
 level = "WARNING"
 
+[web]
+enabled = false
+
 {destinations}
 [[pipelines]]
 name = "ct-lesions"

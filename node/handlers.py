@@ -16,6 +16,7 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
+from core import metrics
 from core.config import PeerConfig
 from node.audit import AssociationAudit, Auditor
 from node.errors import StoreRejected
@@ -139,7 +140,9 @@ def handle_requested(event: Any, access: AccessControl) -> None:
         reason = "access decision failed"
     if reason is None:
         access.admit(assoc)
+        metrics.association("accepted")
         return
+    metrics.association("rejected")
     logger.warning("association rejected: calling AE %r from %s is %s", calling, address, reason)
     if access.auditor is not None:
         access.auditor.refused(who=calling, address=address, reason=reason)
@@ -177,10 +180,11 @@ def handle_store(event: Any, deps: ReceiveDeps, access: AccessControl) -> Datase
     request = event.request
     calling = _calling_ae(event)
     sop_uid = str(request.AffectedSOPInstanceUID)
+    raw = request.DataSet.getvalue()
     try:
         result = receive_instance(
             deps,
-            dataset=request.DataSet.getvalue(),
+            dataset=raw,
             transfer_syntax_uid=str(event.context.transfer_syntax),
             requested_sop_class_uid=str(request.AffectedSOPClassUID),
             requested_sop_instance_uid=sop_uid,
@@ -194,10 +198,15 @@ def handle_store(event: Any, deps: ReceiveDeps, access: AccessControl) -> Datase
             sop_uid,
             calling,
         )
+        metrics.cstore_status(exc.status)
         return _status(exc.status, exc.comment)
     except Exception:
         logger.exception("C-STORE failed unexpectedly: sop=%s from AE %r", sop_uid, calling)
+        metrics.cstore_status(StoreStatus.UNEXPECTED_ERROR)
         return _status(StoreStatus.UNEXPECTED_ERROR, "unexpected error in ainode, see its log")
+    metrics.cstore_status(StoreStatus.SUCCESS)
+    if result.outcome is not IndexOutcome.KEPT_EXISTING:
+        metrics.instance_received(len(raw))
     if result.header is not None:
         h = result.header
         access.associations.stored(event.assoc, h.study_instance_uid, h.patient_id, h.sop_class_uid)

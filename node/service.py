@@ -19,6 +19,8 @@ import errno
 import fcntl
 import logging
 import multiprocessing
+import os
+import shutil
 import signal
 import socket
 import threading
@@ -30,8 +32,10 @@ from typing import IO
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from core.clock import utc_now
 from core.config import NodeConfig
 from core.logs import configure_logging
+from core.metrics import MULTIPROC_ENV
 from core.process import Ending, take_sigterm, watch_parent
 from node.audit import Auditor
 from node.audit_send import AuditSender
@@ -39,6 +43,7 @@ from node.housekeeping import start_scheduler
 from node.server import start_listener, stop_listener
 from node.supervise import ChildFailed, Supervisor
 from node.tls import TlsError, server_context
+from node.web.app import WebContext, WebServer
 from storage.db import create_sqlite_engine, make_sessionmaker, migrate
 from storage.reconcile import ReconcileRefused, reconcile
 from storage.spool import Spool
@@ -152,6 +157,7 @@ def serve(cfg: NodeConfig) -> int:
     cfg.storage.data_dir.mkdir(exist_ok=True)
     # Lock first: a second, refused serve must not touch the running node's files.
     lock = _lock_data_dir(cfg.storage.data_dir)
+    _fresh_metrics_folder()
     spool = Spool(cfg.storage.data_dir)
     removed = spool.prepare(grace_s=cfg.queue.lease_s)
     if removed:
@@ -162,6 +168,8 @@ def serve(cfg: NodeConfig) -> int:
     _reconcile(sessions, spool, grace_s=cfg.queue.lease_s)
     node = cfg.node
     _check_port_free(node.bind_address, node.port)
+    if cfg.web.enabled:
+        _check_port_free(cfg.web.bind_address, cfg.web.port)
     if node.tls is not None:
         if node.tls.port is not None:
             _check_port_free(node.bind_address, node.tls.port)
@@ -202,6 +210,24 @@ def serve(cfg: NodeConfig) -> int:
         raise ServeError(str(exc)) from None
     scheduler = start_scheduler(cfg, sessions)
     auditor, sender = _start_audit(cfg)
+    web = None
+    if cfg.web.enabled:
+        web = _start_web(
+            WebContext(
+                cfg=cfg,
+                sessions=sessions,
+                started_at=utc_now(),
+                children=children.describe,
+                listening=lambda: (
+                    server is not None
+                    or any(
+                        c["alive"]
+                        for c in children.describe()
+                        if str(c["name"]).startswith("listener")
+                    )
+                ),
+            )
+        )
     tls = node.tls
     logger.info(
         "ainode %s listening on %s:%d%s (%d listener process%s, %d worker%s), data in %s",
@@ -221,6 +247,8 @@ def serve(cfg: NodeConfig) -> int:
     if server is not None:
         stop_listener(server, node.shutdown_grace_s)
     children.join(node.shutdown_grace_s)
+    if web is not None:
+        web.stop()
     scheduler.shutdown(wait=True)
     if auditor is not None:
         auditor.application(started=False)
@@ -230,6 +258,23 @@ def serve(cfg: NodeConfig) -> int:
     lock.close()
     logger.info("ainode stopped")
     return 0
+
+
+def _start_web(ctx: WebContext) -> WebServer | None:
+    """The dashboard; if its port was taken since the start-up check, DICOM goes on without it."""
+    try:
+        return WebServer(ctx).start()
+    except OSError as exc:
+        logger.error("%s: the node runs without its dashboard", exc)
+        return None
+
+
+def _fresh_metrics_folder() -> None:
+    """Counters start at zero with each serve (Prometheus handles the reset)."""
+    folder = os.environ.get(MULTIPROC_ENV)
+    if folder:
+        shutil.rmtree(folder, ignore_errors=True)
+        Path(folder).mkdir(parents=True, exist_ok=True)
 
 
 def _start_audit(cfg: NodeConfig) -> tuple[Auditor | None, AuditSender | None]:

@@ -94,6 +94,20 @@ class Supervisor:
                 return
             self._reasons[name] = reason
 
+    def describe(self) -> list[dict[str, object]]:
+        """Each child: name, pid, alive, deaths in a row, seconds since it started."""
+        now = time.monotonic()
+        return [
+            {
+                "name": c.name,
+                "pid": c.process.pid,
+                "alive": c.process.is_alive(),
+                "deaths": c.deaths,
+                "up_s": round(now - c.started_at),
+            }
+            for c in self._children
+        ]
+
     def reason(self, name: str) -> str | None:
         """The last reason a child gave for failing, if any."""
         self._drain_errors()

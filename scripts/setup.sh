@@ -12,7 +12,9 @@ group=""
 # dcmtk: storescu/echoscu/storescp (tests, benchmarks, sending studies);
 # dicom3tools: dciodvfy/dcentvfy (validating every object the node writes);
 # orthanc (--dev only): the PACS that receives results in the end-to-end tests;
-# systemd (--dev only): systemd-analyze verifies deploy/ainode.service.
+# systemd, openssl, chromium (--dev only): systemd-analyze verifies
+# deploy/ainode.service, openssl makes test certificates, headless Chromium reads
+# the dashboard.
 need=()
 command -v storescu >/dev/null || need+=(dcmtk)
 command -v dciodvfy >/dev/null || need+=(dicom3tools)
@@ -20,6 +22,7 @@ if [[ -n "$group" ]]; then
   command -v Orthanc >/dev/null || need+=(orthanc)
   command -v systemd-analyze >/dev/null || need+=(systemd)  # checks deploy/ainode.service
   command -v openssl >/dev/null || need+=(openssl)  # makes the TLS tests' certificates
+  command -v chromium >/dev/null || need+=(chromium)  # reads the dashboard as a person would
 fi
 python3 -c "import venv, ensurepip" 2>/dev/null || need+=(python3-venv)
 if ((${#need[@]})); then
@@ -27,7 +30,13 @@ if ((${#need[@]})); then
   [[ $(id -u) -ne 0 ]] && sudo="sudo"
   echo "setup: installing ${need[*]}" >&2
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+  # All at once first; apt sometimes answers "held broken packages" for a set
+  # that installs fine one package at a time.
+  if ! DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null; then
+    for package in "${need[@]}"; do
+      DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$package" >/dev/null
+    done
+  fi
 fi
 
 if [[ ! -x .venv/bin/python ]]; then

@@ -27,6 +27,7 @@ __all__ = [
     "Series",
     "Study",
     "UTCDateTime",
+    "Worker",
 ]
 
 
@@ -231,3 +232,17 @@ class Delivery(Base):
         Index("uq_deliveries_result_destination", "result_id", "destination", unique=True),
         Index("ix_deliveries_due", "status", "next_attempt_at"),
     )
+
+
+class Worker(Base):
+    """An inference worker: what it runs on, and when it was last alive (the dashboard's view)."""
+
+    __tablename__ = "workers"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    device: Mapped[str] = mapped_column(String(32))
+    models: Mapped[str] = mapped_column(Text)  # "name version, ..."
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    current_job_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

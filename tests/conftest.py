@@ -108,12 +108,14 @@ def node_factory(
         storage = {"data_dir": "data", "min_free_mb": 0, **tables.pop("storage", {})}
         completion = {"quiet_period_s": 2, "check_interval_s": 0.2, **tables.pop("completion", {})}
         inference = {"workers": 0, **tables.pop("inference", {})}
+        web = {"port": free_port(), **tables.pop("web", {})}
         path = write_config(
             text + pipelines,
             node=node,
             storage=storage,
             completion=completion,
             inference=inference,
+            web=web,
             **tables,
         )
         cfg = load_config(path)

@@ -422,3 +422,28 @@ class SyslogReceiver:
         self._stop.set()
         self._thread.join(5)
         self._sock.close()
+
+
+CHROMIUM_FLAGS = (
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+)
+
+
+def chromium(url: str, user_data: Path, *, screenshot: Path | None = None) -> str:
+    """The DOM of ``url`` as Debian's headless Chromium renders it (and a screenshot)."""
+    args = ["chromium", *CHROMIUM_FLAGS, f"--user-data-dir={user_data}"]
+    if screenshot is not None:
+        args += ["--window-size=1500,1000", f"--screenshot={screenshot}"]
+    else:
+        args += ["--dump-dom"]
+    done = subprocess.run([*args, url], capture_output=True, text=True, timeout=120, env=DCMTK_ENV)
+    if done.returncode != 0:
+        raise RuntimeError(f"chromium failed ({done.returncode}): {done.stderr[-2000:]}")
+    return done.stdout

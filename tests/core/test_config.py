@@ -280,3 +280,14 @@ def test_audit_defaults(write_config, tmp_path: Path) -> None:
     assert cfg.audit.file == tmp_path / "data" / "audit" / "audit.log"
     assert (cfg.audit.syslog.transport, cfg.audit.syslog.port) == ("tcp+tls", 6514)
     assert cfg.audit.syslog.tls is not None
+
+
+def test_web_settings_are_checked(write_config, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"\[web\] port: must differ from \[node\] port"):
+        load_config(write_config(node={"port": 9000}, web={"port": 9000}))
+    empty = tmp_path / "token"
+    empty.write_text("\n")
+    with pytest.raises(ConfigError, match=r"\[web\] admin_token_file: .* is empty"):
+        load_config(write_config(web={"admin_token_file": str(empty)}))
+    with pytest.raises(ConfigError, match=r"\[web\] bind_address: must be an IPv4"):
+        load_config(write_config(web={"bind_address": "localhost"}))

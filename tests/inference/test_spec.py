@@ -128,6 +128,7 @@ def _config(tmp_path: Path, package: Path, workers: int = 0) -> Path:
     path = tmp_path / "config.toml"
     path.write_text(
         f"[node]\nport = {_port()}\n[storage]\ndata_dir = 'data'\nmin_free_mb = 0\n"
+        "[web]\nenabled = false\n"
         f"[inference]\nworkers = {workers}\n"
         f"[[pipelines]]\nname = 'ct'\nmodels = ['{package}']\n"
     )
