@@ -12,6 +12,8 @@ Events (EventID, PS3.15 A.5.3, codes DCM unless noted):
 - 110113 Security Alert: a caller refused (110126 Node Authentication: not a
   peer, wrong host or certificate, a failed TLS handshake), and admin actions
   (110132 Use of Restricted Function: replaying a job or a delivery, a purge);
+- 110102 Begin Transferring DICOM Instances: the first instance of a study on
+  an association (received), or a batch about to be sent to a PACS;
 - 110104 DICOM Instances Transferred: per association and study, what the node
   received (action C) or sent to a PACS (action R), with the patient, the
   study and each SOP class with its number of instances;
@@ -135,6 +137,25 @@ class Auditor:
             self._me(msg, requestor=not received, role=destination if received else source)
             self._study(msg, study_uid, transfer)
             self._write(msg, outcome)
+
+    def begin_transfer(
+        self, *, received: bool, remote_ae: str, remote_address: str, studies: Mapping[str, str]
+    ) -> None:
+        """Begin Transferring DICOM Instances: ``studies`` maps Study Instance UID -> Patient ID."""
+        for study_uid, patient_id in studies.items():
+            msg = self._message("110102", "Begin Transferring DICOM Instances", "E", 0)
+            source = ("110153", "Source Role ID")
+            destination = ("110152", "Destination Role ID")
+            self._participant(
+                msg,
+                remote_ae,
+                remote_address,
+                requestor=received,
+                role=source if received else destination,
+            )
+            self._me(msg, requestor=not received, role=destination if received else source)
+            self._study(msg, study_uid, StudyTransfer(patient_id=patient_id))
+            self._write(msg, 0)
 
     def study_deleted(self, *, study_uid: str, patient_id: str, user: str, reason: str) -> None:
         msg = self._message("110105", "DICOM Study Deleted", "D", 0)
@@ -287,8 +308,16 @@ class AssociationAudit:
             return
         with self._lock:
             _assoc, studies = self._open.setdefault(id(assoc), (assoc, {}))
+            first = study_uid not in studies
             transfer = studies.setdefault(study_uid, StudyTransfer(patient_id=patient_id))
             transfer.sop_classes[sop_class_uid] = transfer.sop_classes.get(sop_class_uid, 0) + 1
+        if first:
+            self.auditor.begin_transfer(
+                received=True,
+                remote_ae=str(assoc.requestor.ae_title).strip(),
+                remote_address=str(assoc.requestor.address),
+                studies={study_uid: patient_id},
+            )
 
     def closed(self, assoc: Any, *, aborted: bool) -> None:
         if self.auditor is None:

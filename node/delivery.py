@@ -129,6 +129,7 @@ def _deliver_to(
         )
         for row in rows
     ]
+    _audit_begin(cfg, sessions, cfg.destination(name), rows)
     try:
         send_files(
             cfg.destination(name),
@@ -144,6 +145,27 @@ def _deliver_to(
             _failed(cfg, sessions, row.id, None, str(exc), retryable=True, now=utc_now())
     _audit_sent(cfg, sessions, cfg.destination(name), sent, failed=failures > 0)
     return delivered
+
+
+def _audit_begin(
+    cfg: NodeConfig,
+    sessions: sessionmaker[Session],
+    dest: DestinationConfig,
+    rows: list[DeliveryRecord],
+) -> None:
+    """Begin Transferring DICOM Instances, per study about to be sent."""
+    if cfg.audit is None or not rows:
+        return
+    with sessions.begin() as s:
+        patients = patient_ids(s, sorted({r.result.study_instance_uid for r in rows}))
+    Auditor(cfg.audit, cfg.node.ae_title).begin_transfer(
+        received=False,
+        remote_ae=dest.ae_title,
+        remote_address=dest.host,
+        studies={
+            r.result.study_instance_uid: patients.get(r.result.study_instance_uid, "") for r in rows
+        },
+    )
 
 
 def _audit_sent(

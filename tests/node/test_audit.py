@@ -65,6 +65,10 @@ def test_audit_messages_reach_the_collector(node_factory, tmp_path: Path, transp
     users = [p.get("UserID") for p in refused.iter("ActiveParticipant")]
     assert "INTRUDER" in users
     assert refused.find("EventIdentification").get("EventOutcomeIndicator") == "4"  # type: ignore[union-attr]
+    (begun,) = [m for c, _k, m in events if c == "110102"]
+    assert next(begun.iter("ParticipantObjectIdentification")).get("ParticipantObjectID") == str(
+        ds.StudyInstanceUID
+    )
     (stored,) = [m for c, _k, m in events if c == "110104"]
     assert stored.find("EventIdentification").get("EventActionCode") == "C"  # type: ignore[union-attr]
     objects = {
@@ -91,10 +95,11 @@ def test_a_collector_that_is_down_gets_the_backlog_when_back(node_factory, tmp_p
     assert "audit target tcp://127.0.0.1" in node.output()
     collector = SyslogReceiver("tcp", port)
     try:
-        frames = collector.wait_for(lambda f: len(f) >= 2, timeout=30)
+        frames = collector.wait_for(lambda f: len(f) >= 3, timeout=30)
         assert node.terminate() == 0
         frames = collector.wait_for(lambda f: any("110121" in x for x in f))
     finally:
         collector.stop()
     codes = [c for c, _k, _m in _events(frames)]
-    assert codes == ["110100", "110104", "110100"]  # in order, nothing lost, nothing twice
+    # In order, nothing lost, nothing twice: start, begin, transferred, stop.
+    assert codes == ["110100", "110102", "110104", "110100"]

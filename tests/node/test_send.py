@@ -195,7 +195,8 @@ def test_results_sent_are_audited(write_config, sessions, tmp_path: Path, scp_fa
     assert deliver_due(cfg, sessions, "pacs") == 2
     assert cfg.audit is not None
     frames = cfg.audit.file.read_text().splitlines()
-    (frame,) = frames
+    begin, frame = frames  # Begin Transferring, then Instances Transferred
+    assert "110102" in begin
     _pri, _msgid, msg = parse_frame(frame)
     event = msg.find("EventIdentification")
     assert event is not None and event.get("EventActionCode") == "R"
