@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from dicomio.leads import name_key
+
 __all__ = ["Finding", "Lesion", "Outcome", "SeriesResult", "Volume", "Waveform"]
 
 FloatArray = npt.NDArray[np.float32]
@@ -64,11 +66,18 @@ class Waveform:
 
     data: FloatArray
     sampling_hz: float
-    lead_names: tuple[str, ...]
+    lead_names: tuple[str, ...]  # as the device names them (shown in messages)
     units: str
     study_instance_uid: str
     series_instance_uid: str
     sop_instance_uid: str
+    # What each lead is ("I", "aVR", "V1" ...: dicomio.leads), by code where it has one.
+    lead_keys: tuple[str, ...] = ()
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """The leads by what they are; from their names when no codes were read."""
+        return self.lead_keys or tuple(name_key(n) for n in self.lead_names)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

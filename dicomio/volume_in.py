@@ -20,6 +20,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from dicomio.errors import InconsistentSeries, MissingData, UnsupportedInput
+from dicomio.leads import lead_key
 from dicomio.records import Volume, Waveform
 from storage.index import SeriesInfo
 
@@ -40,10 +41,21 @@ _ORIENTATION_TOLERANCE = 1e-3
 _GAP_TOLERANCE = 0.1  # relative deviation of one step from the median step
 
 
-def _read(path: Path) -> Dataset:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return dcmread(path)
+def _read(path: Path, **kwargs: Any) -> Dataset:
+    """A file of a series, whole or header only; one pydicom cannot parse is an input error.
+
+    An OSError (the file is gone, the disk failed) stays what it is: retrying may help.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return dcmread(path, **kwargs)
+    except OSError:
+        raise
+    except Exception as exc:  # pydicom raises many types on a file it cannot parse
+        raise UnsupportedInput(
+            f"{path.name}: cannot be read as DICOM ({type(exc).__name__}: {exc})"
+        ) from None
 
 
 _NAMES = {
@@ -195,9 +207,7 @@ def series_orientation(
     path: Path,
 ) -> tuple[tuple[float, float, float], tuple[float, float, float]] | None:
     """Row and column directions of an image file, from its header alone."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ds = dcmread(path, stop_before_pixels=True)
+    ds = _header(path)
     iop = ds.get("ImageOrientationPatient")
     if iop is None:
         for group in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
@@ -365,16 +375,12 @@ def _assemble(
 
 def patient_and_date(path: Path) -> tuple[str, str]:
     """A file's Patient ID and Study Date (YYYYMMDD); "" for what it lacks."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ds = dcmread(path, stop_before_pixels=True, specific_tags=["PatientID", "StudyDate"])
+    ds = _read(path, stop_before_pixels=True, specific_tags=["PatientID", "StudyDate"])
     return str(ds.get("PatientID", "") or ""), str(ds.get("StudyDate", "") or "")
 
 
 def _header(path: Path) -> Dataset:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return dcmread(path, stop_before_pixels=True)
+    return _read(path, stop_before_pixels=True)
 
 
 def load_volume(paths: Sequence[Path]) -> Volume:
@@ -456,10 +462,19 @@ def load_waveform(path: Path, group: int = 0) -> Waveform:
         data = np.asarray(ds.waveform_array(group), dtype=np.float64).T  # (leads, samples)
     except (AttributeError, KeyError, ValueError) as exc:
         raise UnsupportedInput(f"{path.name}: cannot decode the waveform: {exc}") from None
-    names, scales = [], []
+    names, keys, scales = [], [], []
     for i, channel in enumerate(channels):
         source = channel.get("ChannelSourceSequence")
-        names.append(str(source[0].CodeMeaning) if source else f"channel {i + 1}")
+        item = source[0] if source else None
+        name = str(item.get("CodeMeaning", "")) if item is not None else ""
+        names.append(name or f"channel {i + 1}")
+        keys.append(
+            lead_key(
+                str(item.get("CodeValue", "")), str(item.get("CodingSchemeDesignator", "")), name
+            )
+            if item is not None
+            else names[-1]
+        )
         units_seq = channel.get("ChannelSensitivityUnitsSequence")
         unit = str(units_seq[0].CodeValue) if units_seq else "mV"
         if unit not in _UNIT_SCALE_TO_MV:
@@ -470,6 +485,7 @@ def load_waveform(path: Path, group: int = 0) -> Waveform:
         data=data.astype(np.float32),
         sampling_hz=sampling_hz,
         lead_names=tuple(names),
+        lead_keys=tuple(keys),
         units="mV",
         study_instance_uid=str(ds.StudyInstanceUID),
         series_instance_uid=str(ds.SeriesInstanceUID),

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from core.config import NodeConfig
-from core.errors import PermanentError
+from core.errors import PermanentError, describe
 from dicomio.results.compose import encode_run, to_bytes
 from dicomio.volume_in import patient_and_date, scan_studies
 from inference.errors import ModelPackageError
@@ -87,6 +87,11 @@ def analyze(
                 )
             except PermanentError as exc:
                 print(f"  {pipeline.name}: cannot run: {exc}")
+                failures += 1
+                continue
+            except Exception as exc:  # the edge of a batch run: one study must not stop the rest
+                logger.debug("pipeline %s on study %s", pipeline.name, study_uid, exc_info=True)
+                print(f"  {pipeline.name}: cannot run: {describe(exc)}")
                 failures += 1
                 continue
             if run.skipped_reason:

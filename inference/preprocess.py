@@ -20,6 +20,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from dicomio.errors import MissingData, UnsupportedInput
+from dicomio.leads import name_key
 from dicomio.records import Volume, Waveform
 from inference.spec import InputSpec
 
@@ -112,15 +113,16 @@ def prepare_history(
 def prepare_waveform(waveform: Waveform, spec: InputSpec) -> Tensor:
     """(1, leads, samples) in the model's lead order, rate and length."""
     data = waveform.data
-    if spec.leads:
-        index = {name: i for i, name in enumerate(waveform.lead_names)}
-        missing = [lead for lead in spec.leads if lead not in index]
+    if spec.leads:  # matched by what each lead is, not by its spelling (dicomio.leads)
+        index = {key: i for i, key in enumerate(waveform.keys)}
+        wanted = [name_key(lead) for lead in spec.leads]
+        missing = [lead for lead, key in zip(spec.leads, wanted, strict=True) if key not in index]
         if missing:
             raise MissingData(
                 f"waveform lacks the lead(s) the model needs: {', '.join(missing)} "
                 f"(it has {', '.join(waveform.lead_names)})"
             )
-        data = data[[index[lead] for lead in spec.leads]]
+        data = data[[index[key] for key in wanted]]
     x = torch.from_numpy(np.ascontiguousarray(data))[None]  # (1, leads, samples)
     if spec.sampling_hz and abs(spec.sampling_hz - waveform.sampling_hz) > 1e-6:
         n = round(x.shape[-1] * spec.sampling_hz / waveform.sampling_hz)

@@ -24,6 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from dicomio.errors import InputError
+from dicomio.leads import name_key
 from dicomio.records import Volume, Waveform
 from dicomio.seg_in import find_segmentations, load_seg_mask
 from dicomio.volume_in import load_volume, load_waveform, patient_and_date, series_files
@@ -201,7 +202,7 @@ def load_ecg_cases(
         except InputError as exc:
             report.skip(uid, str(exc), on_missing)
             continue
-        absent = [lead for lead in leads if lead not in waveform.lead_names]
+        absent = [lead for lead in leads if name_key(lead) not in waveform.keys]
         if absent:
             if missing_leads == "skip":
                 report.skip(uid, f"missing lead(s) {', '.join(absent)}", on_missing)
@@ -211,6 +212,7 @@ def load_ecg_cases(
                 waveform,
                 data=np.concatenate([waveform.data, zeros]),
                 lead_names=waveform.lead_names + tuple(absent),
+                lead_keys=waveform.keys + tuple(name_key(lead) for lead in absent),
             )
         cases.append(
             EcgCase(

@@ -33,6 +33,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian
 
+from dicomio.leads import MDC
+
 __all__ = [
     "CHANGE_LABELS",
     "CT_LABELS",
@@ -401,7 +403,8 @@ def _write_ecg(
     for name in LEADS:
         ch = Dataset()
         source = Dataset()
-        source.CodeValue, source.CodingSchemeDesignator = f"2:{LEADS.index(name) + 1}", "MDC"
+        code = next(code for code, lead in MDC.items() if lead == name)
+        source.CodeValue, source.CodingSchemeDesignator = code, "MDC"
         source.CodeMeaning = f"Lead {name}"
         ch.ChannelSourceSequence = DicomSequence([source])
         ch.ChannelSensitivity = sensitivity
