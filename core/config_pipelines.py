@@ -47,9 +47,12 @@ def parse_pipelines(raw: object, base: Path) -> tuple[PipelineConfig, ...]:
         for model in table.strings("models"):
             path = Path(model).expanduser()
             path = path if path.is_absolute() else base / path
-            if not (path / "model.toml").is_file():
+            if not (
+                (path / "model.toml").is_file() or (path / "configs" / "metadata.json").is_file()
+            ):
                 raise ConfigError(
-                    f"{table.key('models')}: {path} is not a model package (no model.toml)"
+                    f"{table.key('models')}: {path} is not a model package "
+                    "(no model.toml, and no configs/metadata.json of a MONAI bundle)"
                 )
             models.append(path)
         pipelines.append(

@@ -20,6 +20,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from dicomio.records import Volume, Waveform
+from inference.orient import orientation_of
 from inference.package import LoadedModel, load_package
 from inference.preprocess import prepare_history, prepare_waveform, resampled_shape, window
 
@@ -60,12 +61,22 @@ def _starts(size: int, patch: int, step: int) -> list[int]:
 def segment(
     model: LoadedModel, volume: Volume, *, batch_size: int, amp: bool
 ) -> npt.NDArray[np.float32]:
-    """Per-label probability maps ``(labels, D, H, W)`` on the volume's own grid."""
+    """Per-label probability maps ``(labels, D, H, W)`` on the volume's own grid.
+
+    A foreign model's orientation (``[input] axcodes``) is applied after
+    resampling and undone before the maps go back to the source grid; its
+    ``target_spacing`` and ``patch`` are in its own axis order. Sigmoid per
+    channel, or softmax over the channels with the background one dropped.
+    """
     spec = model.spec.input
     x = window(volume.array, spec.window)
     source_shape = x.shape[2:]
+    orient = orientation_of(volume, spec.axcodes) if spec.axcodes else None
     if spec.target_spacing is not None:
-        x = F.interpolate(x, size=resampled_shape(volume, spec.target_spacing), mode="trilinear")
+        target = orient.to_ours(spec.target_spacing) if orient else spec.target_spacing
+        x = F.interpolate(x, size=resampled_shape(volume, target), mode="trilinear")
+    if orient is not None:
+        x = orient.apply(x).contiguous()
     patch = spec.patch or tuple(x.shape[2:])
     divisor = int(getattr(model.module, "divisor", 1))
     patch = tuple(-(-p // divisor) * divisor for p in patch)
@@ -95,12 +106,25 @@ def segment(
                 out[0, :, z : z + patch[0], y : y + patch[1], w : w + patch[2]] += piece
                 count[0, :, z : z + patch[0], y : y + patch[1], w : w + patch[2]] += 1
         assert out is not None
-        out.div_(count).sigmoid_()  # in place: no second full-size copy
+        out.div_(count)
         del x, count
-        prob = out[:, :, : grid[0], : grid[1], : grid[2]]
+        prob = _activate(out, model.spec.activation, model.spec.background_channel)
+        prob = prob[:, :, : grid[0], : grid[1], : grid[2]]
+        if orient is not None:
+            prob = orient.invert(prob)
         if tuple(prob.shape[2:]) != tuple(source_shape):
             prob = F.interpolate(prob, size=source_shape, mode="trilinear")
         return prob[0].numpy().astype(np.float32, copy=False)
+
+
+def _activate(logits: Tensor, activation: str, background: int | None) -> Tensor:
+    if activation == "sigmoid":
+        return logits.sigmoid_()  # in place: no second full-size copy
+    prob = torch.softmax(logits, dim=1)
+    if background is None:
+        return prob
+    keep = [c for c in range(prob.shape[1]) if c != background]
+    return prob[:, keep]
 
 
 def classify(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +13,9 @@ from torch import nn
 
 from inference.architectures import build
 from inference.errors import ModelPackageError, OutputMismatch
-from inference.spec import ModelSpec, verify_package
+from inference.modelspec import ModelSpec
+from inference.onnx_model import OnnxModule
+from inference.spec import verify_package
 
 __all__ = ["LoadedModel", "check_outputs", "load_package"]
 
@@ -30,14 +33,10 @@ def load_package(folder: Path, device: torch.device) -> LoadedModel:
     """Verify the package, build the module and load the weights onto ``device``."""
     spec = verify_package(folder)
     where = folder / "model.toml"
-    if spec.format == "torchscript":
-        module: nn.Module = _read(
-            spec.weights,
-            "TorchScript",
-            lambda: torch.jit.load(  # type: ignore[no-untyped-call]
-                str(spec.weights), map_location=device
-            ),
-        )
+    if spec.format == "onnx":
+        module: nn.Module = OnnxModule(spec.weights, device, task=spec.task)
+    elif spec.format in ("torchscript", "monai_bundle"):
+        module = _read(spec.weights, "TorchScript", lambda: _load_torchscript(spec.weights, device))
     else:
         try:
             module = build(spec.architecture, spec.parameters)
@@ -69,6 +68,15 @@ def load_package(folder: Path, device: torch.device) -> LoadedModel:
 T = TypeVar("T")
 
 
+def _load_torchscript(path: Path, device: torch.device) -> nn.Module:
+    # torch >= 2.10 calls TorchScript deprecated; it is still what MONAI bundles and
+    # many hospitals' exports are, so loading it is a choice, not an accident.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.load.* is deprecated")
+        module: nn.Module = torch.jit.load(str(path), map_location=device)  # type: ignore[no-untyped-call]
+    return module
+
+
 def _read(path: Path, what: str, load: Callable[[], T]) -> T:
     """Deserialise the weights; any failure of torch's reader is the file's fault."""
     try:
@@ -81,7 +89,11 @@ def _read(path: Path, what: str, load: Callable[[], T]) -> T:
 
 
 def check_outputs(model: LoadedModel, channels: int) -> None:
-    """The model's output channels must be its labels, one each (at load and in every job)."""
+    """The model's output channels must be its labels, one each (at load and in every job).
+
+    ``channels`` counts what the execution functions return: a softmax's
+    background channel is already dropped.
+    """
     labels = len(model.spec.labels)
     if channels != labels:
         raise OutputMismatch(

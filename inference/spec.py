@@ -7,7 +7,7 @@
     version = "1.0.0"
     task = "segmentation"          # classification | segmentation | sequence | progression
     architecture = "unet3d"        # inference.architectures registry, or
-    format = "state_dict"          #   "torchscript" (then architecture is ignored)
+    format = "state_dict"          #   "torchscript" or "onnx" (then no architecture)
     weights = "weights.pt"
     sha256 = "<hex digest of the weights file>"
     [model.parameters]             # keyword arguments of the architecture
@@ -45,66 +45,21 @@ then run once on a dummy input (:mod:`inference.trial`).
 
 from __future__ import annotations
 
-import hashlib
 import re
 import tomllib
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from core.tomltable import Table
+from inference.bundle import is_bundle, read_bundle
 from inference.errors import ModelPackageError
+from inference.modelspec import InputSpec, LabelSpec, ModelSpec, sha256_file
 
 __all__ = ["InputSpec", "LabelSpec", "ModelSpec", "read_spec", "sha256_file", "verify_package"]
 
 TASKS = ("classification", "segmentation", "sequence", "progression")
 _IMAGE_TASKS = ("classification", "segmentation", "progression")
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class LabelSpec:
-    name: str
-    code: tuple[str, str, str]
-    threshold: float = 0.5
-    min_volume_mm3: float = 0.0
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class InputSpec:
-    modalities: tuple[str, ...] = ()
-    window: tuple[float, float] | None = None
-    target_spacing: tuple[float, float, float] | None = None
-    size: tuple[int, int, int] | None = None
-    patch: tuple[int, int, int] | None = None
-    leads: tuple[str, ...] = ()
-    sampling_hz: float | None = None
-    samples: int | None = None
-    max_priors: int = 0
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ModelSpec:
-    folder: Path
-    name: str
-    version: str
-    task: str
-    architecture: str
-    format: str
-    weights: Path
-    sha256: str
-    parameters: dict[str, Any]
-    input: InputSpec
-    labels: tuple[LabelSpec, ...]
-    provenance: dict[str, Any] = field(default_factory=dict)
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _table(data: object, name: str) -> Table:
@@ -126,12 +81,12 @@ def _model(table: Table, folder: Path) -> dict[str, Any]:
         raise table.fail("name", "must be letters, digits, '-', '_', '.' (at most 64)")
     version = table.required_string("version")
     task = _choice(table, "task", TASKS, None)
-    fmt = _choice(table, "format", ("state_dict", "torchscript"), "state_dict")
+    fmt = _choice(table, "format", ("state_dict", "torchscript", "onnx"), "state_dict")
     architecture = table.string("architecture", "")
     if fmt == "state_dict" and not architecture:
         raise table.fail("architecture", 'is required with format = "state_dict"')
-    if fmt == "torchscript" and architecture:
-        raise table.fail("architecture", 'must not be set with format = "torchscript"')
+    if fmt != "state_dict" and architecture:
+        raise table.fail("architecture", f'must not be set with format = "{fmt}"')
     weights = table.required_string("weights")
     if Path(weights).is_absolute() or ".." in Path(weights).parts:
         raise table.fail("weights", f"must name a file inside the package folder (got {weights!r})")
@@ -143,8 +98,8 @@ def _model(table: Table, folder: Path) -> dict[str, Any]:
         parameters = {}
     if not isinstance(parameters, dict):
         raise table.fail("parameters", "must be a table of the architecture's arguments")
-    if fmt == "torchscript" and parameters:
-        raise table.fail("parameters", 'must be empty with format = "torchscript"')
+    if fmt != "state_dict" and parameters:
+        raise table.fail("parameters", f'must be empty with format = "{fmt}"')
     table.finish()
     return {
         "name": name,
@@ -198,9 +153,33 @@ def _input(table: Table, task: str) -> InputSpec:
         else None,
         samples=samples,
         max_priors=table.integer("max_priors", 1, 1, 100) if table.has("max_priors") else 0,
+        axcodes=_axcodes(table),
     )
     table.finish()
     return spec
+
+
+def _axcodes(table: Table) -> str:
+    codes = table.string("axcodes", "").upper()
+    if codes and (len(codes) != 3 or sorted(codes) not in _AXCODE_SETS):
+        raise table.fail("axcodes", f'must be three of L/R, P/A, S/I, e.g. "RAS" (got {codes!r})')
+    return codes
+
+
+_AXCODE_SETS = [sorted(a + b + c) for a in "LR" for b in "PA" for c in "SI"]
+
+
+def _activation(table: Table, labels: int, task: str) -> tuple[str, int | None]:
+    activation = _choice(table, "activation", ("sigmoid", "softmax"), "sigmoid")
+    background = (
+        table.integer("background_channel", 0, 0, labels) if table.has("background_channel")
+        else None
+    )  # fmt: skip
+    if (activation != "sigmoid" or background is not None) and task != "segmentation":
+        raise table.fail("activation", f"only for task segmentation (this is {task})")
+    if background is not None and activation != "softmax":
+        raise table.fail("background_channel", 'only with activation = "softmax"')
+    return activation, background
 
 
 def _labels(raw: object, where: str, task: str) -> tuple[LabelSpec, ...]:
@@ -253,13 +232,15 @@ def _provenance(table: Table) -> dict[str, Any]:
 
 
 def read_spec(folder: Path) -> ModelSpec:
-    """Parse and validate ``folder/model.toml`` (no weights are read).
+    """Parse and validate ``folder/model.toml``, or read a MONAI bundle (no weights are read).
 
     Raises
     ------
     ModelPackageError
         Naming the file and the key: missing, unknown, mistyped or out of range.
     """
+    if is_bundle(folder):
+        return read_bundle(folder)
     toml_path = folder / "model.toml"
     where = str(toml_path)
     try:
@@ -275,15 +256,29 @@ def read_spec(folder: Path) -> ModelSpec:
     inp = _input(_table(top.raw("input") or {}, f"{where} [input]"), model["task"])
     output = _table(top.raw("output") or {}, f"{where} [output]")
     labels = _labels(output.raw("labels"), where, model["task"])
+    activation, background = _activation(output, len(labels), model["task"])
     output.finish()
     provenance = _provenance(_table(top.raw("provenance") or {}, f"{where} [provenance]"))
     top.finish()
-    return ModelSpec(folder=folder, input=inp, labels=labels, provenance=provenance, **model)
+    return ModelSpec(
+        folder=folder,
+        input=inp,
+        labels=labels,
+        provenance=provenance,
+        activation=activation,
+        background_channel=background,
+        **model,
+    )
 
 
 def verify_package(folder: Path) -> ModelSpec:
-    """Validate ``model.toml`` and the weights' SHA-256, without loading the model."""
+    """Validate ``model.toml`` and the weights' SHA-256, without loading the model.
+
+    A MONAI bundle (:mod:`inference.bundle`) names no digest: its weights must exist.
+    """
     spec = read_spec(folder)
+    if spec.format == "monai_bundle":
+        return spec
     if not spec.weights.is_file():
         raise ModelPackageError(
             f"{folder / 'model.toml'} [model] weights: {spec.weights} not found"

@@ -55,6 +55,14 @@ def _edit(folder: Path, old: str, new: str) -> Path:
         ('weights = "weights.pt"', 'weights = "../x.pt"', r"\[model\] weights: must name a file"),
         ("[input]", "[input]\nmax_priors = 2", r"\[input\] max_priors: only for task"),
         ("[input]", "[input]\nsamples = 100", r"\[input\] samples: only for task sequence"),
+        ("[input]", '[input]\naxcodes = "RAX"', r"\[input\] axcodes: must be three of L/R"),
+        ("[input]", '[input]\naxcodes = "RRS"', r"\[input\] axcodes: must be three of L/R"),
+        ("threshold = 0.5", "threshold = 0.5\n[output]\nactivation = 'relu'", "activation: must"),
+        (
+            "threshold = 0.5",
+            "threshold = 0.5\n[output]\nbackground_channel = 0",
+            r"background_channel: only with activation",
+        ),
     ],
 )
 def test_broken_model_toml_names_the_key(tmp_path: Path, old: str, new: str, message: str) -> None:

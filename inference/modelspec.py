@@ -1,0 +1,63 @@
+"""The records a model package is read into (:mod:`inference.spec`, :mod:`inference.bundle`)."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["InputSpec", "LabelSpec", "ModelSpec", "sha256_file"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LabelSpec:
+    name: str
+    code: tuple[str, str, str]
+    threshold: float = 0.5
+    min_volume_mm3: float = 0.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InputSpec:
+    modalities: tuple[str, ...] = ()
+    window: tuple[float, float] | None = None
+    target_spacing: tuple[float, float, float] | None = None
+    size: tuple[int, int, int] | None = None
+    patch: tuple[int, int, int] | None = None
+    leads: tuple[str, ...] = ()
+    sampling_hz: float | None = None
+    samples: int | None = None
+    max_priors: int = 0
+    # A foreign model's axis order (MONAI axcodes, e.g. "RAS"): the volume is
+    # oriented so before the model; target_spacing and patch are then in that
+    # (X, Y, Z) order. "": ainode's own (D, H, W) layout.
+    axcodes: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModelSpec:
+    folder: Path
+    name: str
+    version: str
+    task: str
+    architecture: str
+    format: str
+    weights: Path
+    sha256: str
+    parameters: dict[str, Any]
+    input: InputSpec
+    labels: tuple[LabelSpec, ...]
+    provenance: dict[str, Any] = field(default_factory=dict)
+    # Segmentation outputs: one sigmoid per label, or a softmax over the labels
+    # and a background channel that is dropped.
+    activation: str = "sigmoid"
+    background_channel: int | None = None
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
