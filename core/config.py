@@ -203,6 +203,21 @@ class PipelineConfig:
     series_number: int = 900
     series_description: str = ""
     recommendations: tuple[Recommendation, ...] = ()
+    # Models decline series outside their validated input (inference.domain);
+    # off only for benchmarks on synthetic noise, never for patients.
+    domain_check: bool = True
+    # A declined series gets an SR saying the AI looked and declined, and why.
+    report_declined: bool = False
+    # Lung-nodule follow-up by the Fleischner 2017 table (inference.fleischner).
+    fleischner: FleischnerConfig | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FleischnerConfig:
+    """``[pipelines.fleischner]``: which segmentation labels are lung nodules; patient risk."""
+
+    labels: tuple[str, ...]
+    risk: str = "unknown"  # low | high | unknown (the high-risk row, said in the SR)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from core.config import PipelineConfig, Recommendation, SeriesRule
+from core.config import FleischnerConfig, PipelineConfig, Recommendation, SeriesRule
 from core.config_rules import NAME_RE, ConfigError, array_of_tables, config_table, short_text
 
 __all__ = ["parse_pipelines"]
@@ -68,6 +68,9 @@ def parse_pipelines(raw: object, base: Path) -> tuple[PipelineConfig, ...]:
                 recommendations=_recommendations(
                     table.raw("recommendations"), table.key("recommendations")
                 ),
+                domain_check=table.boolean("domain_check", True),
+                fleischner=_fleischner(table.raw("fleischner"), table.key("fleischner")),
+                report_declined=table.boolean("report_declined", False),
             )
         )
         table.finish()
@@ -99,3 +102,17 @@ def _recommendations(raw: object, name: str) -> tuple[Recommendation, ...]:
         table.finish()
         found.append(Recommendation(finding=finding, code=code, text=text))
     return tuple(found)
+
+
+def _fleischner(raw: object, name: str) -> FleischnerConfig | None:
+    if raw is None:
+        return None
+    table = config_table(raw, name)
+    labels = table.strings("labels")
+    if not labels:
+        raise ConfigError(f"{table.key('labels')}: is required: the segmentation labels of nodules")
+    risk = table.string("risk", "unknown")
+    if risk not in ("low", "high", "unknown"):
+        raise ConfigError(f"{table.key('risk')}: must be low, high or unknown (got {risk!r})")
+    table.finish()
+    return FleischnerConfig(labels=labels, risk=risk)

@@ -120,6 +120,9 @@ class Outcome:
     extra: dict[str, Any] = field(default_factory=dict)
     # Why the model did not run on the series (a progression model without priors).
     not_run: str = ""
+    # Why the series lies outside the input the model was validated on
+    # ("outside the validated input of MODEL (reason)"): no findings are reported.
+    declined: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -84,6 +84,8 @@ def analyze(
                     batch_size=cfg.inference.batch_size,
                     amp=cfg.inference.amp,
                     history=histories[study_uid],
+                    check_domain=pipeline.domain_check,
+                    fleischner=pipeline.fleischner,
                 )
             except PermanentError as exc:
                 print(f"  {pipeline.name}: cannot run: {exc}")
@@ -101,6 +103,10 @@ def analyze(
                 print(f"  {pipeline.name}: {o.model_name} {o.model_version} ({o.task})")
                 if o.not_run:
                     print(f"    not run: {o.not_run}")
+                if o.declined:
+                    print(f"    not analysed: {o.declined}")
+                if advice := o.extra.get("recommendation"):
+                    print(f"    follow-up (decision support): {advice['statement']}")
                 for prior in o.extra.get("priors", []):
                     print(
                         f"    compared with study {prior['study_instance_uid']} of "

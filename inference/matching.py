@@ -14,7 +14,7 @@ from dicomio.volume_in import is_axial, series_orientation
 from inference.package import LoadedModel
 from storage.index import SeriesInfo
 
-__all__ = ["matches", "model_takes", "select_series"]
+__all__ = ["matches", "model_takes", "select_series", "takes_kind"]
 
 _WAVEFORM_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.9.1.1",  # 12-lead ECG
@@ -47,9 +47,14 @@ def select_series(series: Sequence[SeriesInfo], rule: SeriesRule) -> list[Series
     return [s for s in series if matches(s, rule)]
 
 
-def model_takes(model: LoadedModel, series: SeriesInfo) -> bool:
+def takes_kind(model: LoadedModel, series: SeriesInfo) -> bool:
+    """A waveform model and a waveform series, or an image model and an image series."""
     is_waveform = bool(set(series.sop_class_uids) & _WAVEFORM_CLASSES)
-    if (model.spec.task == "sequence") != is_waveform:
+    return (model.spec.task == "sequence") == is_waveform
+
+
+def model_takes(model: LoadedModel, series: SeriesInfo) -> bool:
+    if not takes_kind(model, series):
         return False
     mods = model.spec.input.modalities
     return not mods or series.modality.upper() in mods

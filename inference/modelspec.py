@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["InputSpec", "LabelSpec", "ModelSpec", "sha256_file"]
+from inference.domain import Domain
+
+__all__ = ["DomainFile", "InputSpec", "LabelSpec", "ModelSpec", "sha256_file"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -53,6 +55,15 @@ class ModelSpec:
     # and a background channel that is dropped.
     activation: str = "sigmoid"
     background_channel: int | None = None
+    # The validated input domain (inference.domain); None: not recorded, not checked.
+    domain: DomainFile | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DomainFile:
+    path: Path
+    sha256: str
+    domain: Domain
 
 
 def sha256_file(path: Path) -> str:

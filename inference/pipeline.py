@@ -16,10 +16,17 @@ import numpy as np
 import numpy.typing as npt
 from torch import Tensor
 
-from core.config import SeriesRule
+from core.config import FleischnerConfig, SeriesRule
 from dicomio.errors import InputError, UnsupportedInput
 from dicomio.records import Lesion, Outcome, SeriesResult, Volume
 from dicomio.volume_in import load_volume, load_waveform
+from inference.domain import (
+    Domain,
+    check_features,
+    check_series,
+    check_volume,
+    feature_probe,
+)
 from inference.execute import (
     classify,
     predict_change,
@@ -27,7 +34,8 @@ from inference.execute import (
     segment,
     with_oom_fallback,
 )
-from inference.matching import model_takes, select_series
+from inference.fleischner import advise, measure_nodule
+from inference.matching import model_takes, select_series, takes_kind
 from inference.package import LoadedModel, check_outputs
 from inference.postprocess import findings, label_lesions
 from inference.preprocess import days_between, prepare_volume
@@ -67,6 +75,28 @@ def _outcome(spec: ModelSpec, series_uid: str, **results: Any) -> Outcome:
         series_instance_uid=series_uid,
         **results,
     )
+
+
+def _declined(spec: ModelSpec, series: SeriesInfo, why: str) -> SeriesResult:
+    """No findings: the series lies outside what the model was validated on."""
+    logger.info(
+        "%s declined series %s: outside its validated input (%s)",
+        spec.name,
+        series.series_instance_uid,
+        why,
+    )
+    return SeriesResult(
+        outcome=_outcome(
+            spec,
+            series.series_instance_uid,
+            declined=f"outside the validated input of {spec.name} ({why})",
+        ),
+        source_paths=tuple(series.paths),
+    )
+
+
+def _domain(model: LoadedModel, check: bool) -> Domain | None:
+    return model.spec.domain.domain if check and model.spec.domain is not None else None
 
 
 def _volume(series: SeriesInfo, volumes: dict[str, Volume]) -> Volume:
@@ -127,6 +157,7 @@ def _run_progression(
     *,
     amp: bool,
     volumes: dict[str, Volume],
+    check_domain: bool,
 ) -> SeriesResult:
     spec = model.spec
     uid = series.series_instance_uid
@@ -138,9 +169,16 @@ def _run_progression(
             outcome=_outcome(spec, uid, not_run=why), source_paths=tuple(series.paths)
         )
 
+    domain = _domain(model, check_domain)
+    if domain is not None and (
+        why := check_series(domain, series.modality, series.body_part_examined)
+    ):
+        return _declined(spec, series, why)
     if history is None or not history.priors:
         return not_run(history.reason if history is not None else "no patient history")
     volume = _volume(series, volumes)
+    if domain is not None and (why := check_volume(domain, volume)):
+        return _declined(spec, series, why)
     priors = _priors(model, rule, history)[::-1]  # oldest first
     t = _timed(timings, "read", t)
     if not priors:
@@ -184,6 +222,8 @@ def _run_model(
     batch_size: int,
     amp: bool,
     volumes: dict[str, Volume],
+    check_domain: bool,
+    fleischner: FleischnerConfig | None = None,
 ) -> SeriesResult:
     spec = model.spec
     paths, series_uid = series.paths, series.series_instance_uid
@@ -204,13 +244,24 @@ def _run_model(
             source_paths=sources,
             sop_instance_uids=(waveform.sop_instance_uid,),
         )
+    domain = _domain(model, check_domain)
+    if domain is not None and (
+        why := check_series(domain, series.modality, series.body_part_examined)
+    ):
+        return _declined(spec, series, why)
     volume = _volume(series, volumes)
     t = _timed(timings, "read", t)
+    if domain is not None and (why := check_volume(domain, volume)):
+        return _declined(spec, series, why)
+    layer = domain.features.layer if domain is not None and domain.features else None
     if spec.task == "segmentation":
-        prob = with_oom_fallback(
-            lambda m, b: segment(m, volume, batch_size=b, amp=amp), model, batch_size
-        )
+        with feature_probe(model.module, layer) as probe:
+            prob = with_oom_fallback(
+                lambda m, b: segment(m, volume, batch_size=b, amp=amp), model, batch_size
+            )
         t = _timed(timings, "forward", t)
+        if domain is not None and (why := check_features(domain, probe.vector())):
+            return _declined(spec, series, why)
         found: list[Lesion] = []
         label_map: npt.NDArray[np.uint16] | None = None
         check_outputs(model, prob.shape[0])
@@ -221,16 +272,34 @@ def _run_model(
             else:  # numbered after the lesions of the channels before
                 np.copyto(label_map, channel_map + len(found), where=channel_map > 0)
             found.extend(channel_lesions)
+        if fleischner is not None and label_map is not None:
+            nodules = [
+                {"lesion": n, **measure_nodule(volume, label_map, lesion, n)}
+                for n, lesion in enumerate(found, start=1)
+                if lesion.label in fleischner.labels
+            ]
+            if nodules:
+                advice = advise(nodules, fleischner.risk)
+                extra["nodules"] = nodules
+                extra["recommendation"] = {
+                    "code": list(advice.code) if advice.code else None,
+                    "statement": advice.statement,
+                }
         _timed(timings, "postprocess", t)
         return SeriesResult(
-            outcome=_outcome(spec, series_uid, lesions=tuple(found), timings_s=timings),
+            outcome=_outcome(
+                spec, series_uid, lesions=tuple(found), timings_s=timings, extra=extra
+            ),
             source_paths=sources,
             sop_instance_uids=volume.sop_instance_uids,
             frame_numbers=volume.frame_numbers,
             lesion_labels=label_map,
         )
-    probs, attention = with_oom_fallback(lambda m, _b: classify(m, volume, amp=amp), model, 1)
+    with feature_probe(model.module, layer) as probe:
+        probs, attention = with_oom_fallback(lambda m, _b: classify(m, volume, amp=amp), model, 1)
     t = _timed(timings, "forward", t)
+    if domain is not None and (why := check_features(domain, probe.vector())):
+        return _declined(spec, series, why)
     check_outputs(model, len(probs))
     result = findings(list(probs), spec.labels)
     if attention is not None:
@@ -261,12 +330,20 @@ def run_pipeline(
     batch_size: int,
     amp: bool,
     history: PatientHistory | None = None,
+    check_domain: bool = True,
+    fleischner: FleischnerConfig | None = None,
 ) -> PipelineRun:
     """Run every model on every series it takes, among the series the rule selects.
 
     A progression model also needs the patient's ``history``: it compares the
     series with the same kind of series in the newest prior studies; without
-    any, its outcome says why it did not run.
+    any, its outcome says why it did not run. A model whose package records its
+    validated input domain declines a series outside it (``check_domain``), and
+    a series the rules select but no model takes by modality is declined by
+    the pipeline's models of its kind, each saying what it was made for.
+    With ``fleischner``, the lesions of its labels are measured as the
+    Fleischner 2017 table asks (``outcome.extra["nodules"]``) and the table's
+    follow-up is looked up (``outcome.extra["recommendation"]``).
     """
     chosen = select_series(series, rule)
     if not chosen:
@@ -274,14 +351,30 @@ def run_pipeline(
     outcomes = []
     volumes: dict[str, Volume] = {}
     for s in chosen:
-        for model in models:
-            if not model_takes(model, s):
-                continue
+        takers = [m for m in models if model_takes(m, s)]
+        if not takers:
+            for model in (m for m in models if takes_kind(m, s)):
+                made_for = ", ".join(model.spec.input.modalities)
+                why = f"modality {s.modality or 'none'}; made for {made_for}"
+                outcomes.append(_declined(model.spec, s, why))
+        for model in takers:
             if model.spec.task == "progression":
-                outcomes.append(_run_progression(model, s, rule, history, amp=amp, volumes=volumes))
+                outcomes.append(
+                    _run_progression(
+                        model, s, rule, history, amp=amp, volumes=volumes, check_domain=check_domain
+                    )
+                )
             else:
                 outcomes.append(
-                    _run_model(model, s, batch_size=batch_size, amp=amp, volumes=volumes)
+                    _run_model(
+                        model,
+                        s,
+                        batch_size=batch_size,
+                        amp=amp,
+                        volumes=volumes,
+                        check_domain=check_domain,
+                        fleischner=fleischner,
+                    )
                 )
     if not outcomes:
         raise UnsupportedInput(

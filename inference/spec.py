@@ -52,8 +52,9 @@ from typing import Any
 
 from core.tomltable import Table
 from inference.bundle import is_bundle, read_bundle
+from inference.domain import read_domain
 from inference.errors import ModelPackageError
-from inference.modelspec import InputSpec, LabelSpec, ModelSpec, sha256_file
+from inference.modelspec import DomainFile, InputSpec, LabelSpec, ModelSpec, sha256_file
 
 __all__ = ["InputSpec", "LabelSpec", "ModelSpec", "read_spec", "sha256_file", "verify_package"]
 
@@ -259,6 +260,7 @@ def read_spec(folder: Path) -> ModelSpec:
     activation, background = _activation(output, len(labels), model["task"])
     output.finish()
     provenance = _provenance(_table(top.raw("provenance") or {}, f"{where} [provenance]"))
+    domain = _domain(_table(top.raw("domain") or {}, f"{where} [domain]"), folder, model["task"])
     top.finish()
     return ModelSpec(
         folder=folder,
@@ -267,8 +269,27 @@ def read_spec(folder: Path) -> ModelSpec:
         provenance=provenance,
         activation=activation,
         background_channel=background,
+        domain=domain,
         **model,
     )
+
+
+def _domain(table: Table, folder: Path, task: str) -> DomainFile | None:
+    """``[domain] file``, ``sha256``: the validated input domain (:mod:`inference.domain`)."""
+    if not table.has("file"):
+        table.finish()
+        return None
+    if task == "sequence":
+        raise table.fail("file", "is for image models (this is a sequence model)")
+    name = table.required_string("file")
+    if Path(name).is_absolute() or ".." in Path(name).parts:
+        raise table.fail("file", f"must name a file inside the package folder (got {name!r})")
+    sha = table.required_string("sha256").lower()
+    if not re.fullmatch(r"[0-9a-f]{64}", sha):
+        raise table.fail("sha256", "must be 64 hex digits")
+    table.finish()
+    path = folder / name
+    return DomainFile(path=path, sha256=sha, domain=read_domain(path))
 
 
 def verify_package(folder: Path) -> ModelSpec:
@@ -277,6 +298,11 @@ def verify_package(folder: Path) -> ModelSpec:
     A MONAI bundle (:mod:`inference.bundle`) names no digest: its weights must exist.
     """
     spec = read_spec(folder)
+    if spec.domain is not None and sha256_file(spec.domain.path) != spec.domain.sha256:
+        raise ModelPackageError(
+            f"{spec.domain.path}: SHA-256 does not match [domain] sha256 in model.toml "
+            "(corrupt or replaced domain)"
+        )
     if spec.format == "monai_bundle":
         return spec
     if not spec.weights.is_file():

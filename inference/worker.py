@@ -234,6 +234,8 @@ class Worker:
             batch_size=self.cfg.inference.batch_size,
             amp=self.cfg.inference.amp,
             history=history,
+            check_domain=pipeline.domain_check,
+            fleischner=pipeline.fleischner,
         )
 
     def _succeed(
@@ -311,13 +313,14 @@ class Worker:
         if run.skipped_reason:
             logger.info("job %d: %s", job.id, run.skipped_reason)
         for o in run.outcomes:
-            if o.not_run:
+            if o.not_run or o.declined:
                 logger.info(
-                    "job %d: %s not run on series %s: %s",
+                    "job %d: %s %s series %s: %s",
                     job.id,
                     o.model_name,
+                    "not run on" if o.not_run else "did not analyse",
                     o.series_instance_uid,
-                    o.not_run,
+                    o.not_run or o.declined,
                 )
                 continue
             logger.info(

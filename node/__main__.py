@@ -188,8 +188,11 @@ def _cmd_jobs(cfg: NodeConfig, args: argparse.Namespace) -> int:
             cfg, "replay job", f"job {job.id} ({job.pipeline}) of study {job.study_instance_uid}"
         )
         return 0
+    from storage.outcomes import declined_outcomes
+
     with sessions.begin() as s:
         jobs = queue.list_jobs(s, status=args.status, limit=args.limit)
+        _n, declined = declined_outcomes(s, job_ids=[j.id for j in jobs], limit=10 * len(jobs))
     print(f"{'id':>6}  {'status':9} {'pipeline':16} {'tries':5} {'updated':19}  study / last error")
     for j in jobs:
         print(
@@ -198,6 +201,9 @@ def _cmd_jobs(cfg: NodeConfig, args: argparse.Namespace) -> int:
         )
         if j.last_error:
             print(f"{'':>6}  {j.last_error}")
+        for o in reversed(declined):
+            if o.job_id == j.id:
+                print(f"{'':>6}  not analysed: {o.result['declined']}")
     return 0
 
 

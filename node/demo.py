@@ -204,6 +204,8 @@ def _print(state: _State) -> None:
     for o in state.outcomes:
         if o.result.get("not_run"):
             print(f"  {o.model_name:13} not run: {o.result['not_run']}")
+        if o.result.get("declined"):
+            print(f"  {o.model_name:13} not analysed: {o.result['declined']}")
         priors = o.result.get("extra", {}).get("priors", [])
         if priors:
             days = ", ".join(f"{p['days_before']} days" for p in priors)

@@ -6,6 +6,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from storage import deliveries, queue
 from storage.index import study_counts
+from storage.outcomes import declined_outcomes
 
 __all__ = ["status_report"]
 
@@ -18,6 +19,7 @@ def status_report(sessions: sessionmaker[Session]) -> str:
         sent = deliveries.delivery_counts(session)
         pending = deliveries.list_deliveries(session, status="pending", limit=5)
         failed = deliveries.list_deliveries(session, status="dead", limit=5)
+        n_declined, declined = declined_outcomes(session, limit=5)
     lines = [
         f"studies received:      {counts['studies']}",
         f"  pending completion:  {counts['studies_receiving']}",
@@ -29,6 +31,9 @@ def status_report(sessions: sessionmaker[Session]) -> str:
         lines.append(
             f"  dead job {job.id} ({job.pipeline}, {job.study_instance_uid}): {job.last_error}"
         )
+    lines.append(f"series not analysed:   {n_declined} (outside a model's validated input)")
+    for o in declined:
+        lines.append(f"  job {o.job_id}, series {o.series_instance_uid}: {o.result['declined']}")
     lines.append(
         "deliveries:            "
         + ("  ".join(f"{status} {n}" for status, n in sorted(sent.items())) or "none")

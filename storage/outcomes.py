@@ -7,12 +7,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from storage.models import Outcome
 
-__all__ = ["OutcomeRecord", "list_outcomes", "record_outcome"]
+__all__ = ["OutcomeRecord", "declined_outcomes", "list_outcomes", "record_outcome"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -69,19 +69,36 @@ def list_outcomes(
         query = query.where(Outcome.job_id == job_id)
     if study_instance_uid is not None:
         query = query.where(Outcome.study_instance_uid == study_instance_uid)
-    return [
-        OutcomeRecord(
-            id=o.id,
-            job_id=o.job_id,
-            pipeline=o.pipeline,
-            study_instance_uid=o.study_instance_uid,
-            series_instance_uid=o.series_instance_uid,
-            model_name=o.model_name,
-            model_version=o.model_version,
-            model_sha256=o.model_sha256,
-            task=o.task,
-            result=json.loads(o.result_json),
-            created_at=o.created_at,
-        )
-        for o in session.scalars(query)
-    ]
+    return [_record(o) for o in session.scalars(query)]
+
+
+# Outcomes are stored with sorted keys (record_outcome): a declined one holds this.
+_DECLINED = '%"declined": "outside%'
+
+
+def declined_outcomes(
+    session: Session, *, job_ids: list[int] | None = None, limit: int = 5
+) -> tuple[int, list[OutcomeRecord]]:
+    """Outcomes of series a model declined (outside its validated input): count, newest few."""
+    where = [Outcome.result_json.like(_DECLINED)]
+    if job_ids is not None:
+        where.append(Outcome.job_id.in_(job_ids))
+    total = int(session.scalar(select(func.count()).select_from(Outcome).where(*where)) or 0)
+    rows = session.scalars(select(Outcome).where(*where).order_by(Outcome.id.desc()).limit(limit))
+    return total, [_record(o) for o in rows]
+
+
+def _record(o: Outcome) -> OutcomeRecord:
+    return OutcomeRecord(
+        id=o.id,
+        job_id=o.job_id,
+        pipeline=o.pipeline,
+        study_instance_uid=o.study_instance_uid,
+        series_instance_uid=o.series_instance_uid,
+        model_name=o.model_name,
+        model_version=o.model_version,
+        model_sha256=o.model_sha256,
+        task=o.task,
+        result=json.loads(o.result_json),
+        created_at=o.created_at,
+    )

@@ -12,7 +12,15 @@ from typing import Any
 
 import numpy as np
 
+from inference.package import LoadedModel
 from training.data import load_ct_cases, load_ecg_cases, load_history_cases
+from training.domain import (
+    acceptance,
+    build_domain,
+    card_section,
+    domain_volumes,
+    write_domain,
+)
 from training.metrics import grouped_kfold
 from training.recipes import (
     RECIPES,
@@ -118,6 +126,75 @@ Size: {size_mb} MB ({parameters} parameters); {ms} ms per case on the CPU of the
 """
 
 
+def _package_and_recipe(package: Path, command: str) -> tuple[LoadedModel, Recipe] | None:
+    """Load and try a package on the CPU, with the recipe of its name; None: said why on stderr."""
+    import torch
+
+    from inference.errors import ModelPackageError
+    from inference.trial import load_and_try
+
+    try:
+        loaded = load_and_try(package, torch.device("cpu"))
+    except ModelPackageError as exc:
+        print(f"ainode train {command}: {exc}", file=sys.stderr)
+        return None
+    if loaded.spec.name not in RECIPES:
+        print(f"no recipe named {loaded.spec.name!r}", file=sys.stderr)
+        return None
+    return loaded, RECIPES[loaded.spec.name]
+
+
+def _domain(package: Path, data: list[Path], check: list[Path], body_parts: list[str]) -> int:
+    """``ainode train domain``: build, write, and measure the share of held-out scans accepted."""
+    found = _package_and_recipe(package, "domain")
+    if found is None:
+        return 2
+    loaded, recipe = found
+    domain = build_domain(
+        loaded,
+        (v for folder in data for v in domain_volumes(_cases(recipe, folder))),
+        body_parts=body_parts,
+        built_from=", ".join(folder.name for folder in data),
+    )
+    path = write_domain(package, domain)
+    print(f"wrote {path} ({domain.built_from})")
+    checks = []
+    for folder in check:
+        scans = domain_volumes(_cases(recipe, folder))
+        accepted, total, reasons = acceptance(loaded, domain, scans)
+        checks.append((folder.name, accepted, total))
+        print(f"{folder}: accepted {accepted}/{total} ({accepted / max(total, 1):.1%})")
+        for why, n in reasons.most_common():
+            print(f"  declined {n}: {why}")
+    card_section(package, domain, checks)
+    return 0
+
+
+#: Image recipes record their validated input domain (the generator labels its scans CHEST).
+_DOMAIN_KINDS = {"ct": ("CHEST",), "longitudinal": ("CHEST",)}
+
+
+def _rebuild_domain(recipe: Recipe, package: Path, folders: dict[str, Path]) -> None:
+    """What ``ainode train domain PACKAGE --data train val calibration --check test`` does."""
+    import torch
+
+    from inference.package import load_package
+
+    loaded = load_package(package, torch.device("cpu"))
+    parts = [folders["train"], folders["val"], folders["calibration"]]
+    domain = build_domain(
+        loaded,
+        (v for folder in parts for v in domain_volumes(_cases(recipe, folder))),
+        body_parts=_DOMAIN_KINDS[recipe.kind],
+        built_from=", ".join(folder.name for folder in parts),
+    )
+    write_domain(package, domain)
+    accepted, total, _reasons = acceptance(
+        loaded, domain, domain_volumes(_cases(recipe, folders["test"]))
+    )
+    card_section(package, domain, [(folders["test"].name, accepted, total)])
+
+
 def _rebuild(out: Path, work: Path, only: list[str]) -> int:
     results = {}
     for name in only:
@@ -183,6 +260,8 @@ def _rebuild(out: Path, work: Path, only: list[str]) -> int:
             card=card,
             training_data=f"synthetic {recipe.kind}, seeds {train_seed}/{val_seed}",
         )
+        if recipe.kind in _DOMAIN_KINDS:
+            _rebuild_domain(recipe, out / name, folders)
         results[name] = {"validation": val_score, **headline}
         print(f"{name}: {json.dumps(results[name])}", file=sys.stderr)
     print(json.dumps(results, indent=2))
@@ -216,6 +295,15 @@ def main(argv: list[str] | None = None) -> int:
     cv.add_argument("--data", type=Path, required=True)
     cv.add_argument("--k", type=int, default=3)
     cv.add_argument("--epochs", type=int)
+    d = sub.add_parser(
+        "domain", help="record a package's validated input domain; report the share it accepts"
+    )
+    d.add_argument("package", type=Path)
+    d.add_argument(
+        "--data", type=Path, nargs="+", required=True, help="what it was fitted/calibrated on"
+    )
+    d.add_argument("--check", type=Path, nargs="*", default=[], help="held-out folders")
+    d.add_argument("--body-part", nargs="*", default=[], help="Body Part Examined values")
     r = sub.add_parser("rebuild-models", help="rebuild every shipped model from scratch")
     r.add_argument("--out", type=Path, default=Path("models"))
     r.add_argument("--work", type=Path, help="where generated data goes (default: a temp dir)")
@@ -250,24 +338,16 @@ def main(argv: list[str] | None = None) -> int:
         print(a.out)
         return 0
     if a.command == "evaluate":
-        import torch
-
-        from inference.errors import ModelPackageError
-        from inference.trial import load_and_try
-
-        try:
-            loaded = load_and_try(a.package, torch.device("cpu"))
-        except ModelPackageError as exc:
-            print(f"ainode train evaluate: {exc}", file=sys.stderr)
+        found = _package_and_recipe(a.package, "evaluate")
+        if found is None:
             return 2
-        if loaded.spec.name not in RECIPES:
-            print(f"no recipe named {loaded.spec.name!r}", file=sys.stderr)
-            return 2
-        recipe = RECIPES[loaded.spec.name]
+        loaded, recipe = found
         report = evaluate(recipe, loaded.module, _cases(recipe, a.data))
         write_report(a.report, recipe.name, report, list(recipe.classes))
         print(json.dumps(_headline(recipe, report), indent=2))
         return 0
+    if a.command == "domain":
+        return _domain(a.package, a.data, a.check, a.body_part)
     if a.command == "cross-validate":
         recipe = RECIPES[a.recipe]
         cases = _cases(recipe, a.data)

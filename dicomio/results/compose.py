@@ -22,7 +22,13 @@ from dicomio.results.pmap import encode_attention_map
 from dicomio.results.regions import Region, hotspot_region, lesion_regions, whole_slice_region
 from dicomio.results.seg import MAX_SEGMENTS, encode_segmentation
 from dicomio.results.sources import read_headers, read_sources
-from dicomio.results.sr import FindingEntry, LesionEntry, encode_report
+from dicomio.results.sr import (
+    DeclinedEntry,
+    FindingEntry,
+    GuidelineEntry,
+    LesionEntry,
+    encode_report,
+)
 
 __all__ = ["ResultObject", "encode_run", "to_bytes"]
 
@@ -72,7 +78,7 @@ def _series_results(
     cfg: ResultsConfig,
     started_at: datetime,
 ) -> list[ResultObject]:
-    first = results[0]
+    first = next((r for r in results if r.sop_instance_uids), results[0])
     sources = read_sources(first.source_paths, first.sop_instance_uids, first.frame_numbers)
     series_uid = str(sources.first.SeriesInstanceUID)
     images = "Rows" in sources.first
@@ -82,10 +88,14 @@ def _series_results(
     lesions: list[LesionEntry] = []
     comparisons: list[Dataset] = []
     recommendations = {r.finding: r for r in pipeline.recommendations}
+    declined: list[DeclinedEntry] = []
     for result in results:
         outcome = result.outcome
         algo = algorithm_of(outcome)
         algorithms.append(algo)
+        if outcome.declined:
+            declined.append(DeclinedEntry(algorithm=algo, statement=outcome.declined))
+            continue
         comparisons.extend(read_headers(result.comparison_paths))
         region: Region | None = None
         if result.attention is not None:
@@ -147,6 +157,7 @@ def _series_results(
                     len(outcome.lesions),
                     MAX_SEGMENTS,
                 )
+    guidance = _guidance(results, pipeline)
     sr = encode_report(
         sources,
         algorithms,
@@ -159,8 +170,32 @@ def _series_results(
         series_number=pipeline.series_number,
         series_description=_description(pipeline, "report"),
         images=images,
+        declined=declined,
+        guidance=guidance,
     )
     return [ResultObject(kind="SR", dataset=sr, source_series_instance_uid=series_uid), *objects]
+
+
+def _guidance(results: Sequence[SeriesResult], pipeline: PipelineConfig) -> list[GuidelineEntry]:
+    """The guideline follow-up each segmentation model's outcome carries (Fleischner 2017)."""
+    entries = []
+    for result in results:
+        advice = result.outcome.extra.get("recommendation")
+        if pipeline.fleischner is None or not advice:
+            continue
+        nodules = result.outcome.extra.get("nodules") or [{"lesion": 1}]
+        first = result.outcome.lesions[int(nodules[0]["lesion"]) - 1]
+        code = advice.get("code")
+        entries.append(
+            GuidelineEntry(
+                algorithm=algorithm_of(result.outcome),
+                finding_code=first.code,
+                recommendation=(code[0], code[1], code[2]) if code else None,
+                statement=str(advice["statement"]),
+                tracking=f"Fleischner 2017 follow-up ({result.outcome.model_name})"[:64],
+            )
+        )
+    return entries
 
 
 def encode_run(
@@ -173,11 +208,13 @@ def encode_run(
     """All result objects of one pipeline run, grouped per source series (SR first).
 
     A model that did not run (a progression model without priors) adds nothing;
-    a series where no model ran gets no objects.
+    a model that declined the series adds nothing unless the pipeline says
+    ``report_declined``: then the SR says it looked and why it declined. A
+    series where no model ran gets no objects.
     """
     by_series: dict[str, list[SeriesResult]] = {}
     for result in results:
-        if result.outcome.not_run:
+        if result.outcome.not_run or (result.outcome.declined and not pipeline.report_declined):
             continue
         by_series.setdefault(result.outcome.series_instance_uid, []).append(result)
     objects: list[ResultObject] = []

@@ -112,7 +112,10 @@ def read_sources(
     The order is the order of the result's arrays (slices sorted along the
     normal), which highdicom follows frame by frame.
     """
-    by_uid = {str(ds.SOPInstanceUID): ds for ds in read_headers(paths)}
+    headers = read_headers(paths)
+    if not sop_instance_uids:  # no grid (a series a model declined): instance order
+        return SourceSeries(tuple(sorted(headers, key=lambda d: int(d.get("InstanceNumber") or 0))))
+    by_uid = {str(ds.SOPInstanceUID): ds for ds in headers}
     missing = [uid for uid in sop_instance_uids if uid not in by_uid]
     if missing:
         raise InconsistentSeries(f"source instance {missing[0]} is gone from the store")

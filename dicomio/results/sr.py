@@ -53,6 +53,25 @@ class LesionEntry:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class DeclinedEntry:
+    """A model that looked at the series and declined it: no measurements, the reason."""
+
+    algorithm: Algorithm
+    statement: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GuidelineEntry:
+    """A follow-up recommendation from a published guideline, for the lesions of one model."""
+
+    algorithm: Algorithm
+    finding_code: tuple[str, str, str]  # what the lesions are (the model label's code)
+    recommendation: tuple[str, str, str] | None  # None: no row applies (the statement says why)
+    statement: str
+    tracking: str  # the group's Tracking Identifier (<= 64 characters)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class FindingEntry:
     finding: Finding
     region: Region | None
@@ -214,6 +233,63 @@ def _finding_group(
     )
 
 
+_UNDETERMINED = Code("373068000", "SCT", "Undetermined")
+
+
+def _declined_group(entry: DeclinedEntry) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """TID 1501 without measurements: finding Undetermined, by the algorithm that declined."""
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=hd.UID(), identifier=f"Not analysed by {entry.algorithm.name}"[:64]
+        ),
+        finding_type=_UNDETERMINED,
+        algorithm_id=sr_algorithm(entry.algorithm),
+    )
+
+
+def _guideline_group(entry: GuidelineEntry) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """TID 1501: the recommendation as a Recommendation CODE; the reasoning as a Comment."""
+    evaluations = (
+        [hd.sr.QualitativeEvaluation(codes.DCM.Recommendation, coded(entry.recommendation))]
+        if entry.recommendation is not None
+        else None
+    )
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=entry.tracking),
+        finding_type=coded(entry.finding_code),
+        algorithm_id=sr_algorithm(entry.algorithm),
+        qualitative_evaluations=evaluations,
+    )
+
+
+def _annotate_declined(sr: Dataset, statements: dict[str, str]) -> None:
+    """Give each group named in ``statements`` (by Tracking Identifier) a TEXT Comment."""
+
+    def walk(items: Sequence[Dataset]) -> None:
+        for item in items:
+            if item.get("ValueType") == "CONTAINER":
+                ident = next(
+                    (
+                        c.TextValue
+                        for c in item.get("ContentSequence", [])
+                        if c.get("ValueType") == "TEXT"
+                        and c.ConceptNameCodeSequence[0].CodeValue == "112039"
+                    ),
+                    None,
+                )
+                if ident in statements:
+                    item.ContentSequence.append(
+                        hd.sr.TextContentItem(
+                            name=codes.DCM.Comment,
+                            value=statements[ident][:1024],
+                            relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+                        )
+                    )
+            walk(item.get("ContentSequence", []))
+
+    walk(sr.get("ContentSequence", []))
+
+
 def encode_report(
     sources: SourceSeries,
     algorithms: Sequence[Algorithm],
@@ -227,8 +303,13 @@ def encode_report(
     series_number: int,
     series_description: str,
     images: bool,
+    declined: Sequence[DeclinedEntry] = (),
+    guidance: Sequence[GuidelineEntry] = (),
 ) -> Dataset:
     """Comprehensive 3D SR (images) or Comprehensive SR (waveforms) with TID 1500 content.
+
+    ``declined``: models that looked and declined the series, each a measurement
+    group with finding Undetermined and a Comment saying why (no measurements).
 
     ``comparisons``: the prior studies' instances a progression model compared
     with; highdicom lists instances of other studies as Pertinent Other Evidence.
@@ -240,6 +321,8 @@ def encode_report(
         groups.extend(_lesion_groups(lesion, sources, seg))
     for f in findings:
         groups.append(_finding_group(f, sources))
+    groups.extend(_declined_group(d) for d in declined)
+    groups.extend(_guideline_group(g) for g in guidance)
     # The Image Library and the evidence list the key slices the regions are drawn
     # on, not the whole series: 200 library entries cost seconds and tell nothing.
     regions = [e.region for e in lesions] + [f.region for f in findings if f.region is not None]
@@ -283,5 +366,14 @@ def encode_report(
             if f.recommendation is not None and f.finding.positive
         },
     )
+    statements = {
+        f"Not analysed by {d.algorithm.name}"[:64]: f"Not analysed: {d.statement}" for d in declined
+    }
+    statements |= {
+        g.tracking: f"Decision support by {g.algorithm.name} {g.algorithm.version}, "
+        f"not verified: {g.statement}"
+        for g in guidance
+    }
+    _annotate_declined(sr, statements)
     copy_study_context(sr, sources.first)
     return sr

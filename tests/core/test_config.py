@@ -145,6 +145,18 @@ def test_cli_serve_refuses_bad_config(write_config, capsys: pytest.CaptureFixtur
             "[[pipelines]] #1 recommendations.malignant code: must be [value, scheme, meaning]",
         ),
         ("[delivery]\nretry_backoff = 0.5\n", "[delivery] retry_backoff: must be at least 1"),
+        (
+            '[[pipelines]]\nname = "p"\n[pipelines.fleischner]\nrisk = "low"\n',
+            "[[pipelines]] #1 fleischner labels: is required",
+        ),
+        (
+            '[[pipelines]]\nname = "p"\n[pipelines.fleischner]\nlabels = ["n"]\nrisk = "mid"\n',
+            "[[pipelines]] #1 fleischner risk: must be low, high or unknown (got 'mid')",
+        ),
+        (
+            '[[pipelines]]\nname = "p"\nreport_declined = "yes"\n',
+            "[[pipelines]] #1 report_declined: must be",
+        ),
     ],
 )
 def test_result_settings_are_validated(write_config, text: str, message: str) -> None:

@@ -67,11 +67,11 @@ def _phantom(shape: tuple[int, int, int], spacing: tuple[float, float, float]) -
 
 
 def _foreign_toml(native: Path, fmt: str, weights: str, folder: Path) -> None:
-    """The native model.toml with the weights swapped: no architecture, no parameters."""
+    """The native model.toml with the weights swapped: no architecture, no parameters, no domain."""
     lines, skipping = [], False
     for line in (native / "model.toml").read_text().splitlines():
         if line.startswith("["):
-            skipping = line.strip() == "[model.parameters]"
+            skipping = line.strip() in ("[model.parameters]", "[domain]")
         if skipping or re.match(r"(architecture|format|weights|sha256) = ", line):
             continue
         lines.append(line)

@@ -55,6 +55,12 @@ def _edit(folder: Path, old: str, new: str) -> Path:
         ('weights = "weights.pt"', 'weights = "../x.pt"', r"\[model\] weights: must name a file"),
         ("[input]", "[input]\nmax_priors = 2", r"\[input\] max_priors: only for task"),
         ("[input]", "[input]\nsamples = 100", r"\[input\] samples: only for task sequence"),
+        (
+            "[provenance]",
+            "[domain]\nfile = '../d.json'\nsha256 = ''\n[provenance]",
+            r"\[domain\] file: must name a file inside the package",
+        ),
+        ("[provenance]", "[domain]\nfile = 'd.json'\n[provenance]", r"\[domain\] sha256: is req"),
         ("[input]", '[input]\naxcodes = "RAX"', r"\[input\] axcodes: must be three of L/R"),
         ("[input]", '[input]\naxcodes = "RRS"', r"\[input\] axcodes: must be three of L/R"),
         ("threshold = 0.5", "threshold = 0.5\n[output]\nactivation = 'relu'", "activation: must"),

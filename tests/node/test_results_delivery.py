@@ -24,6 +24,8 @@ from tests.peers import HungPeer, Orthanc, storescu
 pytestmark = pytest.mark.network
 
 ROOT = Path(__file__).resolve().parents[2]
+# Within the shipped lesion-class package's validated spacing (its domain.json).
+_SPACING = (2.0, 1.2, 1.2)
 
 
 def _config(package: Path, pacs: Orthanc) -> tuple[str, dict[str, dict[str, object]]]:
@@ -83,7 +85,7 @@ def test_results_arrive_in_orthanc_in_the_source_study(
     package = threshold_segmenter(tmp_path / "pkg", threshold_hu=120)
     text, tables = _config(package, orthanc)
     _node, cfg = node_factory(text, pipelines="", **tables)
-    files, _truth = write_lesion_ct(tmp_path / "ct")
+    files, _truth = write_lesion_ct(tmp_path / "ct", spacing=_SPACING)
     study = str(dcmread(files[0]).StudyInstanceUID)
     assert storescu(cfg.node.port, files).returncode == 0
 
@@ -104,8 +106,8 @@ def test_pacs_down_then_back_across_a_node_restart(
     package = threshold_segmenter(tmp_path / "pkg", threshold_hu=120)
     text, tables = _config(package, orthanc)
     node, cfg = node_factory(text, pipelines="", **tables)
-    first, _ = write_lesion_ct(tmp_path / "ct1", seed=1)
-    second, _ = write_lesion_ct(tmp_path / "ct2", seed=2)
+    first, _ = write_lesion_ct(tmp_path / "ct1", seed=1, spacing=_SPACING)
+    second, _ = write_lesion_ct(tmp_path / "ct2", seed=2, spacing=_SPACING)
     study1, study2 = (str(dcmread(f[0]).StudyInstanceUID) for f in (first, second))
 
     assert storescu(cfg.node.port, first).returncode == 0
@@ -153,7 +155,7 @@ def test_a_hung_destination_does_not_hold_up_the_others(
         )
         tables["delivery"] |= {"connect_timeout_s": 120, "dimse_timeout_s": 120}
         _node, cfg = node_factory(text, pipelines="", **tables)
-        files, _ = write_lesion_ct(tmp_path / "ct")
+        files, _ = write_lesion_ct(tmp_path / "ct", spacing=_SPACING)
         study = str(dcmread(files[0]).StudyInstanceUID)
         assert storescu(cfg.node.port, files).returncode == 0
 

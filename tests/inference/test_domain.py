@@ -1,0 +1,215 @@
+"""Models decline what they were not made for, and accept what they were.
+
+The shipped CT packages record their validated input domain (``domain.json``,
+built by ``ainode train domain`` from their training scans). Series made here
+independently — plain noise, an MR series, 8 mm slices, a head, a chest with
+lungs — must come back "not analysed: outside the validated input of MODEL
+(reason)", with no lesions; fresh scans of the training generator's kind
+(seeds never used) must all be accepted and analysed.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydicom import dcmread
+
+from dicomio.records import Volume
+from inference.domain import check_series, intensity_stats, read_domain
+from inference.errors import ModelPackageError
+from inference.spec import verify_package
+from tests.dicomcheck import validate
+from tests.phantoms import chest_phantom, head_phantom, noise_ct, write_series
+from training.synthetic import generate_ct
+
+ROOT = Path(__file__).resolve().parents[2]
+MODELS = ROOT / "models"
+
+
+def _ainode(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "node", *args], capture_output=True, text=True, timeout=600, cwd=cwd
+    )
+
+
+def _by_study(stdout: str) -> dict[str, str]:
+    """analyze's output, one text block per study UID."""
+    blocks: dict[str, str] = {}
+    current = ""
+    for line in stdout.splitlines():
+        if line.startswith("study "):
+            current = line.split()[1].rstrip(":")
+            blocks[current] = ""
+        elif current:
+            blocks[current] += line + "\n"
+    return blocks
+
+
+def _study(folder: Path) -> str:
+    return str(dcmread(next(folder.rglob("*.dcm")), stop_before_pixels=True).StudyInstanceUID)
+
+
+def test_series_outside_the_domain_are_declined_with_the_reason(tmp_path: Path) -> None:
+    soft = 40 + np.random.default_rng(3).normal(0, 10, (12, 64, 64))
+    cases = {
+        "noise": (noise_ct((40, 64, 64)), (2.0, 1.2, 1.2), "CT", r"share of voxels below -500 HU"),
+        "mr": (np.full((20, 64, 64), 600.0), (2.0, 1.2, 1.2), "MR", "modality MR; made for CT"),
+        "thick": (soft, (8.0, 1.2, 1.2), "CT", "slice spacing 8 mm; validated"),
+        # A head series labelled CHEST: the pixels, not the label, give it away.
+        "head": (
+            head_phantom((40, 128, 112), (2.5, 1.5, 1.5)),
+            (2.5, 1.5, 1.5),
+            "CT",
+            "below -500 HU",
+        ),
+        "chest": (
+            chest_phantom((24, 240, 240), (2.5, 1.5, 1.5)),
+            (2.5, 1.5, 1.5),
+            "CT",
+            "below -500 HU",
+        ),
+    }
+    studies = {}
+    for name, (values, spacing, modality, _why) in cases.items():
+        write_series(tmp_path / "in" / name, values, spacing, modality=modality)
+        studies[name] = _study(tmp_path / "in" / name)
+    generate_ct(tmp_path / "in" / "fresh", 2, 9401, shift=True)  # seeds never used
+    fresh = {_study(p.parent) for p in (tmp_path / "in" / "fresh").rglob("*.dcm")}
+    config = tmp_path / "config.toml"
+    config.write_text(
+        "[storage]\ndata_dir = 'data'\nmin_free_mb = 0\n[web]\nenabled = false\n"
+        "[inference]\nworkers = 0\n[[pipelines]]\nname = 'ct'\nreport_declined = true\n"
+        f"models = ['{MODELS / 'lesion-seg'}', '{MODELS / 'lesion-class'}']\n"
+    )
+    run = _ainode(
+        "analyze", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--config", str(config),
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    blocks = _by_study(run.stdout)
+    for name, (_v, _s, _m, why) in cases.items():
+        block = blocks[studies[name]]
+        for model in ("lesion-seg", "lesion-class"):
+            assert f"not analysed: outside the validated input of {model} (" in block, (name, block)
+        assert why in block, (name, block)
+        assert "lesion 1:" not in block and "p=" not in block, (name, block)
+        # The radiologist's SR says the AI looked and declined, and why; nothing else is sent.
+        written = sorted((tmp_path / "out" / studies[name]).glob("*.dcm"))
+        assert [p.name[:3] for p in written] == ["SR_"], (name, written)
+        text = json.dumps(dcmread(written[0]).to_json_dict())
+        assert "Not analysed: outside the validated input of lesion-seg" in text
+    assert len(fresh) == 2
+    for uid in fresh:
+        assert "not analysed" not in blocks[uid], blocks[uid]
+        assert "p=" in blocks[uid]
+    result = validate(*(tmp_path / "out" / studies[n] for n in cases))
+    assert result.ok, result.report()
+
+
+def test_fresh_scans_of_the_training_kind_are_accepted(tmp_path: Path) -> None:
+    """In-distribution held-out scans (both acquisition ranges, unused seeds): all accepted."""
+    import torch
+
+    from core.config import SeriesRule
+    from inference.pipeline import run_pipeline
+    from inference.trial import load_and_try
+    from storage.index import SeriesInfo
+
+    models = [load_and_try(MODELS / m, torch.device("cpu")) for m in ("lesion-seg", "lesion-class")]
+    generate_ct(tmp_path / "plain", 10, 9501)
+    generate_ct(tmp_path / "shifted", 10, 9502, shift=True)
+    series: dict[str, list[Path]] = {}
+    for path in sorted(tmp_path.rglob("*.dcm")):
+        series.setdefault(str(dcmread(path, stop_before_pixels=True).SeriesInstanceUID), []).append(
+            path
+        )
+    assert len(series) == 20
+    declined = []
+    for uid, paths in series.items():
+        info = SeriesInfo(
+            series_instance_uid=uid,
+            modality="CT",
+            body_part_examined="CHEST",
+            series_description="",
+            sop_class_uids=("1.2.840.10008.5.1.4.1.1.2",),
+            paths=tuple(paths),
+        )
+        run = run_pipeline([info], SeriesRule(), models, batch_size=4, amp=False)
+        declined += [o.declined for o in run.outcomes if o.declined]
+    assert declined == []
+
+
+def test_the_shipped_ct_packages_record_their_domain() -> None:
+    for name in ("lesion-seg", "lesion-class", "lesion-change"):
+        spec = verify_package(MODELS / name)
+        assert spec.domain is not None, name
+        domain = spec.domain.domain
+        assert domain.modalities == ("CT",) and domain.body_parts == ("CHEST",)
+        assert (domain.features is not None) == (name != "lesion-change")
+        assert "train, val, calibration" in domain.built_from
+
+
+def test_a_tampered_domain_file_stops_the_package(tmp_path: Path) -> None:
+    folder = tmp_path / "pkg"
+    shutil.copytree(MODELS / "lesion-seg", folder)
+    data = json.loads((folder / "domain.json").read_text())
+    data["spacing_mm"][0] = [0.1, 50.0]  # someone widening the range by hand
+    (folder / "domain.json").write_text(json.dumps(data))
+    with pytest.raises(ModelPackageError, match=r"domain.json: SHA-256 does not match \[domain\]"):
+        verify_package(folder)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda d: d.update(spacing_mm=[[1, 2], [2, 1], [1, 2]]), r"spacing_mm\[1\]: must be"),
+        (lambda d: d.update(colour="red"), r"unknown key\(s\): colour"),
+        (lambda d: d["intensity"].update(hu_p42=[0, 1]), r"intensity: must map some of"),
+        (lambda d: d["features"].update(threshold=-1), r"features: .* threshold > 0"),
+    ],
+)
+def test_a_broken_domain_file_names_the_key(tmp_path: Path, edit, message: str) -> None:
+    data = json.loads((MODELS / "lesion-seg" / "domain.json").read_text())
+    edit(data)
+    path = tmp_path / "domain.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ModelPackageError, match=message):
+        read_domain(path)
+
+
+def test_body_part_and_modality_rules() -> None:
+    domain = read_domain(MODELS / "lesion-seg" / "domain.json")
+    assert check_series(domain, "CT", "CHEST") is None
+    assert check_series(domain, "CT", "") is None  # not recorded: not a reason to decline
+    assert check_series(domain, "CT", "HEAD") == "body part HEAD; validated on CHEST"
+    assert check_series(domain, "MR", "CHEST") == "modality MR; validated on CT"
+
+
+def test_intensity_statistics_measure_what_they_say() -> None:
+    array = np.full((10, 40, 40), 40.0, dtype=np.float32)
+    array[:, :10] = -1000.0  # a quarter air
+    array[:, 10:14] = 1000.0  # a tenth bone
+    volume = Volume(
+        array=array,
+        spacing=(1.0, 1.0, 1.0),
+        origin=(0.0, 0.0, 0.0),
+        row_direction=(1.0, 0.0, 0.0),
+        column_direction=(0.0, 1.0, 0.0),
+        normal=(0.0, 0.0, 1.0),
+        study_instance_uid="1",
+        series_instance_uid="1.1",
+        frame_of_reference_uid="1.2",
+        sop_instance_uids=tuple(f"1.1.{k}" for k in range(10)),
+    )
+    stats = intensity_stats(volume)
+    assert stats["air_fraction"] == pytest.approx(0.25)
+    assert stats["bone_fraction"] == pytest.approx(0.10)
+    assert stats["fat_fraction"] == 0.0
+    assert stats["hu_p50"] == pytest.approx(40.0)
+    assert stats["noise_hu"] == pytest.approx(0.0)
