@@ -143,6 +143,18 @@ class StorageConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class DatabaseConfig:
+    """``[database]``: the index and queue; SQLite (embedded, default) or PostgreSQL.
+
+    ``url`` never holds a password: it comes from ``password_file`` or the
+    ``AINODE_DATABASE_PASSWORD`` environment variable when the engine is made.
+    """
+
+    url: str
+    password_file: Path | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class CompletionConfig:
     """``[completion]``: when a study (or series) counts as complete."""
 
@@ -348,6 +360,7 @@ class NodeConfig:
     audit: AuditConfig | None = None  # None only in records built by hand (tests)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     web: WebConfig = field(default_factory=WebConfig)
+    database: DatabaseConfig | None = None  # None: SQLite at storage.database_path
 
     def destination(self, name: str) -> DestinationConfig:
         return next(d for d in self.destinations if d.name == name)

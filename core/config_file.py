@@ -31,6 +31,7 @@ from core.config import (
     RetentionConfig,
     StorageConfig,
 )
+from core.config_database import parse_database
 from core.config_network import (
     parse_audit,
     parse_destinations,
@@ -262,6 +263,7 @@ def parse_config(data: dict[str, Any], path: Path) -> NodeConfig:
         audit=parse_audit(table("audit"), base, storage.data_dir),
         retention=_retention(table("retention")),
         web=parse_web(table("web"), base, node.port),
+        database=parse_database(table("database"), base, storage.database_path),
     )
     for p in cfg.pipelines:
         for name in p.destinations:

@@ -20,7 +20,7 @@ from core.config import NodeConfig
 from core.logs import configure_logging
 from core.process import Ending, take_sigterm, watch_parent
 from inference.errors import ModelPackageError
-from storage.db import create_sqlite_engine, make_sessionmaker, migrate
+from storage.db import DatabaseError, ensure_schema, make_sessionmaker, node_engine
 
 __all__ = ["run_worker", "worker_process"]
 
@@ -40,8 +40,14 @@ def run_worker(
     """
     from inference.worker import Worker  # torch is imported here, not at CLI start
 
-    engine = create_sqlite_engine(cfg.storage.database_path)
-    migrate(engine)
+    engine = node_engine(cfg)
+    try:
+        ensure_schema(engine)
+    except DatabaseError as exc:
+        logger.error("worker cannot start: %s", exc)
+        if failed is not None:
+            failed(str(exc))
+        return 1
     try:
         worker = Worker(cfg, make_sessionmaker(engine))
     except (ModelPackageError, RuntimeError) as exc:

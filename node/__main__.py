@@ -33,6 +33,8 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("check-config", parents=[common], help="validate the config file and exit")
     sub.add_parser("status", parents=[common], help="studies, completion and jobs at a glance")
     sub.add_parser("worker", parents=[common], help="run one inference worker in the foreground")
+    db = sub.add_parser("db", parents=[common], help="the database schema: current, upgrade")
+    db.add_argument("action", choices=["current", "upgrade"])
     sub.add_parser("train", help="generate data, train, evaluate, export (see: ainode train -h)")
     jobs = sub.add_parser("jobs", parents=[common], help="list jobs, or replay one")
     jobs.add_argument("action", nargs="?", choices=["list", "retry"], default="list")
@@ -135,24 +137,43 @@ def _cmd_check_config(cfg: NodeConfig) -> int:
 
 def _cmd_status(cfg: NodeConfig) -> int:
     from node.report import status_report
-    from storage.db import create_sqlite_engine, make_sessionmaker, migrate
+    from storage.db import describe, ensure_schema, make_sessionmaker, node_engine
 
-    if not cfg.storage.database_path.exists():
-        print(f"no database yet at {cfg.storage.database_path}: the node has not run")
+    engine = node_engine(cfg)
+    if engine.dialect.name == "sqlite" and not Path(str(engine.url.database)).exists():
+        print(f"no database yet ({describe(engine)}): the node has not run")
         return 0
-    engine = create_sqlite_engine(cfg.storage.database_path)
-    migrate(engine)
+    ensure_schema(engine)
+    print(f"database:              {describe(engine)}")
     print(status_report(make_sessionmaker(engine)))
     engine.dispose()
     return 0
 
 
 def _open(cfg: NodeConfig) -> Any:
-    from storage.db import create_sqlite_engine, make_sessionmaker, migrate
+    from storage.db import ensure_schema, make_sessionmaker, node_engine
 
-    engine = create_sqlite_engine(cfg.storage.database_path)
-    migrate(engine)
+    engine = node_engine(cfg)
+    ensure_schema(engine)
     return make_sessionmaker(engine)
+
+
+def _cmd_db(cfg: NodeConfig, action: str) -> int:
+    """``ainode db current`` / ``ainode db upgrade``: the schema's revision, or bring it up."""
+    from storage.db import describe, migrate, node_engine, schema_revisions
+
+    engine = node_engine(cfg)
+    current, head, _empty = schema_revisions(engine)
+    if action == "upgrade" and current != head:
+        migrate(engine)
+        print(f"{describe(engine)}: schema upgraded from {current or 'nothing'} to {head}")
+    elif action == "upgrade":
+        print(f"{describe(engine)}: schema at {head}, nothing to do")
+    else:
+        state = "current" if current == head else f"this ainode's is {head}"
+        print(f"{describe(engine)}: schema at {current or 'none (empty database)'} ({state})")
+    engine.dispose()
+    return 0
 
 
 def _cmd_worker(cfg: NodeConfig) -> int:
@@ -299,6 +320,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "check-config":
         return _cmd_check_config(cfg)
+    from storage.db import DatabaseError
+
+    try:
+        return _run(cfg, args)
+    except DatabaseError as exc:
+        print(f"ainode {args.command}: {exc}", file=sys.stderr)
+        return 1
+
+
+def _run(cfg: NodeConfig, args: argparse.Namespace) -> int:
+    if args.command == "db":
+        return _cmd_db(cfg, args.action)
     if args.command == "status":
         return _cmd_status(cfg)
     if args.command == "worker":

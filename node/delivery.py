@@ -23,6 +23,7 @@ from node.audit import Auditor, StudyTransfer
 from node.send import AssociationFailed, SendItem, SendOutcome, send_files
 from storage import deliveries
 from storage.deliveries import DeliveryRecord
+from storage.dialect import only_one
 from storage.index import patient_ids
 
 __all__ = ["deliver_due"]
@@ -200,12 +201,16 @@ def deliver_due(cfg: NodeConfig, sessions: sessionmaker[Session], destination: s
     ``None``: deliveries to destinations no longer in the config, which fail.
     """
     configured = [d.name for d in cfg.destinations]
-    with sessions.begin() as s:
-        if destination is None:
-            due = deliveries.due_deliveries(s, now=utc_now(), other_than=configured)
-        else:
-            due = deliveries.due_deliveries(s, now=utc_now(), destination=destination)
-    by_destination: dict[str, list[DeliveryRecord]] = defaultdict(list)
-    for row in due:
-        by_destination[row.destination].append(row)
-    return sum(_deliver_to(cfg, sessions, name, rows) for name, rows in by_destination.items())
+    # Of several nodes sharing one PostgreSQL database, one sends to a destination at a time.
+    with only_one(sessions, f"delivery {destination}") as mine:
+        if not mine:
+            return 0
+        with sessions.begin() as s:
+            if destination is None:
+                due = deliveries.due_deliveries(s, now=utc_now(), other_than=configured)
+            else:
+                due = deliveries.due_deliveries(s, now=utc_now(), destination=destination)
+        by_destination: dict[str, list[DeliveryRecord]] = defaultdict(list)
+        for row in due:
+            by_destination[row.destination].append(row)
+        return sum(_deliver_to(cfg, sessions, name, rows) for name, rows in by_destination.items())

@@ -44,7 +44,7 @@ from node.server import start_listener, stop_listener
 from node.supervise import ChildFailed, Supervisor
 from node.tls import TlsError, server_context
 from node.web.app import WebContext, WebServer
-from storage.db import create_sqlite_engine, make_sessionmaker, migrate
+from storage.db import DatabaseError, describe, ensure_schema, make_sessionmaker, node_engine
 from storage.reconcile import ReconcileRefused, reconcile
 from storage.spool import Spool
 
@@ -59,8 +59,16 @@ class ServeError(RuntimeError):
     """The node cannot start; the message says why."""
 
 
-def _lock_data_dir(data_dir: Path) -> IO[bytes]:
-    handle = open(data_dir / "ainode.lock", "wb")  # held open for the life of the process
+def _lock_data_dir(data_dir: Path, *, shared_port: int | None) -> IO[bytes]:
+    """One ``serve`` per data folder; with PostgreSQL one per host and port on it.
+
+    Nodes (on several hosts, or one host on several ports) may share a data
+    folder — on a network filesystem — when they share a PostgreSQL database;
+    a SQLite file must never be shared.
+    """
+    host = socket.gethostname()
+    name = f"ainode.{host}.{shared_port}.lock" if shared_port is not None else "ainode.lock"
+    handle = open(data_dir / name, "wb")  # held open for the life of the process
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -99,7 +107,7 @@ def listener_main(
     ending = Ending()
     take_sigterm(lambda: ending.request("SIGTERM", cfg.node.shutdown_grace_s + 5))
     watch_parent(lifeline, lambda: ending.request("main process is gone", 2.0, code=1))
-    engine = create_sqlite_engine(cfg.storage.database_path)
+    engine = node_engine(cfg)
     try:
         server = start_listener(cfg, make_sessionmaker(engine), share_port=True)
     except (OSError, TlsError) as exc:
@@ -156,14 +164,19 @@ def serve(cfg: NodeConfig) -> int:
     """Run the node until SIGTERM; return the process exit code."""
     cfg.storage.data_dir.mkdir(exist_ok=True)
     # Lock first: a second, refused serve must not touch the running node's files.
-    lock = _lock_data_dir(cfg.storage.data_dir)
+    shared = cfg.database is not None and cfg.database.url.startswith("postgresql")
+    lock = _lock_data_dir(cfg.storage.data_dir, shared_port=cfg.node.port if shared else None)
     _fresh_metrics_folder()
     spool = Spool(cfg.storage.data_dir)
     removed = spool.prepare(grace_s=cfg.queue.lease_s)
     if removed:
         logger.warning("removed %d partial file(s) left by an interrupted write", removed)
-    engine = create_sqlite_engine(cfg.storage.database_path)
-    migrate(engine)
+    engine = node_engine(cfg)
+    try:
+        ensure_schema(engine)
+    except DatabaseError as exc:
+        raise ServeError(str(exc)) from None
+    logger.info("database: %s", describe(engine))
     sessions = make_sessionmaker(engine)
     _reconcile(sessions, spool, grace_s=cfg.queue.lease_s)
     node = cfg.node

@@ -12,6 +12,7 @@ group=""
 # dcmtk: storescu/echoscu/storescp (tests, benchmarks, sending studies);
 # dicom3tools: dciodvfy/dcentvfy (validating every object the node writes);
 # orthanc (--dev only): the PACS that receives results in the end-to-end tests;
+# postgresql (--dev only): the database server the storage tests also run on;
 # systemd, openssl, chromium (--dev only): systemd-analyze verifies
 # deploy/ainode.service, openssl makes test certificates, headless Chromium reads
 # the dashboard.
@@ -23,6 +24,9 @@ if [[ -n "$group" ]]; then
   command -v systemd-analyze >/dev/null || need+=(systemd)  # checks deploy/ainode.service
   command -v openssl >/dev/null || need+=(openssl)  # makes the TLS tests' certificates
   command -v chromium >/dev/null || need+=(chromium)  # reads the dashboard as a person would
+  # PostgreSQL: the tests start their own server (initdb/pg_ctl in a temp folder).
+  command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+    || need+=(postgresql)
 fi
 python3 -c "import venv, ensurepip" 2>/dev/null || need+=(python3-venv)
 if ((${#need[@]})); then

@@ -17,6 +17,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from storage import queue
+from storage.dialect import serialize
 from storage.models import ReceiveState, Series, Study
 from storage.records import CompletionEvent, JobRecord
 
@@ -100,7 +101,12 @@ def complete_due(
     now: datetime,
     pipelines: Sequence[PipelineTarget],
 ) -> list[tuple[CompletionEvent, list[JobRecord]]]:
-    """Close every quiet study (or series) and queue one job per pipeline."""
+    """Close every quiet study (or series) and queue one job per pipeline.
+
+    Serialised across nodes sharing a PostgreSQL database: a second node's run
+    waits, then finds the studies already closed.
+    """
+    serialize(session, "completion")
     results = []
     for event in _close(session, level=level, now=now, quiet_s=quiet_s):
         jobs = [

@@ -14,6 +14,7 @@ from typing import cast
 from sqlalchemy import Connection, Table, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
+from storage.dialect import serialize
 from storage.models import Instance, ReceiveState, Series, Study
 from storage.records import IndexOutcome, IndexResult, InstanceHeader, StoredInstance
 
@@ -311,11 +312,15 @@ class Placement:
 def locate(session: Session, header: InstanceHeader) -> Placement:
     """Look up the instance's row and its series' row, refusing study conflicts.
 
+    The study is serialised first (:mod:`storage.dialect`): two associations
+    storing into one study never both insert its row.
+
     Raises
     ------
     StudyConflict
         The Series or SOP Instance UID is indexed under another study.
     """
+    serialize(session, f"study {header.study_instance_uid}")
     conn = session.connection()
     study = header.study_instance_uid
     series = conn.execute(_LOCATE_SERIES, {"uid": header.series_instance_uid}).first()

@@ -161,6 +161,7 @@ class Job(Base):
             "queueing_lock",
             unique=True,
             sqlite_where=text("status = 'todo'"),
+            postgresql_where=text("status = 'todo'"),
         ),
         Index("ix_jobs_claim", "status", "priority", "scheduled_at"),
     )

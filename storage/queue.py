@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session
 
 from core.errors import describe
 from core.retry import RetryPolicy
+from storage.dialect import serialize
 from storage.models import Job, JobStatus
 from storage.records import JobRecord
 
@@ -78,6 +79,7 @@ def enqueue(
     it absorbs this event instead of a second row being added.
     """
     lock = queueing_lock(pipeline, study_instance_uid, series_instance_uid)
+    serialize(session, f"queue {lock}")
     waiting = session.scalar(
         select(Job).where(Job.queueing_lock == lock, Job.status == JobStatus.TODO)
     )
@@ -127,6 +129,7 @@ def claim_next(
         .where(Job.status == JobStatus.TODO, Job.scheduled_at <= now)
         .order_by(Job.priority, Job.scheduled_at, Job.id)
         .limit(1)
+        .with_for_update(skip_locked=True)  # PostgreSQL; nothing on SQLite (storage.dialect)
     )
     if pipelines is not None:
         candidate = candidate.where(Job.pipeline.in_(list(pipelines)))
@@ -241,8 +244,12 @@ def _fail(job: Job, *, error: str, retryable: bool, policy: RetryPolicy, now: da
 
 def requeue_expired(session: Session, *, now: datetime, policy: RetryPolicy) -> list[JobRecord]:
     """Return jobs whose lease ran out to the queue (or dead-letter them)."""
+    # Several nodes may run this at once (every claim does): each takes the rows
+    # the others have not locked (PostgreSQL; SQLite has one writer anyway).
     expired = session.scalars(
-        select(Job).where(Job.status == JobStatus.DOING, Job.lease_expires_at < now)
+        select(Job)
+        .where(Job.status == JobStatus.DOING, Job.lease_expires_at < now)
+        .with_for_update(skip_locked=True)
     ).all()
     records = []
     for job in expired:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,6 +14,7 @@ from core.config import NodeConfig
 from core.config_file import load_config
 from storage.db import create_sqlite_engine, make_sessionmaker, migrate
 from tests.peers import NodeProcess, Orthanc, free_port
+from tests.pg import PostgresServer, pg_bin
 
 ConfigFactory = Callable[..., Path]
 
@@ -83,6 +85,20 @@ def sessions(tmp_path: Path) -> Iterator[sessionmaker[Session]]:
     migrate(engine)
     yield make_sessionmaker(engine)
     engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One PostgreSQL server for the test session; each test takes a fresh database."""
+    if pg_bin("initdb") is None:
+        message = "missing: PostgreSQL (scripts/setup.sh --dev installs it)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    # Not under pytest's tmp folder: that is root's alone, and PostgreSQL runs as postgres.
+    server = PostgresServer(Path(tempfile.mkdtemp(prefix="ainode-pg-"))).start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture

@@ -47,6 +47,8 @@ def upgrade() -> None:
             ["queueing_lock"],
             unique=True,
             sqlite_where=sa.text("status = 'todo'"),
+            # Added with PostgreSQL support (no PostgreSQL schema existed before it).
+            postgresql_where=sa.text("status = 'todo'"),
         )
 
     op.create_table(

@@ -1,0 +1,172 @@
+"""``ainode serve`` on a real PostgreSQL server: receive, complete, queue, run, report.
+
+Two listener processes and a worker share one PostgreSQL database (the
+shape of a scaled-out node, on one host); storescu sends two studies at once.
+Then the refusals: an unreachable server (named by host and port) and a schema
+older than the code (naming ``ainode db upgrade``, which fixes it).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from core.config import DatabaseConfig
+from storage import queue
+from storage.db import make_sessionmaker, migrate, open_engine
+from tests.dicomgen import write_lesion_ct
+from tests.packages import threshold_segmenter
+from tests.peers import free_port, storescu
+from tests.pg import PostgresServer
+
+pytestmark = pytest.mark.network
+
+
+def _ainode(config: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "node", *args, "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_serve_on_postgresql_receives_queues_and_runs(
+    node_factory, postgres: PostgresServer, tmp_path: Path
+) -> None:
+    url = postgres.new_database()
+    package = threshold_segmenter(tmp_path / "pkg", threshold_hu=120)
+    pipelines = f'\n[[pipelines]]\nname = "lesions"\nmodels = ["{package}"]\n'
+    node, cfg = node_factory(
+        pipelines=pipelines,
+        database={"url": url},
+        node={"listener_processes": 2},
+        inference={"workers": 1, "poll_interval_s": 0.1},
+    )
+    studies = [write_lesion_ct(tmp_path / f"ct{n}", seed=n)[0] for n in range(2)]
+    results: list[int] = []
+    senders = [
+        threading.Thread(target=lambda f=f: results.append(storescu(cfg.node.port, f).returncode))
+        for f in studies
+    ]
+    for t in senders:
+        t.start()
+    for t in senders:
+        t.join(120)
+    assert results == [0, 0]
+
+    engine = open_engine(DatabaseConfig(url=url), tmp_path)
+    sessions = make_sessionmaker(engine)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        with sessions.begin() as s:
+            jobs = queue.list_jobs(s)
+        if len(jobs) == 2 and all(j.status == "succeeded" for j in jobs):
+            break
+        time.sleep(0.3)
+    else:
+        raise AssertionError(f"jobs not done on PostgreSQL: {jobs}\n{node.output()[-3000:]}")
+    engine.dispose()
+    status = _ainode(node.config, "status")
+    assert status.returncode == 0, status.stderr
+    assert f"PostgreSQL postgres@127.0.0.1:{postgres.port}/" in status.stdout
+    assert "instances:             80" in status.stdout
+    assert "succeeded 2" in status.stdout
+
+
+def test_serve_refuses_an_unreachable_server_naming_it(node_factory, tmp_path: Path) -> None:
+    port = free_port()
+    node, _cfg = node_factory(
+        database={"url": f"postgresql+psycopg://ainode@127.0.0.1:{port}/ainode"}, start=False
+    )
+    run = _ainode(node.config, "serve")
+    assert run.returncode == 1
+    assert f"PostgreSQL ainode@127.0.0.1:{port}/ainode" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
+def test_an_older_schema_is_refused_until_db_upgrade(
+    node_factory, postgres: PostgresServer
+) -> None:
+    url = postgres.new_database()
+    engine = open_engine(DatabaseConfig(url=url), Path("unused"))
+    migrate(engine, "0003")  # what an older ainode left
+    engine.dispose()
+    node, _cfg = node_factory(database={"url": url}, start=False)
+    refused = _ainode(node.config, "serve")
+    assert refused.returncode == 1
+    assert "is at revision 0003, older than" in refused.stderr
+    assert "run `ainode db upgrade`" in refused.stderr
+    current = _ainode(node.config, "db", "current")
+    assert "schema at 0003 (this ainode's is" in current.stdout, current.stdout + current.stderr
+    upgraded = _ainode(node.config, "db", "upgrade")
+    assert "schema upgraded from 0003 to" in upgraded.stdout, upgraded.stderr
+    node.start()  # now it serves
+    assert "(current)" in _ainode(node.config, "db", "current").stdout
+
+
+def test_two_nodes_share_one_database_and_store_and_send_each_result_once(
+    postgres: PostgresServer, orthanc, tmp_path: Path
+) -> None:
+    """Two ``serve`` processes, one PostgreSQL database, one data folder, one PACS.
+
+    Each receives a study; both run completion, workers and delivery on their
+    schedules. Every result reaches Orthanc exactly once (its change log counts
+    each new instance), and each study was closed and queued once.
+    """
+    from tests.peers import NodeProcess
+
+    url = postgres.new_database()
+    package = threshold_segmenter(tmp_path / "pkg", threshold_hu=120)
+    shared = tmp_path / "shared"
+    nodes = []
+    for name in ("a", "b"):
+        folder = tmp_path / name
+        folder.mkdir()
+        port = free_port()
+        (folder / "config.toml").write_text(
+            f"[node]\nport = {port}\n[storage]\ndata_dir = '{shared}'\nmin_free_mb = 0\n"
+            f"[database]\nurl = '{url}'\n[web]\nenabled = false\n"
+            "[completion]\nquiet_period_s = 2\ncheck_interval_s = 0.2\n"
+            "[inference]\nworkers = 1\npoll_interval_s = 0.1\n"
+            "[delivery]\ncheck_interval_s = 0.1\n"
+            f'[[destinations]]\nname = "pacs"\nae_title = "{orthanc.aet}"\n'
+            f'host = "127.0.0.1"\nport = {orthanc.dicom_port}\n'
+            f'[[pipelines]]\nname = "lesions"\nmodels = ["{package}"]\ndestinations = ["pacs"]\n'
+        )
+        nodes.append(NodeProcess(folder / "config.toml", port, folder / "node.log").start())
+    try:
+        for n, node in enumerate(nodes):
+            files, _ = write_lesion_ct(tmp_path / f"ct{n}", seed=10 + n)
+            assert storescu(node.port, files).returncode == 0
+        engine = open_engine(DatabaseConfig(url=url), tmp_path)
+        sessions = make_sessionmaker(engine)
+        from storage import deliveries
+
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            with sessions.begin() as s:
+                rows = deliveries.list_deliveries(s, limit=100)
+                jobs = queue.list_jobs(s)
+            if len(rows) == 4 and all(r.status == "delivered" for r in rows):
+                break
+            time.sleep(0.3)
+        else:
+            raise AssertionError(f"not delivered: {rows}\n{nodes[0].output()[-2000:]}")
+        time.sleep(1.0)  # a second send, if any, would land now
+        engine.dispose()
+        assert len(jobs) == 2 and all(j.attempts == 1 for j in jobs)
+        assert all(r.attempts == 1 for r in rows)
+        assert orthanc.new_instance_events() == 4  # SR and SEG per study
+        # Orthanc takes a second copy of an instance silently: the nodes' own logs say
+        # how many times anything was sent.
+        sends = sum(n.output().count(" to pacs: delivered") for n in nodes)
+        assert sends == 4, sends
+    finally:
+        for node in nodes:
+            node.stop()
