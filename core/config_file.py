@@ -206,7 +206,7 @@ def _inference(table: Table) -> InferenceConfig:
     d = InferenceConfig()
     cfg = InferenceConfig(
         workers=table.integer("workers", d.workers, 0, 64),
-        device=table.choice("device", d.device, _device, '"auto", "cpu", "cuda" or "cuda:N"'),
+        device=table.choice("device", d.device, check_device, '"auto", "cpu", "cuda" or "cuda:N"'),
         batch_size=table.integer("batch_size", d.batch_size, 1, 4096),
         amp=table.boolean("amp", d.amp),
         poll_interval_s=table.number("poll_interval_s", d.poll_interval_s, 0.05, 60),
@@ -216,7 +216,8 @@ def _inference(table: Table) -> InferenceConfig:
     return cfg
 
 
-def _device(value: str) -> str:
+def check_device(value: str) -> str:
+    """A device setting: auto, cpu, cuda or cuda:N (else ValueError)."""
     if value in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", value):
         return value
     raise ValueError(value)

@@ -124,7 +124,13 @@ def analyze(
                         f"    lesion {n}: {lesion.volume_mm3:9.1f} mm3, longest diameter "
                         f"{lesion.longest_diameter_mm:5.1f} mm, at ({x:.1f}, {y:.1f}, {z:.1f}) mm"
                     )
-            objects = encode_run(run.results, pipeline, cfg.results, started_at=started_at)
+            try:
+                objects = encode_run(run.results, pipeline, cfg.results, started_at=started_at)
+            except Exception as exc:  # the edge of a batch run: one study must not stop the rest
+                logger.debug("encoding %s results of %s", pipeline.name, study_uid, exc_info=True)
+                print(f"  {pipeline.name}: cannot write results: {describe(exc)}")
+                failures += 1
+                continue
             folder = out / study_uid
             folder.mkdir(parents=True, exist_ok=True)
             for obj in objects:

@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from core import metrics
 from core.clock import utc_now
 from core.config import NodeConfig, PipelineConfig
+from core.version import VERSION
 from dicomio.records import Outcome
 from dicomio.results.compose import encode_run
 from dicomio.results.write import WrittenResult, write_results
@@ -34,6 +35,7 @@ from inference.pipeline import PipelineRun, run_pipeline
 from inference.trial import load_and_try
 from storage import queue, workers
 from storage.deliveries import record_result
+from storage.dialect import JobWaiter
 from storage.index import patient_history, study_series
 from storage.outcomes import record_outcome
 from storage.records import JobRecord
@@ -123,7 +125,16 @@ class Worker:
         loaded = ", ".join(f"{m.spec.name} {m.spec.version}" for m in cache.values())
         with self.sessions.begin() as s:
             workers.register_worker(
-                s, name=self.name, device=str(self.device), models=loaded, now=utc_now()
+                s,
+                name=self.name,
+                device=str(self.device),
+                models=loaded,
+                now=utc_now(),
+                role="worker",
+                host=socket.gethostname(),
+                pid=os.getpid(),
+                version=VERSION,
+                pipelines=", ".join(self.pipelines),
             )
         self._seen_at = 0.0
         logger.info(
@@ -135,11 +146,20 @@ class Worker:
         )
 
     def run(self, stop: threading.Event) -> None:
-        """Claim and run jobs until ``stop`` is set."""
-        while not stop.is_set():
-            self._alive()
-            if not self.run_once():
-                stop.wait(self.cfg.inference.poll_interval_s)
+        """Claim and run jobs until ``stop`` is set.
+
+        Idle, it waits for the next poll — or, on PostgreSQL, until a job is
+        queued anywhere (LISTEN/NOTIFY, :class:`storage.dialect.JobWaiter`).
+        """
+        engine = self.sessions.kw["bind"]
+        waiter = JobWaiter(engine)
+        try:
+            while not stop.is_set():
+                self._alive()
+                if not self.run_once():
+                    waiter.wait(self.cfg.inference.poll_interval_s, stop)
+        finally:
+            waiter.close()
         with self.sessions.begin() as s:
             workers.stop_worker(s, name=self.name, now=utc_now())
 

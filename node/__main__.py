@@ -32,7 +32,14 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("serve", parents=[common], help="run the DICOM listener and scheduler")
     sub.add_parser("check-config", parents=[common], help="validate the config file and exit")
     sub.add_parser("status", parents=[common], help="studies, completion and jobs at a glance")
-    sub.add_parser("worker", parents=[common], help="run one inference worker in the foreground")
+    worker = sub.add_parser(
+        "worker", parents=[common], help="run one inference worker in the foreground"
+    )
+    worker.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: [inference] device)")
+    worker.add_argument(
+        "--pipelines",
+        help="comma-separated pipeline names this worker runs (default: all with models)",
+    )
     db = sub.add_parser("db", parents=[common], help="the database schema: current, upgrade")
     db.add_argument("action", choices=["current", "upgrade"])
     sub.add_parser("train", help="generate data, train, evaluate, export (see: ainode train -h)")
@@ -145,7 +152,9 @@ def _cmd_status(cfg: NodeConfig) -> int:
         return 0
     ensure_schema(engine)
     print(f"database:              {describe(engine)}")
-    print(status_report(make_sessionmaker(engine)))
+    # Workers touch the roster every 5 s (more often while a job runs), serve as often.
+    stale = 3 * max(5.0, cfg.inference.heartbeat_s)
+    print(status_report(make_sessionmaker(engine), stale_after_s=stale))
     engine.dispose()
     return 0
 
@@ -174,6 +183,32 @@ def _cmd_db(cfg: NodeConfig, action: str) -> int:
         print(f"{describe(engine)}: schema at {current or 'none (empty database)'} ({state})")
     engine.dispose()
     return 0
+
+
+def _worker_config(cfg: NodeConfig, device: str | None, pipelines: str | None) -> NodeConfig:
+    """The config as this worker sees it: its own device, only the pipelines it runs."""
+    from dataclasses import replace
+
+    from core.config_file import check_device
+
+    if device is not None:
+        try:
+            check_device(device)
+        except ValueError:
+            raise ConfigError(
+                f'--device: must be "auto", "cpu", "cuda" or "cuda:N" (got {device!r})'
+            ) from None
+        cfg = replace(cfg, inference=replace(cfg.inference, device=device))
+    if pipelines is not None:
+        names = [n.strip() for n in pipelines.split(",") if n.strip()]
+        unknown = [n for n in names if n not in {p.name for p in cfg.pipelines}]
+        if unknown or not names:
+            raise ConfigError(
+                f"--pipelines: {', '.join(unknown) or 'none given'} not in [[pipelines]] "
+                f"({', '.join(p.name for p in cfg.pipelines)})"
+            )
+        cfg = replace(cfg, pipelines=tuple(p for p in cfg.pipelines if p.name in names))
+    return cfg
 
 
 def _cmd_worker(cfg: NodeConfig) -> int:
@@ -335,6 +370,11 @@ def _run(cfg: NodeConfig, args: argparse.Namespace) -> int:
     if args.command == "status":
         return _cmd_status(cfg)
     if args.command == "worker":
+        try:
+            cfg = _worker_config(cfg, args.device, args.pipelines)
+        except ConfigError as exc:
+            print(f"ainode worker: {exc}", file=sys.stderr)
+            return 2
         return _cmd_worker(cfg)
     if args.command == "jobs":
         return _cmd_jobs(cfg, args)

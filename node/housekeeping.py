@@ -1,4 +1,4 @@
-"""Scheduled work of the main process: completion, lease expiry, retention, delivery.
+"""Scheduled work of the main process: completion, lease expiry, retention, delivery, roster.
 
 Each scheduled job is an edge with a broad ``except``: an error is logged with
 its traceback and the schedule goes on.
@@ -7,22 +7,32 @@ its traceback and the schedule goes on.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from collections.abc import Callable
 from datetime import datetime
 from functools import partial
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.clock import utc_now
 from core.config import NodeConfig
+from core.version import VERSION
 from node.delivery import deliver_due
 from node.retention import run_retention
-from storage import queue
+from storage import queue, workers
 from storage.completion import PipelineTarget, complete_due
 
-__all__ = ["expire_leases", "run_completion", "start_scheduler"]
+__all__ = [
+    "expire_leases",
+    "leave_roster",
+    "run_completion",
+    "serve_name",
+    "start_scheduler",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -78,12 +88,52 @@ def _guarded(name: str, fn: Callable[[], object]) -> Callable[[], None]:
     return run
 
 
+def serve_name() -> str:
+    """This ``serve``'s name in the process roster."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def leave_roster(sessions: sessionmaker[Session]) -> None:
+    """Mark this ``serve`` stopped in the roster (a clean shutdown; a database gone is logged)."""
+    try:
+        with sessions.begin() as s:
+            workers.stop_worker(s, name=serve_name(), now=utc_now())
+    except SQLAlchemyError as exc:
+        logger.warning("could not mark this serve stopped in the roster: %s", exc)
+
+
+def _register_serve(cfg: NodeConfig, sessions: sessionmaker[Session]) -> Callable[[], None]:
+    """Put this ``serve`` in the process roster; return what keeps its row alive."""
+    name = serve_name()
+    with sessions.begin() as s:
+        workers.register_worker(
+            s,
+            name=name,
+            device="-",
+            models=f"{cfg.node.listener_processes} listener process(es) on port {cfg.node.port}",
+            now=utc_now(),
+            role="serve",
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            version=VERSION,
+            pipelines=", ".join(p.name for p in cfg.pipelines),
+        )
+
+    def touch() -> None:
+        with sessions.begin() as s:
+            workers.touch_worker(s, name=name, job_id=None, now=utc_now())
+
+    return touch
+
+
 def start_scheduler(cfg: NodeConfig, sessions: sessionmaker[Session]) -> BackgroundScheduler:
     """Start the background scheduler; the first runs happen at once."""
     scheduler = BackgroundScheduler(
         timezone="UTC", executors={"default": ThreadPoolExecutor(4 + len(cfg.destinations))}
     )
+    roster = _register_serve(cfg, sessions)
     jobs: list[tuple[str, Callable[[], object], float]] = [
+        ("roster", roster, max(1.0, min(5.0, cfg.inference.heartbeat_s))),
         ("completion", lambda: run_completion(cfg, sessions), cfg.completion.check_interval_s),
         ("lease-expiry", lambda: expire_leases(cfg, sessions), cfg.queue.lease_check_interval_s),
         ("retention", lambda: run_retention(cfg, sessions), cfg.retention.check_interval_s),

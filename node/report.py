@@ -4,15 +4,19 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from storage import deliveries, queue
+from core.clock import utc_now
+from storage import deliveries, queue, workers
 from storage.index import study_counts
 from storage.outcomes import declined_outcomes
 
 __all__ = ["status_report"]
 
 
-def status_report(sessions: sessionmaker[Session]) -> str:
+def status_report(sessions: sessionmaker[Session], *, stale_after_s: float = 15.0) -> str:
+    """``stale_after_s``: a process not seen for this long (3 heartbeats) is flagged."""
+    now = utc_now()
     with sessions.begin() as session:
+        roster = [w for w in workers.list_workers(session) if w.stopped_at is None]
         counts = study_counts(session)
         jobs = queue.counts_by_status(session)
         dead = queue.list_jobs(session, status="dead", limit=5)
@@ -30,6 +34,14 @@ def status_report(sessions: sessionmaker[Session]) -> str:
     for job in dead:
         lines.append(
             f"  dead job {job.id} ({job.pipeline}, {job.study_instance_uid}): {job.last_error}"
+        )
+    lines.append(f"processes:             {len(roster)} running")
+    for w in roster:
+        ago = (now - w.last_seen_at).total_seconds()
+        flag = f"  NOT SEEN for {ago:.0f} s" if ago > stale_after_s else ""
+        lines.append(
+            f"  {w.role:6} {w.name} {w.version} on {w.device}: {w.pipelines or '-'}, "
+            f"last seen {ago:.0f} s ago{flag}"
         )
     lines.append(f"series not analysed:   {n_declined} (outside a model's validated input)")
     for o in declined:

@@ -39,7 +39,7 @@ from core.metrics import MULTIPROC_ENV
 from core.process import Ending, take_sigterm, watch_parent
 from node.audit import Auditor
 from node.audit_send import AuditSender
-from node.housekeeping import start_scheduler
+from node.housekeeping import leave_roster, start_scheduler
 from node.server import start_listener, stop_listener
 from node.supervise import ChildFailed, Supervisor
 from node.tls import TlsError, server_context
@@ -263,6 +263,7 @@ def serve(cfg: NodeConfig) -> int:
     if web is not None:
         web.stop()
     scheduler.shutdown(wait=True)
+    leave_roster(sessions)
     if auditor is not None:
         auditor.application(started=False)
     if sender is not None:

@@ -18,13 +18,19 @@ concurrent workers on several hosts never wait on, or take, the same job.
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
-__all__ = ["only_one", "serialize"]
+__all__ = ["JobWaiter", "notify_job", "only_one", "serialize"]
+
+logger = logging.getLogger(__name__)
+_CHANNEL = "ainode_jobs"
 
 _LOCK = text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))")
 _TRY = text("SELECT pg_try_advisory_lock(hashtextextended(:key, 0))")
@@ -61,3 +67,54 @@ def only_one(sessions: sessionmaker[Session], key: str) -> Iterator[bool]:
                 session.commit()
     finally:
         session.close()
+
+
+def notify_job(session: Session, pipeline: str) -> None:
+    """Wake idle workers when this transaction commits (PostgreSQL NOTIFY; SQLite: polling)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_notify(:channel, :pipeline)"),
+                        {"channel": _CHANNEL, "pipeline": pipeline})  # fmt: skip
+
+
+class JobWaiter:
+    """An idle worker's wait: woken by a queued job's NOTIFY, or at the latest after ``timeout``.
+
+    On PostgreSQL it LISTENs on its own connection; if that connection fails the
+    worker falls back to plain polling (said once in the log). On SQLite it
+    sleeps: polling is the mechanism there.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self._conn: Any = None
+        if engine.dialect.name != "postgresql":
+            return
+        import psycopg
+
+        url = engine.url.set(drivername="postgresql")
+        try:
+            self._conn = psycopg.connect(
+                url.render_as_string(hide_password=False), autocommit=True, connect_timeout=10
+            )
+            self._conn.execute(f"LISTEN {_CHANNEL}")
+        except psycopg.Error as exc:
+            logger.warning("no LISTEN connection (%s): workers poll instead", exc)
+            self._conn = None
+
+    def wait(self, timeout: float, stop: threading.Event) -> None:
+        if self._conn is None:
+            stop.wait(timeout)
+            return
+        import psycopg
+
+        try:
+            for _note in self._conn.notifies(timeout=timeout, stop_after=1):
+                break
+        except psycopg.Error as exc:
+            logger.warning("LISTEN connection lost (%s): polling from now on", exc)
+            self.close()
+            stop.wait(timeout)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None

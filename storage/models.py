@@ -236,7 +236,7 @@ class Delivery(Base):
 
 
 class Worker(Base):
-    """An inference worker: what it runs on, and when it was last alive (the dashboard's view)."""
+    """A node process (``serve`` or a worker): what it runs, where, when it was last alive."""
 
     __tablename__ = "workers"
 
@@ -247,3 +247,9 @@ class Worker(Base):
     last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
     current_job_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # The roster of a scaled-out node (migration 0007): what kind of process, where.
+    role: Mapped[str] = mapped_column(String(16), server_default="worker")  # serve | worker
+    host: Mapped[str] = mapped_column(String(255), server_default="")
+    pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    version: Mapped[str] = mapped_column(String(32), server_default="")
+    pipelines: Mapped[str] = mapped_column(Text, server_default="")

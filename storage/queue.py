@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 
 from core.errors import describe
 from core.retry import RetryPolicy
-from storage.dialect import serialize
+from storage.dialect import notify_job, serialize
 from storage.models import Job, JobStatus
 from storage.records import JobRecord
 
@@ -106,6 +106,7 @@ def enqueue(
     )
     session.add(job)
     session.flush()
+    notify_job(session, pipeline)
     return EnqueueResult(JobRecord.from_row(job), merged=False)
 
 

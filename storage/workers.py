@@ -1,4 +1,4 @@
-"""The workers registry: each worker says who it is and when it was last alive.
+"""The process roster: each worker, and each ``serve``, says who it is and when it was last alive.
 
 A worker registers when its models are loaded, touches its row at most every
 few seconds while it runs (with the job it holds), and marks itself stopped
@@ -28,16 +28,33 @@ class WorkerRecord:
     last_seen_at: datetime
     current_job_id: int | None
     stopped_at: datetime | None
+    role: str = "worker"
+    host: str = ""
+    pid: int | None = None
+    version: str = ""
+    pipelines: str = ""
 
 
 def register_worker(
-    session: Session, *, name: str, device: str, models: str, now: datetime
+    session: Session,
+    *,
+    name: str,
+    device: str,
+    models: str,
+    now: datetime,
+    role: str = "worker",
+    host: str = "",
+    pid: int | None = None,
+    version: str = "",
+    pipelines: str = "",
 ) -> None:
+    """Register (or re-register) a process in the roster: a worker, or ``serve`` itself."""
     row = session.get(Worker, name)
     if row is None:
         row = Worker(name=name)
         session.add(row)
     row.device, row.models = device, models
+    row.role, row.host, row.pid, row.version, row.pipelines = role, host, pid, version, pipelines
     row.started_at = row.last_seen_at = now
     row.current_job_id = None
     row.stopped_at = None
@@ -69,6 +86,11 @@ def list_workers(session: Session, *, limit: int = 50) -> list[WorkerRecord]:
             last_seen_at=w.last_seen_at,
             current_job_id=w.current_job_id,
             stopped_at=w.stopped_at,
+            role=w.role,
+            host=w.host,
+            pid=w.pid,
+            version=w.version,
+            pipelines=w.pipelines,
         )
         for w in rows
     ]

@@ -177,22 +177,35 @@ def _series_results(
 
 
 def _guidance(results: Sequence[SeriesResult], pipeline: PipelineConfig) -> list[GuidelineEntry]:
-    """The guideline follow-up each segmentation model's outcome carries (Fleischner 2017)."""
+    """Per segmentation model: the guideline follow-up it carries (Fleischner 2017), or, when
+    it found no lesion, that statement (a report must say the AI looked and found nothing)."""
     entries = []
     for result in results:
-        advice = result.outcome.extra.get("recommendation")
+        outcome = result.outcome
+        advice = outcome.extra.get("recommendation")
+        if outcome.task == "segmentation" and not outcome.lesions and not outcome.declined:
+            entries.append(
+                GuidelineEntry(
+                    algorithm=algorithm_of(outcome),
+                    finding_code=("52988006", "SCT", "Lesion"),
+                    recommendation=None,
+                    statement="no lesion found",
+                    tracking=f"No lesion found by {outcome.model_name}"[:64],
+                    decision_support=False,
+                )
+            )
         if pipeline.fleischner is None or not advice:
             continue
-        nodules = result.outcome.extra.get("nodules") or [{"lesion": 1}]
-        first = result.outcome.lesions[int(nodules[0]["lesion"]) - 1]
+        nodules = outcome.extra.get("nodules") or [{"lesion": 1}]
+        first = outcome.lesions[int(nodules[0]["lesion"]) - 1]
         code = advice.get("code")
         entries.append(
             GuidelineEntry(
-                algorithm=algorithm_of(result.outcome),
+                algorithm=algorithm_of(outcome),
                 finding_code=first.code,
                 recommendation=(code[0], code[1], code[2]) if code else None,
                 statement=str(advice["statement"]),
-                tracking=f"Fleischner 2017 follow-up ({result.outcome.model_name})"[:64],
+                tracking=f"Fleischner 2017 follow-up ({outcome.model_name})"[:64],
             )
         )
     return entries

@@ -62,13 +62,15 @@ class DeclinedEntry:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class GuidelineEntry:
-    """A follow-up recommendation from a published guideline, for the lesions of one model."""
+    """A follow-up recommendation from a published guideline, for the lesions of one model;
+    or (``decision_support`` false) a plain statement of the model's, e.g. "no lesion found"."""
 
     algorithm: Algorithm
     finding_code: tuple[str, str, str]  # what the lesions are (the model label's code)
     recommendation: tuple[str, str, str] | None  # None: no row applies (the statement says why)
     statement: str
     tracking: str  # the group's Tracking Identifier (<= 64 characters)
+    decision_support: bool = True
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -372,6 +374,8 @@ def encode_report(
     statements |= {
         g.tracking: f"Decision support by {g.algorithm.name} {g.algorithm.version}, "
         f"not verified: {g.statement}"
+        if g.decision_support
+        else f"{g.algorithm.name} {g.algorithm.version}: {g.statement}"
         for g in guidance
     }
     _annotate_declined(sr, statements)

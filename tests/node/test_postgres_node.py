@@ -170,3 +170,82 @@ def test_two_nodes_share_one_database_and_store_and_send_each_result_once(
     finally:
         for node in nodes:
             node.stop()
+
+
+def test_an_idle_worker_wakes_when_a_job_is_queued(
+    node_factory, postgres: PostgresServer, tmp_path: Path
+) -> None:
+    """LISTEN/NOTIFY: with a 60 s poll interval the job still starts within seconds."""
+    url = postgres.new_database()
+    package = threshold_segmenter(tmp_path / "pkg", threshold_hu=120)
+    node, cfg = node_factory(
+        pipelines=f'\n[[pipelines]]\nname = "lesions"\nmodels = ["{package}"]\n',
+        database={"url": url},
+        inference={"workers": 1, "poll_interval_s": 60},
+    )
+    time.sleep(1.0)  # the worker has polled once and is waiting
+    files, _ = write_lesion_ct(tmp_path / "ct")
+    assert storescu(cfg.node.port, files).returncode == 0
+    sent = time.monotonic()
+    engine = open_engine(DatabaseConfig(url=url), tmp_path)
+    sessions = make_sessionmaker(engine)
+    while time.monotonic() - sent < 40:
+        with sessions.begin() as s:
+            jobs = queue.list_jobs(s)
+        if jobs and jobs[0].status == "succeeded":
+            break
+        time.sleep(0.2)
+    engine.dispose()
+    took = time.monotonic() - sent
+    assert jobs and jobs[0].status == "succeeded", node.output()[-2000:]
+    # Quiet period 2 s, a check every 0.2 s, the job itself: far below the 60 s poll.
+    assert took < 15, took
+
+
+def test_a_worker_host_runs_its_pipelines_and_the_roster_shows_every_process(
+    node_factory, postgres: PostgresServer, tmp_path: Path
+) -> None:
+    """A listener host (serve, no worker) and a GPU-host-style ``ainode worker --pipelines``."""
+    url = postgres.new_database()
+    package = threshold_segmenter(tmp_path / "pkg", threshold_hu=120)
+    pipelines = (
+        f'\n[[pipelines]]\nname = "lesions"\nmodels = ["{package}"]\n'
+        f'[[pipelines]]\nname = "other"\nmodels = ["{package}"]\n'
+    )
+    node, cfg = node_factory(
+        pipelines=pipelines, database={"url": url}, inference={"workers": 0, "poll_interval_s": 0.2}
+    )
+    for bad, message in (
+        (["--pipelines", "nope"], "--pipelines: nope not in [[pipelines]] (lesions, other)"),
+        (["--device", "gpu"], '--device: must be "auto", "cpu", "cuda" or "cuda:N"'),
+    ):
+        refused = _ainode(node.config, "worker", *bad)
+        assert refused.returncode == 2 and message in refused.stderr, refused.stderr
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "node", "worker", "--config", str(node.config),
+         "--pipelines", "lesions", "--device", "cpu"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        files, _ = write_lesion_ct(tmp_path / "ct")
+        assert storescu(cfg.node.port, files).returncode == 0
+        engine = open_engine(DatabaseConfig(url=url), tmp_path)
+        sessions = make_sessionmaker(engine)
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            with sessions.begin() as s:
+                jobs = {j.pipeline: j.status for j in queue.list_jobs(s)}
+            if jobs.get("lesions") == "succeeded":
+                break
+            time.sleep(0.3)
+        engine.dispose()
+        # Only its own pipeline: "other" waits for a worker that runs it.
+        assert jobs == {"lesions": "succeeded", "other": "todo"}, jobs
+        status = _ainode(node.config, "status").stdout
+        assert "processes:             2 running" in status, status
+        assert "serve " in status and "worker " in status
+        assert "on cpu: lesions, last seen" in status
+        assert "NOT SEEN" not in status
+    finally:
+        worker.terminate()
+        worker.wait(30)
