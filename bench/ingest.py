@@ -11,6 +11,7 @@ Note: storescp never fsyncs (the speed of light); Orthanc (default settings) and
 ainode do, so Orthanc is the like-for-like peer.
 
 Usage: .venv/bin/python bench/ingest.py [--runs 3] [--processes 1,2] [--skip-orthanc]
+                                        [--database sqlite,postgresql]
 """
 
 from __future__ import annotations
@@ -127,12 +128,16 @@ def count_orthanc(work: Path, port: int) -> int:
         return int(json.load(r)["CountInstances"])
 
 
-def ainode_receiver(processes: int) -> Receiver:
+def ainode_receiver(processes: int, new_database: Callable[[], str] | None = None) -> Receiver:
+    """ainode with ``processes`` listener processes; its index on SQLite, or on a fresh
+    PostgreSQL database per run (``new_database`` gives its URL)."""
+
     def start(work: Path, port: int) -> subprocess.Popen[bytes]:
         cfg = work / "config.toml"
+        database = f'[database]\nurl = "{new_database()}"\n' if new_database else ""
         cfg.write_text(
             f"[node]\nport = {port}\nlistener_processes = {processes}\n"
-            f'[storage]\ndata_dir = "data"\nmin_free_mb = 0\n'
+            f'[storage]\ndata_dir = "data"\nmin_free_mb = 0\n{database}'
             f'[logging]\nlevel = "WARNING"\n[web]\nenabled = false\n'
             f'[[pipelines]]\nname = "default"\n'
         )
@@ -154,7 +159,8 @@ def ainode_receiver(processes: int) -> Receiver:
         line = next(x for x in out.splitlines() if x.startswith("instances:"))
         return int(line.split()[1])
 
-    return Receiver(f"ainode x{processes}", start, count)
+    where = " (PostgreSQL)" if new_database else ""
+    return Receiver(f"ainode x{processes}{where}", start, count)
 
 
 def send(port: int, files: list[Path], senders: int) -> float:
@@ -204,7 +210,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--processes", default="1,2", help="ainode listener processes to try")
     ap.add_argument("--skip-orthanc", action="store_true")
     ap.add_argument("--data", type=Path, help="reuse data made by make_study.py")
+    ap.add_argument(
+        "--database",
+        default="sqlite",
+        help="ainode's index: sqlite, postgresql, or both (a server started for the run)",
+    )
     a = ap.parse_args(argv)
+    server = None
+    if "postgresql" in a.database:
+        sys.path[0] = str(ROOT)
+        from tests.pg import PostgresServer  # the tests' own server harness
+
+        server = PostgresServer(Path(tempfile.mkdtemp(prefix="ingest-pg-"))).start()
+    try:
+        return _run(a, server)
+    finally:
+        if server is not None:
+            server.stop()
+
+
+def _run(a: argparse.Namespace, server: object) -> int:
 
     data = a.data or Path(tempfile.mkdtemp(prefix="ingest-data-"))
     if not ((data / "ct").is_dir() and (data / "small").is_dir()):
@@ -222,7 +247,11 @@ def main(argv: list[str] | None = None) -> int:
     receivers = [Receiver("storescp (no fsync)", start_storescp, count_storescp)]
     if not a.skip_orthanc and shutil.which("Orthanc"):
         receivers.append(Receiver("Orthanc (fsync)", start_orthanc, count_orthanc))
-    receivers += [ainode_receiver(int(n)) for n in a.processes.split(",")]
+    if "sqlite" in a.database:
+        receivers += [ainode_receiver(int(n)) for n in a.processes.split(",")]
+    if server is not None:
+        new_database = server.new_database  # type: ignore[attr-defined]
+        receivers += [ainode_receiver(int(n), new_database) for n in a.processes.split(",")]
 
     results: dict[str, dict[str, tuple[float, float, float]]] = {}
     for rx in receivers:
@@ -250,6 +279,11 @@ def main(argv: list[str] | None = None) -> int:
         cells = [f"{v[0]:.0f}/s, {v[1]:.0f} MB/s" for v in row.values()]
         rss = max(v[2] for v in row.values())
         print(f"| {name} | " + " | ".join(cells) + f" | {rss:.0f} MiB |")
+    for name in [n for n in results if n.endswith("(PostgreSQL)")]:
+        sqlite = name.removesuffix(" (PostgreSQL)")
+        if sqlite in results:
+            ratios = [results[name][s][0] / results[sqlite][s][0] for s in sets]
+            print(f"\n{name} / {sqlite}: " + ", ".join(f"{r:.2f}x" for r in ratios))
     ainodes = [n for n in results if n.startswith("ainode")]
     anchors = [n for n in results if not n.startswith("ainode")]
     print("\nainode's ratio to each anchor (instances/s):\n")

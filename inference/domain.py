@@ -22,23 +22,20 @@ it from the scans the package was fitted and calibrated on:
 The worker checks modality, body part, spacing and intensity before the
 forward pass, and the features after it: a series outside any of them gets
 no findings; its outcome says ``outside the validated input of MODEL
-(reason)``.
+(reason)``. No torch here (``serve`` and its listeners read packages without
+it); the feature vector is taken by :mod:`inference.features`.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import torch
-from torch import Tensor, nn
 
 from dicomio.records import Volume
 from inference.errors import ModelPackageError
@@ -52,8 +49,6 @@ __all__ = [
     "check_series",
     "check_volume",
     "domain_json",
-    "feature_probe",
-    "features_of",
     "intensity_stats",
     "read_domain",
 ]
@@ -244,44 +239,3 @@ def check_features(domain: Domain, vector: npt.NDArray[np.float64] | None) -> st
             f"{distance:.1f}; accepted up to {domain.features.threshold:.1f})"
         )
     return None
-
-
-class _Probe:
-    def __init__(self) -> None:
-        self.total: Tensor | None = None
-        self.count = 0
-
-    def add(self, output: Tensor) -> None:
-        pooled = output.detach().float().mean(dim=tuple(range(2, output.ndim))).sum(dim=0).cpu()
-        self.total = pooled if self.total is None else self.total + pooled
-        self.count += output.shape[0]
-
-    def vector(self) -> npt.NDArray[np.float64] | None:
-        if self.total is None or self.count == 0:
-            return None
-        return (self.total / self.count).numpy().astype(np.float64)
-
-
-@contextmanager
-def feature_probe(module: nn.Module, layer: str | None) -> Iterator[_Probe]:
-    """Collect the spatial mean of ``layer``'s output over every call (every window) meanwhile.
-
-    A module without that layer (ONNX, TorchScript) yields a probe with no vector.
-    """
-    probe = _Probe()
-    target = dict(module.named_modules()).get(layer) if layer else None
-    if target is None:
-        yield probe
-        return
-    handle = target.register_forward_hook(lambda _m, _i, out: probe.add(out))
-    try:
-        yield probe
-    finally:
-        handle.remove()
-
-
-def features_of(module: nn.Module, layer: str, run: Any) -> npt.NDArray[np.float64] | None:
-    """Run ``run()`` with a probe on ``layer``; the features it saw (for building a domain)."""
-    with torch.inference_mode(), feature_probe(module, layer) as probe:
-        run()
-    return probe.vector()

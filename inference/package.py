@@ -14,7 +14,6 @@ from torch import nn
 from inference.architectures import build
 from inference.errors import ModelPackageError, OutputMismatch
 from inference.modelspec import ModelSpec
-from inference.onnx_model import OnnxModule
 from inference.spec import verify_package
 
 __all__ = ["LoadedModel", "check_outputs", "load_package"]
@@ -34,6 +33,9 @@ def load_package(folder: Path, device: torch.device) -> LoadedModel:
     spec = verify_package(folder)
     where = folder / "model.toml"
     if spec.format == "onnx":
+        # ONNX Runtime is loaded only by workers that run an ONNX package.
+        from inference.onnx_model import OnnxModule
+
         module: nn.Module = OnnxModule(spec.weights, device, task=spec.task)
     elif spec.format in ("torchscript", "monai_bundle"):
         module = _read(spec.weights, "TorchScript", lambda: _load_torchscript(spec.weights, device))

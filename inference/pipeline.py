@@ -25,7 +25,6 @@ from inference.domain import (
     check_features,
     check_series,
     check_volume,
-    feature_probe,
 )
 from inference.execute import (
     classify,
@@ -34,6 +33,7 @@ from inference.execute import (
     segment,
     with_oom_fallback,
 )
+from inference.features import feature_probe
 from inference.fleischner import advise, measure_nodule
 from inference.matching import model_takes, select_series, takes_kind
 from inference.package import LoadedModel, check_outputs

@@ -81,6 +81,24 @@ class PostgresServer:
     def url(self, name: str) -> str:
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{name}"
 
+    def pause(self) -> None:
+        """Stop the server (fast shutdown), keeping its data: an outage."""
+        pg_ctl = pg_bin("pg_ctl")
+        assert pg_ctl is not None
+        self._run(pg_ctl, "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+    def resume(self) -> None:
+        """Start it again on the same port after :meth:`pause`."""
+        pg_ctl = pg_bin("pg_ctl")
+        assert pg_ctl is not None
+        options = (
+            f"-p {self.port} -k {self.sockets} -c listen_addresses=127.0.0.1 -c max_connections=200"
+        )
+        self._run(
+            pg_ctl, "-D", str(self.data), "-o", options, "-l", str(self.folder / "log"),
+            "-w", "-t", "60", "start",
+        )  # fmt: skip
+
     def stop(self) -> None:
         pg_ctl = pg_bin("pg_ctl")
         try:

@@ -134,3 +134,17 @@ def test_importing_a_module_does_not_switch_pydicom_settings() -> None:
         [sys.executable, "-c", script, *names], capture_output=True, text=True, cwd=ROOT
     )
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_serve_and_its_listeners_do_not_import_torch() -> None:
+    """Listener processes never load a model: importing torch would cost each ~200 MiB."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, node.__main__, node.service, node.web.app, node.housekeeping, "
+        "inference.spec; print(sorted(m for m in ('torch', 'onnxruntime') if m in sys.modules))"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[]"

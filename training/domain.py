@@ -27,10 +27,10 @@ from inference.domain import (
     check_features,
     check_volume,
     domain_json,
-    features_of,
     intensity_stats,
 )
 from inference.execute import classify, segment
+from inference.features import features_of
 from inference.package import LoadedModel
 from inference.spec import sha256_file, verify_package
 

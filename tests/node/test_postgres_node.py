@@ -110,21 +110,21 @@ def test_an_older_schema_is_refused_until_db_upgrade(
     assert "(current)" in _ainode(node.config, "db", "current").stdout
 
 
-def test_two_nodes_share_one_database_and_store_and_send_each_result_once(
+def test_two_listeners_and_three_workers_share_one_database_and_store(
     postgres: PostgresServer, orthanc, tmp_path: Path
 ) -> None:
-    """Two ``serve`` processes, one PostgreSQL database, one data folder, one PACS.
-
-    Each receives a study; both run completion, workers and delivery on their
-    schedules. Every result reaches Orthanc exactly once (its change log counts
-    each new instance), and each study was closed and queued once.
+    """Two ``serve`` listeners on two ports (no workers) and three ``ainode worker`` processes
+    share one PostgreSQL database and one data folder; storescu sends six studies split
+    across both listeners. Each study gets one job per pipeline, each job succeeds on its
+    first attempt, and every result reaches a real Orthanc exactly once.
     """
+    from storage import deliveries
     from tests.peers import NodeProcess
 
     url = postgres.new_database()
     package = threshold_segmenter(tmp_path / "pkg", threshold_hu=120)
     shared = tmp_path / "shared"
-    nodes = []
+    nodes, configs = [], []
     for name in ("a", "b"):
         folder = tmp_path / name
         folder.mkdir()
@@ -133,41 +133,59 @@ def test_two_nodes_share_one_database_and_store_and_send_each_result_once(
             f"[node]\nport = {port}\n[storage]\ndata_dir = '{shared}'\nmin_free_mb = 0\n"
             f"[database]\nurl = '{url}'\n[web]\nenabled = false\n"
             "[completion]\nquiet_period_s = 2\ncheck_interval_s = 0.2\n"
-            "[inference]\nworkers = 1\npoll_interval_s = 0.1\n"
+            "[inference]\nworkers = 0\npoll_interval_s = 0.5\n"
             "[delivery]\ncheck_interval_s = 0.1\n"
             f'[[destinations]]\nname = "pacs"\nae_title = "{orthanc.aet}"\n'
             f'host = "127.0.0.1"\nport = {orthanc.dicom_port}\n'
             f'[[pipelines]]\nname = "lesions"\nmodels = ["{package}"]\ndestinations = ["pacs"]\n'
         )
+        configs.append(folder / "config.toml")
         nodes.append(NodeProcess(folder / "config.toml", port, folder / "node.log").start())
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-m", "node", "worker", "--config", str(configs[n % 2])],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for n in range(3)
+    ]
     try:
-        for n, node in enumerate(nodes):
+        senders = []
+        for n in range(6):
             files, _ = write_lesion_ct(tmp_path / f"ct{n}", seed=10 + n)
-            assert storescu(node.port, files).returncode == 0
+            port = nodes[n % 2].port
+            senders.append(threading.Thread(target=storescu, args=(port, files)))
+        for t in senders:
+            t.start()
+        for t in senders:
+            t.join(180)
         engine = open_engine(DatabaseConfig(url=url), tmp_path)
         sessions = make_sessionmaker(engine)
-        from storage import deliveries
-
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + 240
         while time.monotonic() < deadline:
             with sessions.begin() as s:
                 rows = deliveries.list_deliveries(s, limit=100)
                 jobs = queue.list_jobs(s)
-            if len(rows) == 4 and all(r.status == "delivered" for r in rows):
+            if len(rows) == 12 and all(r.status == "delivered" for r in rows):
                 break
             time.sleep(0.3)
         else:
             raise AssertionError(f"not delivered: {rows}\n{nodes[0].output()[-2000:]}")
         time.sleep(1.0)  # a second send, if any, would land now
         engine.dispose()
-        assert len(jobs) == 2 and all(j.attempts == 1 for j in jobs)
+        assert len(jobs) == 6 and len({j.study_instance_uid for j in jobs}) == 6
+        assert all(j.status == "succeeded" and j.attempts == 1 for j in jobs)
         assert all(r.attempts == 1 for r in rows)
-        assert orthanc.new_instance_events() == 4  # SR and SEG per study
+        assert orthanc.new_instance_events() == 12  # SR and SEG per study
         # Orthanc takes a second copy of an instance silently: the nodes' own logs say
         # how many times anything was sent.
         sends = sum(n.output().count(" to pacs: delivered") for n in nodes)
-        assert sends == 4, sends
+        assert sends == 12, sends
     finally:
+        for w in workers:
+            w.terminate()
+        for w in workers:
+            w.wait(30)
         for node in nodes:
             node.stop()
 
@@ -249,3 +267,140 @@ def test_a_worker_host_runs_its_pipelines_and_the_roster_shows_every_process(
     finally:
         worker.terminate()
         worker.wait(30)
+
+
+def test_a_database_outage_is_answered_0xa701_and_the_node_recovers_by_itself(
+    node_factory, postgres: PostgresServer, tmp_path: Path
+) -> None:
+    from tests.dicomgen import write_ct_series
+    from tests.peers import acknowledged
+
+    url = postgres.new_database()
+    node, cfg = node_factory(database={"url": url})
+    assert storescu(cfg.node.port, write_ct_series(tmp_path / "a", count=2)).returncode == 0
+    postgres.pause()
+    try:
+        during = write_ct_series(tmp_path / "b", count=2)
+        sent = storescu(cfg.node.port, during, extra=["--no-halt", "-d"])
+        assert list(acknowledged(sent.stdout).values()) == ["0xa701", "0xa701"], sent.stdout
+        assert "index unavailable" in sent.stdout  # the Error Comment
+    finally:
+        postgres.resume()
+    # No restart of the node: its pool reconnects (pre-ping) on the next store.
+    assert storescu(cfg.node.port, write_ct_series(tmp_path / "c", count=2)).returncode == 0
+    assert node.proc is not None and node.proc.poll() is None
+    status = _ainode(node.config, "status").stdout
+    assert "instances:             4" in status, status  # what was acknowledged, and only that
+
+
+def test_a_worker_killed_mid_job_leaves_it_to_another(
+    node_factory, postgres: PostgresServer, tmp_path: Path
+) -> None:
+    """kill -9 the worker that holds a job: its lease runs out and another worker redoes it."""
+    url = postgres.new_database()
+    package = threshold_segmenter(tmp_path / "pkg", threshold_hu=120)
+    node, cfg = node_factory(
+        pipelines=f'\n[[pipelines]]\nname = "lesions"\nmodels = ["{package}"]\n',
+        database={"url": url},
+        queue={"lease_s": 3, "lease_check_interval_s": 0.5},
+        inference={"workers": 0, "poll_interval_s": 0.2, "heartbeat_s": 1},
+    )
+
+    def worker() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "node", "worker", "--config", str(node.config)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    first = worker()
+    engine = open_engine(DatabaseConfig(url=url), tmp_path)
+    sessions = make_sessionmaker(engine)
+    second = None
+    try:
+        files, _ = write_lesion_ct(tmp_path / "ct", shape=(160, 256, 256))  # seconds of work
+        assert storescu(cfg.node.port, files).returncode == 0
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with sessions.begin() as s:
+                jobs = queue.list_jobs(s)
+            if jobs and jobs[0].status == "doing":
+                break
+            time.sleep(0.05)
+        assert jobs and jobs[0].status == "doing", jobs
+        first.kill()  # kill -9, mid-job
+        first.wait(10)
+        second = worker()
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            with sessions.begin() as s:
+                jobs = queue.list_jobs(s)
+            if jobs[0].status == "succeeded":
+                break
+            time.sleep(0.2)
+        assert jobs[0].status == "succeeded" and jobs[0].attempts == 2, jobs
+    finally:
+        engine.dispose()
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+
+
+def test_kill_9_of_one_listener_loses_nothing_it_acknowledged_and_the_other_receives(
+    postgres: PostgresServer, tmp_path: Path
+) -> None:
+    from pydicom import dcmread
+    from sqlalchemy import select
+
+    from storage.models import Instance
+    from tests.dicomgen import dataset_bytes, write_ct_series
+    from tests.peers import DCMTK_ENV, NodeProcess, acknowledged
+
+    url = postgres.new_database()
+    shared = tmp_path / "shared"
+    nodes = []
+    for name in ("a", "b"):
+        folder = tmp_path / name
+        folder.mkdir()
+        port = free_port()
+        (folder / "config.toml").write_text(
+            f"[node]\nport = {port}\n[storage]\ndata_dir = '{shared}'\nmin_free_mb = 0\n"
+            f"[database]\nurl = '{url}'\n[web]\nenabled = false\n[inference]\nworkers = 0\n"
+        )
+        nodes.append(NodeProcess(folder / "config.toml", port, folder / "node.log").start())
+    a, b = nodes
+    try:
+        files = write_ct_series(tmp_path / "big", count=200, size=256)
+        sender = subprocess.Popen(
+            ["storescu", "-v", "-aec", "AINODE", "127.0.0.1", str(a.port), *map(str, files)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=DCMTK_ENV,
+        )  # fmt: skip
+        engine = open_engine(DatabaseConfig(url=url), tmp_path)
+        sessions = make_sessionmaker(engine)
+
+        def indexed() -> dict[str, Path]:
+            with sessions.begin() as s:
+                rows = s.execute(select(Instance.sop_instance_uid, Instance.path))
+                return {u: Path(p) for u, p in rows}
+
+        deadline = time.monotonic() + 60
+        while len(indexed()) < 40:  # kill in the middle of the association
+            assert time.monotonic() < deadline, "no progress"
+            time.sleep(0.02)
+        a.kill9()
+        out, _ = sender.communicate(timeout=60)
+        acked = {p for p, status in acknowledged(out).items() if status == "Success"}
+        assert 0 < len(acked) < len(files), "the kill must land mid-association"
+        # The other listener keeps receiving.
+        other = write_ct_series(tmp_path / "other", count=5)
+        assert storescu(b.port, other).returncode == 0
+        stored = indexed()
+        for path in acked | set(other):
+            uid = str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+            assert uid in stored, f"acknowledged {path.name} lost"
+            assert dataset_bytes(stored[uid]) == dataset_bytes(path)
+        engine.dispose()
+    finally:
+        for node in nodes:
+            node.stop()
