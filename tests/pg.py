@@ -56,13 +56,7 @@ class PostgresServer:
             shutil.chown(self.folder, "postgres", "postgres")
             shutil.chown(self.sockets, "postgres", "postgres")
         self._run(initdb, "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync")
-        options = (
-            f"-p {self.port} -k {self.sockets} -c listen_addresses=127.0.0.1 -c max_connections=200"
-        )
-        self._run(
-            pg_ctl, "-D", str(self.data), "-o", options, "-l", str(self.folder / "log"),
-            "-w", "-t", "60", "start",
-        )  # fmt: skip
+        self.resume()
         return self
 
     def admin(self) -> psycopg.Connection[tuple[object, ...]]:
@@ -88,7 +82,7 @@ class PostgresServer:
         self._run(pg_ctl, "-D", str(self.data), "-m", "fast", "-w", "stop")
 
     def resume(self) -> None:
-        """Start it again on the same port after :meth:`pause`."""
+        """Start the server on its port (at :meth:`start`, and again after :meth:`pause`)."""
         pg_ctl = pg_bin("pg_ctl")
         assert pg_ctl is not None
         options = (
