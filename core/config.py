@@ -153,6 +153,11 @@ class DatabaseConfig:
     url: str
     password_file: Path | None = None
 
+    @property
+    def sqlite_path(self) -> Path | None:
+        """The SQLite file the URL names; None for a database server."""
+        return Path(self.url.split(":///", 1)[1]) if self.url.startswith("sqlite") else None
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CompletionConfig:

@@ -6,9 +6,8 @@ import torch (``serve`` and its listener processes never load a model).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -52,7 +51,9 @@ def feature_probe(module: nn.Module, layer: str | None) -> Iterator[_Probe]:
         handle.remove()
 
 
-def features_of(module: nn.Module, layer: str, run: Any) -> npt.NDArray[np.float64] | None:
+def features_of(
+    module: nn.Module, layer: str, run: Callable[[], object]
+) -> npt.NDArray[np.float64] | None:
     """Run ``run()`` with a probe on ``layer``; the features it saw (for building a domain)."""
     with torch.inference_mode(), feature_probe(module, layer) as probe:
         run()

@@ -185,9 +185,8 @@ def advise(nodules: Sequence[Nodule], risk: str, table: Guideline | None = None)
             statement=f"{described}: over {MASS_MM} mm, a mass, outside {table.name}; "
             "not a nodule follow-up question",
         )
-    row_type = kind
-    if count == "multiple" and any(str(x["type"]) != "solid" for x in nodules):
-        row_type = "subsolid" if kind != "solid" else "solid"
+    # Several nodules led by a subsolid one: the table's rows for multiple subsolid nodules.
+    row_type = "subsolid" if count == "multiple" and kind != "solid" else kind
     used_risk = "high" if risk == "unknown" else risk
     rule = next(
         r

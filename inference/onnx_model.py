@@ -64,7 +64,6 @@ class OnnxModule(nn.Module):
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise ModelPackageError(f"{path}: not a loadable ONNX model ({first})") from None
         self.inputs = [i.name for i in self.session.get_inputs()]
-        self.outputs = [o.name for o in self.session.get_outputs()]
         self.task = task
         self.device = device
 

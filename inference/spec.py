@@ -76,6 +76,17 @@ def _choice(table: Table, key: str, options: tuple[str, ...], default: str | Non
     return value
 
 
+def _file_and_digest(table: Table, key: str) -> tuple[str, str]:
+    """A file named by ``key`` inside the package folder, and its ``sha256`` (lower-case hex)."""
+    name = table.required_string(key)
+    if Path(name).is_absolute() or ".." in Path(name).parts:
+        raise table.fail(key, f"must name a file inside the package folder (got {name!r})")
+    sha = table.required_string("sha256").lower()
+    if not re.fullmatch(r"[0-9a-f]{64}", sha):
+        raise table.fail("sha256", "must be 64 hex digits")
+    return name, sha
+
+
 def _model(table: Table, folder: Path) -> dict[str, Any]:
     name = table.required_string("name")
     if not _NAME_RE.fullmatch(name):
@@ -88,12 +99,7 @@ def _model(table: Table, folder: Path) -> dict[str, Any]:
         raise table.fail("architecture", 'is required with format = "state_dict"')
     if fmt != "state_dict" and architecture:
         raise table.fail("architecture", f'must not be set with format = "{fmt}"')
-    weights = table.required_string("weights")
-    if Path(weights).is_absolute() or ".." in Path(weights).parts:
-        raise table.fail("weights", f"must name a file inside the package folder (got {weights!r})")
-    sha = table.required_string("sha256").lower()
-    if not re.fullmatch(r"[0-9a-f]{64}", sha):
-        raise table.fail("sha256", "must be 64 hex digits")
+    weights, sha = _file_and_digest(table, "weights")
     parameters = table.raw("parameters")
     if parameters is None:
         parameters = {}
@@ -281,12 +287,7 @@ def _domain(table: Table, folder: Path, task: str) -> DomainFile | None:
         return None
     if task == "sequence":
         raise table.fail("file", "is for image models (this is a sequence model)")
-    name = table.required_string("file")
-    if Path(name).is_absolute() or ".." in Path(name).parts:
-        raise table.fail("file", f"must name a file inside the package folder (got {name!r})")
-    sha = table.required_string("sha256").lower()
-    if not re.fullmatch(r"[0-9a-f]{64}", sha):
-        raise table.fail("sha256", "must be 64 hex digits")
+    name, sha = _file_and_digest(table, "file")
     table.finish()
     path = folder / name
     return DomainFile(path=path, sha256=sha, domain=read_domain(path))

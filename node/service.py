@@ -164,7 +164,7 @@ def serve(cfg: NodeConfig) -> int:
     """Run the node until SIGTERM; return the process exit code."""
     cfg.storage.data_dir.mkdir(exist_ok=True)
     # Lock first: a second, refused serve must not touch the running node's files.
-    shared = cfg.database is not None and cfg.database.url.startswith("postgresql")
+    shared = cfg.database is not None and cfg.database.sqlite_path is None
     lock = _lock_data_dir(cfg.storage.data_dir, shared_port=cfg.node.port if shared else None)
     _fresh_metrics_folder()
     spool = Spool(cfg.storage.data_dir)

@@ -86,10 +86,10 @@ class DatabaseError(Exception):
 
 def open_engine(db: DatabaseConfig | None, sqlite_default: Path) -> Engine:
     """The engine ``[database]`` names (``None``: SQLite at ``sqlite_default``)."""
-    if db is None or db.url.startswith("sqlite"):
-        return create_sqlite_engine(
-            Path(db.url.split(":///", 1)[1]) if db is not None else sqlite_default
-        )
+    if db is None:
+        return create_sqlite_engine(sqlite_default)
+    if db.sqlite_path is not None:
+        return create_sqlite_engine(db.sqlite_path)
     url = make_url(db.url)
     password = os.environ.get("AINODE_DATABASE_PASSWORD")
     if db.password_file is not None:

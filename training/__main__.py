@@ -7,11 +7,14 @@ import argparse
 import json
 import sys
 import tempfile
+from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from inference.domain import Domain
 from inference.package import LoadedModel
 from training.data import load_ct_cases, load_ecg_cases, load_history_cases
 from training.domain import (
@@ -144,29 +147,42 @@ def _package_and_recipe(package: Path, command: str) -> tuple[LoadedModel, Recip
     return loaded, RECIPES[loaded.spec.name]
 
 
-def _domain(package: Path, data: list[Path], check: list[Path], body_parts: list[str]) -> int:
-    """``ainode train domain``: build, write, and measure the share of held-out scans accepted."""
-    found = _package_and_recipe(package, "domain")
-    if found is None:
-        return 2
-    loaded, recipe = found
+def _record_domain(
+    loaded: LoadedModel,
+    recipe: Recipe,
+    package: Path,
+    data: Sequence[Path],
+    check: Sequence[Path],
+    body_parts: Sequence[str],
+) -> tuple[Domain, list[tuple[Path, int, int, Counter[str]]]]:
+    """Build the domain from ``data``, write it and the model card's section; measure ``check``."""
     domain = build_domain(
         loaded,
         (v for folder in data for v in domain_volumes(_cases(recipe, folder))),
         body_parts=body_parts,
         built_from=", ".join(folder.name for folder in data),
     )
-    path = write_domain(package, domain)
-    print(f"wrote {path} ({domain.built_from})")
-    checks = []
-    for folder in check:
-        scans = domain_volumes(_cases(recipe, folder))
-        accepted, total, reasons = acceptance(loaded, domain, scans)
-        checks.append((folder.name, accepted, total))
+    write_domain(package, domain)
+    checks = [
+        (folder, *acceptance(loaded, domain, domain_volumes(_cases(recipe, folder))))
+        for folder in check
+    ]
+    card_section(package, domain, [(f.name, accepted, total) for f, accepted, total, _ in checks])
+    return domain, checks
+
+
+def _domain(package: Path, data: list[Path], check: list[Path], body_parts: list[str]) -> int:
+    """``ainode train domain``: build, write, and measure the share of held-out scans accepted."""
+    found = _package_and_recipe(package, "domain")
+    if found is None:
+        return 2
+    loaded, recipe = found
+    domain, checks = _record_domain(loaded, recipe, package, data, check, body_parts)
+    print(f"wrote {package / 'domain.json'} ({domain.built_from})")
+    for folder, accepted, total, reasons in checks:
         print(f"{folder}: accepted {accepted}/{total} ({accepted / max(total, 1):.1%})")
         for why, n in reasons.most_common():
             print(f"  declined {n}: {why}")
-    card_section(package, domain, checks)
     return 0
 
 
@@ -180,19 +196,9 @@ def _rebuild_domain(recipe: Recipe, package: Path, folders: dict[str, Path]) -> 
 
     from inference.package import load_package
 
-    loaded = load_package(package, torch.device("cpu"))
     parts = [folders["train"], folders["val"], folders["calibration"]]
-    domain = build_domain(
-        loaded,
-        (v for folder in parts for v in domain_volumes(_cases(recipe, folder))),
-        body_parts=_DOMAIN_KINDS[recipe.kind],
-        built_from=", ".join(folder.name for folder in parts),
-    )
-    write_domain(package, domain)
-    accepted, total, _reasons = acceptance(
-        loaded, domain, domain_volumes(_cases(recipe, folders["test"]))
-    )
-    card_section(package, domain, [(folders["test"].name, accepted, total)])
+    loaded = load_package(package, torch.device("cpu"))
+    _record_domain(loaded, recipe, package, parts, [folders["test"]], _DOMAIN_KINDS[recipe.kind])
 
 
 def _rebuild(out: Path, work: Path, only: list[str]) -> int:

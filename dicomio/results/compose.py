@@ -22,15 +22,12 @@ from dicomio.results.pmap import encode_attention_map
 from dicomio.results.regions import Region, hotspot_region, lesion_regions, whole_slice_region
 from dicomio.results.seg import MAX_SEGMENTS, encode_segmentation
 from dicomio.results.sources import read_headers, read_sources
-from dicomio.results.sr import (
-    DeclinedEntry,
-    FindingEntry,
-    GuidelineEntry,
-    LesionEntry,
-    encode_report,
-)
+from dicomio.results.sr import FindingEntry, LesionEntry, NoteEntry, encode_report
 
 __all__ = ["ResultObject", "encode_run", "to_bytes"]
+
+_UNDETERMINED = ("373068000", "SCT", "Undetermined")  # the finding of a declined series
+_LESION = ("52988006", "SCT", "Lesion")  # what a segmentation found none of
 
 logger = logging.getLogger(__name__)
 
@@ -88,13 +85,20 @@ def _series_results(
     lesions: list[LesionEntry] = []
     comparisons: list[Dataset] = []
     recommendations = {r.finding: r for r in pipeline.recommendations}
-    declined: list[DeclinedEntry] = []
+    notes: list[NoteEntry] = []
     for result in results:
         outcome = result.outcome
         algo = algorithm_of(outcome)
         algorithms.append(algo)
         if outcome.declined:
-            declined.append(DeclinedEntry(algorithm=algo, statement=outcome.declined))
+            notes.append(
+                NoteEntry(
+                    algorithm=algo,
+                    finding_code=_UNDETERMINED,
+                    tracking=f"Not analysed by {algo.name}"[:64],
+                    comment=f"Not analysed: {outcome.declined}",
+                )
+            )
             continue
         comparisons.extend(read_headers(result.comparison_paths))
         region: Region | None = None
@@ -157,7 +161,7 @@ def _series_results(
                     len(outcome.lesions),
                     MAX_SEGMENTS,
                 )
-    guidance = _guidance(results, pipeline)
+    notes.extend(_guidance(results, pipeline))
     sr = encode_report(
         sources,
         algorithms,
@@ -170,45 +174,44 @@ def _series_results(
         series_number=pipeline.series_number,
         series_description=_description(pipeline, "report"),
         images=images,
-        declined=declined,
-        guidance=guidance,
+        notes=notes,
     )
     return [ResultObject(kind="SR", dataset=sr, source_series_instance_uid=series_uid), *objects]
 
 
-def _guidance(results: Sequence[SeriesResult], pipeline: PipelineConfig) -> list[GuidelineEntry]:
+def _guidance(results: Sequence[SeriesResult], pipeline: PipelineConfig) -> list[NoteEntry]:
     """Per segmentation model: the guideline follow-up it carries (Fleischner 2017), or, when
     it found no lesion, that statement (a report must say the AI looked and found nothing)."""
-    entries = []
+    notes = []
     for result in results:
         outcome = result.outcome
-        advice = outcome.extra.get("recommendation")
+        algo = algorithm_of(outcome)
         if outcome.task == "segmentation" and not outcome.lesions and not outcome.declined:
-            entries.append(
-                GuidelineEntry(
-                    algorithm=algorithm_of(outcome),
-                    finding_code=("52988006", "SCT", "Lesion"),
-                    recommendation=None,
-                    statement="no lesion found",
+            notes.append(
+                NoteEntry(
+                    algorithm=algo,
+                    finding_code=_LESION,
                     tracking=f"No lesion found by {outcome.model_name}"[:64],
-                    decision_support=False,
+                    comment=f"{algo.name} {algo.version}: no lesion found",
                 )
             )
+        advice = outcome.extra.get("recommendation")
         if pipeline.fleischner is None or not advice:
             continue
-        nodules = outcome.extra.get("nodules") or [{"lesion": 1}]
-        first = outcome.lesions[int(nodules[0]["lesion"]) - 1]
+        # The pipeline records advice only with the nodules it was derived from.
+        first = outcome.lesions[int(outcome.extra["nodules"][0]["lesion"]) - 1]
         code = advice.get("code")
-        entries.append(
-            GuidelineEntry(
-                algorithm=algorithm_of(outcome),
+        notes.append(
+            NoteEntry(
+                algorithm=algo,
                 finding_code=first.code,
-                recommendation=(code[0], code[1], code[2]) if code else None,
-                statement=str(advice["statement"]),
                 tracking=f"Fleischner 2017 follow-up ({outcome.model_name})"[:64],
+                comment=f"Decision support by {algo.name} {algo.version}, not verified: "
+                f"{advice['statement']}",
+                recommendation=(code[0], code[1], code[2]) if code else None,
             )
         )
-    return entries
+    return notes
 
 
 def encode_run(

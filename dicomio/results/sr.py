@@ -33,7 +33,7 @@ from dicomio.results.regions import Region
 from dicomio.results.seg import coded
 from dicomio.results.sources import SourceSeries, copy_study_context
 
-__all__ = ["FindingEntry", "LesionEntry", "encode_report", "procedure_reported"]
+__all__ = ["FindingEntry", "LesionEntry", "NoteEntry", "encode_report", "procedure_reported"]
 
 _PROCEDURES: dict[str, Code] = {
     "CT": codes.LN.CTUnspecifiedBodyRegion,
@@ -53,24 +53,19 @@ class LesionEntry:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class DeclinedEntry:
-    """A model that looked at the series and declined it: no measurements, the reason."""
+class NoteEntry:
+    """A measurement group without measurements: what a model says about the series in words.
+
+    A model that declined the series, one that found no lesion, or a guideline's
+    follow-up (then ``recommendation`` is its code). ``comment`` is the whole
+    sentence the radiologist reads; ``tracking`` (<= 64 characters) names the group.
+    """
 
     algorithm: Algorithm
-    statement: str
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class GuidelineEntry:
-    """A follow-up recommendation from a published guideline, for the lesions of one model;
-    or (``decision_support`` false) a plain statement of the model's, e.g. "no lesion found"."""
-
-    algorithm: Algorithm
-    finding_code: tuple[str, str, str]  # what the lesions are (the model label's code)
-    recommendation: tuple[str, str, str] | None  # None: no row applies (the statement says why)
-    statement: str
-    tracking: str  # the group's Tracking Identifier (<= 64 characters)
-    decision_support: bool = True
+    finding_code: tuple[str, str, str]
+    tracking: str
+    comment: str
+    recommendation: tuple[str, str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -235,22 +230,8 @@ def _finding_group(
     )
 
 
-_UNDETERMINED = Code("373068000", "SCT", "Undetermined")
-
-
-def _declined_group(entry: DeclinedEntry) -> hd.sr.MeasurementsAndQualitativeEvaluations:
-    """TID 1501 without measurements: finding Undetermined, by the algorithm that declined."""
-    return hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=hd.UID(), identifier=f"Not analysed by {entry.algorithm.name}"[:64]
-        ),
-        finding_type=_UNDETERMINED,
-        algorithm_id=sr_algorithm(entry.algorithm),
-    )
-
-
-def _guideline_group(entry: GuidelineEntry) -> hd.sr.MeasurementsAndQualitativeEvaluations:
-    """TID 1501: the recommendation as a Recommendation CODE; the reasoning as a Comment."""
+def _note_group(entry: NoteEntry) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """TID 1501: the finding, the algorithm, a Recommendation CODE if any (the Comment follows)."""
     evaluations = (
         [hd.sr.QualitativeEvaluation(codes.DCM.Recommendation, coded(entry.recommendation))]
         if entry.recommendation is not None
@@ -264,8 +245,9 @@ def _guideline_group(entry: GuidelineEntry) -> hd.sr.MeasurementsAndQualitativeE
     )
 
 
-def _annotate_declined(sr: Dataset, statements: dict[str, str]) -> None:
-    """Give each group named in ``statements`` (by Tracking Identifier) a TEXT Comment."""
+def _annotate_notes(sr: Dataset, comments: dict[str, str]) -> None:
+    """Give each group named in ``comments`` (by Tracking Identifier) its TEXT Comment
+    (highdicom's TID 1501 has no slot for one)."""
 
     def walk(items: Sequence[Dataset]) -> None:
         for item in items:
@@ -279,11 +261,11 @@ def _annotate_declined(sr: Dataset, statements: dict[str, str]) -> None:
                     ),
                     None,
                 )
-                if ident in statements:
+                if ident in comments:
                     item.ContentSequence.append(
                         hd.sr.TextContentItem(
                             name=codes.DCM.Comment,
-                            value=statements[ident][:1024],
+                            value=comments[ident][:1024],
                             relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
                         )
                     )
@@ -305,13 +287,12 @@ def encode_report(
     series_number: int,
     series_description: str,
     images: bool,
-    declined: Sequence[DeclinedEntry] = (),
-    guidance: Sequence[GuidelineEntry] = (),
+    notes: Sequence[NoteEntry] = (),
 ) -> Dataset:
     """Comprehensive 3D SR (images) or Comprehensive SR (waveforms) with TID 1500 content.
 
-    ``declined``: models that looked and declined the series, each a measurement
-    group with finding Undetermined and a Comment saying why (no measurements).
+    ``notes``: groups without measurements — a model that declined the series
+    or found no lesion, a guideline's follow-up — each with its Comment.
 
     ``comparisons``: the prior studies' instances a progression model compared
     with; highdicom lists instances of other studies as Pertinent Other Evidence.
@@ -323,8 +304,7 @@ def encode_report(
         groups.extend(_lesion_groups(lesion, sources, seg))
     for f in findings:
         groups.append(_finding_group(f, sources))
-    groups.extend(_declined_group(d) for d in declined)
-    groups.extend(_guideline_group(g) for g in guidance)
+    groups.extend(_note_group(n) for n in notes)
     # The Image Library and the evidence list the key slices the regions are drawn
     # on, not the whole series: 200 library entries cost seconds and tell nothing.
     regions = [e.region for e in lesions] + [f.region for f in findings if f.region is not None]
@@ -368,16 +348,6 @@ def encode_report(
             if f.recommendation is not None and f.finding.positive
         },
     )
-    statements = {
-        f"Not analysed by {d.algorithm.name}"[:64]: f"Not analysed: {d.statement}" for d in declined
-    }
-    statements |= {
-        g.tracking: f"Decision support by {g.algorithm.name} {g.algorithm.version}, "
-        f"not verified: {g.statement}"
-        if g.decision_support
-        else f"{g.algorithm.name} {g.algorithm.version}: {g.statement}"
-        for g in guidance
-    }
-    _annotate_declined(sr, statements)
+    _annotate_notes(sr, {n.tracking: n.comment for n in notes})
     copy_study_context(sr, sources.first)
     return sr

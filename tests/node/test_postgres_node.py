@@ -21,7 +21,7 @@ from storage import queue
 from storage.db import make_sessionmaker, migrate, open_engine
 from tests.dicomgen import write_lesion_ct
 from tests.packages import threshold_segmenter
-from tests.peers import free_port, storescu
+from tests.peers import NodeProcess, free_port, storescu
 from tests.pg import PostgresServer
 
 pytestmark = pytest.mark.network
@@ -34,6 +34,30 @@ def _ainode(config: Path, *args: str, timeout: float = 60) -> subprocess.Complet
         text=True,
         timeout=timeout,
     )
+
+
+def _worker(config: Path, *args: str) -> subprocess.Popen[bytes]:
+    """``ainode worker`` in the background (output discarded: the database says what it did)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "node", "worker", "--config", str(config), *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def _shared_nodes(tmp_path: Path, url: str, extra: str) -> list[NodeProcess]:
+    """Two ``serve`` processes, own ports and configs, one database and one data folder."""
+    nodes = []
+    for name in ("a", "b"):
+        folder = tmp_path / name
+        folder.mkdir()
+        port = free_port()
+        (folder / "config.toml").write_text(
+            f"[node]\nport = {port}\n[storage]\ndata_dir = '{tmp_path / 'shared'}'\n"
+            f"min_free_mb = 0\n[database]\nurl = '{url}'\n[web]\nenabled = false\n{extra}"
+        )
+        nodes.append(NodeProcess(folder / "config.toml", port, folder / "node.log").start())
+    return nodes
 
 
 def test_serve_on_postgresql_receives_queues_and_runs(
@@ -119,36 +143,20 @@ def test_two_listeners_and_three_workers_share_one_database_and_store(
     first attempt, and every result reaches a real Orthanc exactly once.
     """
     from storage import deliveries
-    from tests.peers import NodeProcess
 
     url = postgres.new_database()
     package = threshold_segmenter(tmp_path / "pkg", threshold_hu=120)
-    shared = tmp_path / "shared"
-    nodes, configs = [], []
-    for name in ("a", "b"):
-        folder = tmp_path / name
-        folder.mkdir()
-        port = free_port()
-        (folder / "config.toml").write_text(
-            f"[node]\nport = {port}\n[storage]\ndata_dir = '{shared}'\nmin_free_mb = 0\n"
-            f"[database]\nurl = '{url}'\n[web]\nenabled = false\n"
-            "[completion]\nquiet_period_s = 2\ncheck_interval_s = 0.2\n"
-            "[inference]\nworkers = 0\npoll_interval_s = 0.5\n"
-            "[delivery]\ncheck_interval_s = 0.1\n"
-            f'[[destinations]]\nname = "pacs"\nae_title = "{orthanc.aet}"\n'
-            f'host = "127.0.0.1"\nport = {orthanc.dicom_port}\n'
-            f'[[pipelines]]\nname = "lesions"\nmodels = ["{package}"]\ndestinations = ["pacs"]\n'
-        )
-        configs.append(folder / "config.toml")
-        nodes.append(NodeProcess(folder / "config.toml", port, folder / "node.log").start())
-    workers = [
-        subprocess.Popen(
-            [sys.executable, "-m", "node", "worker", "--config", str(configs[n % 2])],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for n in range(3)
-    ]
+    nodes = _shared_nodes(
+        tmp_path,
+        url,
+        "[completion]\nquiet_period_s = 2\ncheck_interval_s = 0.2\n"
+        "[inference]\nworkers = 0\npoll_interval_s = 0.5\n"
+        "[delivery]\ncheck_interval_s = 0.1\n"
+        f'[[destinations]]\nname = "pacs"\nae_title = "{orthanc.aet}"\n'
+        f'host = "127.0.0.1"\nport = {orthanc.dicom_port}\n'
+        f'[[pipelines]]\nname = "lesions"\nmodels = ["{package}"]\ndestinations = ["pacs"]\n',
+    )
+    workers = [_worker(nodes[n % 2].config) for n in range(3)]
     try:
         senders = []
         for n in range(6):
@@ -239,11 +247,7 @@ def test_a_worker_host_runs_its_pipelines_and_the_roster_shows_every_process(
     ):
         refused = _ainode(node.config, "worker", *bad)
         assert refused.returncode == 2 and message in refused.stderr, refused.stderr
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "node", "worker", "--config", str(node.config),
-         "--pipelines", "lesions", "--device", "cpu"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    worker = _worker(node.config, "--pipelines", "lesions", "--device", "cpu")
     try:
         files, _ = write_lesion_ct(tmp_path / "ct")
         assert storescu(cfg.node.port, files).returncode == 0
@@ -306,14 +310,7 @@ def test_a_worker_killed_mid_job_leaves_it_to_another(
         inference={"workers": 0, "poll_interval_s": 0.2, "heartbeat_s": 1},
     )
 
-    def worker() -> subprocess.Popen[bytes]:
-        return subprocess.Popen(
-            [sys.executable, "-m", "node", "worker", "--config", str(node.config)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-
-    first = worker()
+    first = _worker(node.config)
     engine = open_engine(DatabaseConfig(url=url), tmp_path)
     sessions = make_sessionmaker(engine)
     second = None
@@ -330,7 +327,7 @@ def test_a_worker_killed_mid_job_leaves_it_to_another(
         assert jobs and jobs[0].status == "doing", jobs
         first.kill()  # kill -9, mid-job
         first.wait(10)
-        second = worker()
+        second = _worker(node.config)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             with sessions.begin() as s:
@@ -355,20 +352,10 @@ def test_kill_9_of_one_listener_loses_nothing_it_acknowledged_and_the_other_rece
 
     from storage.models import Instance
     from tests.dicomgen import dataset_bytes, write_ct_series
-    from tests.peers import DCMTK_ENV, NodeProcess, acknowledged
+    from tests.peers import DCMTK_ENV, acknowledged
 
     url = postgres.new_database()
-    shared = tmp_path / "shared"
-    nodes = []
-    for name in ("a", "b"):
-        folder = tmp_path / name
-        folder.mkdir()
-        port = free_port()
-        (folder / "config.toml").write_text(
-            f"[node]\nport = {port}\n[storage]\ndata_dir = '{shared}'\nmin_free_mb = 0\n"
-            f"[database]\nurl = '{url}'\n[web]\nenabled = false\n[inference]\nworkers = 0\n"
-        )
-        nodes.append(NodeProcess(folder / "config.toml", port, folder / "node.log").start())
+    nodes = _shared_nodes(tmp_path, url, "[inference]\nworkers = 0\n")
     a, b = nodes
     try:
         files = write_ct_series(tmp_path / "big", count=200, size=256)
