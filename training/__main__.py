@@ -16,6 +16,7 @@ import numpy as np
 
 from inference.domain import Domain
 from inference.package import LoadedModel
+from training.anatomy import generate_anatomical_ct
 from training.data import load_ct_cases, load_ecg_cases, load_history_cases
 from training.domain import (
     acceptance,
@@ -69,7 +70,12 @@ _DATA = {
     "shrink; each follow-up study is a case, compared with up to 2 earlier studies; label = "
     "change in lesion size since the previous study",
 }
-_GENERATORS = {"ct": generate_ct, "ecg": generate_ecg, "longitudinal": generate_longitudinal}
+_GENERATORS = {
+    "ct": generate_ct,
+    "anatomy": generate_anatomical_ct,
+    "ecg": generate_ecg,
+    "longitudinal": generate_longitudinal,
+}
 
 
 def _generate(kind: str, out: Path, n: int, seed: int, shift: bool) -> Path:

@@ -141,14 +141,28 @@ def iou(pred: npt.ArrayLike, truth: npt.ArrayLike) -> float:
     return 1.0 if union == 0 else int((a & b).sum()) / union
 
 
-def lesion_detection(pred: npt.ArrayLike, truth: npt.ArrayLike) -> tuple[int, int, int]:
-    """(true lesions, true lesions found, false-positive components) for one scan."""
+def lesion_detection(
+    pred: npt.ArrayLike,
+    truth: npt.ArrayLike,
+    *,
+    voxel_mm3: float = 1.0,
+    min_diameter_mm: float = 0.0,
+) -> tuple[int, int, int]:
+    """(true lesions, true lesions found, false-positive components) for one scan.
+
+    With ``min_diameter_mm``, only true lesions at least that large (diameter of
+    the sphere of their volume) are counted; a prediction touching a smaller
+    true lesion is not a false positive either.
+    """
     structure = np.ones((3,) * np.asarray(truth).ndim, dtype=bool)
     truth_lab, n_true = ndimage.label(np.asarray(truth, dtype=bool), structure=structure)
     pred_lab, n_pred = ndimage.label(np.asarray(pred, dtype=bool), structure=structure)
-    found = sum(1 for t in range(1, n_true + 1) if (pred_lab[truth_lab == t] > 0).any())
+    sizes = np.bincount(truth_lab.ravel(), minlength=n_true + 1)[1:] * voxel_mm3
+    diameters = np.cbrt(6 * sizes / np.pi)
+    counted = [t for t in range(1, n_true + 1) if diameters[t - 1] >= min_diameter_mm]
+    found = sum(1 for t in counted if (pred_lab[truth_lab == t] > 0).any())
     false_pos = sum(1 for q in range(1, n_pred + 1) if not (truth_lab[pred_lab == q] > 0).any())
-    return int(n_true), int(found), int(false_pos)
+    return len(counted), int(found), int(false_pos)
 
 
 def grouped_kfold(

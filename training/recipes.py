@@ -1,4 +1,5 @@
-"""The shipped models' recipes: data, loss, validation, evaluation and export.
+"""Training the recipes (``training.catalog``): data, loss, validation, calibration,
+evaluation and export.
 
 Each recipe trains on cases read by the node's loaders and validates through
 the worker's own execution path (``inference.execute``), so a model is judged
@@ -11,7 +12,6 @@ import dataclasses
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +27,11 @@ from inference.package import LoadedModel
 from inference.postprocess import label_lesions
 from inference.preprocess import prepare_history, prepare_waveform, window
 from inference.spec import read_spec
+from training.calibration import Calibration, fit_temperature, fit_vector, fold_into_last_layer
+from training.catalog import RECIPES, REPORT_FROM_MM, Recipe
 from training.data import CtCase, EcgCase, HistoryCase
 from training.export import export_package
 from training.metrics import classification_report, dice, iou, lesion_detection
-from training.synthetic import CHANGE_LABELS, CT_LABELS, ECG_LABELS, LEADS
 from training.trainer import TrainConfig, fit
 
 __all__ = [
@@ -43,135 +44,6 @@ __all__ = [
     "with_lesion_floor",
 ]
 
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Recipe:
-    name: str
-    task: str
-    kind: str  # "ct", "ecg" or "longitudinal": which synthetic data and loader
-    architecture: str
-    parameters: dict[str, Any]
-    input_spec: dict[str, Any]
-    labels: list[dict[str, Any]]
-    classes: tuple[str, ...]
-    train: TrainConfig
-    # Post-hoc calibration of a classifier: "temperature" (one parameter, the
-    # predicted class never changes) or "vector" (a scale and a shift per class).
-    calibration: str = "temperature"
-
-
-RECIPES = {
-    r.name: r
-    for r in (
-        Recipe(
-            name="lesion-seg",
-            task="segmentation",
-            kind="ct",
-            architecture="unet3d",
-            parameters={"base": 6, "depth": 2, "attention": True},
-            input_spec={"modality": ["CT"], "window": [-100.0, 300.0], "patch": [32, 64, 64]},
-            labels=[{"name": "lesion", "code": ["52988006", "SCT", "Lesion"], "threshold": 0.5}],
-            classes=CT_LABELS,
-            train=TrainConfig(epochs=16, batch_size=4, lr=3e-3, patience=6),
-        ),
-        Recipe(
-            name="lesion-class",
-            task="classification",
-            kind="ct",
-            architecture="attention_cnn",
-            parameters={"num_classes": 3, "base": 8, "depth": 3},
-            input_spec={"modality": ["CT"], "window": [-100.0, 300.0], "size": [32, 64, 64]},
-            labels=[
-                {"name": "normal", "code": ["17621005", "SCT", "Normal"], "threshold": 0.5},
-                {
-                    "name": "benign",
-                    "code": ["3898006", "SCT", "Neoplasm, benign"],
-                    "threshold": 0.5,
-                },
-                {
-                    "name": "malignant",
-                    "code": ["363346000", "SCT", "Malignant neoplastic disease"],
-                    "threshold": 0.5,
-                },
-            ],
-            classes=CT_LABELS,
-            train=TrainConfig(epochs=40, batch_size=8, lr=5e-4, patience=15),
-            calibration="vector",
-        ),
-        Recipe(
-            name="ecg-rhythm",
-            task="sequence",
-            kind="ecg",
-            architecture="sequence_rnn",
-            parameters={
-                "in_channels": 12,
-                "num_classes": 3,
-                "hidden": 32,
-                "cell": "lstm",
-                "downsample": 4,
-            },
-            input_spec={
-                "modality": ["ECG"],
-                "leads": [f"Lead {x}" for x in LEADS],
-                "sampling_hz": 250.0,
-                "samples": 2500,
-            },
-            labels=[
-                {
-                    "name": "normal",
-                    "code": ["426783006", "SCT", "Normal sinus rhythm"],
-                    "threshold": 0.5,
-                },
-                {
-                    "name": "af",
-                    "code": ["49436004", "SCT", "Atrial fibrillation"],
-                    "threshold": 0.5,
-                },
-                {
-                    "name": "st_elevation",
-                    "code": ["164931005", "SCT", "ST segment elevation"],
-                    "threshold": 0.5,
-                },
-            ],
-            classes=ECG_LABELS,
-            train=TrainConfig(epochs=30, batch_size=16, lr=3e-3, patience=8),
-        ),
-        Recipe(
-            name="lesion-change",
-            task="progression",
-            kind="longitudinal",
-            architecture="priors_fusion",
-            parameters={"num_classes": 3, "levels": 8, "hidden": 32, "cell": "gru"},
-            input_spec={
-                "modality": ["CT"],
-                "window": [-100.0, 300.0],
-                "target_spacing": [3.0, 2.0, 2.0],
-                "size": [32, 48, 48],
-                "max_priors": 2,
-            },
-            labels=[
-                {
-                    "name": "decrease",
-                    "code": ["19776001", "SCT", "Decrease in size"],
-                    "threshold": 0.5,
-                },
-                {
-                    "name": "stable",
-                    "code": ["129723006", "SCT", "No significant changes in the finding"],
-                    "threshold": 0.5,
-                },
-                {
-                    "name": "increase",
-                    "code": ["15454001", "SCT", "Increase in size"],
-                    "threshold": 0.5,
-                },
-            ],
-            classes=CHANGE_LABELS,
-            train=TrainConfig(epochs=30, batch_size=8, lr=1e-3, patience=10),
-            calibration="vector",
-        ),
-    )
-}
 
 Case = CtCase | EcgCase | HistoryCase
 
@@ -381,39 +253,6 @@ def _logits(recipe: Recipe, module: nn.Module, case: Case) -> Tensor:
     return row
 
 
-@dataclass(frozen=True, slots=True)
-class Calibration:
-    """What :func:`calibrate` folded into the last layer: logits -> scale * logits + shift."""
-
-    method: str
-    scale: tuple[float, ...]
-    shift: tuple[float, ...]
-    cases: int
-
-    def describe(self) -> str:
-        if self.method == "temperature":
-            return f"temperature scaling, T = {1 / self.scale[0]:.3f} ({self.cases} cases)"
-        scale = ", ".join(f"{v:.3f}" for v in self.scale)
-        shift = ", ".join(f"{v:.3f}" for v in self.shift)
-        return f"vector scaling, scale [{scale}], shift [{shift}] ({self.cases} cases)"
-
-
-def _fit_vector(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-class scale and shift minimising the NLL (L-BFGS from the identity)."""
-    scale = torch.ones(logits.shape[1], requires_grad=True)
-    shift = torch.zeros(logits.shape[1], requires_grad=True)
-    optimiser = torch.optim.LBFGS([scale, shift], lr=0.5, max_iter=500)
-
-    def closure() -> Tensor:
-        optimiser.zero_grad()
-        loss = F.cross_entropy(logits * scale + shift, labels)
-        loss.backward()  # type: ignore[no-untyped-call]
-        return loss
-
-    optimiser.step(closure)  # type: ignore[no-untyped-call]
-    return scale.detach(), shift.detach()
-
-
 def calibrate(recipe: Recipe, module: nn.Module, cases: Sequence[Case]) -> Calibration:
     """Post-hoc calibration (Guo et al. 2017) fitted on ``cases``, folded into the model.
 
@@ -428,20 +267,12 @@ def calibrate(recipe: Recipe, module: nn.Module, cases: Sequence[Case]) -> Calib
     logits = torch.stack([_logits(recipe, module, c) for c in cases])
     labels = torch.tensor([c.label for c in cases])
     if recipe.calibration == "vector":
-        scale, shift = _fit_vector(logits, labels)
+        scale, shift = fit_vector(logits, labels)
     elif recipe.calibration == "temperature":
-        grid = torch.exp(torch.linspace(np.log(0.25), np.log(20.0), 200))
-        nll = torch.stack([F.cross_entropy(logits / t, labels) for t in grid])
-        temperature = float(grid[int(nll.argmin())])
-        scale = torch.full((logits.shape[1],), 1 / temperature)
-        shift = torch.zeros(logits.shape[1])
+        scale, shift = fit_temperature(logits, labels)
     else:
         raise ValueError(f"{recipe.name}: calibration must be temperature or vector")
-    fc = module.get_submodule(getattr(module, "logits_layer", "fc"))
-    assert isinstance(fc, nn.Linear), "classifiers end in a Linear layer (fc, or logits_layer)"
-    with torch.no_grad():
-        fc.weight.mul_(scale.to(fc.weight)[:, None])
-        fc.bias.mul_(scale.to(fc.bias)).add_(shift.to(fc.bias))
+    fold_into_last_layer(module, scale, shift)
     return Calibration(
         method=recipe.calibration,
         scale=tuple(float(v) for v in scale),
@@ -462,6 +293,7 @@ def evaluate(recipe: Recipe, module: nn.Module, cases: Sequence[Case]) -> dict[s
     started = time.perf_counter()
     if recipe.task == "segmentation":
         dices, ious, truth_n, found_n, fp_n = [], [], 0, 0, 0
+        sized_n, sized_found, free, free_clean = 0, 0, 0, 0
         for c in cases:
             assert isinstance(c, CtCase) and c.mask is not None
             # The worker's post-processing (threshold, lesion volume floor), not a second one.
@@ -472,6 +304,12 @@ def evaluate(recipe: Recipe, module: nn.Module, cases: Sequence[Case]) -> dict[s
                 ious.append(iou(pred, c.mask))
             n_true, n_found, n_fp = lesion_detection(pred, c.mask)
             truth_n, found_n, fp_n = truth_n + n_true, found_n + n_found, fp_n + n_fp
+            n_sized, n_sized_found, _ = lesion_detection(
+                pred, c.mask, voxel_mm3=c.volume.voxel_volume_mm3, min_diameter_mm=REPORT_FROM_MM
+            )
+            sized_n, sized_found = sized_n + n_sized, sized_found + n_sized_found
+            if not c.mask.any():
+                free, free_clean = free + 1, free_clean + (n_fp == 0)
         report.update(
             {
                 "dice_mean": float(np.mean(dices)),
@@ -481,6 +319,14 @@ def evaluate(recipe: Recipe, module: nn.Module, cases: Sequence[Case]) -> dict[s
                 "lesion_sensitivity": found_n / max(1, truth_n),
                 "false_positives_per_scan": fp_n / max(1, len(cases)),
                 "lesions": truth_n,
+                # The targets' terms: lesions from 5 mm (diameter of a sphere of their
+                # volume), and lesion-free scans without a single false positive.
+                f"lesion_sensitivity_from_{REPORT_FROM_MM:g}mm": sized_found / sized_n
+                if sized_n
+                else None,
+                f"lesions_from_{REPORT_FROM_MM:g}mm": sized_n,
+                "lesion_free_scans": free,
+                "lesion_free_scans_clean": free_clean / free if free else None,
             }
         )
     else:

@@ -44,6 +44,8 @@ __all__ = [
     "generate_ecg",
     "generate_longitudinal",
     "make_uid",
+    "write_ct",
+    "write_labels",
 ]
 
 CT_LABELS = ("normal", "benign", "malignant")
@@ -59,7 +61,7 @@ def _ds(value: float) -> str:
     return "0" if text in ("-0", "") else text
 
 
-def _write_labels(out: Path, rows: list[dict[str, str]]) -> Path:
+def write_labels(out: Path, rows: list[dict[str, str]]) -> Path:
     """``out/labels.csv`` in the format ``training.data`` reads."""
     path = out / "labels.csv"
     with open(path, "w", newline="") as f:
@@ -153,7 +155,7 @@ def _ct_case(
     return hu.astype(np.float32), mask, kind, spacing
 
 
-def _write_ct(
+def write_ct(
     folder: Path,
     hu: npt.NDArray[np.float32],
     spacing: tuple[float, float, float],
@@ -163,6 +165,8 @@ def _write_ct(
     study: str,
     series: str,
     date: str = "20260101",
+    thickness: float | None = None,
+    body_part: str = "CHEST",
 ) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     angle = np.deg2rad(tilt_deg)
@@ -177,7 +181,7 @@ def _write_ct(
         ds.SOPClassUID = CTImageStorage
         ds.SOPInstanceUID = sop
         ds.SeriesDescription = "Synthetic CT"
-        ds.BodyPartExamined = "CHEST"
+        ds.BodyPartExamined = body_part
         ds.FrameOfReferenceUID = make_uid(study, "for")
         ds.PositionReferenceIndicator = ""
         ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
@@ -186,7 +190,7 @@ def _write_ct(
         ds.ImagePositionPatient = [_ds(v) for v in normal * spacing[0] * k]
         ds.ImageOrientationPatient = [_ds(v) for v in (*row, *col)]
         ds.PixelSpacing = [_ds(spacing[1]), _ds(spacing[2])]
-        ds.SliceThickness = _ds(spacing[0])
+        ds.SliceThickness = _ds(spacing[0] if thickness is None else thickness)
         ds.KVP = "120"
         ds.AcquisitionNumber = 1
         ds.SamplesPerPixel = 1
@@ -208,7 +212,7 @@ def generate_ct(out: Path, n: int, seed: int, *, shift: bool = False) -> Path:
         study, series = make_uid("ct", seed, i), make_uid("ct-series", seed, i)
         hu, mask, kind, spacing = _ct_case(rng, shift)
         tilt = float(rng.uniform(-12, 12)) if rng.random() < 0.3 else 0.0
-        _write_ct(
+        write_ct(
             out / "studies" / f"{i:04d}",
             hu,
             spacing,
@@ -221,7 +225,7 @@ def generate_ct(out: Path, n: int, seed: int, *, shift: bool = False) -> Path:
         rows.append(
             {"patient_id": patient, "study_uid": study, "series_uid": series, "label": kind}
         )
-    return _write_labels(out, rows)
+    return write_labels(out, rows)
 
 
 # Radius factor per follow-up interval, by change class (volume x0.17-0.42, x0.8-1.2, x2.2-4.1).
@@ -314,7 +318,7 @@ def generate_longitudinal(out: Path, n: int, seed: int, *, shift: bool = False) 
                 rng, spacing, centres, [radii[t] * s for s in spread], phases, contrast, shift
             )
             date = str(day).replace("-", "")
-            _write_ct(
+            write_ct(
                 out / "studies" / f"{i:04d}" / f"{t}",
                 hu,
                 spacing,
@@ -328,7 +332,7 @@ def generate_longitudinal(out: Path, n: int, seed: int, *, shift: bool = False) 
             rows.append(
                 {"patient_id": patient, "study_uid": study, "series_uid": series, "label": label}
             )
-    return _write_labels(out, rows)
+    return write_labels(out, rows)
 
 
 def _beat(t: npt.NDArray[np.float64], st: float, p_wave: bool) -> npt.NDArray[np.float64]:
@@ -446,4 +450,4 @@ def generate_ecg(out: Path, n: int, seed: int, *, shift: bool = False) -> Path:
         rows.append(
             {"patient_id": patient, "study_uid": study, "series_uid": series, "label": kind}
         )
-    return _write_labels(out, rows)
+    return write_labels(out, rows)

@@ -26,6 +26,7 @@ from inference.errors import ModelPackageError
 from inference.spec import verify_package
 from tests.dicomcheck import validate
 from tests.phantoms import chest_phantom, head_phantom, noise_ct, write_series
+from training.anatomy import generate_anatomical_ct
 from training.synthetic import generate_ct
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -213,3 +214,28 @@ def test_intensity_statistics_measure_what_they_say() -> None:
     assert stats["fat_fraction"] == 0.0
     assert stats["hu_p50"] == pytest.approx(40.0)
     assert stats["noise_hu"] == pytest.approx(0.0)
+
+
+def test_the_shipped_ct_models_decline_anatomical_scans(tmp_path: Path) -> None:
+    """Made by training.anatomy, a world the shipped models never saw (356 false lesions per
+    scan with the check off): every scan is declined with a reason, none analysed."""
+    import torch
+
+    from inference.package import load_package
+    from training.data import load_ct_cases
+    from training.domain import acceptance
+    from training.synthetic import CT_LABELS
+
+    generate_anatomical_ct(tmp_path / "plain", 2, 9601)
+    generate_anatomical_ct(tmp_path / "shifted", 2, 9602, shift=True)
+    volumes = []
+    for part in ("plain", "shifted"):
+        folder = tmp_path / part
+        cases, _ = load_ct_cases(folder, folder / "labels.csv", CT_LABELS, masks=False)
+        volumes += [c.volume for c in cases]
+    for name in ("lesion-seg", "lesion-class"):
+        model = load_package(MODELS / name, torch.device("cpu"))
+        assert model.spec.domain is not None
+        accepted, total, reasons = acceptance(model, model.spec.domain.domain, volumes)
+        assert (accepted, total) == (0, 4), (name, reasons)
+        assert sum(reasons.values()) == 4 and all(reasons), reasons

@@ -98,3 +98,15 @@ def test_lesion_floor_is_half_the_smallest_training_lesion() -> None:
     recipe = with_lesion_floor(RECIPES["lesion-seg"], [case])
     assert recipe.labels[0]["min_volume_mm3"] == 8.0  # half of 8 voxels x 2 mm3
     assert "min_volume_mm3" not in RECIPES["lesion-seg"].labels[0]  # the recipe is not changed
+
+
+def test_lesion_detection_counts_only_lesions_from_a_size() -> None:
+    truth = np.zeros((8, 8, 8), bool)
+    truth[0:4, 0:4, 0:4] = True  # 64 voxels of 1 mm3: a 4.96 mm sphere's volume
+    truth[6, 6, 6] = True  # 1 mm3: too small to count
+    pred = np.zeros_like(truth)
+    pred[6, 6, 6] = True  # finds only the small one: not a false positive either
+    assert lesion_detection(pred, truth) == (2, 1, 0)
+    assert lesion_detection(pred, truth, voxel_mm3=1.0, min_diameter_mm=4.9) == (1, 0, 0)
+    assert lesion_detection(pred, truth, voxel_mm3=1.0, min_diameter_mm=5.0) == (0, 0, 0)
+    assert lesion_detection(pred, truth, voxel_mm3=8.0, min_diameter_mm=5.0) == (1, 0, 0)
