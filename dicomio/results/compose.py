@@ -17,7 +17,7 @@ from pydicom.dataset import Dataset
 
 from core.config import PipelineConfig, ResultsConfig
 from dicomio.records import SeriesResult
-from dicomio.results.identity import Algorithm, algorithm_of
+from dicomio.results.identity import Algorithm, algorithm_of, declare_private_schemes
 from dicomio.results.pmap import encode_attention_map
 from dicomio.results.regions import Region, hotspot_region, lesion_regions, whole_slice_region
 from dicomio.results.seg import MAX_SEGMENTS, encode_segmentation
@@ -236,4 +236,6 @@ def encode_run(
     objects: list[ResultObject] = []
     for series_results in by_series.values():
         objects.extend(_series_results(series_results, pipeline, cfg, started_at))
+    for obj in objects:
+        declare_private_schemes(obj.dataset)
     return objects

@@ -13,6 +13,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import highdicom as hd
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence as DicomSequence
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
@@ -24,6 +27,7 @@ __all__ = [
     "Algorithm",
     "algorithm_of",
     "contributing_equipment",
+    "declare_private_schemes",
     "derived_object",
     "device_observer",
     "node_device_uid",
@@ -136,3 +140,39 @@ def derived_object(
         "device_serial_number": cfg.device_serial_number or "1",
         "contributing_equipment": contributing_equipment([algorithm], cfg),
     }
+
+
+#: Private coding schemes the node's own codes use: (name, responsible organisation).
+PRIVATE_SCHEMES = {
+    "99AINODE": ("ainode private codes: guideline rules, foreign labels", "ainode project"),
+    "99IHE": ("IHE provisional codes", "IHE"),
+}
+_CODING_SCHEME_DESIGNATOR = 0x00080102
+
+
+def declare_private_schemes(dataset: Dataset) -> None:
+    """Declare each private ("99...") coding scheme the object uses in its Coding Scheme
+    Identification Sequence (PS3.3 C.12.1.1.2.1), so a reader can tell whose codes they are.
+
+    A scheme from a model package's own label codes that ainode does not know is declared by
+    its designator alone. Already declared schemes are left as they are.
+    """
+    used: set[str] = set()
+
+    def collect(_ds: Dataset, element: DataElement) -> None:
+        if element.tag == _CODING_SCHEME_DESIGNATOR and element.value:
+            used.add(str(element.value))
+
+    dataset.walk(collect)
+    items = list(dataset.get("CodingSchemeIdentificationSequence", []))
+    declared = {str(i.CodingSchemeDesignator) for i in items}
+    for scheme in sorted(u for u in used - declared if u.startswith("99")):
+        item = Dataset()
+        item.CodingSchemeDesignator = scheme
+        if scheme in PRIVATE_SCHEMES:
+            name, organisation = PRIVATE_SCHEMES[scheme]
+            item.CodingSchemeName = name
+            item.CodingSchemeResponsibleOrganization = organisation
+        items.append(item)
+    if items:
+        dataset.CodingSchemeIdentificationSequence = DicomSequence(items)

@@ -448,3 +448,29 @@ def test_write_results_is_all_or_nothing(ct_case, tmp_path: Path) -> None:
         write_results(objects, spool)
     assert FillsUp.writes == 2
     assert [p for p in (tmp_path / "data").rglob("*") if p.is_file()] == []
+
+
+def test_private_coding_schemes_are_declared_once() -> None:
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    from dicomio.results.identity import declare_private_schemes
+
+    def code(value: str, scheme: str) -> Dataset:
+        item = Dataset()
+        item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, scheme, value
+        return item
+
+    ds = Dataset()
+    ds.ConceptNameCodeSequence = Sequence([code("126000", "DCM")])
+    inner = Dataset()
+    inner.ConceptCodeSequence = Sequence([code("FL17-SM3", "99AINODE"), code("X", "99MYHOSP")])
+    ds.ContentSequence = Sequence([inner, Dataset()])
+    ds.ContentSequence[1].ConceptCodeSequence = Sequence([code("52988006", "SCT")])
+    declare_private_schemes(ds)
+    declare_private_schemes(ds)  # a second pass adds nothing
+    items = {str(i.CodingSchemeDesignator): i for i in ds.CodingSchemeIdentificationSequence}
+    assert sorted(items) == ["99AINODE", "99MYHOSP"]  # DCM and SCT are standard: not listed
+    assert "ainode" in items["99AINODE"].CodingSchemeName
+    assert items["99AINODE"].CodingSchemeResponsibleOrganization == "ainode project"
+    assert "CodingSchemeName" not in items["99MYHOSP"]  # a package's own scheme: designator only
