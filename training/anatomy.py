@@ -218,8 +218,8 @@ def _acquisition(rng: np.random.Generator, body: _Body, shift: bool) -> Acquisit
         thickness = float(rng.choice([1.25, 1.5, 2.0, 2.5, 3.0]))
         kernel = str(rng.choice(["soft", "standard"]))
         noise = float(rng.uniform(6, 22))
-    interval = thickness if thickness >= 1.25 else thickness * 2  # thin slices: fewer of them
-    interval = min(interval, 3.0) if thickness > 3 else interval
+    # Thin slices: every other one; thick ones (3.5-5 mm) overlap, at most 3 mm apart.
+    interval = min(thickness if thickness >= 1.25 else thickness * 2, 3.0)
     extent = float(rng.uniform(40, 70))
     return Acquisition(
         pixel_mm=pixel,
@@ -341,7 +341,7 @@ def _lungs(
             )
         _paint(hu, _tubes(grid, [(p, q, r * 1.25) for p, q, r in airways]) * lungs, 20.0)  # walls
         _paint(hu, _tubes(grid, airways) * lungs, -980.0)
-        _paint(hu, np.maximum(_tubes(grid, vessels), 0) * lungs, artery * 0.9)
+        _paint(hu, _tubes(grid, vessels) * lungs, artery * 0.9)
     return lungs
 
 

@@ -21,6 +21,7 @@ __all__ = [
     "auroc",
     "classification_report",
     "confusion_matrix",
+    "detected_lesions",
     "dice",
     "expected_calibration_error",
     "grouped_kfold",
@@ -141,6 +142,20 @@ def iou(pred: npt.ArrayLike, truth: npt.ArrayLike) -> float:
     return 1.0 if union == 0 else int((a & b).sum()) / union
 
 
+def detected_lesions(
+    pred: npt.ArrayLike, truth: npt.ArrayLike, *, voxel_mm3: float = 1.0
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.bool_], int]:
+    """Each true lesion's diameter (mm, of the sphere of its volume) and whether the
+    prediction touches it, and the number of predicted components touching none."""
+    structure = np.ones((3,) * np.asarray(truth).ndim, dtype=bool)
+    truth_lab, n_true = ndimage.label(np.asarray(truth, dtype=bool), structure=structure)
+    pred_lab, n_pred = ndimage.label(np.asarray(pred, dtype=bool), structure=structure)
+    sizes = np.bincount(truth_lab.ravel(), minlength=n_true + 1)[1:] * voxel_mm3
+    found = np.array([(pred_lab[truth_lab == t] > 0).any() for t in range(1, n_true + 1)], bool)
+    false_pos = sum(1 for q in range(1, n_pred + 1) if not (truth_lab[pred_lab == q] > 0).any())
+    return np.cbrt(6 * sizes / np.pi), found, int(false_pos)
+
+
 def lesion_detection(
     pred: npt.ArrayLike,
     truth: npt.ArrayLike,
@@ -154,15 +169,9 @@ def lesion_detection(
     the sphere of their volume) are counted; a prediction touching a smaller
     true lesion is not a false positive either.
     """
-    structure = np.ones((3,) * np.asarray(truth).ndim, dtype=bool)
-    truth_lab, n_true = ndimage.label(np.asarray(truth, dtype=bool), structure=structure)
-    pred_lab, n_pred = ndimage.label(np.asarray(pred, dtype=bool), structure=structure)
-    sizes = np.bincount(truth_lab.ravel(), minlength=n_true + 1)[1:] * voxel_mm3
-    diameters = np.cbrt(6 * sizes / np.pi)
-    counted = [t for t in range(1, n_true + 1) if diameters[t - 1] >= min_diameter_mm]
-    found = sum(1 for t in counted if (pred_lab[truth_lab == t] > 0).any())
-    false_pos = sum(1 for q in range(1, n_pred + 1) if not (truth_lab[pred_lab == q] > 0).any())
-    return len(counted), int(found), int(false_pos)
+    diameters, found, false_pos = detected_lesions(pred, truth, voxel_mm3=voxel_mm3)
+    counted = diameters >= min_diameter_mm
+    return int(counted.sum()), int((found & counted).sum()), false_pos
 
 
 def grouped_kfold(

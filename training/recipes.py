@@ -31,7 +31,7 @@ from training.calibration import Calibration, fit_temperature, fit_vector, fold_
 from training.catalog import RECIPES, REPORT_FROM_MM, Recipe
 from training.data import CtCase, EcgCase, HistoryCase
 from training.export import export_package
-from training.metrics import classification_report, dice, iou, lesion_detection
+from training.metrics import classification_report, detected_lesions, dice, iou
 from training.trainer import TrainConfig, fit
 
 __all__ = [
@@ -302,12 +302,13 @@ def evaluate(recipe: Recipe, module: nn.Module, cases: Sequence[Case]) -> dict[s
             if c.mask.any() or pred.any():
                 dices.append(dice(pred, c.mask))
                 ious.append(iou(pred, c.mask))
-            n_true, n_found, n_fp = lesion_detection(pred, c.mask)
-            truth_n, found_n, fp_n = truth_n + n_true, found_n + n_found, fp_n + n_fp
-            n_sized, n_sized_found, _ = lesion_detection(
-                pred, c.mask, voxel_mm3=c.volume.voxel_volume_mm3, min_diameter_mm=REPORT_FROM_MM
+            diameters, found, n_fp = detected_lesions(
+                pred, c.mask, voxel_mm3=c.volume.voxel_volume_mm3
             )
-            sized_n, sized_found = sized_n + n_sized, sized_found + n_sized_found
+            sized = diameters >= REPORT_FROM_MM
+            truth_n, found_n, fp_n = truth_n + len(found), found_n + int(found.sum()), fp_n + n_fp
+            sized_n += int(sized.sum())
+            sized_found += int((found & sized).sum())
             if not c.mask.any():
                 free, free_clean = free + 1, free_clean + (n_fp == 0)
         report.update(

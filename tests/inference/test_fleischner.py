@@ -185,9 +185,10 @@ def test_the_sr_carries_the_recommendation_marked_as_decision_support(tmp_path: 
     assert "2 solid nodules, largest 16 mm" in run.stdout, run.stdout
     assert expected in run.stdout
     sr_path = next((tmp_path / "out").rglob("SR_*.dcm"))
-    content = json.dumps(dcmread(sr_path).to_json_dict())
+    sr = dcmread(sr_path)
+    content = json.dumps(sr.to_json_dict())
     assert '"FL17-SM3"' in content and "99AINODE" in content
-    declared = dcmread(sr_path).CodingSchemeIdentificationSequence  # whose codes these are
+    declared = sr.CodingSchemeIdentificationSequence  # whose codes these are
     assert {str(i.CodingSchemeDesignator) for i in declared} == {"99AINODE", "99IHE"}
     assert "not verified: Fleischner Society 2017, 2 solid nodules" in content
     assert validate(sr_path.parent).ok
