@@ -23,6 +23,7 @@ __all__ = [
     "DeliveryConfig",
     "DestinationConfig",
     "DuplicatePolicy",
+    "ExportConfig",
     "InferenceConfig",
     "ListenerConfig",
     "LoggingConfig",
@@ -337,6 +338,15 @@ class RetentionConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ExportConfig:
+    """``[export]``: the de-identified training-set export (``ainode export``)."""
+
+    secret_file: Path | None = None  # None: export refused (no key for pseudonyms and UIDs)
+    allow_burned_in: bool = False
+    keep_private_creators: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class WebConfig:
     """``[web]``: the dashboard, /metrics and /healthz, served by ``ainode serve``."""
 
@@ -365,6 +375,7 @@ class NodeConfig:
     audit: AuditConfig | None = None  # None only in records built by hand (tests)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     web: WebConfig = field(default_factory=WebConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
     database: DatabaseConfig | None = None  # None: SQLite at storage.database_path
 
     def destination(self, name: str) -> DestinationConfig:

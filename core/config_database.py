@@ -17,7 +17,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from core.config import DatabaseConfig
-from core.config_rules import ConfigError
+from core.config_rules import ConfigError, existing_file
 from core.tomltable import Table
 
 __all__ = ["parse_database"]
@@ -27,12 +27,7 @@ _POSTGRES = ("postgresql", "postgresql+psycopg")
 
 def parse_database(table: Table, base: Path, default_sqlite: Path) -> DatabaseConfig:
     url = table.string("url", "")
-    password_file = None
-    if table.has("password_file"):
-        password_file = Path(table.required_string("password_file")).expanduser()
-        password_file = password_file if password_file.is_absolute() else base / password_file
-        if not password_file.is_file():
-            raise table.fail("password_file", f"{password_file} is not a file")
+    password_file = existing_file(table, "password_file", base, required=False)
     table.finish()
     if not url:
         return DatabaseConfig(url=f"sqlite:///{default_sqlite}", password_file=password_file)

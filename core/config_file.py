@@ -32,6 +32,7 @@ from core.config import (
     StorageConfig,
 )
 from core.config_database import parse_database
+from core.config_export import parse_export
 from core.config_network import (
     parse_audit,
     parse_destinations,
@@ -265,6 +266,7 @@ def parse_config(data: dict[str, Any], path: Path) -> NodeConfig:
         retention=_retention(table("retention")),
         web=parse_web(table("web"), base, node.port),
         database=parse_database(table("database"), base, storage.database_path),
+        export=parse_export(table("export"), base),
     )
     for p in cfg.pipelines:
         for name in p.destinations:

@@ -20,26 +20,17 @@ from core.config import (
     TlsConfig,
     WebConfig,
 )
-from core.config_rules import NAME_RE, ConfigError, array_of_tables, config_table, validate_ae_title
+from core.config_rules import (
+    NAME_RE,
+    ConfigError,
+    array_of_tables,
+    config_table,
+    existing_file,
+    validate_ae_title,
+)
 from core.tomltable import Table
 
 __all__ = ["parse_audit", "parse_destinations", "parse_node_tls", "parse_peers", "parse_web"]
-
-
-def _file(table: Table, key: str, base: Path, *, required: bool) -> Path | None:
-    if not table.has(key):
-        if required:
-            raise table.fail(key, "is required")
-        return None
-    path = Path(table.required_string(key)).expanduser()
-    path = path if path.is_absolute() else base / path
-    if not path.is_file():
-        raise table.fail(key, f"{path} is not a file")
-    try:
-        path.open("rb").close()
-    except OSError as exc:
-        raise table.fail(key, f"{path} cannot be read: {exc.strerror}") from None
-    return path
 
 
 def parse_node_tls(raw: object, name: str, base: Path, main_port: int) -> TlsConfig | None:
@@ -47,10 +38,10 @@ def parse_node_tls(raw: object, name: str, base: Path, main_port: int) -> TlsCon
     if raw is None:
         return None
     table = config_table(raw, name)
-    certificate = _file(table, "certificate", base, required=True)
-    private_key = _file(table, "private_key", base, required=True)
+    certificate = existing_file(table, "certificate", base, required=True)
+    private_key = existing_file(table, "private_key", base, required=True)
     assert certificate is not None and private_key is not None
-    ca_bundle = _file(table, "ca_bundle", base, required=False)
+    ca_bundle = existing_file(table, "ca_bundle", base, required=False)
     require = table.boolean("require_client_certificate", False)
     if require and ca_bundle is None:
         raise table.fail("ca_bundle", "is required with require_client_certificate = true")
@@ -167,10 +158,10 @@ def parse_audit(table: Table, base: Path, data_dir: Path) -> AuditConfig:
 
 
 def _client_tls_for(table: Table, base: Path) -> ClientTls:
-    certificate = _file(table, "tls_certificate", base, required=False)
-    private_key = _file(table, "tls_private_key", base, required=certificate is not None)
+    certificate = existing_file(table, "tls_certificate", base, required=False)
+    private_key = existing_file(table, "tls_private_key", base, required=certificate is not None)
     return ClientTls(
-        ca_bundle=_file(table, "tls_ca_bundle", base, required=False),
+        ca_bundle=existing_file(table, "tls_ca_bundle", base, required=False),
         certificate=certificate,
         private_key=private_key,
         server_name=table.string("tls_server_name", "") or None,
@@ -190,7 +181,7 @@ def parse_web(table: Table, base: Path, node_port: int) -> WebConfig:
     port = table.integer("port", d.port, 1, 65535)
     if port == node_port:
         raise table.fail("port", f"must differ from [node] port ({node_port})")
-    token = _file(table, "admin_token_file", base, required=False)
+    token = existing_file(table, "admin_token_file", base, required=False)
     if token is not None and not token.read_text().strip():
         raise table.fail("admin_token_file", f"{token} is empty")
     cfg = WebConfig(

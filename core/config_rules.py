@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from core.tomltable import Table
 
@@ -11,6 +12,7 @@ __all__ = [
     "ConfigError",
     "array_of_tables",
     "config_table",
+    "existing_file",
     "short_text",
     "validate_ae_title",
 ]
@@ -61,3 +63,20 @@ def validate_ae_title(value: object, key: str) -> str:
     if not value.strip():
         raise ConfigError(f"{key}: must not be empty or only spaces")
     return value.strip()
+
+
+def existing_file(table: Table, key: str, base: Path, *, required: bool) -> Path | None:
+    """A key naming a readable file, relative to the config file's folder; None when absent."""
+    if not table.has(key):
+        if required:
+            raise table.fail(key, "is required")
+        return None
+    path = Path(table.required_string(key)).expanduser()
+    path = path if path.is_absolute() else base / path
+    if not path.is_file():
+        raise table.fail(key, f"{path} is not a file")
+    try:
+        path.open("rb").close()
+    except OSError as exc:
+        raise table.fail(key, f"{path} cannot be read: {exc.strerror}") from None
+    return path

@@ -1,4 +1,4 @@
-"""The ``ainode`` command: serve, check-config, status, jobs, deliveries, analyze, demo."""
+"""The ``ainode`` command: serve, check-config, status, jobs, deliveries, analyze, export, demo."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any
 from core.config import NodeConfig
 from core.config_file import ConfigError, default_config_path, load_config
 from core.logs import configure_logging
+from node.export_cli import add_export_parser, cmd_export
 
 __all__ = ["main"]
 
@@ -70,6 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     analyze.add_argument("paths", nargs="+", type=Path, help="DICOM files or folders")
     analyze.add_argument("--out", type=Path, required=True, help="folder for SR, SEG, maps")
     analyze.add_argument("--pipeline", action="append", help="only this pipeline (repeatable)")
+    add_export_parser(sub, common)
     demo = sub.add_parser(
         "demo",
         help="start a node and worker, send synthetic studies, show the results",
@@ -384,6 +386,8 @@ def _run(cfg: NodeConfig, args: argparse.Namespace) -> int:
         return _cmd_analyze(cfg, args)
     if args.command == "purge":
         return _cmd_purge(cfg, args)
+    if args.command == "export":
+        return cmd_export(cfg, args, lambda: _open(cfg))
     return _cmd_serve(cfg)
 
 

@@ -17,7 +17,9 @@ Events (EventID, PS3.15 A.5.3, codes DCM unless noted):
 - 110104 DICOM Instances Transferred: per association and study, what the node
   received (action C) or sent to a PACS (action R), with the patient, the
   study and each SOP class with its number of instances;
-- 110105 DICOM Study Deleted: a study purged (action D).
+- 110105 DICOM Study Deleted: a study purged (action D);
+- 110106 Export: a study written, de-identified, into a training-set export
+  (``ainode export``; action R), with the folder as Destination Media.
 
 Audit messages name the Patient ID, as the standard asks; operational logs
 still never carry patient names or birth dates.
@@ -163,6 +165,19 @@ class Auditor:
         self._me(msg, requestor=False, role=None)
         self._study(msg, study_uid, StudyTransfer(patient_id=patient_id), description=reason)
         self._write(msg, 0)
+
+    def exported(
+        self, *, user: str, destination: str, studies: Mapping[str, StudyTransfer]
+    ) -> None:
+        """Export (PS3.15 A.5.3.5): each study that went, de-identified, into ``destination``."""
+        for study_uid, transfer in studies.items():
+            msg = self._message("110106", "Export", "R", 0)
+            self._participant(msg, user, "", requestor=True, role=None)
+            self._me(msg, requestor=False, role=("110153", "Source Role ID"))
+            media = ("110154", "Destination Media")
+            self._participant(msg, destination, "", requestor=False, role=media)
+            self._study(msg, study_uid, transfer, description="de-identified export")
+            self._write(msg, 0)
 
     # ---------------------------------------------------------------- building
 

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from storage.models import Outcome
 
-__all__ = ["OutcomeRecord", "declined_outcomes", "list_outcomes", "record_outcome"]
+__all__ = ["DECLINED_LIKE", "OutcomeRecord", "declined_outcomes", "list_outcomes", "record_outcome"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -73,14 +73,14 @@ def list_outcomes(
 
 
 # Outcomes are stored with sorted keys (record_outcome): a declined one holds this.
-_DECLINED = '%"declined": "outside%'
+DECLINED_LIKE = '%"declined": "outside%'
 
 
 def declined_outcomes(
     session: Session, *, job_ids: list[int] | None = None, limit: int = 5
 ) -> tuple[int, list[OutcomeRecord]]:
     """Outcomes of series a model declined (outside its validated input): count, newest few."""
-    where = [Outcome.result_json.like(_DECLINED)]
+    where = [Outcome.result_json.like(DECLINED_LIKE)]
     if job_ids is not None:
         where.append(Outcome.job_id.in_(job_ids))
     total = int(session.scalar(select(func.count()).select_from(Outcome).where(*where)) or 0)

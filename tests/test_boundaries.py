@@ -41,6 +41,7 @@ ALLOWED = {
         "node/delivery.py",
         "node/retention.py",
         "node/report.py",
+        "node/export.py",  # sessions; the export's queries live in storage/export_select.py
         "node/web/",  # sessions and a health check's SELECT 1; its queries live in storage/
         "inference/worker.py",
     },

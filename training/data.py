@@ -4,7 +4,9 @@
 segmentation set adds ground truth per series: ``masks/<series uid>.npy`` (bool,
 on the series' grid in the loader's slice order) or a DICOM SEG anywhere in the
 folder that references the series (its frames placed by their source images).
-Missing data is never silently dropped: each case skipped is listed with its
+An optional ``split`` column (``train``, ``val``, ``test``: what ``ainode
+export`` writes, per patient) lets one folder hold all three; the loaders take
+one split when asked. Missing data is never silently dropped: each case skipped is listed with its
 reason in the returned :class:`DataReport`, and the policy
 ``on_missing = "skip" | "error"`` decides whether a gap stops training.
 A longitudinal set (progression) lists every study of a patient; a row's
@@ -85,13 +87,14 @@ def _scan(folder: Path, report: DataReport, on_missing: str) -> dict[str, list[P
     return scan.series
 
 
-def _labels(labels_csv: Path) -> list[dict[str, str]]:
+def _labels(labels_csv: Path, split: str | None) -> list[dict[str, str]]:
+    """The CSV's rows; with ``split``, only the rows of that split (column ``split``)."""
     with open(labels_csv, newline="") as f:
         rows = list(csv.DictReader(f))
-    required = {"patient_id", "series_uid", "label"}
+    required = {"patient_id", "series_uid", "label"} | ({"split"} if split else set())
     if rows and not required <= set(rows[0]):
         raise ValueError(f"{labels_csv}: needs the columns {', '.join(sorted(required))}")
-    return rows
+    return [r for r in rows if split is None or r["split"] == split]
 
 
 def _labelled_series(
@@ -133,6 +136,7 @@ def load_ct_cases(
     *,
     masks: bool,
     on_missing: str = "skip",
+    split: str | None = None,
 ) -> tuple[list[CtCase], DataReport]:
     report = DataReport()
     files = _scan(folder, report, on_missing)
@@ -140,7 +144,7 @@ def load_ct_cases(
     ground_truth = set(segs.values())
     cases = []
     labelled = set()
-    for row in _labels(labels_csv):
+    for row in _labels(labels_csv, split):
         uid = row["series_uid"]
         labelled.add(uid)
         paths = _labelled_series(row, files, classes, report, on_missing)
@@ -173,7 +177,7 @@ def load_ct_cases(
                 mask=mask,
             )
         )
-    for uid in sorted(set(files) - labelled):
+    for uid in sorted(set(files) - labelled) if split is None else ():  # others: other splits
         if not set(files[uid]) <= ground_truth:  # a SEG series is ground truth, not a case
             report.skip(uid, "no label in the CSV", on_missing)
     report.used = len(cases)
@@ -188,11 +192,12 @@ def load_ecg_cases(
     *,
     on_missing: str = "skip",
     missing_leads: str = "skip",
+    split: str | None = None,
 ) -> tuple[list[EcgCase], DataReport]:
     report = DataReport()
     files = _scan(folder, report, on_missing)
     cases = []
-    for row in _labels(labels_csv):
+    for row in _labels(labels_csv, split):
         uid = row["series_uid"]
         if row["label"] not in classes or uid not in files:
             report.skip(uid, "unknown label or series not found", on_missing)
@@ -230,6 +235,7 @@ def load_history_cases(
     *,
     max_priors: int,
     on_missing: str = "skip",
+    split: str | None = None,
 ) -> tuple[list[HistoryCase], DataReport]:
     """Every labelled study with up to ``max_priors`` earlier studies of its patient.
 
@@ -240,7 +246,7 @@ def load_history_cases(
     report = DataReport()
     files = _scan(folder, report, on_missing)
     patients: dict[str, list[tuple[str, str, Volume]]] = {}
-    for row in _labels(labels_csv):
+    for row in _labels(labels_csv, split):
         uid, label = row["series_uid"], row["label"]
         paths = _labelled_series(row, files, classes, report, on_missing, unlabelled=True)
         if not paths:

@@ -137,6 +137,7 @@ def train_recipe(
     checkpoint: Path | None = None,
     progress: bool = True,
     calibration: Sequence[Case] | None = None,
+    init: nn.Module | None = None,
 ) -> tuple[nn.Module, float]:
     """Train a recipe's model; return it (best validated weights) and its validation score.
 
@@ -144,10 +145,13 @@ def train_recipe(
     :func:`calibrate`. A validation set the model separates perfectly makes a
     fitted temperature degenerate (any T <= 1 fits), so ``rebuild-models``
     passes a calibration set of its own with shifted acquisitions, made with
-    seeds used nowhere else.
+    seeds used nowhere else. ``init``: a model of the same recipe whose weights
+    training starts from (fine-tuning a shipped package on a hospital's data).
     """
     torch.manual_seed(seed)
     module = build(recipe.architecture, recipe.parameters)
+    if init is not None:  # fine-tuning: start from a package's weights
+        module.load_state_dict(init.state_dict())
     cfg = TrainConfig(
         epochs=epochs or recipe.train.epochs,
         batch_size=recipe.train.batch_size,

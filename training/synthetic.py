@@ -40,7 +40,12 @@ __all__ = [
     "CT_LABELS",
     "ECG_LABELS",
     "LEADS",
+    "SHIFTED",
+    "SITE_B",
+    "TRAINING",
+    "CtAcquisition",
     "generate_ct",
+    "generate_ct_site_b",
     "generate_ecg",
     "generate_longitudinal",
     "make_uid",
@@ -112,20 +117,47 @@ class _Lesion:
     malignant: bool
 
 
+@dataclass(frozen=True, slots=True)
+class CtAcquisition:
+    """The ranges a CT set's scans are drawn from (mm, HU)."""
+
+    slice_mm: tuple[float, float]
+    pixel_mm: tuple[float, float]
+    noise_hu: tuple[float, float]
+    contrast_hu: tuple[float, float]  # lesion over background
+    background_hu: float = 40.0
+
+
+#: Training data; the shifted held-out sets; a second hospital (portal-venous
+#: phase: enhanced parenchyma with hypodense lesions, thicker slices, finer
+#: pixels) that the shipped models never saw: the fine-tuning walkthrough's data.
+TRAINING = CtAcquisition(
+    slice_mm=(1.8, 2.4), pixel_mm=(1.0, 1.3), noise_hu=(6, 14), contrast_hu=(70, 160)
+)
+SHIFTED = CtAcquisition(
+    slice_mm=(2.5, 3.0), pixel_mm=(1.3, 1.5), noise_hu=(14, 20), contrast_hu=(50, 90)
+)
+SITE_B = CtAcquisition(
+    slice_mm=(3.4, 4.0),
+    pixel_mm=(0.7, 0.85),
+    noise_hu=(10, 16),
+    contrast_hu=(-80, -40),
+    background_hu=110.0,
+)
+
+
 def _ct_case(
-    rng: np.random.Generator, shift: bool
+    rng: np.random.Generator, acq: CtAcquisition
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_], str, tuple[float, float, float]]:
     shape = (32, 64, 64)
-    spacing = (
-        float(rng.uniform(2.5, 3.0) if shift else rng.uniform(1.8, 2.4)),
-        float(rng.uniform(1.3, 1.5) if shift else rng.uniform(1.0, 1.3)),
-        0.0,
-    )
-    spacing = (spacing[0], spacing[1], spacing[1])
+    slice_mm = float(rng.uniform(*acq.slice_mm))
+    pixel_mm = float(rng.uniform(*acq.pixel_mm))
+    spacing = (slice_mm, pixel_mm, pixel_mm)
     z, y, x = (np.arange(n) * s for n, s in zip(shape, spacing, strict=True))
     zz, yy, xx = np.meshgrid(z, y, x, indexing="ij")
-    noise = rng.uniform(14, 20) if shift else rng.uniform(6, 14)
-    hu = 40 + rng.normal(0, noise, shape)
+    noise = rng.uniform(*acq.noise_hu)
+    background = acq.background_hu
+    hu = background + rng.normal(0, noise, shape)
     mask = np.zeros(shape, dtype=bool)
     n_lesions = int(rng.choice([0, 1, 2, 3], p=[0.3, 0.3, 0.25, 0.15]))
     kind = "normal"
@@ -148,9 +180,11 @@ def _ct_case(
             inside = r <= lesion.radius * (1 + bumps)
         else:
             inside = r <= lesion.radius
-        contrast = rng.uniform(50, 90) if shift else rng.uniform(70, 160)
+        contrast = rng.uniform(*acq.contrast_hu)
         texture = rng.normal(0, 35 if lesion.malignant else 4, shape)
-        hu[inside] = 40 + contrast + texture[inside] + rng.normal(0, noise, int(inside.sum()))
+        hu[inside] = (
+            background + contrast + texture[inside] + rng.normal(0, noise, int(inside.sum()))
+        )
         mask |= inside
     return hu.astype(np.float32), mask, kind, spacing
 
@@ -202,15 +236,21 @@ def write_ct(
         ds.save_as(folder / f"CT{k:04d}.dcm", enforce_file_format=True)
 
 
-def generate_ct(out: Path, n: int, seed: int, *, shift: bool = False) -> Path:
-    """Write ``n`` CT studies with ground truth into ``out``; return ``out/labels.csv``."""
+def generate_ct(
+    out: Path, n: int, seed: int, *, shift: bool = False, acquisition: CtAcquisition | None = None
+) -> Path:
+    """Write ``n`` CT studies with ground truth into ``out``; return ``out/labels.csv``.
+
+    ``acquisition`` (default: TRAINING, or SHIFTED with ``shift``) sets the scanner.
+    """
+    acq = acquisition or (SHIFTED if shift else TRAINING)
     rng = np.random.default_rng(seed)
     (out / "masks").mkdir(parents=True, exist_ok=True)
     rows = []
     for i in range(n):
         patient = f"SYN-CT-{seed}-{i:04d}"
         study, series = make_uid("ct", seed, i), make_uid("ct-series", seed, i)
-        hu, mask, kind, spacing = _ct_case(rng, shift)
+        hu, mask, kind, spacing = _ct_case(rng, acq)
         tilt = float(rng.uniform(-12, 12)) if rng.random() < 0.3 else 0.0
         write_ct(
             out / "studies" / f"{i:04d}",
@@ -226,6 +266,11 @@ def generate_ct(out: Path, n: int, seed: int, *, shift: bool = False) -> Path:
             {"patient_id": patient, "study_uid": study, "series_uid": series, "label": kind}
         )
     return write_labels(out, rows)
+
+
+def generate_ct_site_b(out: Path, n: int, seed: int, *, shift: bool = False) -> Path:
+    """CT studies from a second hospital's scanner (:data:`SITE_B`); ``shift`` is ignored."""
+    return generate_ct(out, n, seed, acquisition=SITE_B)
 
 
 # Radius factor per follow-up interval, by change class (volume x0.17-0.42, x0.8-1.2, x2.2-4.1).

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -200,7 +201,12 @@ def test_readme_documents_every_key_the_parser_reads() -> None:
     root = Path(__file__).resolve().parents[2]
     source = "".join(
         (root / "core" / name).read_text()
-        for name in ("config_file.py", "config_pipelines.py", "config_network.py")
+        for name in (
+            "config_file.py",
+            "config_pipelines.py",
+            "config_network.py",
+            "config_export.py",
+        )
     )
     keys = set(re.findall(r'(?:\(|short_text\(table,|_file\(table,)\s*"([a-z_]+)"', source))
     keys -= {"rb"}  # not a key: the mode the file is opened in
@@ -303,3 +309,23 @@ def test_web_settings_are_checked(write_config, tmp_path: Path) -> None:
         load_config(write_config(web={"admin_token_file": str(empty)}))
     with pytest.raises(ConfigError, match=r"\[web\] bind_address: must be an IPv4"):
         load_config(write_config(web={"bind_address": "localhost"}))
+
+
+def test_export_secret_file_rules(write_config, tmp_path: Path) -> None:
+    secret = tmp_path / "export-secret"
+    secret.write_bytes(b"x" * 32)
+    secret.chmod(0o600)
+    cfg = load_config(write_config(export={"secret_file": str(secret)}))
+    assert cfg.export.secret_file == secret and not cfg.export.allow_burned_in
+    for mode, size, rule in (
+        (0o644, 32, "must be readable by its owner only (chmod 600)"),
+        (0o600, 8, "must hold at least 16 bytes (has 8)"),
+    ):
+        secret.write_bytes(b"x" * size)
+        secret.chmod(mode)
+        with pytest.raises(ConfigError, match=re.escape(f"[export] secret_file: {secret} {rule}")):
+            load_config(write_config(export={"secret_file": str(secret)}))
+    with pytest.raises(ConfigError, match=r"\[export\] secret_file: .* is not a file"):
+        load_config(write_config(export={"secret_file": str(tmp_path / "none")}))
+    with pytest.raises(ConfigError, match=r"\[export\]: unknown key\(s\): secret"):
+        load_config(write_config(export={"secret": "abc"}))

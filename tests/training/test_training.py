@@ -422,3 +422,28 @@ def test_data_report_names_unreadable_files(tmp_path: Path) -> None:
     _cases, report = load_ct_cases(tmp_path / "studies", labels, CT_LABELS, masks=False)
     assert [what for what, _why in report.skipped] == [str(corrupt)]
     assert "without Series Instance UID" in report.skipped[0][1]
+
+
+def test_a_split_column_selects_cases_and_train_needs_one_without_val(
+    ct_data: Path, tmp_path: Path
+) -> None:
+    from training.__main__ import main
+
+    with open(ct_data / "labels.csv") as f:
+        labels = list(csv.DictReader(f))
+    split = tmp_path / "labels.csv"
+    with open(split, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=[*labels[0], "split"])
+        writer.writeheader()
+        for i, row in enumerate(labels):
+            writer.writerow({**row, "split": ("train", "train", "val", "test")[i % 4]})
+    train, report = load_ct_cases(ct_data, split, CT_LABELS, masks=False, split="train")
+    assert len(train) == 4 and report.skipped == []  # other splits' series are not "unlabelled"
+    test, _ = load_ct_cases(ct_data, split, CT_LABELS, masks=False, split="test")
+    assert [c.patient_id for c in test] == [labels[3]["patient_id"]]
+    with pytest.raises(ValueError, match=r"needs the columns .*split"):
+        load_ct_cases(ct_data, ct_data / "labels.csv", CT_LABELS, masks=False, split="train")
+    # ``train`` without --val on a folder without a split column: a clear error, exit 2.
+    out = tmp_path / "pkg"
+    assert main(["train", "lesion-class", "--data", str(ct_data), "--out", str(out)]) == 2
+    assert not out.exists()

@@ -1,0 +1,99 @@
+"""The folders ``ainode train`` works on: generating them, reading their cases, and what
+a report's headline is; the validated input domain built from them."""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from inference.domain import Domain
+from inference.package import LoadedModel
+from training.anatomy import generate_anatomical_ct
+from training.data import load_ct_cases, load_ecg_cases, load_history_cases
+from training.domain import acceptance, build_domain, card_section, domain_volumes, write_domain
+from training.recipes import Case, Recipe
+from training.synthetic import (
+    generate_ct,
+    generate_ct_site_b,
+    generate_ecg,
+    generate_longitudinal,
+)
+
+__all__ = ["GENERATORS", "generate", "headline", "load_cases", "record_domain"]
+
+GENERATORS = {
+    "ct": generate_ct,
+    "ct-site-b": generate_ct_site_b,
+    "anatomy": generate_anatomical_ct,
+    "ecg": generate_ecg,
+    "longitudinal": generate_longitudinal,
+}
+
+
+def generate(kind: str, out: Path, n: int, seed: int, shift: bool) -> Path:
+    return GENERATORS[kind](out, n, seed, shift=shift)
+
+
+def load_cases(recipe: Recipe, folder: Path, split: str | None = None) -> list[Case]:
+    """The recipe's cases in ``folder`` (only those of ``split`` when given); skips on stderr."""
+    labels = folder / "labels.csv"
+    cases: list[Case]
+    if recipe.kind == "ecg":
+        ecg, report = load_ecg_cases(
+            folder, labels, recipe.classes, tuple(recipe.input_spec["leads"]), split=split
+        )
+        cases = list(ecg)
+    elif recipe.kind == "longitudinal":
+        history, report = load_history_cases(
+            folder,
+            labels,
+            recipe.classes,
+            max_priors=int(recipe.input_spec["max_priors"]),
+            split=split,
+        )
+        cases = list(history)
+    else:
+        ct, report = load_ct_cases(
+            folder, labels, recipe.classes, masks=recipe.task == "segmentation", split=split
+        )
+        cases = list(ct)
+    for what, why in report.skipped:
+        print(f"  skipped {what}: {why}", file=sys.stderr)
+    where = f"{folder} ({split})" if split else str(folder)
+    print(f"  {report.used} case(s) from {where}, {len(report.skipped)} skipped", file=sys.stderr)
+    return cases
+
+
+def headline(recipe: Recipe, report: dict[str, Any]) -> dict[str, float]:
+    if recipe.task == "segmentation":
+        keys = ["dice_mean", "iou_mean", "lesion_sensitivity", "false_positives_per_scan"]
+    else:
+        keys = ["accuracy", "macro_f1", "macro_auroc", "ece"]
+    return {k: round(float(report[k]), 4) for k in keys if report.get(k) is not None}
+
+
+def record_domain(
+    loaded: LoadedModel,
+    recipe: Recipe,
+    package: Path,
+    data: Sequence[Path],
+    check: Sequence[Path],
+    body_parts: Sequence[str],
+) -> tuple[Domain, list[tuple[Path, int, int, Counter[str]]]]:
+    """Build the domain from ``data``, write it and the model card's section; measure ``check``."""
+    domain = build_domain(
+        loaded,
+        (v for folder in data for v in domain_volumes(load_cases(recipe, folder))),
+        body_parts=body_parts,
+        built_from=", ".join(folder.name for folder in data),
+    )
+    write_domain(package, domain)
+    checks = [
+        (folder, *acceptance(loaded, domain, domain_volumes(load_cases(recipe, folder))))
+        for folder in check
+    ]
+    card_section(package, domain, [(f.name, accepted, total) for f, accepted, total, _ in checks])
+    return domain, checks
