@@ -27,6 +27,7 @@ ALLOWED = {
         "training/synthetic.py",  # writes the synthetic training data as DICOM
     },
     "highdicom": {"dicomio/results/"},
+    "dicomanonymizer": {"dicomio/deid.py"},  # PS3.15 Table E.1-1, the export's attribute rules
     "starlette": {"node/web/"},
     "jinja2": {"node/web/"},
     "uvicorn": {"node/web/"},
