@@ -46,13 +46,23 @@ def _package_and_recipe(package: Path, command: str) -> tuple[LoadedModel, Recip
     return loaded, RECIPES[loaded.spec.name]
 
 
-def _domain(package: Path, data: list[Path], check: list[Path], body_parts: list[str]) -> int:
+def _domain(
+    package: Path,
+    data: list[Path],
+    check: list[Path],
+    body_parts: list[str],
+    splits: tuple[str | None, str | None],
+) -> int:
     """``ainode train domain``: build, write, and measure the share of held-out scans accepted."""
     found = _package_and_recipe(package, "domain")
     if found is None:
         return 2
     loaded, recipe = found
-    domain, checks = record_domain(loaded, recipe, package, data, check, body_parts)
+    try:
+        domain, checks = record_domain(loaded, recipe, package, data, check, body_parts, splits)
+    except ValueError as exc:  # a split asked of a folder without a split column
+        print(f"ainode train domain: {exc}", file=sys.stderr)
+        return 2
     print(f"wrote {package / 'domain.json'} ({domain.built_from})")
     for folder, accepted, total, reasons in checks:
         print(f"{folder}: accepted {accepted}/{total} ({accepted / max(total, 1):.1%})")
@@ -186,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     d.add_argument("--check", type=Path, nargs="*", default=[], help="held-out folders")
     d.add_argument("--body-part", nargs="*", default=[], help="Body Part Examined values")
+    d.add_argument("--split", help="only this split of the --data folders (e.g. an export's train)")
+    d.add_argument("--check-split", help="only this split of the --check folders (e.g. test)")
     r = sub.add_parser("rebuild-models", help="rebuild every shipped model from scratch")
     r.add_argument("--out", type=Path, default=Path("models"))
     r.add_argument("--work", type=Path, help="where generated data goes (default: a temp dir)")
@@ -200,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.command == "evaluate":
         return _evaluate(a.package, a.data, a.report, a.split, a.baseline)
     if a.command == "domain":
-        return _domain(a.package, a.data, a.check, a.body_part)
+        return _domain(a.package, a.data, a.check, a.body_part, (a.split, a.check_split))
     if a.command == "cross-validate":
         recipe = RECIPES[a.recipe]
         cases = load_cases(recipe, a.data)

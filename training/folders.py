@@ -82,17 +82,28 @@ def record_domain(
     data: Sequence[Path],
     check: Sequence[Path],
     body_parts: Sequence[str],
+    splits: tuple[str | None, str | None] = (None, None),
 ) -> tuple[Domain, list[tuple[Path, int, int, Counter[str]]]]:
-    """Build the domain from ``data``, write it and the model card's section; measure ``check``."""
+    """Build the domain from ``data``, write it and the model card's section; measure ``check``.
+
+    ``splits``: only this split of the ``data`` and of the ``check`` folders (an export's
+    ``train`` and ``test``), None for all their cases.
+    """
+    data_split, check_split = splits
     domain = build_domain(
         loaded,
-        (v for folder in data for v in domain_volumes(load_cases(recipe, folder))),
+        (v for folder in data for v in domain_volumes(load_cases(recipe, folder, data_split))),
         body_parts=body_parts,
-        built_from=", ".join(folder.name for folder in data),
+        built_from=", ".join(
+            folder.name + (f" ({data_split})" if data_split else "") for folder in data
+        ),
     )
     write_domain(package, domain)
     checks = [
-        (folder, *acceptance(loaded, domain, domain_volumes(load_cases(recipe, folder))))
+        (
+            folder,
+            *acceptance(loaded, domain, domain_volumes(load_cases(recipe, folder, check_split))),
+        )
         for folder in check
     ]
     card_section(package, domain, [(f.name, accepted, total) for f, accepted, total, _ in checks])
