@@ -90,6 +90,9 @@ def record_domain(
     ``train`` and ``test``), None for all their cases.
     """
     data_split, check_split = splits
+    held_out = [  # read first: a folder that cannot be read leaves the package unchanged
+        (folder, list(domain_volumes(load_cases(recipe, folder, check_split)))) for folder in check
+    ]
     domain = build_domain(
         loaded,
         (v for folder in data for v in domain_volumes(load_cases(recipe, folder, data_split))),
@@ -99,12 +102,6 @@ def record_domain(
         ),
     )
     write_domain(package, domain)
-    checks = [
-        (
-            folder,
-            *acceptance(loaded, domain, domain_volumes(load_cases(recipe, folder, check_split))),
-        )
-        for folder in check
-    ]
+    checks = [(folder, *acceptance(loaded, domain, volumes)) for folder, volumes in held_out]
     card_section(package, domain, [(f.name, accepted, total) for f, accepted, total, _ in checks])
     return domain, checks

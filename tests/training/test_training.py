@@ -447,3 +447,30 @@ def test_a_split_column_selects_cases_and_train_needs_one_without_val(
     out = tmp_path / "pkg"
     assert main(["train", "lesion-class", "--data", str(ct_data), "--out", str(out)]) == 2
     assert not out.exists()
+
+
+def test_domain_from_one_split_checked_on_another(ct_data: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from training.__main__ import main
+
+    package = tmp_path / "lesion-class"
+    shutil.copytree(Path(__file__).resolve().parents[2] / "models" / "lesion-class", package)
+    with open(ct_data / "labels.csv") as f:
+        labels = list(csv.DictReader(f))
+    folder = tmp_path / "export"
+    shutil.copytree(ct_data, folder)
+    with open(folder / "labels.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=[*labels[0], "split"])
+        writer.writeheader()
+        for i, row in enumerate(labels):
+            writer.writerow({**row, "split": "test" if i == 5 else "train"})
+    args = ["domain", str(package), "--data", str(folder), "--check", str(folder)]
+    assert main([*args, "--split", "train", "--check-split", "test"]) == 0
+    card = (package / "MODEL_CARD.md").read_text()
+    assert "from export (train); 5 scans" in card and "Held-out export set: " in card
+    assert "of 1 accepted" in card
+    domain = (package / "domain.json").read_text()
+    # A split asked of a folder without a split column is a clear error, and changes nothing.
+    assert main([*args[:4], "--check", str(ct_data), "--check-split", "test"]) == 2
+    assert (package / "domain.json").read_text() == domain
