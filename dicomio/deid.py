@@ -10,10 +10,10 @@ every sequence item, with the options a training set needs:
   every date (DA, and the date part of DT) is moved by one shift per patient
   (1 to 10 years back, from a keyed hash), so a patient's studies keep their
   order and intervals; times of day are kept. Patient's Birth Date is emptied.
-- **Retain Patient Characteristics** (113108): Patient's Age, Sex, Size, Weight,
-  Sex Neutered and Pregnancy Status are kept (Ethnic Group, Smoking Status,
-  Allergies and the other free-text characteristics are removed: stricter
-  than the option).
+- **Retain Patient Characteristics** (113108): Patient's Age (90 years and over
+  as 090Y), Sex, Size, Weight, Sex Neutered and Pregnancy Status are kept
+  (Ethnic Group, Smoking Status, Allergies and the other free-text
+  characteristics are removed: stricter than the option).
 - **Clean Descriptors** (113105): Study, Series, Protocol and procedure
   descriptions, and Text Values of SR content items, keep only the words
   that hold none of the dataset's identifying values (names, IDs, accession,
@@ -132,6 +132,7 @@ _IDENTIFYING = (
     "PhysiciansOfRecord",
 )
 _PATIENT_ID = int(Tag("PatientID"))
+_AGE = int(Tag("PatientAge"))
 _PATIENT_NAME = int(Tag("PatientName"))
 _BIRTH_DATE = int(Tag("PatientBirthDate"))
 _TEXT_VALUE = int(Tag("TextValue"))
@@ -207,9 +208,10 @@ class Deidentifier:
 
     def apply(self, ds: Dataset) -> str:
         """De-identify ``ds`` in place (file meta included); return the patient's pseudonym."""
-        pseudonym = self.pseudonym(
-            str(ds.get("PatientID", "")), str(ds.get("IssuerOfPatientID", ""))
-        )
+        patient_id = str(ds.get("PatientID", "")).strip()
+        if not patient_id:  # no ID: not one anonymous patient, each study a patient of its own
+            patient_id = "\x00study " + str(ds.get("StudyInstanceUID", ""))
+        pseudonym = self.pseudonym(patient_id, str(ds.get("IssuerOfPatientID", "")))
         words = _identifying_words(ds)
         _Walk(self, pseudonym, self.day_shift(pseudonym), words).dataset(ds)
         ds.PatientIdentityRemoved = "YES"
@@ -295,6 +297,9 @@ class _Walk:
         if int(tag) == _BIRTH_DATE:
             elem.value = ""
             return
+        if int(tag) == _AGE:
+            elem.value = _age(str(elem.value or ""))
+            return
         if int(tag) in _RETAINED:
             return
         if elem.VR in ("DA", "DT"):
@@ -368,6 +373,13 @@ class _Walk:
             return str(ds[tag].value) in self.keys.keep_private_creators
         creator = ds.get(Tag(tag.group, tag.element >> 8))
         return creator is not None and str(creator.value) in self.keys.keep_private_creators
+
+
+def _age(value: str) -> str:
+    """Patient's Age, with 90 years and over as "090Y" (an age that rare singles people out)."""
+    if value.endswith("Y") and value[:-1].isdigit() and int(value[:-1]) >= 90:
+        return "090Y"
+    return value
 
 
 def _shift_date(value: str, days: int) -> str:

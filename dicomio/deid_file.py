@@ -12,11 +12,12 @@ from pydicom.errors import InvalidDicomError
 from dicomio.deid import Deidentifier
 from dicomio.errors import InputError
 
-__all__ = ["Deidentified", "NotExported", "burned_in_risk", "deidentify_file"]
+__all__ = ["Deidentified", "NotExported", "burned_in_risk", "deidentify_file", "text_document"]
 
 # Secondary Capture and ultrasound classes: text is often burned into their pixels.
 _SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 _ULTRASOUND = ("1.2.840.10008.5.1.4.1.1.6.", "1.2.840.10008.5.1.4.1.1.3.1")
+_ENCAPSULATED = "1.2.840.10008.5.1.4.1.1.104."
 
 
 def burned_in_risk(ds: Dataset) -> str:
@@ -35,6 +36,13 @@ def burned_in_risk(ds: Dataset) -> str:
         return "Secondary Capture without Burned In Annotation"
     if sop_class.startswith(_ULTRASOUND):
         return "ultrasound without Burned In Annotation"
+    return ""
+
+
+def text_document(ds: Dataset) -> str:
+    """Why the instance is a document of free text (PDF, CDA, STL...); "" when it is not."""
+    if str(ds.get("SOPClassUID", "")).startswith(_ENCAPSULATED):
+        return "an encapsulated document (free text the profile cannot clean)"
     return ""
 
 
@@ -73,6 +81,8 @@ def deidentify_file(
     risk = burned_in_risk(ds)
     if risk and not allow_burned_in:
         raise NotExported(f"may carry burned-in text ({risk})")
+    if document := text_document(ds):
+        raise NotExported(f"never exported: {document}")
     study, series = str(ds.get("StudyInstanceUID", "")), str(ds.get("SeriesInstanceUID", ""))
     if not study or not series or "SOPInstanceUID" not in ds:
         raise NotExported("no Study, Series or SOP Instance UID")

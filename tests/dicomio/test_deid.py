@@ -72,6 +72,25 @@ def test_basic_profile_with_options() -> None:
     assert ds.LongitudinalTemporalInformationModified == "MODIFIED"
 
 
+def test_patients_without_an_id_and_the_very_old() -> None:
+    first, second = _ct(), _ct()
+    first.PatientID = second.PatientID = ""
+    second.StudyInstanceUID = "1.2.9"
+    assert KEYS.apply(first) != KEYS.apply(second)  # not one "anonymous" patient
+    old = _ct()
+    old.PatientAge = "093Y"
+    KEYS.apply(old)
+    assert old.PatientAge == "090Y"
+
+
+def test_encapsulated_documents_are_never_exported(tmp_path: Path) -> None:
+    pdf = _ct()
+    pdf.SOPClassUID = pdf.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.104.1"
+    pdf.save_as(tmp_path / "pdf.dcm", enforce_file_format=True)
+    with pytest.raises(NotExported, match="encapsulated document"):
+        deidentify_file(tmp_path / "pdf.dcm", KEYS, tmp_path / "out", allow_burned_in=True)
+
+
 def test_uids_are_keyed_valid_and_consistent() -> None:
     uid = KEYS.uid("1.2.840.99.1")
     assert (
