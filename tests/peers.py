@@ -170,23 +170,31 @@ class NodeProcess:
 class StoreScp:
     """dcmtk ``storescp +B``: a reference receiver that writes datasets exactly as received."""
 
-    def __init__(self, folder: Path, port: int, log: Path) -> None:
+    def __init__(self, folder: Path, log: Path) -> None:
+        """Start on a free port (``self.port``); a port taken between choosing it and
+        storescp binding it (another test's connection) is replaced, up to 5 times."""
         self.folder = folder
-        self.port = port
         folder.mkdir(parents=True, exist_ok=True)
         self._log = open(log, "ab")  # closed in stop()
-        self.proc = subprocess.Popen(
-            ["storescp", "+B", "+xa", "-aet", "AINODE", "-od", str(folder), str(port)],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env=DCMTK_ENV,
-        )
-        deadline = time.monotonic() + 30
-        while echoscu(port).returncode != 0:
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                self.stop()
-                raise RuntimeError("storescp did not start")
-            time.sleep(0.1)
+        for _attempt in range(5):
+            self.port = free_port()
+            self.proc = subprocess.Popen(
+                ["storescp", "+B", "+xa", "-aet", "AINODE", "-od", str(folder), str(self.port)],
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+                env=DCMTK_ENV,
+            )
+            deadline = time.monotonic() + 30
+            while echoscu(self.port).returncode != 0:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    break
+                time.sleep(0.1)
+            else:
+                return
+            if self.proc.poll() is None or "Address already in use" not in log.read_text():
+                break
+        self.stop()
+        raise RuntimeError(f"storescp did not start (see {log})")
 
     def stop(self) -> None:
         if self.proc.poll() is None:

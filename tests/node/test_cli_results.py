@@ -9,7 +9,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from tests.peers import StoreScp, free_port
+from tests.peers import StoreScp
 from training.synthetic import generate_ct
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,8 +46,8 @@ def test_analyze_names_a_missing_path(tmp_path: Path) -> None:
 
 @pytest.mark.network
 def test_demo_sends_results_to_the_given_pacs(tmp_path: Path) -> None:
-    port = free_port()
-    pacs = StoreScp(tmp_path / "pacs", port, tmp_path / "storescp.log")
+    pacs = StoreScp(tmp_path / "pacs", tmp_path / "storescp.log")
+    port = pacs.port
     try:
         run = _ainode(
             "demo", "--work", str(tmp_path / "demo"), "--send-to", f"PACS@127.0.0.1:{port}"

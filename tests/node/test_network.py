@@ -17,7 +17,7 @@ from storage.db import create_sqlite_engine, make_sessionmaker
 from storage.models import Instance, Job
 from tests.corpus import corpus_files, read_header, storable
 from tests.dicomgen import dataset_bytes, write_ct_series
-from tests.peers import StoreScp, acknowledged, echoscu, free_port, storescu
+from tests.peers import StoreScp, acknowledged, echoscu, storescu
 from tests.storage.stored import files_in as _files_in
 
 pytestmark = pytest.mark.network
@@ -143,7 +143,7 @@ def test_pydicom_corpus_every_transfer_syntax_byte_identical_to_what_was_sent(
     for ts, files in sorted(groups.items()):
         extra = ["-R", "--no-halt", _PROPOSE[ts]]
         ref_dir = tmp_path / f"ref-{ts}"
-        reference = StoreScp(ref_dir, free_port(), tmp_path / "storescp.log")
+        reference = StoreScp(ref_dir, tmp_path / f"storescp-{ts}.log")
         try:
             ours = acknowledged(storescu(cfg.node.port, files, extra=extra).stdout)
             theirs = acknowledged(storescu(reference.port, files, extra=extra).stdout)
