@@ -92,7 +92,7 @@ def _secret(cfg: ExportConfig) -> bytes:
 
 def _check_paths(request: ExportRequest) -> None:
     out = request.out.resolve()
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ExportError(f"--out {request.out}: not empty (an export goes to a new folder)")
     if request.mapping is not None:
         mapping = request.mapping.resolve()
@@ -106,6 +106,8 @@ def _hospital_labels(path: Path) -> list[dict[str, str]]:
             rows = list(csv.DictReader(f))
     except OSError as exc:
         raise ExportError(f"--labels {path}: cannot be read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ExportError(f"--labels {path}: not UTF-8 text ({exc.reason})") from None
     if rows and ("label" not in rows[0] or not {"series_uid", "study_uid"} & set(rows[0])):
         raise ExportError(f"--labels {path}: needs a label column and series_uid or study_uid")
     return rows

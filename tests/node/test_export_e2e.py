@@ -282,3 +282,11 @@ def test_export_refuses_without_a_secret_or_into_a_full_folder(
     run = _export(cfg.path, "--out", str(tmp_path / "y"), "--mapping", str(tmp_path / "y" / "m"))
     assert run.returncode == 2
     assert "must lie outside --out" in run.stderr
+    (tmp_path / "labels.csv").write_text("series_uid,diagnosis\n1.2.3,normal\n")
+    run = _export(cfg.path, "--out", str(tmp_path / "z"), "--labels", str(tmp_path / "labels.csv"))
+    assert run.returncode == 2
+    assert "needs a label column and series_uid or study_uid" in run.stderr
+    (tmp_path / "latin1.csv").write_bytes("series_uid,label\n1.2.3,b\xe9nin\n".encode("latin-1"))
+    run = _export(cfg.path, "--out", str(tmp_path / "z"), "--labels", str(tmp_path / "latin1.csv"))
+    assert run.returncode == 2 and "not UTF-8 text" in run.stderr
+    assert not (tmp_path / "z").exists()  # nothing written before the request was checked
