@@ -59,8 +59,6 @@ class Deidentified:
     series_instance_uid: str
     sop_instance_uid: str
     sop_class_uid: str
-    modality: str
-    study_date: str  # shifted
     original_study_instance_uid: str
     original_series_instance_uid: str
     path: Path
@@ -97,8 +95,6 @@ def deidentify_file(
         series_instance_uid=str(ds.SeriesInstanceUID),
         sop_instance_uid=str(ds.SOPInstanceUID),
         sop_class_uid=str(ds.SOPClassUID),
-        modality=str(ds.get("Modality", "")),
-        study_date=str(ds.get("StudyDate", "")),
         original_study_instance_uid=study,
         original_series_instance_uid=series,
         path=path,

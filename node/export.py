@@ -37,10 +37,18 @@ from sqlalchemy.orm import Session, sessionmaker
 from core.config import ExportConfig
 from dicomio.deid import METHOD, OPTION_CODES, PROFILE_TABLE, Deidentifier
 from dicomio.deid_file import Deidentified, NotExported, deidentify_file
-from storage.export_select import StudyFilter, result_objects, select_studies, silver_labels
+from storage.export_filter import StudyFilter
+from storage.export_select import result_paths, select_studies, silver_labels
 from storage.index import patient_ids, study_series
 
-__all__ = ["ExportError", "ExportRequest", "ExportSummary", "export_training_set", "preflight"]
+__all__ = [
+    "ExportError",
+    "ExportRequest",
+    "ExportSummary",
+    "Preflight",
+    "export_training_set",
+    "preflight",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +126,6 @@ class _Series:
     pseudonym: str
     study_uid: str
     series_uid: str
-    modality: str
     result: bool
     original_study: str
     label: str = ""
@@ -131,34 +138,42 @@ def _record(written: dict[str, _Series], d: Deidentified, *, result: bool) -> No
             pseudonym=d.pseudonym,
             study_uid=d.study_instance_uid,
             series_uid=d.series_instance_uid,
-            modality=d.modality,
             result=result,
             original_study=d.original_study_instance_uid,
         )
 
 
-def preflight(cfg: ExportConfig, request: ExportRequest) -> bytes:
-    """The secret, once the request is known to be possible; else :class:`ExportError`."""
+@dataclass(frozen=True, slots=True)
+class Preflight:
+    """What :func:`preflight` read: the key, and the hospital's label rows (if any)."""
+
+    secret: bytes
+    rows: list[dict[str, str]]
+
+
+def preflight(cfg: ExportConfig, request: ExportRequest) -> Preflight:
+    """The secret and labels, once the request is known to be possible; else :class:`ExportError`.
+
+    Nothing is opened or written before it: the index is opened after it succeeds.
+    """
     secret = _secret(cfg)
     _check_paths(request)
-    if request.labels_csv:
-        _hospital_labels(request.labels_csv)
-    return secret
+    rows = _hospital_labels(request.labels_csv) if request.labels_csv else []
+    return Preflight(secret, rows)
 
 
 def export_training_set(
-    sessions: sessionmaker[Session], cfg: ExportConfig, request: ExportRequest
+    sessions: sessionmaker[Session], cfg: ExportConfig, request: ExportRequest, checked: Preflight
 ) -> ExportSummary:
-    """Write the export; raise :class:`ExportError` before writing anything when it cannot."""
-    secret = preflight(cfg, request)
-    rows = _hospital_labels(request.labels_csv) if request.labels_csv else []
+    """Write the export that :func:`preflight` found possible (``checked``)."""
+    secret, rows = checked.secret, checked.rows
     keys = Deidentifier(secret, frozenset(cfg.keep_private_creators))
     with sessions.begin() as s:
         try:
             studies = select_studies(s, request.select)
         except ValueError as exc:
             raise ExportError(str(exc)) from None
-        plan = [(uid, study_series(s, uid), result_objects(s, uid)) for uid in studies]
+        plan = [(uid, study_series(s, uid), result_paths(s, uid)) for uid in studies]
         originals = patient_ids(s, studies)
         silver = silver_labels(s, studies, request.silver_model) if request.silver_model else {}
     request.out.mkdir(parents=True, exist_ok=True)
@@ -167,7 +182,7 @@ def export_training_set(
     for study_uid, series, results in plan:
         classes: Counter[str] = Counter()
         files = [(p, False) for info in series for p in info.paths]
-        files += [(r.path, True) for r in results]
+        files += [(path, True) for path in results]
         for path, is_result in files:
             try:
                 d = deidentify_file(path, keys, request.out, allow_burned_in=cfg.allow_burned_in)

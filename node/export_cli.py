@@ -11,8 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from core.config import NodeConfig
-from node.audit import Auditor, StudyTransfer
-from storage.export_select import OUTCOMES, StudyFilter
+from storage.export_filter import OUTCOMES, StudyFilter
 
 __all__ = ["add_export_parser", "cmd_export"]
 
@@ -54,6 +53,7 @@ def add_export_parser(
 
 def cmd_export(cfg: NodeConfig, args: argparse.Namespace, open_index: Callable[[], Any]) -> int:
     """Check what can be checked first (secret, folders, labels), then open the index."""
+    from node.audit import Auditor, StudyTransfer
     from node.export import ExportError, ExportRequest, export_training_set, preflight
 
     request = ExportRequest(
@@ -71,8 +71,8 @@ def cmd_export(cfg: NodeConfig, args: argparse.Namespace, open_index: Callable[[
         mapping=args.mapping,
     )
     try:
-        preflight(cfg.export, request)
-        summary = export_training_set(open_index(), cfg.export, request)
+        checked = preflight(cfg.export, request)
+        summary = export_training_set(open_index(), cfg.export, request, checked)
     except ExportError as exc:
         print(f"ainode export: {exc}", file=sys.stderr)
         return 2

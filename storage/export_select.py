@@ -9,39 +9,16 @@ input). Purged studies are never exported.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
+from storage.export_filter import OUTCOMES, StudyFilter
 from storage.models import Job, Outcome, ResultObject, Series, Study
 from storage.outcomes import DECLINED_LIKE
 
-__all__ = ["ExportResult", "StudyFilter", "result_objects", "select_studies", "silver_labels"]
-
-OUTCOMES = ("succeeded", "dead", "declined")
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class StudyFilter:
-    study_instance_uids: tuple[str, ...] = ()
-    date_from: str = ""  # YYYYMMDD, inclusive
-    date_to: str = ""
-    modality: str = ""
-    pipeline: str = ""
-    outcome: str = ""  # one of OUTCOMES; with or without pipeline
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ExportResult:
-    """A result object the node wrote for the study (SR, SEG, map) and still holds."""
-
-    kind: str
-    sop_instance_uid: str
-    series_instance_uid: str
-    source_series_instance_uid: str
-    path: Path
+__all__ = ["result_paths", "select_studies", "silver_labels"]
 
 
 def _filtered(f: StudyFilter) -> Select[str]:
@@ -78,26 +55,17 @@ def select_studies(session: Session, f: StudyFilter) -> list[str]:
     return list(session.scalars(_filtered(f)))
 
 
-def result_objects(session: Session, study_instance_uid: str) -> list[ExportResult]:
-    """The study's result objects the node still holds (not purged by retention)."""
+def result_paths(session: Session, study_instance_uid: str) -> list[Path]:
+    """The files of the study's result objects the node still holds (not purged by retention)."""
     rows = session.scalars(
-        select(ResultObject)
+        select(ResultObject.path)
         .where(
             ResultObject.study_instance_uid == study_instance_uid,
             ResultObject.purged_at.is_(None),
         )
         .order_by(ResultObject.id)
     )
-    return [
-        ExportResult(
-            kind=r.kind,
-            sop_instance_uid=r.sop_instance_uid,
-            series_instance_uid=r.series_instance_uid,
-            source_series_instance_uid=r.source_series_instance_uid,
-            path=Path(r.path),
-        )
-        for r in rows
-    ]
+    return [Path(p) for p in rows]
 
 
 def silver_labels(session: Session, study_instance_uids: list[str], model: str) -> dict[str, str]:

@@ -7,7 +7,8 @@ import json
 import pytest
 
 from storage import queue
-from storage.export_select import StudyFilter, select_studies, silver_labels
+from storage.export_filter import StudyFilter
+from storage.export_select import select_studies, silver_labels
 from storage.outcomes import record_outcome
 from tests.storage.stored import T0, store
 
