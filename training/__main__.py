@@ -17,6 +17,7 @@ from training.metrics import grouped_kfold
 from training.rebuild import rebuild
 from training.recipes import (
     RECIPES,
+    Case,
     Recipe,
     evaluate,
     export,
@@ -91,10 +92,11 @@ def _train(a: argparse.Namespace) -> int:
             return 2
         init = loaded.module
         origin = f"Fine-tuned from {loaded.spec.name} {loaded.spec.version} ({a.init}). "
-    split = None if a.val is not None else "train"
+    # Without --val: the data's own splits (an export's labels.csv has them).
+    train_split, val_split = (None, None) if a.val is not None else ("train", "val")
     try:
-        train_cases = load_cases(recipe, a.data, split)
-        val_cases = load_cases(recipe, a.val or a.data, None if a.val is not None else "val")
+        train_cases = load_cases(recipe, a.data, train_split)
+        val_cases = load_cases(recipe, a.val or a.data, val_split)
     except ValueError as exc:  # no split column and no --val
         print(f"ainode train train: {exc} (or give --val)", file=sys.stderr)
         return 2
@@ -111,7 +113,7 @@ def _train(a: argparse.Namespace) -> int:
         init=init,
     )
     labels = _labels_source(a.data)
-    where = f"{a.data}" + (" (split train; validated on its split val)" if split else "")
+    where = f"{a.data}" + (" (split train; validated on its split val)" if train_split else "")
     export(
         recipe,
         module,
@@ -132,6 +134,7 @@ def _evaluate(
 ) -> int:
     """``ainode train evaluate``: held-out figures of a package (and a baseline beside them)."""
     figures = {}
+    cases: dict[str, list[Case]] = {}  # read once per recipe, not once per package
     for role, path in (("model", package), ("baseline", baseline)):
         if path is None:
             continue
@@ -139,7 +142,9 @@ def _evaluate(
         if found is None:
             return 2
         loaded, recipe = found
-        report = evaluate(recipe, loaded.module, load_cases(recipe, data, split))
+        if recipe.name not in cases:
+            cases[recipe.name] = load_cases(recipe, data, split)
+        report = evaluate(recipe, loaded.module, cases[recipe.name])
         folder = report_dir if role == "model" else report_dir / "baseline"
         write_report(folder, recipe.name, report, list(recipe.classes))
         figures[f"{role}: {path}"] = {"n": report["n"], **headline(recipe, report)}
