@@ -201,6 +201,11 @@ class Deidentifier:
         digest = _hmac(self.secret, f"uid\x00{uid}")
         return f"2.25.{int.from_bytes(digest[:16], 'big') >> 1}"
 
+    def fraction(self, purpose: str, pseudonym: str) -> float:
+        """A keyed number in [0, 1) for the patient and ``purpose`` (e.g. the export's split)."""
+        digest = _hmac(self.secret, f"{purpose}\x00{pseudonym}")
+        return int.from_bytes(digest[:8], "big") / 2**64
+
     def day_shift(self, pseudonym: str) -> int:
         """Days the patient's dates move: 365 to 3650 back, one value per patient."""
         digest = _hmac(self.secret, f"dates\x00{pseudonym}")

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import hmac
 import json
 import logging
 import os
@@ -81,12 +80,9 @@ class ExportSummary:
     label_problems: list[str] = field(default_factory=list)
 
 
-def _split(secret: bytes, pseudonym: str) -> str:
-    u = int.from_bytes(hmac.new(secret, f"split\x00{pseudonym}".encode(), "sha256").digest()[:8])
-    for name, upper in _SPLITS:
-        if u / 2**64 < upper:
-            return name
-    return "test"
+def _split(keys: Deidentifier, pseudonym: str) -> str:
+    u = keys.fraction("split", pseudonym)
+    return next(name for name, upper in _SPLITS if u < upper)
 
 
 def _secret(cfg: ExportConfig) -> bytes:
@@ -198,7 +194,7 @@ def export_training_set(
         summary.studies[study_uid] = dict(classes)
         logger.info("export: study %s written (%d files)", study_uid, sum(classes.values()))
     _label(written, rows, silver, request, summary)
-    _write_labels(request.out, written, secret, summary)
+    _write_labels(request.out, written, keys, summary)
     _write_manifest(request, summary, secret)
     if request.mapping is not None:
         _write_mapping(request.mapping, written, originals)
@@ -231,7 +227,7 @@ def _label(
 
 
 def _write_labels(
-    out: Path, written: dict[str, _Series], secret: bytes, summary: ExportSummary
+    out: Path, written: dict[str, _Series], keys: Deidentifier, summary: ExportSummary
 ) -> None:
     with open(out / "labels.csv", "w", newline="") as f:
         w = csv.writer(f)
@@ -245,7 +241,7 @@ def _write_labels(
                     s.study_uid,
                     s.series_uid,
                     s.label,
-                    _split(secret, s.pseudonym),
+                    _split(keys, s.pseudonym),
                     s.source,
                 ]
             )
