@@ -41,7 +41,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
-from training.synthetic import make_uid, write_ct, write_labels
+from training.synthetic import write_case, write_labels
 
 __all__ = ["Acquisition", "LesionTruth", "Scan", "generate_anatomical_ct", "make_scan"]
 
@@ -547,22 +547,20 @@ def generate_anatomical_ct(
     (out / "masks").mkdir(parents=True, exist_ok=True)
     rows = []
     for i in range(n):
-        patient = f"SYN-ANAT-{seed}-{i:04d}"
-        study, series = make_uid("anat", seed, i), make_uid("anat-series", seed, i)
         scan = make_scan(rng, shift=shift, section=section, lesion_count=lesion_count)
-        write_ct(
-            out / "studies" / f"{i:04d}",
-            scan.hu,
-            scan.spacing,
-            0.0,
-            patient=patient,
-            study=study,
-            series=series,
-            thickness=scan.thickness_mm,
-            body_part="CHEST" if scan.section == "chest" else "ABDOMEN",
-        )
-        np.save(out / "masks" / f"{series}.npy", scan.mask)
+        body_part = "CHEST" if scan.section == "chest" else "ABDOMEN"
         rows.append(
-            {"patient_id": patient, "study_uid": study, "series_uid": series, "label": scan.label}
+            write_case(
+                out,
+                "anat",
+                seed,
+                i,
+                scan.hu,
+                scan.mask,
+                scan.label,
+                scan.spacing,
+                thickness=scan.thickness_mm,
+                body_part=body_part,
+            )
         )
     return write_labels(out, rows)

@@ -26,6 +26,7 @@ import csv
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -49,6 +50,7 @@ __all__ = [
     "generate_ecg",
     "generate_longitudinal",
     "make_uid",
+    "write_case",
     "write_ct",
     "write_labels",
 ]
@@ -236,6 +238,36 @@ def write_ct(
         ds.save_as(folder / f"CT{k:04d}.dcm", enforce_file_format=True)
 
 
+def write_case(
+    out: Path,
+    kind: str,
+    seed: int,
+    i: int,
+    hu: npt.NDArray[np.float32],
+    mask: npt.NDArray[np.bool_],
+    label: str,
+    spacing: tuple[float, float, float],
+    tilt_deg: float = 0.0,
+    **ct: Any,
+) -> dict[str, str]:
+    """Study ``i`` of a generated set: its DICOM (``write_ct``, with ``ct``), its mask, its
+    ``labels.csv`` row. UIDs and Patient ID follow from ``kind``, ``seed`` and ``i``."""
+    patient = f"SYN-{kind.upper()}-{seed}-{i:04d}"
+    study, series = make_uid(kind, seed, i), make_uid(f"{kind}-series", seed, i)
+    write_ct(
+        out / "studies" / f"{i:04d}",
+        hu,
+        spacing,
+        tilt_deg,
+        patient=patient,
+        study=study,
+        series=series,
+        **ct,
+    )
+    np.save(out / "masks" / f"{series}.npy", mask)
+    return {"patient_id": patient, "study_uid": study, "series_uid": series, "label": label}
+
+
 def generate_ct(
     out: Path, n: int, seed: int, *, shift: bool = False, acquisition: CtAcquisition | None = None
 ) -> Path:
@@ -248,23 +280,9 @@ def generate_ct(
     (out / "masks").mkdir(parents=True, exist_ok=True)
     rows = []
     for i in range(n):
-        patient = f"SYN-CT-{seed}-{i:04d}"
-        study, series = make_uid("ct", seed, i), make_uid("ct-series", seed, i)
         hu, mask, kind, spacing = _ct_case(rng, acq)
         tilt = float(rng.uniform(-12, 12)) if rng.random() < 0.3 else 0.0
-        write_ct(
-            out / "studies" / f"{i:04d}",
-            hu,
-            spacing,
-            tilt,
-            patient=patient,
-            study=study,
-            series=series,
-        )
-        np.save(out / "masks" / f"{series}.npy", mask)
-        rows.append(
-            {"patient_id": patient, "study_uid": study, "series_uid": series, "label": kind}
-        )
+        rows.append(write_case(out, "ct", seed, i, hu, mask, kind, spacing, tilt))
     return write_labels(out, rows)
 
 
