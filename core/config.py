@@ -256,6 +256,11 @@ class DestinationConfig:
     host: str
     port: int
     tls: ClientTls | None = None
+    # Storage Commitment (Push Model): a delivery is "confirmed" only when the
+    # destination's N-EVENT-REPORT commits it; without a report within the
+    # timeout the object is sent again under the retry policy.
+    storage_commitment: bool = False
+    commitment_timeout_s: float = 300.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

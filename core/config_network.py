@@ -116,8 +116,22 @@ def parse_destinations(raw: object, base: Path) -> tuple[DestinationConfig, ...]
             raise ConfigError(f"{table.key('host')}: must be a host name or IP address")
         port = table.integer("port", 104, 1, 65535)
         tls = _client_tls(table, base)
+        commitment = table.boolean("storage_commitment", False)
+        if table.has("commitment_timeout_s") and not commitment:
+            raise table.fail("commitment_timeout_s", "only with storage_commitment = true")
+        timeout = table.number("commitment_timeout_s", 300.0, 1.0, 7 * 86400.0)
         table.finish()
-        found.append(DestinationConfig(name=name, ae_title=ae, host=host, port=port, tls=tls))
+        found.append(
+            DestinationConfig(
+                name=name,
+                ae_title=ae,
+                host=host,
+                port=port,
+                tls=tls,
+                storage_commitment=commitment,
+                commitment_timeout_s=timeout,
+            )
+        )
     return tuple(found)
 
 

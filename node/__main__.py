@@ -54,7 +54,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     deliveries.add_argument("action", nargs="?", choices=["list", "retry"], default="list")
     deliveries.add_argument("delivery_id", nargs="?", type=int, help="the delivery to retry")
-    deliveries.add_argument("--status", choices=["pending", "delivered", "dead"])
+    deliveries.add_argument(
+        "--status", choices=["pending", "delivered", "sent", "confirmed", "dead"]
+    )
     deliveries.add_argument("--limit", type=int, default=50)
     purge = sub.add_parser(
         "purge",
@@ -305,7 +307,7 @@ def _cmd_deliveries(cfg: NodeConfig, args: argparse.Namespace) -> int:
             f"{d.id:>6}  {d.status:9} {d.result.kind:4} {d.destination[:16]:16} "
             f"{d.attempts}/{d.max_attempts:<4} {d.result.sop_instance_uid}"
         )
-        if d.last_error and d.status != "delivered":
+        if d.last_error and d.status not in ("delivered", "confirmed"):
             print(f"{'':>6}  {d.last_error}")
     return 0
 

@@ -5,13 +5,18 @@ is recorded in its own transaction at once, so a crash resends at most the
 object in flight, and a hung destination holds up only its own results.
 A destination that cannot be reached counts one failed attempt for each of
 its due objects and waits by the retry policy of ``[delivery]``.
+
+A destination with ``storage_commitment = true`` is then asked, in one
+N-ACTION, to commit what it stored (``node.commitment``); its objects stay
+``sent`` until its report confirms them, and one whose report fails it or
+never comes within ``commitment_timeout_s`` is sent again.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -20,6 +25,7 @@ from core import metrics
 from core.clock import utc_now
 from core.config import DestinationConfig, NodeConfig
 from node.audit import Auditor, StudyTransfer
+from node.commitment import CommitmentRequestFailed, new_transaction_uid, request_commitment
 from node.send import AssociationFailed, SendItem, SendOutcome, send_files
 from storage import deliveries
 from storage.deliveries import DeliveryRecord
@@ -82,6 +88,7 @@ def _deliver_to(
             error = f"destination {name!r} is no longer in the config"
             _failed(cfg, sessions, row.id, None, error, retryable=True, now=utc_now())
         return 0
+    dest = cfg.destination(name)
     delivered = 0
     by_id = {row.id: row for row in rows}
     sent: dict[str, StudyTransfer] = {}
@@ -111,6 +118,7 @@ def _deliver_to(
                 status=outcome.status or 0,
                 comment=outcome.detail,
                 now=utc_now(),
+                awaiting_commitment=dest.storage_commitment,
             )
         delivered += 1
         metrics.delivery(name, "delivered")
@@ -119,7 +127,12 @@ def _deliver_to(
         transfer.sop_classes[result.sop_class_uid] = (
             transfer.sop_classes.get(result.sop_class_uid, 0) + 1
         )
-        logger.info("delivery %d to %s: delivered", outcome.key, name)
+        logger.info(
+            "delivery %d to %s: %s",
+            outcome.key,
+            name,
+            "stored, commitment to be requested" if dest.storage_commitment else "delivered",
+        )
 
     items = [
         SendItem(
@@ -130,10 +143,10 @@ def _deliver_to(
         )
         for row in rows
     ]
-    _audit_begin(cfg, sessions, cfg.destination(name), rows)
+    _audit_begin(cfg, sessions, dest, rows)
     try:
         send_files(
-            cfg.destination(name),
+            dest,
             items,
             record,
             calling_ae=cfg.node.ae_title,
@@ -144,8 +157,68 @@ def _deliver_to(
         metrics.delivery(name, "no association")
         for row in rows:
             _failed(cfg, sessions, row.id, None, str(exc), retryable=True, now=utc_now())
-    _audit_sent(cfg, sessions, cfg.destination(name), sent, failed=failures > 0)
+    _audit_sent(cfg, sessions, dest, sent, failed=failures > 0)
     return delivered
+
+
+def _expire_commitments(cfg: NodeConfig, sessions: sessionmaker[Session], name: str) -> None:
+    """Sent objects whose commitment report never came: a failed attempt each, sent again."""
+    dest = cfg.destination(name)
+    now = utc_now()
+    with sessions.begin() as s:
+        overdue = deliveries.overdue_commitments(
+            s,
+            destination=name,
+            requested_before=now - timedelta(seconds=dest.commitment_timeout_s),
+        )
+    for row in overdue:
+        error = (
+            f"no storage commitment report from {name} within "
+            f"{dest.commitment_timeout_s:g} s (transaction {row.transaction_uid})"
+        )
+        _failed(cfg, sessions, row.id, None, error, retryable=True, now=now)
+
+
+def _request_commitment(cfg: NodeConfig, sessions: sessionmaker[Session], name: str) -> None:
+    """Ask ``name`` to commit everything it stored and was not asked about yet.
+
+    The Transaction UID is on the rows before the N-ACTION leaves, so a report
+    that comes back at once finds them. That includes objects a crash left
+    stored but never asked about. A request that cannot be made is a failed
+    attempt for each object: it is sent again, and asked about again, under
+    the retry policy.
+    """
+    dest = cfg.destination(name)
+    with sessions.begin() as s:
+        rows = deliveries.uncommitted(s, destination=name)
+    if not rows:
+        return
+    transaction = new_transaction_uid()
+    with sessions.begin() as s:
+        deliveries.request_commitment(
+            s, delivery_ids=[r.id for r in rows], transaction_uid=transaction, now=utc_now()
+        )
+    references = [(r.result.sop_class_uid, r.result.sop_instance_uid) for r in rows]
+    try:
+        request_commitment(
+            dest,
+            references,
+            transaction,
+            calling_ae=cfg.node.ae_title,
+            connect_timeout_s=cfg.delivery.connect_timeout_s,
+            dimse_timeout_s=cfg.delivery.dimse_timeout_s,
+        )
+    except CommitmentRequestFailed as exc:
+        metrics.delivery(name, "commitment not requested")
+        for row in rows:
+            _failed(cfg, sessions, row.id, None, str(exc), retryable=True, now=utc_now())
+        return
+    logger.info(
+        "storage commitment of %d object(s) requested from %s: transaction %s",
+        len(rows),
+        name,
+        transaction,
+    )
 
 
 def _audit_begin(
@@ -205,6 +278,10 @@ def deliver_due(cfg: NodeConfig, sessions: sessionmaker[Session], destination: s
     with only_one(sessions, f"delivery {destination}") as mine:
         if not mine:
             return 0
+        committing = destination is not None and cfg.destination(destination).storage_commitment
+        if committing:
+            assert destination is not None
+            _expire_commitments(cfg, sessions, destination)
         with sessions.begin() as s:
             if destination is None:
                 due = deliveries.due_deliveries(s, now=utc_now(), other_than=configured)
@@ -213,4 +290,8 @@ def deliver_due(cfg: NodeConfig, sessions: sessionmaker[Session], destination: s
         by_destination: dict[str, list[DeliveryRecord]] = defaultdict(list)
         for row in due:
             by_destination[row.destination].append(row)
-        return sum(_deliver_to(cfg, sessions, name, rows) for name, rows in by_destination.items())
+        sent = sum(_deliver_to(cfg, sessions, name, rows) for name, rows in by_destination.items())
+        if committing:
+            assert destination is not None
+            _request_commitment(cfg, sessions, destination)
+        return sent

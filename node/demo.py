@@ -228,7 +228,9 @@ def _print(state: _State) -> None:
         where = "kept in the node (no destination)"
         if d is not None:
             where = f"{d.status} to {d.destination}" + (
-                f" ({d.last_error})" if d.status != "delivered" and d.last_error else ""
+                f" ({d.last_error})"
+                if d.status not in ("delivered", "confirmed") and d.last_error
+                else ""
             )
         print(f"  {r.kind:3} {r.path}\n      {where}")
 

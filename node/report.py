@@ -23,6 +23,7 @@ def status_report(sessions: sessionmaker[Session], *, stale_after_s: float = 15.
         sent = deliveries.delivery_counts(session)
         pending = deliveries.list_deliveries(session, status="pending", limit=5)
         failed = deliveries.list_deliveries(session, status="dead", limit=5)
+        awaiting = deliveries.list_deliveries(session, status="sent", limit=5)
         n_declined, declined = declined_outcomes(session, limit=5)
     lines = [
         f"studies received:      {counts['studies']}",
@@ -55,6 +56,11 @@ def status_report(sessions: sessionmaker[Session], *, stale_after_s: float = 15.
             f"  pending delivery {d.id}: {d.result.kind} to {d.destination}, "
             f"attempts {d.attempts}/{d.max_attempts}, next {d.next_attempt_at:%Y-%m-%d %H:%M:%S}"
             + (f": {d.last_error}" if d.last_error else "")
+        )
+    for d in awaiting:
+        lines.append(
+            f"  sent delivery {d.id}: {d.result.kind} to {d.destination}, storage commitment "
+            f"awaited since {d.updated_at:%Y-%m-%d %H:%M:%S} (transaction {d.transaction_uid})"
         )
     for d in failed:
         lines.append(

@@ -14,6 +14,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pydicom
 from pynetdicom import AE, evt
@@ -26,8 +27,11 @@ __all__ = [
     "AssociationFailed",
     "SendItem",
     "SendOutcome",
+    "associate",
     "classify_status",
+    "describe",
     "items_for",
+    "new_ae",
     "send_files",
 ]
 
@@ -83,7 +87,7 @@ def classify_status(status: int) -> tuple[bool, bool]:
     return False, True  # 0xA7xx out of resources, processing failures, unknown codes
 
 
-def _ae(calling_ae: str, timeout_s: float, dimse_timeout_s: float) -> AE:
+def new_ae(calling_ae: str, timeout_s: float, dimse_timeout_s: float) -> AE:
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = timeout_s
     ae.connection_timeout = timeout_s
@@ -92,8 +96,37 @@ def _ae(calling_ae: str, timeout_s: float, dimse_timeout_s: float) -> AE:
     return ae
 
 
-def _describe(dest: DestinationConfig) -> str:
+def describe(dest: DestinationConfig) -> str:
     return f"{dest.ae_title}@{dest.host}:{dest.port}{' (TLS)' if dest.tls else ''}"
+
+
+def associate(ae: AE, dest: DestinationConfig, handlers: Sequence[Any] = ()) -> Any:
+    """An association with ``dest`` (TLS when configured), or :class:`AssociationFailed`."""
+    tls_args = None
+    if dest.tls is not None:  # the peer must prove it is dest.tls.server_name (or host)
+        tls_args = (client_context(dest.tls, dest.name), dest.tls.server_name or dest.host)
+    assoc = ae.associate(
+        dest.host,
+        dest.port,
+        ae_title=dest.ae_title,
+        evt_handlers=[(evt.EVT_CONN_OPEN, handle_conn_open), *handlers],
+        tls_args=tls_args,
+    )
+    if not assoc.is_established:
+        refused = sorted(
+            {str(getattr(cx.abstract_syntax, "name", "?")) for cx in assoc.rejected_contexts}
+        )
+        why = (
+            f"it accepts none of the SOP classes proposed ({', '.join(refused)})"
+            if refused and not assoc.accepted_contexts
+            else "association rejected"
+            if assoc.is_rejected
+            else "TLS handshake failed, connection refused, unreachable or aborted"
+            if tls_args
+            else "connection refused, unreachable or aborted"
+        )
+        raise AssociationFailed(f"cannot associate with {describe(dest)}: {why}")
+    return assoc
 
 
 def send_files(
@@ -110,28 +143,10 @@ def send_files(
     Raises :class:`AssociationFailed` when no association could be made; items
     left unsent when the association breaks are reported as retryable.
     """
-    ae = _ae(calling_ae, connect_timeout_s, dimse_timeout_s)
+    ae = new_ae(calling_ae, connect_timeout_s, dimse_timeout_s)
     for sop_class in sorted({i.sop_class_uid for i in items}):
         ae.add_requested_context(sop_class, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
-    tls_args = None
-    if dest.tls is not None:  # the peer must prove it is dest.tls.server_name (or host)
-        tls_args = (client_context(dest.tls, dest.name), dest.tls.server_name or dest.host)
-    assoc = ae.associate(
-        dest.host,
-        dest.port,
-        ae_title=dest.ae_title,
-        evt_handlers=[(evt.EVT_CONN_OPEN, handle_conn_open)],
-        tls_args=tls_args,
-    )
-    if not assoc.is_established:
-        why = (
-            "association rejected"
-            if assoc.is_rejected
-            else "TLS handshake failed, connection refused, unreachable or aborted"
-            if tls_args
-            else "connection refused, unreachable or aborted"
-        )
-        raise AssociationFailed(f"cannot associate with {_describe(dest)}: {why}")
+    assoc = associate(ae, dest)
     try:
         accepted = {cx.abstract_syntax for cx in assoc.accepted_contexts}
         for item in items:
@@ -142,7 +157,7 @@ def send_files(
                         delivered=False,
                         retryable=True,
                         status=None,
-                        detail=f"association with {_describe(dest)} ended early",
+                        detail=f"association with {describe(dest)} ended early",
                     )
                 )
                 continue
@@ -153,7 +168,7 @@ def send_files(
                         delivered=False,
                         retryable=False,
                         status=None,
-                        detail=f"{_describe(dest)} does not accept SOP class {item.sop_class_uid}",
+                        detail=f"{describe(dest)} does not accept SOP class {item.sop_class_uid}",
                     )
                 )
                 continue
@@ -177,7 +192,7 @@ def _send_one(assoc: object, item: SendItem, dest: DestinationConfig) -> SendOut
             delivered=False,
             retryable=True,
             status=None,
-            detail=f"no response from {_describe(dest)}",
+            detail=f"no response from {describe(dest)}",
         )
     status = int(response.Status)
     comment = str(response.get("ErrorComment", "")) or None

@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core.config import NodeConfig
 from node.audit import Auditor
+from node.commitment import STORAGE_COMMITMENT, CommitmentBook, handle_report
 from node.handlers import (
     AccessControl,
     handle_conn_close,
@@ -187,6 +188,9 @@ def build_ae(cfg: NodeConfig) -> AE:
     for uid in storage_sop_class_uids():
         ae.add_supported_context(uid, ALL_TRANSFER_SYNTAXES)
     ae.add_supported_context(_VERIFICATION, _UNCOMPRESSED)
+    # Storage commitment results: the PACS opens the association as the SCP of
+    # the Push Model and sends its N-EVENT-REPORT (node.commitment).
+    ae.add_supported_context(STORAGE_COMMITMENT, _UNCOMPRESSED, scu_role=False, scp_role=True)
     return ae
 
 
@@ -198,6 +202,7 @@ def build_handlers(cfg: NodeConfig, deps: ReceiveDeps, auditor: Auditor | None =
         (evt.EVT_REQUESTED, handle_requested, [access]),
         (evt.EVT_C_ECHO, handle_echo, [access]),
         (evt.EVT_C_STORE, handle_store, [deps, access]),
+        (evt.EVT_N_EVENT_REPORT, handle_report, [CommitmentBook(cfg, deps.sessions), access]),
     ]
 
 

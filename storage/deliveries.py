@@ -8,6 +8,12 @@ status and error text. Only the serve process delivers (it holds the data
 folder's lock), so rows need no lease: a crash between sending and marking
 sends that object again after restart, which a PACS treats as the same SOP
 Instance UID.
+
+A destination with storage commitment takes one more step: a stored object
+is ``sent`` until the destination's N-EVENT-REPORT commits it (``confirmed``)
+or names it failed, which counts a failed attempt and sends it again. The
+Transaction UID of the N-ACTION is kept on the rows it asked about; a report
+is matched by it and by the destination that was asked.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, select, update
+from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.orm import Session
 
 from core.retry import RetryPolicy
@@ -29,10 +35,15 @@ __all__ = [
     "due_deliveries",
     "list_deliveries",
     "list_results",
+    "mark_confirmed",
     "mark_delivered",
     "mark_failed_attempt",
+    "overdue_commitments",
     "record_result",
     "replay_delivery",
+    "request_commitment",
+    "sent_in_transaction",
+    "uncommitted",
 ]
 
 
@@ -60,7 +71,9 @@ class DeliveryRecord:
     last_status: int | None
     last_error: str | None
     delivered_at: datetime | None
+    updated_at: datetime
     result: ResultRecord
+    transaction_uid: str | None  # the storage commitment request that asked about it
 
 
 def _result(row: ResultObject) -> ResultRecord:
@@ -88,7 +101,9 @@ def _delivery(row: Delivery, result: ResultObject) -> DeliveryRecord:
         last_status=row.last_status,
         last_error=row.last_error,
         delivered_at=row.delivered_at,
+        updated_at=row.updated_at,
         result=_result(result),
+        transaction_uid=row.transaction_uid,
     )
 
 
@@ -170,15 +185,26 @@ def due_deliveries(
 
 
 def mark_delivered(
-    session: Session, *, delivery_id: int, status: int, comment: str | None, now: datetime
+    session: Session,
+    *,
+    delivery_id: int,
+    status: int,
+    comment: str | None,
+    now: datetime,
+    awaiting_commitment: bool = False,
 ) -> None:
-    """The destination acknowledged with success or a warning (kept in last_error)."""
+    """The destination acknowledged with success or a warning (kept in last_error).
+
+    ``awaiting_commitment``: the destination is to commit it too, so it is
+    ``sent``; the attempt is counted when the commitment succeeds or fails.
+    """
     session.execute(
         update(Delivery)
         .where(Delivery.id == delivery_id)
         .values(
-            status=DeliveryStatus.DELIVERED,
-            attempts=Delivery.attempts + 1,
+            status=DeliveryStatus.SENT if awaiting_commitment else DeliveryStatus.DELIVERED,
+            transaction_uid=None,
+            attempts=Delivery.attempts + (0 if awaiting_commitment else 1),
             last_status=status,
             last_error=comment,
             delivered_at=now,
@@ -210,21 +236,97 @@ def mark_failed_attempt(
     retry_at = policy.next_attempt_at(
         attempts=row.attempts, max_attempts=row.max_attempts, now=now, retryable=retryable
     )
+    row.transaction_uid = None
     if retry_at is None:
         row.status = DeliveryStatus.DEAD
     else:
+        row.status = DeliveryStatus.PENDING  # a sent one whose commitment failed, too
         row.next_attempt_at = retry_at
     session.flush()
     return _delivery(row, result)
+
+
+def uncommitted(session: Session, *, destination: str) -> list[DeliveryRecord]:
+    """Sent deliveries whose commitment was never requested (just sent, or cut off by a crash)."""
+    return _deliveries(
+        session,
+        Delivery.destination == destination,
+        Delivery.status == DeliveryStatus.SENT,
+        Delivery.transaction_uid.is_(None),
+    )
+
+
+def request_commitment(
+    session: Session, *, delivery_ids: Sequence[int], transaction_uid: str, now: datetime
+) -> None:
+    """Note the N-ACTION about to ask for these deliveries' commitment."""
+    session.execute(
+        update(Delivery)
+        .where(Delivery.id.in_(list(delivery_ids)), Delivery.status == DeliveryStatus.SENT)
+        .values(transaction_uid=transaction_uid, updated_at=now)
+    )
+
+
+def overdue_commitments(
+    session: Session, *, destination: str, requested_before: datetime
+) -> list[DeliveryRecord]:
+    """Sent deliveries whose commitment was requested before the cutoff and never reported."""
+    return _deliveries(
+        session,
+        Delivery.destination == destination,
+        Delivery.status == DeliveryStatus.SENT,
+        Delivery.transaction_uid.is_not(None),
+        Delivery.updated_at < requested_before,
+    )
+
+
+def sent_in_transaction(
+    session: Session, *, transaction_uid: str, destinations: Sequence[str]
+) -> list[DeliveryRecord]:
+    """The deliveries a commitment request asked about, still waiting, to these destinations."""
+    return _deliveries(
+        session,
+        Delivery.transaction_uid == transaction_uid,
+        Delivery.status == DeliveryStatus.SENT,
+        Delivery.destination.in_(list(destinations)),
+    )
+
+
+def mark_confirmed(session: Session, *, delivery_ids: Sequence[int], now: datetime) -> None:
+    """The destination committed to keep these objects."""
+    session.execute(
+        update(Delivery)
+        .where(Delivery.id.in_(list(delivery_ids)), Delivery.status == DeliveryStatus.SENT)
+        .values(
+            status=DeliveryStatus.CONFIRMED,
+            attempts=Delivery.attempts + 1,
+            last_error=None,
+            updated_at=now,
+        )
+    )
+
+
+def _deliveries(session: Session, *conditions: ColumnElement[bool]) -> list[DeliveryRecord]:
+    query = (
+        select(Delivery, ResultObject)
+        .join(ResultObject, Delivery.result_id == ResultObject.id)
+        .where(*conditions)
+        .order_by(Delivery.id)
+    )
+    return [_delivery(d, r) for d, r in session.execute(query)]
 
 
 def replay_delivery(session: Session, *, delivery_id: int, now: datetime) -> bool:
     """Send a dead (or waiting) delivery again now, with a fresh attempt budget."""
     updated = session.execute(
         update(Delivery)
-        .where(Delivery.id == delivery_id, Delivery.status != DeliveryStatus.DELIVERED)
+        .where(
+            Delivery.id == delivery_id,
+            Delivery.status.not_in([DeliveryStatus.DELIVERED, DeliveryStatus.CONFIRMED]),
+        )
         .values(
             status=DeliveryStatus.PENDING,
+            transaction_uid=None,
             max_attempts=Delivery.attempts + Delivery.max_attempts,
             next_attempt_at=now,
             updated_at=now,

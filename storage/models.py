@@ -15,6 +15,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
+    "OPEN_DELIVERY",
     "Base",
     "Delivery",
     "DeliveryStatus",
@@ -206,9 +207,21 @@ class ResultObject(Base):
 
 
 class DeliveryStatus(enum.StrEnum):
+    """pending -> delivered | dead; with storage commitment pending -> sent -> confirmed.
+
+    ``sent``: the destination stored the object (C-STORE success) and was asked
+    to commit it; a failed or missing commitment makes it pending again.
+    """
+
     PENDING = "pending"
     DELIVERED = "delivered"
+    SENT = "sent"
+    CONFIRMED = "confirmed"
     DEAD = "dead"
+
+
+#: Deliveries not finished yet: retention keeps their objects, the overview says "delivering".
+OPEN_DELIVERY = (DeliveryStatus.PENDING, DeliveryStatus.SENT)
 
 
 class Delivery(Base):
@@ -228,10 +241,14 @@ class Delivery(Base):
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # Storage commitment (migration 0008): the N-ACTION's Transaction UID, set
+    # when the commitment was requested (updated_at is then the request time).
+    transaction_uid: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
     __table_args__ = (
         Index("uq_deliveries_result_destination", "result_id", "destination", unique=True),
         Index("ix_deliveries_due", "status", "next_attempt_at"),
+        Index("ix_deliveries_transaction", "transaction_uid"),
     )
 
 

@@ -16,6 +16,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from storage.models import (
+    OPEN_DELIVERY,
     Delivery,
     DeliveryStatus,
     Instance,
@@ -82,7 +83,7 @@ def _state(
         return "complete", "no pipeline queued it"
     if not deliveries:
         return ("skipped", skipped) if skipped else ("analysed", "")
-    if any(status == DeliveryStatus.PENDING for status, _ in deliveries):
+    if any(status in OPEN_DELIVERY for status, _ in deliveries):
         return "delivering", ""
     failed = [error for status, error in deliveries if status == DeliveryStatus.DEAD]
     if failed:

@@ -25,6 +25,7 @@ from sqlalchemy import ColumnElement, and_, case, delete, exists, func, or_, sel
 from sqlalchemy.orm import Session
 
 from storage.models import (
+    OPEN_DELIVERY,
     Delivery,
     DeliveryStatus,
     Instance,
@@ -68,7 +69,7 @@ def _pending_deliveries(study_uid: Any) -> ColumnElement[bool]:
         .join(ResultObject, Delivery.result_id == ResultObject.id)
         .where(
             ResultObject.study_instance_uid == study_uid,
-            Delivery.status == DeliveryStatus.PENDING,
+            Delivery.status.in_(OPEN_DELIVERY),
         )
         .exists()
     )
@@ -144,7 +145,7 @@ def purge_study(
         session.execute(
             update(Delivery)
             .where(
-                Delivery.status == DeliveryStatus.PENDING,
+                Delivery.status.in_(OPEN_DELIVERY),
                 Delivery.result_id.in_(
                     select(ResultObject.id).where(
                         ResultObject.study_instance_uid == study_instance_uid
@@ -193,7 +194,7 @@ def expired_results(session: Session, *, created_before: datetime) -> list[int]:
     """Result objects older than the cutoff, not purged, with no delivery pending."""
     pending = (
         select(Delivery.id)
-        .where(Delivery.result_id == ResultObject.id, Delivery.status == DeliveryStatus.PENDING)
+        .where(Delivery.result_id == ResultObject.id, Delivery.status.in_(OPEN_DELIVERY))
         .exists()
     )
     return list(

@@ -23,6 +23,7 @@ ALLOWED = {
         "node/dicom_in.py",  # the C-STORE header, read without decoding
         "node/handlers.py",  # status datasets
         "node/send.py",
+        "node/commitment.py",  # N-ACTION and N-EVENT-REPORT datasets
         "dicomio/",
         "training/synthetic.py",  # writes the synthetic training data as DICOM
     },
@@ -40,6 +41,7 @@ ALLOWED = {
         "node/service.py",
         "node/housekeeping.py",
         "node/delivery.py",
+        "node/commitment.py",  # sessions; its SQL lives in storage/deliveries.py
         "node/retention.py",
         "node/report.py",
         "node/export.py",  # sessions; the export's queries live in storage/export_select.py

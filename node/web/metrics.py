@@ -42,7 +42,7 @@ class NodeCollector(Collector):
             g.add_metric([state], n)
         yield g
         g = GaugeMetricFamily("ainode_result_deliveries", "Deliveries by status", labels=["status"])
-        for status in ("pending", "delivered", "dead"):
+        for status in ("pending", "delivered", "sent", "confirmed", "dead"):
             g.add_metric([status], deliveries.get(status, 0))
         yield g
         yield GaugeMetricFamily(

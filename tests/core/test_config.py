@@ -147,6 +147,16 @@ def test_cli_serve_refuses_bad_config(write_config, capsys: pytest.CaptureFixtur
         ),
         ("[delivery]\nretry_backoff = 0.5\n", "[delivery] retry_backoff: must be at least 1"),
         (
+            '[[destinations]]\nname = "pacs"\nae_title = "A"\nhost = "h"\n'
+            "commitment_timeout_s = 60\n",
+            "[[destinations]] #1 commitment_timeout_s: only with storage_commitment = true",
+        ),
+        (
+            '[[destinations]]\nname = "pacs"\nae_title = "A"\nhost = "h"\n'
+            'storage_commitment = "yes"\n',
+            "[[destinations]] #1 storage_commitment: must be true or false",
+        ),
+        (
             '[[pipelines]]\nname = "p"\n[pipelines.fleischner]\nrisk = "low"\n',
             "[[pipelines]] #1 fleischner labels: is required",
         ),
@@ -192,6 +202,7 @@ text = "Consider biopsy"
     assert p.destinations == ("pacs",) and p.series_number == 5000
     assert p.recommendations[0].finding == "malignant"
     assert cfg.destination("pacs").port == 104 and cfg.delivery.max_attempts == 5
+    assert not cfg.destination("pacs").storage_commitment
 
 
 def test_readme_documents_every_key_the_parser_reads() -> None:

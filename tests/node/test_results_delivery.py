@@ -19,7 +19,7 @@ from storage.db import create_sqlite_engine, make_sessionmaker
 from storage.deliveries import DeliveryRecord
 from tests.dicomgen import write_lesion_ct
 from tests.packages import threshold_segmenter
-from tests.peers import HungPeer, Orthanc, storescu
+from tests.peers import HungPeer, Orthanc, free_port, storescu
 
 pytestmark = pytest.mark.network
 
@@ -170,3 +170,70 @@ def test_a_hung_destination_does_not_hold_up_the_others(
         assert {r.result.study_instance_uid for r in rows} == {study}
     finally:
         hung.stop()
+
+
+_DELETE_FIRST_SEG = """
+deleted = false
+function OnStoredInstance(instanceId, tags, metadata, origin)
+  if not deleted and tags['Modality'] == 'SEG' then
+    deleted = true
+    Delete(instanceId)
+  end
+end
+"""
+
+
+def test_storage_commitment_confirms_and_a_failed_reference_is_sent_again(
+    node_factory, tmp_path: Path
+) -> None:
+    """Orthanc commits the results; the SEG it lost before committing is sent and asked again.
+
+    Orthanc's Lua hook deletes the first SEG it stores, so its storage
+    commitment report names that SEG failed (no such object instance): ainode
+    sends it again, asks again, and every delivery ends ``confirmed``.
+    """
+    node_port = free_port()
+    lua = tmp_path / "delete-first-seg.lua"
+    lua.write_text(_DELETE_FIRST_SEG)
+    pacs = Orthanc(
+        tmp_path / "orthanc",
+        dicom_port=free_port(),
+        http_port=free_port(),
+        extra={
+            "DicomModalities": {
+                "ainode": {"AET": "AINODE", "Host": "127.0.0.1", "Port": node_port}
+            },
+            "LuaScripts": [str(lua)],
+        },
+    ).start()
+    try:
+        package = threshold_segmenter(tmp_path / "pkg", threshold_hu=120)
+        text, tables = _config(package, pacs)
+        text = text.replace(
+            f"port = {pacs.dicom_port}\n",
+            f"port = {pacs.dicom_port}\nstorage_commitment = true\ncommitment_timeout_s = 120\n",
+            1,
+        )
+        # Orthanc reports on an association of its own: it must be a peer.
+        text += '\n[[peers]]\nae_title = "STORESCU"\n\n[[peers]]\nae_title = "ORTHANC"\n'
+        node, cfg = node_factory(text, pipelines="", node={"port": node_port}, **tables)
+        assert cfg.destination("pacs").storage_commitment
+        files, _truth = write_lesion_ct(tmp_path / "ct", spacing=_SPACING)
+        study = str(dcmread(files[0]).StudyInstanceUID)
+        assert storescu(cfg.node.port, files).returncode == 0
+
+        def confirmed(_jobs, rows: list[DeliveryRecord]) -> bool:
+            return len(rows) == 3 and all(r.status == "confirmed" for r in rows)
+
+        rows = _wait(cfg, confirmed, "SR, SEG and PM confirmed by storage commitment")
+        by_kind = {r.result.kind: r for r in rows}
+        assert by_kind["SR"].attempts == 1 and by_kind["PM"].attempts == 1
+        seg = by_kind["SEG"]
+        assert seg.attempts == 2, seg
+        # The failed commitment is what made it go again.
+        assert "SEG" in node.output() and "did not commit it: failure reason 0x" in node.output()
+        for row in rows:
+            where = pacs.find_instance(row.result.sop_instance_uid)
+            assert where is not None and where["study"] == study
+    finally:
+        pacs.stop()

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from core.clock import utc_now
 from core.config import NodeConfig
 from core.config_file import load_config
+from node.commitment import STORAGE_COMMITMENT
 from node.delivery import deliver_due
 from node.send import classify_status
 from storage import deliveries, queue
@@ -27,11 +28,20 @@ from tests.peers import free_port
 
 
 class StatusScp:
-    def __init__(self, status: int, comment: str = "") -> None:
+    """``commitment``: also take Storage Commitment requests (kept in ``actions``), never report."""
+
+    def __init__(self, status: int, comment: str = "", *, commitment: bool = False) -> None:
         self.received: list[str] = []
+        self.actions: list[Dataset] = []
         self.port = free_port()
         ae = AE(ae_title="FAKEPACS")
         ae.add_supported_context(CTImageStorage)
+        if commitment:
+            ae.add_supported_context(STORAGE_COMMITMENT)
+
+        def action(event: evt.Event) -> tuple[int, None]:
+            self.actions.append(event.action_information)
+            return 0x0000, None
 
         def store(event: evt.Event) -> Dataset:
             self.received.append(str(event.request.AffectedSOPInstanceUID))
@@ -42,7 +52,9 @@ class StatusScp:
             return reply
 
         self.server = ae.start_server(
-            ("127.0.0.1", self.port), block=False, evt_handlers=[(evt.EVT_C_STORE, store)]
+            ("127.0.0.1", self.port),
+            block=False,
+            evt_handlers=[(evt.EVT_C_STORE, store), (evt.EVT_N_ACTION, action)],
         )
 
     def stop(self) -> None:
@@ -53,8 +65,8 @@ class StatusScp:
 def scp_factory() -> Iterator:
     started: list[StatusScp] = []
 
-    def factory(status: int, comment: str = "") -> StatusScp:
-        scp = StatusScp(status, comment)
+    def factory(status: int, comment: str = "", *, commitment: bool = False) -> StatusScp:
+        scp = StatusScp(status, comment, commitment=commitment)
         started.append(scp)
         return scp
 
@@ -63,9 +75,15 @@ def scp_factory() -> Iterator:
         scp.stop()
 
 
-def _setup(
-    write_config, sessions: sessionmaker[Session], tmp_path: Path, port: int, n: int = 2
+def setup_results(
+    write_config,
+    sessions: sessionmaker[Session],
+    tmp_path: Path,
+    port: int,
+    n: int = 2,
+    destination: str = "",
 ) -> NodeConfig:
+    """``n`` result objects queued for the destination "pacs" (``destination``: more keys)."""
     path = write_config(
         f"""
 [[destinations]]
@@ -73,6 +91,7 @@ name = "pacs"
 ae_title = "FAKEPACS"
 host = "127.0.0.1"
 port = {port}
+{destination}
 """,
         storage={"data_dir": "data"},
         delivery={"max_attempts": 3, "retry_wait_s": 0},
@@ -115,7 +134,7 @@ port = {port}
     return cfg
 
 
-def _rows(sessions: sessionmaker[Session]) -> list[deliveries.DeliveryRecord]:
+def rows_of(sessions: sessionmaker[Session]) -> list[deliveries.DeliveryRecord]:
     with sessions.begin() as s:
         return deliveries.list_deliveries(s)
 
@@ -134,9 +153,9 @@ def test_refusal_is_dead_at_once_with_status_and_comment(
     write_config, sessions, tmp_path: Path, scp_factory
 ) -> None:
     scp = scp_factory(0xC123, "no such patient here")
-    cfg = _setup(write_config, sessions, tmp_path, scp.port)
+    cfg = setup_results(write_config, sessions, tmp_path, scp.port)
     assert deliver_due(cfg, sessions, "pacs") == 0
-    rows = _rows(sessions)
+    rows = rows_of(sessions)
     assert len(scp.received) == 2
     for row in rows:
         assert row.status == "dead" and row.attempts == 1 and row.last_status == 0xC123
@@ -151,13 +170,13 @@ def test_out_of_resources_retries_then_dead(
     write_config, sessions, tmp_path: Path, scp_factory
 ) -> None:
     scp = scp_factory(0xA700)
-    cfg = _setup(write_config, sessions, tmp_path, scp.port, n=1)
+    cfg = setup_results(write_config, sessions, tmp_path, scp.port, n=1)
     for attempt in (1, 2):
         deliver_due(cfg, sessions, "pacs")
-        (row,) = _rows(sessions)
+        (row,) = rows_of(sessions)
         assert row.status == "pending" and row.attempts == attempt
     deliver_due(cfg, sessions, "pacs")
-    (row,) = _rows(sessions)
+    (row,) = rows_of(sessions)
     assert row.status == "dead" and row.attempts == 3 and row.last_status == 0xA700
     assert len(scp.received) == 3
 
@@ -166,9 +185,9 @@ def test_success_and_warning_are_delivered_once(
     write_config, sessions, tmp_path: Path, scp_factory
 ) -> None:
     scp = scp_factory(0xB000)
-    cfg = _setup(write_config, sessions, tmp_path, scp.port)
+    cfg = setup_results(write_config, sessions, tmp_path, scp.port)
     assert deliver_due(cfg, sessions, "pacs") == 2
-    rows = _rows(sessions)
+    rows = rows_of(sessions)
     assert all(r.status == "delivered" and r.last_status == 0xB000 for r in rows)
     assert deliver_due(cfg, sessions, "pacs") == 0 and len(scp.received) == 2
 
@@ -179,9 +198,9 @@ def test_success_and_warning_are_delivered_once(
 def test_unreachable_destination_waits_by_the_policy(
     write_config, sessions, tmp_path: Path
 ) -> None:
-    cfg = _setup(write_config, sessions, tmp_path, free_port(), n=1)
+    cfg = setup_results(write_config, sessions, tmp_path, free_port(), n=1)
     deliver_due(cfg, sessions, "pacs")
-    (row,) = _rows(sessions)
+    (row,) = rows_of(sessions)
     assert row.status == "pending" and row.attempts == 1 and row.last_status is None
     assert "cannot associate with FAKEPACS@127.0.0.1" in (row.last_error or "")
 
@@ -191,7 +210,7 @@ def test_results_sent_are_audited(write_config, sessions, tmp_path: Path, scp_fa
     from node.audit import parse_frame
 
     scp = scp_factory(0x0000)
-    cfg = _setup(write_config, sessions, tmp_path, scp.port)
+    cfg = setup_results(write_config, sessions, tmp_path, scp.port)
     assert deliver_due(cfg, sessions, "pacs") == 2
     assert cfg.audit is not None
     frames = cfg.audit.file.read_text().splitlines()
