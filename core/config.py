@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.config_remote import ClientTls, DestinationConfig, SourceConfig
 from core.retry import RetryPolicy
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "ResultsConfig",
     "RetentionConfig",
     "SeriesRule",
+    "SourceConfig",
     "StorageConfig",
     "SyslogTarget",
     "TlsConfig",
@@ -66,16 +68,6 @@ class TlsConfig:
     require_client_certificate: bool = False
     # A port of its own (e.g. 2762 beside 104); None: the main port speaks TLS only.
     port: int | None = None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ClientTls:
-    """TLS to a peer the node calls: whom to trust, and the node's own certificate."""
-
-    ca_bundle: Path | None = None  # None: the system's trusted CAs
-    certificate: Path | None = None
-    private_key: Path | None = None
-    server_name: str | None = None  # the name the peer's certificate must carry
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -228,6 +220,8 @@ class PipelineConfig:
     report_declined: bool = False
     # Lung-nodule follow-up by the Fleischner 2017 table (inference.fleischner).
     fleischner: FleischnerConfig | None = None
+    # [[sources]] its progression models' priors are retrieved from (node.prefetch).
+    priors_from: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -245,22 +239,6 @@ class Recommendation:
     finding: str
     code: tuple[str, str, str]
     text: str
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class DestinationConfig:
-    """A DICOM node that receives result objects (C-STORE SCP)."""
-
-    name: str
-    ae_title: str
-    host: str
-    port: int
-    tls: ClientTls | None = None
-    # Storage Commitment (Push Model): a delivery is "confirmed" only when the
-    # destination's N-EVENT-REPORT commits it; without a report within the
-    # timeout the object is sent again under the retry policy.
-    storage_commitment: bool = False
-    commitment_timeout_s: float = 300.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -375,6 +353,7 @@ class NodeConfig:
     peers: tuple[PeerConfig, ...] = ()
     pipelines: tuple[PipelineConfig, ...] = ()
     destinations: tuple[DestinationConfig, ...] = ()
+    sources: tuple[SourceConfig, ...] = ()
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     results: ResultsConfig = field(default_factory=ResultsConfig)
     audit: AuditConfig | None = None  # None only in records built by hand (tests)
@@ -385,3 +364,6 @@ class NodeConfig:
 
     def destination(self, name: str) -> DestinationConfig:
         return next(d for d in self.destinations if d.name == name)
+
+    def source(self, name: str) -> SourceConfig:
+        return next(d for d in self.sources if d.name == name)

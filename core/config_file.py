@@ -42,6 +42,7 @@ from core.config_network import (
 )
 from core.config_pipelines import parse_pipelines
 from core.config_rules import ConfigError, config_table, short_text, validate_ae_title
+from core.config_sources import parse_sources
 from core.tomltable import Table
 
 __all__ = [
@@ -260,6 +261,7 @@ def parse_config(data: dict[str, Any], path: Path) -> NodeConfig:
         peers=parse_peers(top.raw("peers")),
         pipelines=parse_pipelines(top.raw("pipelines"), base),
         destinations=parse_destinations(top.raw("destinations"), base),
+        sources=parse_sources(top.raw("sources"), base),
         delivery=_delivery(table("delivery")),
         results=_results(table("results")),
         audit=parse_audit(table("audit"), base, storage.data_dir),
@@ -274,6 +276,11 @@ def parse_config(data: dict[str, Any], path: Path) -> NodeConfig:
                 raise ConfigError(
                     f"[[pipelines]] {p.name!r} destinations: {name!r} is not a "
                     f"[[destinations]] name"
+                )
+        for name in p.priors_from:
+            if not any(s.name == name for s in cfg.sources):
+                raise ConfigError(
+                    f"[[pipelines]] {p.name!r} priors_from: {name!r} is not a [[sources]] name"
                 )
     if cfg.inference.heartbeat_s * 2 > cfg.queue.lease_s:
         raise ConfigError(

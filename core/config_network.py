@@ -30,7 +30,14 @@ from core.config_rules import (
 )
 from core.tomltable import Table
 
-__all__ = ["parse_audit", "parse_destinations", "parse_node_tls", "parse_peers", "parse_web"]
+__all__ = [
+    "client_tls",
+    "parse_audit",
+    "parse_destinations",
+    "parse_node_tls",
+    "parse_peers",
+    "parse_web",
+]
 
 
 def parse_node_tls(raw: object, name: str, base: Path, main_port: int) -> TlsConfig | None:
@@ -86,7 +93,7 @@ def parse_peers(raw: object) -> tuple[PeerConfig, ...]:
     return tuple(peers)
 
 
-def _client_tls(table: Table, base: Path) -> ClientTls | None:
+def client_tls(table: Table, base: Path) -> ClientTls | None:
     if not table.boolean("tls", False):
         for key in ("tls_ca_bundle", "tls_certificate", "tls_private_key", "tls_server_name"):
             if table.has(key):
@@ -115,7 +122,7 @@ def parse_destinations(raw: object, base: Path) -> tuple[DestinationConfig, ...]
         if not host:
             raise ConfigError(f"{table.key('host')}: must be a host name or IP address")
         port = table.integer("port", 104, 1, 65535)
-        tls = _client_tls(table, base)
+        tls = client_tls(table, base)
         commitment = table.boolean("storage_commitment", False)
         if table.has("commitment_timeout_s") and not commitment:
             raise table.fail("commitment_timeout_s", "only with storage_commitment = true")

@@ -71,6 +71,7 @@ def parse_pipelines(raw: object, base: Path) -> tuple[PipelineConfig, ...]:
                 domain_check=table.boolean("domain_check", True),
                 fleischner=_fleischner(table.raw("fleischner"), table.key("fleischner")),
                 report_declined=table.boolean("report_declined", False),
+                priors_from=table.strings("priors_from"),
             )
         )
         table.finish()

@@ -37,6 +37,10 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+def _still_running(record: logging.LogRecord) -> bool:
+    return "maximum number of running instances reached" not in record.getMessage()
+
+
 def configure_logging(cfg: LoggingConfig) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if cfg.format == "json" else logging.Formatter(_FORMAT))
@@ -44,4 +48,7 @@ def configure_logging(cfg: LoggingConfig) -> None:
     # pynetdicom logs every PDU at DEBUG; apscheduler logs every run at INFO.
     logging.getLogger("pynetdicom").setLevel(cfg.pynetdicom_level)
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    # A scheduled task still running at its next tick (a long retrieve, a slow
+    # PACS) is skipped by design (max_instances=1): not worth a warning per tick.
+    logging.getLogger("apscheduler.scheduler").addFilter(_still_running)
     logging.getLogger("highdicom").setLevel(logging.WARNING)  # logs each copied module

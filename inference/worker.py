@@ -18,6 +18,7 @@ import socket
 import threading
 import time
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -38,6 +39,7 @@ from storage.deliveries import record_result
 from storage.dialect import JobWaiter
 from storage.index import patient_history, study_series
 from storage.outcomes import record_outcome
+from storage.prefetches import prefetch_of
 from storage.records import JobRecord
 from storage.spool import Spool
 
@@ -48,6 +50,8 @@ logger = logging.getLogger(__name__)
 # Prior studies looked up per job for progression models (newest first); each
 # model then uses up to its package's max_priors of those with a usable series.
 _PRIOR_STUDIES = 10
+# How often a job waiting for its study's priors looks again.
+_PRIORS_POLL_S = 1.0
 
 
 def outcome_json(outcome: Outcome) -> dict[str, Any]:
@@ -196,6 +200,8 @@ class Worker:
         )
         self.current = job
         try:
+            if self._waiting_for_priors(job):
+                return True
             self._run_job(job)
         finally:
             self.current = None
@@ -210,6 +216,27 @@ class Worker:
             released = queue.release(s, job_id=job.id, worker=self.name, now=utc_now())
         if released:
             logger.warning("job %d released: this worker is stopping before it finished", job.id)
+
+    def _waiting_for_priors(self, job: JobRecord) -> bool:
+        """The study's prefetch of priors still runs: the job waits (no attempt counted)."""
+        if not self.pipelines[job.pipeline].priors_from:
+            return False
+        with self.sessions.begin() as s:
+            prefetch = prefetch_of(s, job.study_instance_uid)
+            if prefetch is None or not prefetch.open:
+                return False
+            until = utc_now() + timedelta(seconds=_PRIORS_POLL_S)
+            queue.defer(
+                s,
+                job_id=job.id,
+                worker=self.name,
+                until=until,
+                reason=f"waiting for the priors of study {job.study_instance_uid} "
+                f"({prefetch.state}, attempt {prefetch.attempts + 1})",
+                now=utc_now(),
+            )
+        logger.info("job %d waits for its study's priors to be retrieved", job.id)
+        return True
 
     def _run_job(self, job: JobRecord) -> None:
         pipeline = self.pipelines[job.pipeline]
@@ -245,6 +272,13 @@ class Worker:
             series = study_series(s, job.study_instance_uid)
             if any(m.spec.task == "progression" for m in models):
                 history = patient_history(s, job.study_instance_uid, limit=_PRIOR_STUDIES)
+                prefetch = prefetch_of(s, job.study_instance_uid) if pipeline.priors_from else None
+                if prefetch is not None and prefetch.last_error and not history.priors:
+                    history = dataclasses.replace(
+                        history,
+                        reason=f"{history.reason}; priors not retrieved from "
+                        f"{', '.join(pipeline.priors_from)}: {prefetch.last_error}",
+                    )
         if job.series_instance_uid is not None:
             series = [x for x in series if x.series_instance_uid == job.series_instance_uid]
         return run_pipeline(

@@ -159,6 +159,16 @@ class Auditor:
             self._study(msg, study_uid, StudyTransfer(patient_id=patient_id))
             self._write(msg, 0)
 
+    def queried(self, *, remote_ae: str, remote_address: str, patient_id: str, detail: str) -> None:
+        """Query (PS3.15 A.5.3.11): this node asked a source about a patient's studies."""
+        msg = self._message("110112", "Query", "E", 0)
+        self._me(msg, requestor=True, role=("110153", "Source Role ID"))
+        self._participant(
+            msg, remote_ae, remote_address, requestor=False, role=("110152", "Destination Role ID")
+        )
+        self._study(msg, "", StudyTransfer(patient_id=patient_id), description=detail)
+        self._write(msg, 0)
+
     def study_deleted(self, *, study_uid: str, patient_id: str, user: str, reason: str) -> None:
         msg = self._message("110105", "DICOM Study Deleted", "D", 0)
         self._participant(msg, user, "", requestor=True, role=None)

@@ -11,7 +11,7 @@ import logging
 import socket
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -23,7 +23,7 @@ from node.errors import StoreRejected
 from node.receive import ReceiveDeps, receive_instance
 from node.status import StoreStatus
 from node.tls import peer_subject
-from storage.records import IndexOutcome
+from storage.records import IndexOutcome, IndexResult
 
 __all__ = [
     "AccessControl",
@@ -32,6 +32,7 @@ __all__ = [
     "handle_echo",
     "handle_requested",
     "handle_store",
+    "retrieved_store_handler",
 ]
 
 logger = logging.getLogger(__name__)
@@ -56,7 +57,10 @@ class AccessControl:
     this relies on.
     """
 
-    def __init__(self, peers: Sequence[PeerConfig], auditor: Auditor | None = None) -> None:
+    def __init__(
+        self, peers: Sequence[PeerConfig], auditor: Auditor | None = None, ae_title: str = ""
+    ) -> None:
+        self.ae_title = ae_title  # the node's own: a C-MOVE it asked for stores priors
         self.peers = tuple(peers)
         self.auditor = auditor
         self.associations = AssociationAudit(auditor)
@@ -77,6 +81,11 @@ class AccessControl:
             shown = subject or "no client certificate"
             return f"not the client certificate it is pinned to ({shown})"
         return "not allowed from this host"
+
+    def retrieved(self, request: Any) -> bool:
+        """A C-STORE sub-operation of a C-MOVE this node asked for (a prior it retrieves)."""
+        originator = getattr(request, "MoveOriginatorApplicationEntityTitle", None)
+        return bool(self.ae_title) and str(originator or "").strip() == self.ae_title
 
     def admit(self, assoc: Any) -> None:
         with self._lock:
@@ -173,6 +182,41 @@ def handle_echo(event: Any, access: AccessControl) -> Dataset:
     return _not_admitted(event, access) or _status(StoreStatus.SUCCESS)
 
 
+def retrieved_store_handler(
+    deps: ReceiveDeps, source_ae: str, on_stored: Callable[[IndexResult], None]
+) -> Callable[[Any], Dataset]:
+    """The C-STORE handler of a C-GET this node runs: stored like any, marked retrieved.
+
+    An edge like :func:`handle_store`: any error answers a failure status and
+    the retrieve goes on.
+    """
+
+    def handle(event: Any) -> Dataset:
+        request = event.request
+        sop_uid = str(request.AffectedSOPInstanceUID)
+        try:
+            result = receive_instance(
+                deps,
+                dataset=request.DataSet.getvalue(),
+                transfer_syntax_uid=str(event.context.transfer_syntax),
+                requested_sop_class_uid=str(request.AffectedSOPClassUID),
+                requested_sop_instance_uid=sop_uid,
+                calling_ae_title=source_ae,
+                retrieved=True,
+            )
+        except StoreRejected as exc:
+            logger.error("C-GET store refused (0x%04X %s): sop=%s", exc.status, exc, sop_uid)
+            return _status(exc.status, exc.comment)
+        except Exception:
+            logger.exception("C-GET store failed: sop=%s from AE %r", sop_uid, source_ae)
+            return _status(StoreStatus.UNEXPECTED_ERROR, "unexpected error in ainode, see its log")
+        if result.outcome is not IndexOutcome.KEPT_EXISTING:
+            on_stored(result)
+        return _status(StoreStatus.SUCCESS)
+
+    return handle
+
+
 def handle_store(event: Any, deps: ReceiveDeps, access: AccessControl) -> Dataset:
     """C-STORE: store durably and index, then answer Success; else a precise failure."""
     if (refused := _not_admitted(event, access)) is not None:
@@ -189,6 +233,7 @@ def handle_store(event: Any, deps: ReceiveDeps, access: AccessControl) -> Datase
             requested_sop_class_uid=str(request.AffectedSOPClassUID),
             requested_sop_instance_uid=sop_uid,
             calling_ae_title=calling,
+            retrieved=access.retrieved(request),
         )
     except StoreRejected as exc:
         logger.error(

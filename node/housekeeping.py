@@ -22,7 +22,9 @@ from core.clock import utc_now
 from core.config import NodeConfig
 from core.version import VERSION
 from node.delivery import deliver_due
+from node.prefetch import new_study_hook, reset_prefetches, run_prefetches
 from node.retention import run_retention
+from node.server import make_deps
 from storage import queue, workers
 from storage.completion import PipelineTarget, complete_due
 
@@ -55,6 +57,22 @@ def run_completion(
         )
     for event, jobs in results:
         scope = event.series_instance_uid or event.study_instance_uid
+        expected = event.expected_instances
+        if expected is not None and event.instance_count > expected:
+            logger.warning(
+                "study %s: %d instances received, more than the %d its source reported",
+                scope,
+                event.instance_count,
+                expected,
+            )
+        if event.retrieved:
+            logger.info(
+                "retrieved prior %s %s stored with %d instances",
+                event.level,
+                scope,
+                event.instance_count,
+            )
+            continue
         kind = "complete" if event.event_number == 1 else f"complete again (#{event.event_number})"
         logger.log(
             logging.INFO if event.event_number == 1 else logging.WARNING,
@@ -129,7 +147,7 @@ def _register_serve(cfg: NodeConfig, sessions: sessionmaker[Session]) -> Callabl
 def start_scheduler(cfg: NodeConfig, sessions: sessionmaker[Session]) -> BackgroundScheduler:
     """Start the background scheduler; the first runs happen at once."""
     scheduler = BackgroundScheduler(
-        timezone="UTC", executors={"default": ThreadPoolExecutor(4 + len(cfg.destinations))}
+        timezone="UTC", executors={"default": ThreadPoolExecutor(5 + len(cfg.destinations))}
     )
     roster = _register_serve(cfg, sessions)
     jobs: list[tuple[str, Callable[[], object], float]] = [
@@ -149,6 +167,10 @@ def start_scheduler(cfg: NodeConfig, sessions: sessionmaker[Session]) -> Backgro
         )
         for d in cfg.destinations
     ]
+    if new_study_hook(cfg) is not None:  # [[sources]]: counts and priors of arriving studies
+        reset_prefetches(sessions)
+        deps = make_deps(cfg, sessions)
+        jobs.append(("prefetch", partial(run_prefetches, cfg, sessions, deps), 0.5))
     for name, fn, every in jobs:
         scheduler.add_job(
             _guarded(name, fn),

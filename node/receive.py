@@ -23,7 +23,7 @@ from node.dicom_in import file_meta_bytes, read_instance_header
 from node.errors import InvalidUid, OutOfResources, SeriesInOtherStudy, UidMismatch
 from node.status import StoreStatus
 from storage.index import StudyConflict, index_instance, locate
-from storage.records import IndexOutcome, IndexResult, StoredInstance
+from storage.records import IndexOutcome, IndexResult, InstanceHeader, StoredInstance
 from storage.spool import Spool, is_safe_uid
 
 __all__ = ["ReceiveDeps", "receive_instance"]
@@ -44,6 +44,9 @@ class ReceiveDeps:
     clock: Callable[[], datetime] = utc_now
     # Frees disk (evicting processed studies) until that many bytes are free.
     make_room: Callable[[int], bool] | None = None
+    # Called in the indexing transaction of a study's first pushed instance
+    # (node.prefetch queues what to ask the [[sources]] about it).
+    on_new_study: Callable[[Session, InstanceHeader, datetime], None] | None = None
 
 
 def receive_instance(
@@ -54,8 +57,12 @@ def receive_instance(
     requested_sop_class_uid: str,
     requested_sop_instance_uid: str,
     calling_ae_title: str,
+    retrieved: bool = False,
 ) -> IndexResult:
     """Store one received dataset durably and index it.
+
+    ``retrieved``: it came because this node retrieved it (priors): its study
+    queues no jobs of its own.
 
     Raises
     ------
@@ -126,8 +133,11 @@ def receive_instance(
                     size_bytes=size,
                     calling_ae_title=calling_ae_title,
                     received_at=deps.clock(),
+                    retrieved=retrieved,
                 )
                 result = index_instance(session, stored, placement, replace=replace)
+                if result.study_created and not retrieved and deps.on_new_study is not None:
+                    deps.on_new_study(session, header, stored.received_at)
     except StudyConflict as exc:
         spool.discard(staged)
         raise SeriesInOtherStudy(exc) from None

@@ -100,8 +100,13 @@ def describe(dest: DestinationConfig) -> str:
     return f"{dest.ae_title}@{dest.host}:{dest.port}{' (TLS)' if dest.tls else ''}"
 
 
-def associate(ae: AE, dest: DestinationConfig, handlers: Sequence[Any] = ()) -> Any:
-    """An association with ``dest`` (TLS when configured), or :class:`AssociationFailed`."""
+def associate(
+    ae: AE, dest: DestinationConfig, handlers: Sequence[Any] = (), ext_neg: Any = None
+) -> Any:
+    """An association with ``dest`` (TLS when configured), or :class:`AssociationFailed`.
+
+    ``ext_neg``: extended negotiation items (SCP/SCU role selection for a C-GET).
+    """
     tls_args = None
     if dest.tls is not None:  # the peer must prove it is dest.tls.server_name (or host)
         tls_args = (client_context(dest.tls, dest.name), dest.tls.server_name or dest.host)
@@ -111,6 +116,7 @@ def associate(ae: AE, dest: DestinationConfig, handlers: Sequence[Any] = ()) -> 
         ae_title=dest.ae_title,
         evt_handlers=[(evt.EVT_CONN_OPEN, handle_conn_open), *handlers],
         tls_args=tls_args,
+        ext_neg=ext_neg,
     )
     if not assoc.is_established:
         refused = sorted(

@@ -32,6 +32,7 @@ from node.handlers import (
     handle_requested,
     handle_store,
 )
+from node.prefetch import new_study_hook
 from node.receive import ReceiveDeps
 from node.retention import RoomMaker
 from node.tls import server_context
@@ -195,7 +196,7 @@ def build_ae(cfg: NodeConfig) -> AE:
 
 
 def build_handlers(cfg: NodeConfig, deps: ReceiveDeps, auditor: Auditor | None = None) -> list[Any]:
-    access = AccessControl(cfg.peers, auditor)
+    access = AccessControl(cfg.peers, auditor, cfg.node.ae_title)
     return [
         (evt.EVT_CONN_OPEN, handle_conn_open),
         (evt.EVT_CONN_CLOSE, handle_conn_close, [access]),
@@ -214,6 +215,7 @@ def make_deps(cfg: NodeConfig, sessions: sessionmaker[Session]) -> ReceiveDeps:
         on_duplicate=cfg.storage.on_duplicate,
         min_free_bytes=cfg.storage.min_free_mb * 2**20,
         make_room=RoomMaker(cfg, sessions, spool),
+        on_new_study=new_study_hook(cfg),
     )
 
 

@@ -1,5 +1,9 @@
 """Completion: a study (or series) with no new instance for the quiet period.
 
+A study whose instance count a [[sources]] PACS reported (``expected_instances``,
+node.prefetch) completes as soon as the node holds that many, without waiting.
+Studies the node retrieved as priors complete too, but queue no jobs.
+
 The database is the timer's memory: ``last_received_at`` is written with every
 instance, and :func:`complete_due` closes whatever has been quiet long enough.
 Run it on a schedule (and once at start-up) and a restart never forgets a
@@ -13,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from storage import queue
@@ -36,15 +40,27 @@ class PipelineTarget:
 def _close(session: Session, *, level: str, now: datetime, quiet_s: float) -> list[CompletionEvent]:
     cutoff = now - timedelta(seconds=quiet_s)
     if level == "study":
+        counted = and_(
+            Study.expected_instances.is_not(None), Study.instance_count >= Study.expected_instances
+        )
         rows = session.execute(
             update(Study)
-            .where(Study.state == ReceiveState.RECEIVING, Study.last_received_at <= cutoff)
+            .where(
+                Study.state == ReceiveState.RECEIVING,
+                or_(Study.last_received_at <= cutoff, counted),
+            )
             .values(
                 state=ReceiveState.COMPLETE,
                 completed_at=now,
                 completion_count=Study.completion_count + 1,
             )
-            .returning(Study.study_instance_uid, Study.completion_count, Study.instance_count)
+            .returning(
+                Study.study_instance_uid,
+                Study.completion_count,
+                Study.instance_count,
+                Study.expected_instances,
+                Study.retrieved,
+            )
         ).all()
         return [
             CompletionEvent(
@@ -54,8 +70,10 @@ def _close(session: Session, *, level: str, now: datetime, quiet_s: float) -> li
                 event_number=n,
                 instance_count=count,
                 completed_at=now,
+                expected_instances=expected,
+                retrieved=bool(retrieved),
             )
-            for uid, n, count in rows
+            for uid, n, count, expected, retrieved in rows
         ]
     series_rows = session.execute(
         update(Series)
@@ -72,10 +90,10 @@ def _close(session: Session, *, level: str, now: datetime, quiet_s: float) -> li
             Series.instance_count,
         )
     ).all()
-    study_uids: dict[int, str] = {
-        study_id: uid
-        for study_id, uid in session.execute(
-            select(Study.id, Study.study_instance_uid).where(
+    studies: dict[int, tuple[str, bool]] = {
+        study_id: (uid, bool(retrieved))
+        for study_id, uid, retrieved in session.execute(
+            select(Study.id, Study.study_instance_uid, Study.retrieved).where(
                 Study.id.in_({r.study_id for r in series_rows})
             )
         )
@@ -83,11 +101,12 @@ def _close(session: Session, *, level: str, now: datetime, quiet_s: float) -> li
     return [
         CompletionEvent(
             level=level,
-            study_instance_uid=study_uids[study_id],
+            study_instance_uid=studies[study_id][0],
             series_instance_uid=uid,
             event_number=n,
             instance_count=count,
             completed_at=now,
+            retrieved=studies[study_id][1],
         )
         for uid, study_id, n, count in series_rows
     ]
@@ -107,8 +126,11 @@ def complete_due(
     waits, then finds the studies already closed.
     """
     serialize(session, "completion")
-    results = []
+    results: list[tuple[CompletionEvent, list[JobRecord]]] = []
     for event in _close(session, level=level, now=now, quiet_s=quiet_s):
+        if event.retrieved:
+            results.append((event, []))
+            continue
         jobs = [
             queue.enqueue(
                 session,

@@ -11,7 +11,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import cast
 
-from sqlalchemy import Connection, Table, bindparam, func, insert, select, update
+from sqlalchemy import Connection, Table, and_, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from storage.dialect import serialize
@@ -25,6 +25,7 @@ __all__ = [
     "SeriesInfo",
     "StudyConflict",
     "find_instance_path",
+    "held_instances",
     "index_instance",
     "instance_paths",
     "locate",
@@ -218,6 +219,8 @@ _TOUCH_STUDY = (
         state=ReceiveState.RECEIVING.value,
         reopen_count=_studies.c.reopen_count + bindparam("reopened"),
         modalities=bindparam("modalities"),
+        # A pushed instance makes a retrieved study one of its own (jobs follow).
+        retrieved=and_(_studies.c.retrieved, bindparam("retrieved")),
         purged_at=None,  # a purged study sent again is a study again
         purge_reason=None,
     )
@@ -248,8 +251,10 @@ def _receiving(now: datetime, added: int) -> dict[str, object]:
     }
 
 
-def _upsert_study(conn: Connection, h: InstanceHeader, now: datetime, added: int) -> bool:
-    """Insert or touch the study row; return True if a complete study re-opened."""
+def _upsert_study(
+    conn: Connection, h: InstanceHeader, now: datetime, added: int, *, retrieved: bool
+) -> tuple[bool, bool]:
+    """Insert or touch the study row; (created, a complete study re-opened)."""
     row = conn.execute(_FIND_STUDY, {"uid": h.study_instance_uid}).first()
     if row is None:
         conn.execute(
@@ -261,10 +266,11 @@ def _upsert_study(conn: Connection, h: InstanceHeader, now: datetime, added: int
                 "study_date": h.study_date,
                 "study_description": h.study_description,
                 "modalities": h.modality,
+                "retrieved": retrieved,
                 **_receiving(now, added),
             },
         )
-        return False
+        return True, False
     reopened: bool = row.state == ReceiveState.COMPLETE
     conn.execute(
         _TOUCH_STUDY,
@@ -274,9 +280,10 @@ def _upsert_study(conn: Connection, h: InstanceHeader, now: datetime, added: int
             "now": now,
             "reopened": int(reopened),
             "modalities": _merge_modalities(row.modalities, h.modality),
+            "retrieved": retrieved,
         },
     )
-    return reopened
+    return False, reopened
 
 
 class StudyConflict(Exception):
@@ -394,7 +401,9 @@ def index_instance(
         return IndexResult(outcome=IndexOutcome.KEPT_EXISTING)
     replacing = placement.instance_id is not None
     now = stored.received_at
-    reopened = _upsert_study(conn, h, now, 0 if replacing else 1)
+    created, reopened = _upsert_study(
+        conn, h, now, 0 if replacing else 1, retrieved=stored.retrieved
+    )
     # A replaced instance that moves to another series of its study counts there.
     moved = replacing and placement.instance_series_id != placement.series_id
     series_id = _upsert_series(conn, h, placement, now, 0 if replacing and not moved else 1)
@@ -412,7 +421,7 @@ def index_instance(
     }
     if not replacing:
         conn.execute(_INSERT_INSTANCE, {"sop_instance_uid": h.sop_instance_uid, **values})
-        return IndexResult(outcome=IndexOutcome.NEW, study_reopened=reopened)
+        return IndexResult(outcome=IndexOutcome.NEW, study_reopened=reopened, study_created=created)
     conn.execute(_REPLACE_INSTANCE, {"row_id": placement.instance_id, **values})
     previous = placement.instance_path
     return IndexResult(
@@ -420,6 +429,18 @@ def index_instance(
         previous_path=None if previous == stored.path else previous,
         study_reopened=reopened,
     )
+
+
+def held_instances(session: Session, study_instance_uid: str) -> tuple[dict[str, int], int]:
+    """Instances held of a study, per Series Instance UID, and their bytes in all."""
+    rows = session.execute(
+        select(Series.series_instance_uid, func.count(Instance.id), func.sum(Instance.size_bytes))
+        .join(Study, Series.study_id == Study.id)
+        .join(Instance, Instance.series_id == Series.id)
+        .where(Study.study_instance_uid == study_instance_uid)
+        .group_by(Series.series_instance_uid)
+    ).all()
+    return {uid: int(n) for uid, n, _ in rows}, sum(int(b or 0) for _, _, b in rows)
 
 
 def study_counts(session: Session) -> dict[str, int]:

@@ -10,7 +10,19 @@ from __future__ import annotations
 import enum
 from datetime import UTC, datetime
 
-from sqlalchemy import DateTime, ForeignKey, Index, Integer, String, Text, TypeDecorator, text
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    false,
+    text,
+)
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -23,6 +35,8 @@ __all__ = [
     "Job",
     "JobStatus",
     "Outcome",
+    "Prefetch",
+    "PrefetchState",
     "ReceiveState",
     "ResultObject",
     "Series",
@@ -89,6 +103,10 @@ class Study(Base):
     # Retention or an admin deleted its files; the rows stay, marked (migration 0005).
     purged_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     purge_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Migration 0009: stored by a retrieve of priors (no jobs of its own), and
+    # the instance count a [[sources]] PACS reported (completes it at once).
+    retrieved: Mapped[bool] = mapped_column(Boolean, server_default=false())
+    expected_instances: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
     __table_args__ = (
         Index("ix_studies_state_last", "state", "last_received_at"),
@@ -113,6 +131,7 @@ class Series(Base):
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     completion_count: Mapped[int] = mapped_column(Integer, default=0)
     reopen_count: Mapped[int] = mapped_column(Integer, default=0)
+    expected_instances: Mapped[int | None] = mapped_column(Integer, nullable=True)  # 0009
 
     __table_args__ = (Index("ix_series_state_last", "state", "last_received_at"),)
 
@@ -250,6 +269,38 @@ class Delivery(Base):
         Index("ix_deliveries_due", "status", "next_attempt_at"),
         Index("ix_deliveries_transaction", "transaction_uid"),
     )
+
+
+class PrefetchState(enum.StrEnum):
+    """pending -> running -> done | pending (retry) | failed (the job goes on without)."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class Prefetch(Base):
+    """An arriving study's questions to the [[sources]]: its instance counts, its priors."""
+
+    __tablename__ = "prefetches"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    patient_id: Mapped[str] = mapped_column(String(64))
+    study_date: Mapped[str] = mapped_column(String(8))
+    want_priors: Mapped[bool] = mapped_column(Boolean)
+    state: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    priors: Mapped[str] = mapped_column(Text)  # the prior Study Instance UIDs retrieved, "\\"
+    instances_retrieved: Mapped[int] = mapped_column(Integer)
+    bytes_retrieved: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (Index("ix_prefetches_due", "state", "next_attempt_at"),)
 
 
 class Worker(Base):

@@ -37,6 +37,7 @@ __all__ = [
     "EnqueueResult",
     "claim_next",
     "counts_by_status",
+    "defer",
     "enqueue",
     "get_job",
     "heartbeat",
@@ -210,6 +211,24 @@ def release(session: Session, *, job_id: int, worker: str, now: datetime) -> boo
     Not the job's fault, so the attempt is not counted. False if ``worker``
     no longer held the lease.
     """
+    return defer(
+        session,
+        job_id=job_id,
+        worker=worker,
+        until=now,
+        reason=f"released by worker {worker}, which was stopping",
+        now=now,
+    )
+
+
+def defer(
+    session: Session, *, job_id: int, worker: str, until: datetime, reason: str, now: datetime
+) -> bool:
+    """Give a running job back to wait until ``until`` (its input is not there yet).
+
+    Not the job's fault, so the attempt is not counted. False if ``worker``
+    no longer held the lease.
+    """
     result = session.execute(
         update(Job)
         .where(_owned(job_id, worker))
@@ -218,8 +237,8 @@ def release(session: Session, *, job_id: int, worker: str, now: datetime) -> boo
             attempts=Job.attempts - 1,
             lease_owner=None,
             lease_expires_at=None,
-            scheduled_at=now,
-            last_error=f"released by worker {worker}, which was stopping",
+            scheduled_at=until,
+            last_error=reason,
             updated_at=now,
         )
     )

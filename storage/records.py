@@ -48,6 +48,7 @@ class StoredInstance:
     size_bytes: int
     calling_ae_title: str
     received_at: datetime
+    retrieved: bool = False  # came by a retrieve of priors, not pushed
 
 
 class IndexOutcome(enum.StrEnum):
@@ -61,6 +62,7 @@ class IndexResult:
     outcome: IndexOutcome
     previous_path: Path | None = None
     study_reopened: bool = False
+    study_created: bool = False  # the study's first instance
     header: InstanceHeader | None = None  # what was received (set by the receiver)
 
 
@@ -74,6 +76,8 @@ class CompletionEvent:
     event_number: int
     instance_count: int
     completed_at: datetime
+    expected_instances: int | None = None  # what a [[sources]] PACS reported, if it did
+    retrieved: bool = False  # priors retrieved by the node: no jobs of their own
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -281,6 +281,17 @@ class Orthanc:
         with urllib.request.urlopen(request, timeout=10) as r:
             return json.load(r)
 
+    def upload(self, files: Sequence[Path]) -> None:
+        """Store files through the REST API (as if a modality had sent them to the PACS)."""
+        for path in files:
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{self.http_port}/instances",
+                data=path.read_bytes(),
+                headers={"Content-Type": "application/dicom"},
+            )
+            with urllib.request.urlopen(request, timeout=30) as r:
+                assert json.load(r)["Status"] in ("Success", "AlreadyStored")
+
     def find_instance(self, sop_instance_uid: str) -> dict[str, str] | None:
         """Where Orthanc holds an instance: its study UID and series modality, or None."""
         found = self.post(

@@ -18,12 +18,13 @@ LAYERS = ("core", "storage", "dicomio", "inference", "training", "node")
 PACKAGES = LAYERS
 
 ALLOWED = {
-    "pynetdicom": {"node/server.py", "node/handlers.py", "node/send.py"},
+    "pynetdicom": {"node/server.py", "node/handlers.py", "node/send.py", "node/query.py"},
     "pydicom": {
         "node/dicom_in.py",  # the C-STORE header, read without decoding
         "node/handlers.py",  # status datasets
         "node/send.py",
         "node/commitment.py",  # N-ACTION and N-EVENT-REPORT datasets
+        "node/query.py",  # C-FIND, C-MOVE and C-GET identifiers
         "dicomio/",
         "training/synthetic.py",  # writes the synthetic training data as DICOM
     },
@@ -42,6 +43,7 @@ ALLOWED = {
         "node/housekeeping.py",
         "node/delivery.py",
         "node/commitment.py",  # sessions; its SQL lives in storage/deliveries.py
+        "node/prefetch.py",  # sessions; its SQL lives in storage/prefetches.py
         "node/retention.py",
         "node/report.py",
         "node/export.py",  # sessions; the export's queries live in storage/export_select.py

@@ -147,6 +147,14 @@ def test_cli_serve_refuses_bad_config(write_config, capsys: pytest.CaptureFixtur
         ),
         ("[delivery]\nretry_backoff = 0.5\n", "[delivery] retry_backoff: must be at least 1"),
         (
+            '[[sources]]\nname = "pacs"\nae_title = "P"\nhost = "h"\nretrieve = "ftp"\n',
+            '[[sources]] #1 retrieve: must be "move" or "get" (got \'ftp\')',
+        ),
+        (
+            '[[pipelines]]\nname = "p"\npriors_from = ["vna"]\n',
+            "[[pipelines]] 'p' priors_from: 'vna' is not a [[sources]] name",
+        ),
+        (
             '[[destinations]]\nname = "pacs"\nae_title = "A"\nhost = "h"\n'
             "commitment_timeout_s = 60\n",
             "[[destinations]] #1 commitment_timeout_s: only with storage_commitment = true",

@@ -22,6 +22,7 @@ def store(
     at: datetime = T0,
     patient_id: str = "",
     study_date: str = "",
+    retrieved: bool = False,
 ) -> IndexResult:
     """Index instance ``sop`` (stored at ``/x/<sop>.dcm``) in one transaction."""
     header = InstanceHeader(
@@ -40,6 +41,7 @@ def store(
         size_bytes=1,
         calling_ae_title="CT",
         received_at=at,
+        retrieved=retrieved,
     )
     with sessions.begin() as s:
         return index_instance(s, stored, locate(s, stored.header), replace=False)

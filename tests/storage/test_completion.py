@@ -50,3 +50,30 @@ def test_series_level_completes_each_series(sessions) -> None:
     assert first[0][0].study_instance_uid == "1.1"
     second = _complete(sessions, T0 + timedelta(seconds=40), level="series")
     assert [e.series_instance_uid for e, _ in second] == ["1.1.2"]
+
+
+def test_a_study_held_in_full_by_its_source_count_completes_at_once(sessions) -> None:
+    from storage.prefetches import expect_instances
+
+    first = store(sessions, "1.1.1.1", at=T0)
+    assert first.study_created
+    with sessions.begin() as s:
+        assert expect_instances(s, study_instance_uid="1.1", count=2) == 1
+    assert _complete(sessions, T0 + timedelta(seconds=1)) == []  # one of two held
+    store(sessions, "1.1.1.2", at=T0 + timedelta(seconds=1))
+    ((event, jobs),) = _complete(sessions, T0 + timedelta(seconds=2))  # not 20 s later
+    assert event.instance_count == 2 and event.expected_instances == 2 and len(jobs) == 1
+    # A study the source did not count still waits the quiet period.
+    store(sessions, "2.1.1.1", study="2.1", series="2.1.1", at=T0 + timedelta(seconds=2))
+    assert _complete(sessions, T0 + timedelta(seconds=3)) == []
+
+
+def test_retrieved_priors_complete_without_jobs_until_a_pushed_instance_arrives(
+    sessions,
+) -> None:
+    assert store(sessions, "1.1.1.1", at=T0, retrieved=True).study_created
+    ((event, jobs),) = _complete(sessions, T0 + timedelta(seconds=20))
+    assert event.retrieved and jobs == []
+    store(sessions, "1.1.1.2", at=T0 + timedelta(minutes=1))  # pushed into it
+    ((event, jobs),) = _complete(sessions, T0 + timedelta(minutes=2))
+    assert not event.retrieved and len(jobs) == 1
