@@ -44,6 +44,7 @@ _REQUIRED = (
 )
 _OPTIONAL = {
     "patient_id": (0x00100020, 64),
+    "issuer_of_patient_id": (0x00100021, 64),
     "accession_number": (0x00080050, 64),
     "study_date": (0x00080020, 8),
     "study_description": (0x00081030, 64),

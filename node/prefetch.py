@@ -68,6 +68,7 @@ def new_study_hook(cfg: NodeConfig) -> Callable[[Session, InstanceHeader, dateti
             session,
             study_instance_uid=header.study_instance_uid,
             patient_id=header.patient_id,
+            issuer_of_patient_id=header.issuer_of_patient_id,
             study_date=header.study_date,
             want_priors=want_priors and bool(header.patient_id) and bool(header.study_date),
             now=now,
@@ -204,6 +205,7 @@ def _priors(
         studies = find_studies(
             source,
             patient_id=row.patient_id,
+            issuer=row.issuer_of_patient_id,
             before=row.study_date,
             calling_ae=cfg.node.ae_title,
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.clock import utc_now
-from storage import deliveries, queue, workers
+from storage import deliveries, prefetches, queue, workers
 from storage.index import study_counts
 from storage.outcomes import declined_outcomes
 
@@ -24,6 +24,8 @@ def status_report(sessions: sessionmaker[Session], *, stale_after_s: float = 15.
         pending = deliveries.list_deliveries(session, status="pending", limit=5)
         failed = deliveries.list_deliveries(session, status="dead", limit=5)
         awaiting = deliveries.list_deliveries(session, status="sent", limit=5)
+        fetched = prefetches.prefetch_counts(session)
+        fetch_failed = prefetches.failed_prefetches(session, limit=5)
         n_declined, declined = declined_outcomes(session, limit=5)
     lines = [
         f"studies received:      {counts['studies']}",
@@ -47,6 +49,13 @@ def status_report(sessions: sessionmaker[Session], *, stale_after_s: float = 15.
     lines.append(f"series not analysed:   {n_declined} (outside a model's validated input)")
     for o in declined:
         lines.append(f"  job {o.job_id}, series {o.series_instance_uid}: {o.result['declined']}")
+    if fetched:
+        lines.append(
+            "prefetches:            "
+            + "  ".join(f"{state} {n}" for state, n in sorted(fetched.items()))
+        )
+    for p in fetch_failed:
+        lines.append(f"  failed prefetch for study {p.study_instance_uid}: {p.last_error}")
     lines.append(
         "deliveries:            "
         + ("  ".join(f"{status} {n}" for status, n in sorted(sent.items())) or "none")

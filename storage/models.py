@@ -288,6 +288,7 @@ class Prefetch(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     study_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
     patient_id: Mapped[str] = mapped_column(String(64))
+    issuer_of_patient_id: Mapped[str] = mapped_column(String(64))
     study_date: Mapped[str] = mapped_column(String(8))
     want_priors: Mapped[bool] = mapped_column(Boolean)
     state: Mapped[str] = mapped_column(String(16))

@@ -25,7 +25,9 @@ __all__ = [
     "claim_due",
     "expect_instances",
     "fail_attempt",
+    "failed_prefetches",
     "finish",
+    "prefetch_counts",
     "prefetch_of",
     "request_prefetch",
     "reset_running",
@@ -37,6 +39,7 @@ class PrefetchRecord:
     id: int
     study_instance_uid: str
     patient_id: str
+    issuer_of_patient_id: str
     study_date: str
     want_priors: bool
     state: str
@@ -55,6 +58,7 @@ def _record(row: Prefetch) -> PrefetchRecord:
         id=row.id,
         study_instance_uid=row.study_instance_uid,
         patient_id=row.patient_id,
+        issuer_of_patient_id=row.issuer_of_patient_id,
         study_date=row.study_date,
         want_priors=row.want_priors,
         state=row.state,
@@ -73,6 +77,7 @@ def request_prefetch(
     study_date: str,
     want_priors: bool,
     now: datetime,
+    issuer_of_patient_id: str = "",
 ) -> None:
     """Queue the study's prefetch (once: a study sent again keeps its first row)."""
     exists = session.scalar(
@@ -84,6 +89,7 @@ def request_prefetch(
         Prefetch(
             study_instance_uid=study_instance_uid,
             patient_id=patient_id,
+            issuer_of_patient_id=issuer_of_patient_id,
             study_date=study_date,
             want_priors=want_priors,
             state=PrefetchState.PENDING,
@@ -175,6 +181,21 @@ def fail_attempt(
         row.state = PrefetchState.FAILED
     session.flush()
     return _record(row)
+
+
+def prefetch_counts(session: Session) -> dict[str, int]:
+    rows = session.execute(select(Prefetch.state, func.count()).group_by(Prefetch.state))
+    return {state: count for state, count in rows}
+
+
+def failed_prefetches(session: Session, *, limit: int = 5) -> list[PrefetchRecord]:
+    rows = session.scalars(
+        select(Prefetch)
+        .where(Prefetch.state == PrefetchState.FAILED)
+        .order_by(Prefetch.updated_at.desc())
+        .limit(limit)
+    )
+    return [_record(r) for r in rows]
 
 
 def prefetch_of(session: Session, study_instance_uid: str) -> PrefetchRecord | None:

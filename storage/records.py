@@ -29,6 +29,7 @@ class InstanceHeader:
     series_instance_uid: str
     transfer_syntax_uid: str
     patient_id: str = ""
+    issuer_of_patient_id: str = ""  # asked of a source with the Patient ID (priors)
     accession_number: str = ""
     study_date: str = ""
     study_description: str = ""

@@ -281,6 +281,16 @@ class Orthanc:
         with urllib.request.urlopen(request, timeout=10) as r:
             return json.load(r)
 
+    def put(self, path: str, body: object) -> None:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.http_port}{path}",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+            method="PUT",
+        )
+        with urllib.request.urlopen(request, timeout=10):
+            pass
+
     def upload(self, files: Sequence[Path]) -> None:
         """Store files through the REST API (as if a modality had sent them to the PACS)."""
         for path in files:

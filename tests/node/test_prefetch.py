@@ -22,6 +22,7 @@ from core.clock import utc_now
 from core.config import NodeConfig
 from core.config_file import load_config
 from node.prefetch import reset_prefetches, run_prefetches
+from node.report import status_report
 from node.server import make_deps
 from storage import prefetches
 from tests.peers import free_port
@@ -111,6 +112,9 @@ def test_error_status_ends_the_prefetch_at_once_and_says_why(
     assert row.state == "failed" and row.attempts == 1  # retrying does not help
     assert row.last_error == "C-FIND at pacs failed: status 0xC001"
     assert run_prefetches(cfg, sessions, make_deps(cfg, sessions)) == 0
+    report = status_report(sessions)
+    assert "prefetches:            failed 1" in report
+    assert "failed prefetch for study 1.2.3: C-FIND at pacs failed: status 0xC001" in report
 
 
 def test_malformed_identifiers_end_the_prefetch(

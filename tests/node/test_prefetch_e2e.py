@@ -25,6 +25,7 @@ from storage.db import create_sqlite_engine, make_sessionmaker
 from storage.models import Study
 from storage.outcomes import list_outcomes
 from storage.prefetches import prefetch_of
+from storage.spool import Spool
 from tests.peers import Orthanc, free_port, storescu
 from training.synthetic import generate_longitudinal
 
@@ -220,5 +221,69 @@ def test_pacs_down_the_job_waits_and_runs_when_it_is_back(node_factory, tmp_path
         assert prefetch is not None and prefetch.state == "done"
         assert result["not_run"] == ""
         assert [p["study_instance_uid"] for p in result["extra"]["priors"]] == studies[-3:-1]
+    finally:
+        pacs.stop()
+
+
+def test_a_node_killed_during_a_retrieve_finishes_it_after_restart(
+    node_factory, tmp_path: Path
+) -> None:
+    """kill -9 while C-MOVE sub-operations arrive: after restart the prior is complete, once."""
+    from bench.make_study import make_ct
+    from storage.index import held_instances
+
+    def study(folder: Path, slices: int, seed: int, date: str) -> list[Path]:
+        files = make_ct(folder, slices, seed)
+        for path in files:
+            ds = dcmread(path)
+            ds.PatientID, ds.StudyDate = "KILL-1", date
+            ds.save_as(path, enforce_file_format=True)
+        return files
+
+    prior = study(tmp_path / "prior", 120, 21, "20240105")
+    follow_up = study(tmp_path / "follow-up", 10, 22, "20241120")
+    prior_uid = str(dcmread(prior[0]).StudyInstanceUID)
+    follow_uid = str(dcmread(follow_up[0]).StudyInstanceUID)
+    node_port = free_port()
+    pacs = _orthanc(tmp_path, node_port)
+    try:
+        pacs.upload(prior)
+        node, cfg = _node(node_factory, pacs, node_port, "move", quiet_s=1)
+        engine = create_sqlite_engine(cfg.storage.database_path)
+        sessions = make_sessionmaker(engine)
+        try:
+            assert storescu(cfg.node.port, follow_up).returncode == 0
+            deadline = time.monotonic() + 60
+            held = 0
+            while time.monotonic() < deadline:
+                with sessions.begin() as s:
+                    held = sum(held_instances(s, prior_uid)[0].values())
+                if held >= 5:
+                    break
+                time.sleep(0.02)
+            assert 5 <= held < len(prior), f"the retrieve was not caught in flight ({held})"
+            node.kill9()
+            node.start()
+            deadline = time.monotonic() + 180
+            while time.monotonic() < deadline:
+                with sessions.begin() as s:
+                    prefetch = prefetch_of(s, follow_uid)
+                    jobs = queue.list_jobs(s)
+                if jobs and jobs[0].status in ("succeeded", "dead"):
+                    break
+                time.sleep(0.2)
+            (job,) = jobs  # the follow-up's; the prior queues none
+            assert job.status == "succeeded" and job.study_instance_uid == follow_uid
+            assert prefetch is not None and prefetch.state == "done"
+            assert prefetch.priors == (prior_uid,)
+            with sessions.begin() as s:
+                counts, _ = held_instances(s, prior_uid)
+                prior_row = s.query(Study).filter_by(study_instance_uid=prior_uid).one()
+            assert sum(counts.values()) == len(prior)  # all of it, each once
+            assert prior_row.retrieved and prior_row.instance_count == len(prior)
+            held_files = list((Spool(cfg.storage.data_dir).instances_dir / prior_uid).rglob("*"))
+            assert len([f for f in held_files if f.is_file()]) == len(prior)  # nothing half-kept
+        finally:
+            engine.dispose()
     finally:
         pacs.stop()

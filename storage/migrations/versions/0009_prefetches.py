@@ -21,6 +21,7 @@ def upgrade() -> None:
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("study_instance_uid", sa.String(length=64), nullable=False),
         sa.Column("patient_id", sa.String(length=64), nullable=False),
+        sa.Column("issuer_of_patient_id", sa.String(length=64), nullable=False),
         sa.Column("study_date", sa.String(length=8), nullable=False),
         sa.Column("want_priors", sa.Boolean(), nullable=False),
         sa.Column("state", sa.String(length=16), nullable=False),
