@@ -172,7 +172,10 @@ def _count(cfg: NodeConfig, sessions: sessionmaker[Session], row: PrefetchRecord
         total = sum(c for c in counts if c is not None)
         with sessions.begin() as s:
             held = prefetches.expect_instances(
-                s, study_instance_uid=row.study_instance_uid, count=total
+                s,
+                study_instance_uid=row.study_instance_uid,
+                count=total,
+                per_series={x.series_instance_uid: x.instances or 0 for x in series},
             )
         logger.info(
             "study %s: %s reports %d instance(s) in %d series; %s held",

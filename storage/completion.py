@@ -75,9 +75,16 @@ def _close(session: Session, *, level: str, now: datetime, quiet_s: float) -> li
             )
             for uid, n, count, expected, retrieved in rows
         ]
+    series_counted = and_(
+        Series.expected_instances.is_not(None),
+        Series.instance_count >= Series.expected_instances,
+    )
     series_rows = session.execute(
         update(Series)
-        .where(Series.state == ReceiveState.RECEIVING, Series.last_received_at <= cutoff)
+        .where(
+            Series.state == ReceiveState.RECEIVING,
+            or_(Series.last_received_at <= cutoff, series_counted),
+        )
         .values(
             state=ReceiveState.COMPLETE,
             completed_at=now,
@@ -88,6 +95,7 @@ def _close(session: Session, *, level: str, now: datetime, quiet_s: float) -> li
             Series.study_id,
             Series.completion_count,
             Series.instance_count,
+            Series.expected_instances,
         )
     ).all()
     studies: dict[int, tuple[str, bool]] = {
@@ -106,9 +114,10 @@ def _close(session: Session, *, level: str, now: datetime, quiet_s: float) -> li
             event_number=n,
             instance_count=count,
             completed_at=now,
+            expected_instances=expected,
             retrieved=studies[study_id][1],
         )
-        for uid, study_id, n, count in series_rows
+        for uid, study_id, n, count, expected in series_rows
     ]
 
 

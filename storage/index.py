@@ -11,11 +11,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import cast
 
-from sqlalchemy import Connection, Table, and_, bindparam, func, insert, select, update
+from sqlalchemy import Connection, Table, and_, bindparam, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from storage.dialect import serialize
-from storage.models import Instance, ReceiveState, Series, Study
+from storage.models import ExpectedSeries, Instance, ReceiveState, Series, Study
 from storage.records import IndexOutcome, IndexResult, InstanceHeader, StoredInstance
 
 __all__ = [
@@ -225,7 +225,17 @@ _TOUCH_STUDY = (
         purge_reason=None,
     )
 )
-_INSERT_SERIES = insert(_series).returning(_series.c.id)
+_expected = cast(Table, ExpectedSeries.__table__)
+# A series' first instance takes the count its source reported, if one did (node.prefetch).
+_EXPECTED_SERIES = (
+    select(_expected.c.instance_count)
+    .where(_expected.c.series_instance_uid == bindparam("expected_uid"))
+    .scalar_subquery()
+)
+_INSERT_SERIES = insert(_series).values(expected_instances=_EXPECTED_SERIES).returning(_series.c.id)
+_FORGET_EXPECTED = delete(_expected).where(
+    _expected.c.series_instance_uid == bindparam("expected_uid")
+)
 _TOUCH_SERIES = (
     update(_series)
     .where(_series.c.id == bindparam("row_id"))
@@ -364,6 +374,7 @@ def _upsert_series(
             _INSERT_SERIES,
             {
                 "series_instance_uid": h.series_instance_uid,
+                "expected_uid": h.series_instance_uid,
                 "study_id": study_id,
                 "modality": h.modality,
                 "body_part_examined": h.body_part_examined,
@@ -372,6 +383,7 @@ def _upsert_series(
                 **_receiving(now, added),
             },
         ).scalar_one()
+        conn.execute(_FORGET_EXPECTED, {"expected_uid": h.series_instance_uid})
         return new_id
     conn.execute(
         _TOUCH_SERIES,

@@ -31,6 +31,7 @@ __all__ = [
     "Base",
     "Delivery",
     "DeliveryStatus",
+    "ExpectedSeries",
     "Instance",
     "Job",
     "JobStatus",
@@ -302,6 +303,15 @@ class Prefetch(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
     __table_args__ = (Index("ix_prefetches_due", "state", "next_attempt_at"),)
+
+
+class ExpectedSeries(Base):
+    """A series' instance count as a source reported it, kept for a series not indexed yet."""
+
+    __tablename__ = "expected_series"
+
+    series_instance_uid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    instance_count: Mapped[int] = mapped_column(Integer)
 
 
 class Worker(Base):

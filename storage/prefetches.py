@@ -11,13 +11,14 @@ row is ``failed`` and jobs go on without priors, saying why.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from storage.models import Prefetch, PrefetchState, Study
+from storage.models import ExpectedSeries, Prefetch, PrefetchState, Series, Study
 
 __all__ = [
     "PrefetchRecord",
@@ -213,8 +214,29 @@ def bytes_since(session: Session, since: datetime) -> int:
     return int(total or 0)
 
 
-def expect_instances(session: Session, *, study_instance_uid: str, count: int) -> int | None:
-    """Record the source's instance count of a study; returns what the node holds now."""
+def expect_instances(
+    session: Session,
+    *,
+    study_instance_uid: str,
+    count: int,
+    per_series: Mapping[str, int] | None = None,
+) -> int | None:
+    """Record the source's instance counts of a study (and its series); returns what is held.
+
+    A series not indexed yet takes its count when its first instance arrives.
+    """
+    for uid, n in (per_series or {}).items():
+        indexed = session.execute(
+            update(Series).where(Series.series_instance_uid == uid).values(expected_instances=n)
+        )
+        if indexed.rowcount:  # type: ignore[attr-defined]
+            continue
+        row = session.get(ExpectedSeries, uid)
+        if row is None:
+            session.add(ExpectedSeries(series_instance_uid=uid, instance_count=n))
+        else:
+            row.instance_count = n
+    session.flush()
     result = session.execute(
         update(Study)
         .where(Study.study_instance_uid == study_instance_uid)

@@ -26,6 +26,7 @@ from storage.models import Study
 from storage.outcomes import list_outcomes
 from storage.prefetches import prefetch_of
 from storage.spool import Spool
+from tests.dicomcheck import validate
 from tests.peers import Orthanc, free_port, storescu
 from training.synthetic import generate_longitudinal
 
@@ -155,6 +156,8 @@ def test_priors_are_retrieved_from_the_pacs_and_compared(
         sr = dcmread(sr_row.result.path)
         cited = {e.StudyInstanceUID for e in sr.PertinentOtherEvidenceSequence}
         assert cited == set(studies[-3:-1])
+        check = validate(Path(sr_row.result.path), entity=False)
+        assert check.ok, check.report()
     finally:
         pacs.stop()
 

@@ -77,3 +77,18 @@ def test_retrieved_priors_complete_without_jobs_until_a_pushed_instance_arrives(
     store(sessions, "1.1.1.2", at=T0 + timedelta(minutes=1))  # pushed into it
     ((event, jobs),) = _complete(sessions, T0 + timedelta(minutes=2))
     assert not event.retrieved and len(jobs) == 1
+
+
+def test_series_take_the_source_counts_even_before_they_arrive(sessions) -> None:
+    from storage.prefetches import expect_instances
+
+    store(sessions, "1.1.1.1", series="1.1.1", at=T0)
+    with sessions.begin() as s:  # the source counted two series; 1.1.2 is not here yet
+        expect_instances(s, study_instance_uid="1.1", count=3, per_series={"1.1.1": 1, "1.1.2": 2})
+    ((event, _jobs),) = _complete(sessions, T0 + timedelta(seconds=1), level="series")
+    assert event.series_instance_uid == "1.1.1" and event.expected_instances == 1
+    store(sessions, "1.1.2.1", series="1.1.2", at=T0 + timedelta(seconds=2))
+    assert _complete(sessions, T0 + timedelta(seconds=3), level="series") == []
+    store(sessions, "1.1.2.2", series="1.1.2", at=T0 + timedelta(seconds=3))
+    ((event, _jobs),) = _complete(sessions, T0 + timedelta(seconds=4), level="series")
+    assert event.series_instance_uid == "1.1.2" and event.instance_count == 2

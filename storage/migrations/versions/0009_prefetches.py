@@ -1,5 +1,5 @@
 """prefetches: per arriving study, its instance counts and priors from the [[sources]];
-studies retrieved (not pushed) and the instance counts a source reported
+studies retrieved (not pushed) and the instance counts a source reported (per series too)
 
 Revision ID: 0009
 Revises: 0008
@@ -37,6 +37,12 @@ def upgrade() -> None:
         sa.UniqueConstraint("study_instance_uid"),
     )
     op.create_index("ix_prefetches_due", "prefetches", ["state", "next_attempt_at"])
+    op.create_table(
+        "expected_series",
+        sa.Column("series_instance_uid", sa.String(length=64), nullable=False),
+        sa.Column("instance_count", sa.Integer(), nullable=False),
+        sa.PrimaryKeyConstraint("series_instance_uid"),
+    )
     with op.batch_alter_table("studies", schema=None) as batch_op:
         batch_op.add_column(
             sa.Column("retrieved", sa.Boolean(), nullable=False, server_default=sa.false())
@@ -52,5 +58,6 @@ def downgrade() -> None:
     with op.batch_alter_table("studies", schema=None) as batch_op:
         batch_op.drop_column("expected_instances")
         batch_op.drop_column("retrieved")
+    op.drop_table("expected_series")
     op.drop_index("ix_prefetches_due", table_name="prefetches")
     op.drop_table("prefetches")
