@@ -37,7 +37,7 @@ GENERATOR = ROOT / "bench" / "make_study.py"
 TARGET_S = 1.0
 
 
-def _config(work: Path, port: int, pacs: Orthanc, quiet: float) -> Path:
+def _config(work: Path, port: int, pacs: Orthanc, quiet: float, heat_map: str) -> Path:
     models = ROOT / "models"
     path = work / "config.toml"
     path.write_text(
@@ -57,7 +57,7 @@ poll_interval_s = 0.05
 [delivery]
 check_interval_s = 0.05
 [logging]
-level = "WARNING"
+level = "INFO"  # NodeProcess waits for the "listening on" line
 [web]
 enabled = false
 [[destinations]]
@@ -65,6 +65,7 @@ name = "pacs"
 ae_title = "{pacs.aet}"
 host = "127.0.0.1"
 port = {pacs.dicom_port}
+heat_map = "{heat_map}"
 [[pipelines]]
 name = "ct-lesions"
 models = ["{models / "lesion-seg"}", "{models / "lesion-class"}"]
@@ -85,6 +86,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--slices", type=int, default=200)
     ap.add_argument("--quiet", type=float, default=2.0, help="quiet period (s)")
+    ap.add_argument(
+        "--heat-map",
+        choices=["float", "deflated", "off"],
+        default="float",
+        help="the destination's heat_map setting",
+    )
     args = ap.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="ainode-e2e-"))
     subprocess.run(
@@ -105,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     files = sorted((work / "study" / "ct").rglob("*.dcm"))
     pacs = Orthanc(work / "orthanc", dicom_port=free_port(), http_port=free_port()).start()
     port = free_port()
-    config = _config(work, port, pacs, args.quiet)
+    config = _config(work, port, pacs, args.quiet, args.heat_map)
     node = NodeProcess(config, port, work / "node.log").start()
     try:
         env = {**os.environ, "TCP_NODELAY": "1"}
@@ -127,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
                 jobs = queue.list_jobs(s)
             if jobs and jobs[0].status == "dead":
                 raise SystemExit(f"job failed: {jobs[0].last_error}")
-            if rows and all(r.status == "delivered" for r in rows) and len(rows) == 3:
+            wanted = 2 if args.heat_map == "off" else 3
+            if rows and all(r.status == "delivered" for r in rows) and len(rows) == wanted:
                 break
             time.sleep(0.05)
         else:
@@ -137,6 +145,14 @@ def main(argv: list[str] | None = None) -> int:
             outcomes = list_outcomes(s, job_id=job.id)
             results = deliveries.list_results(s, job_id=job.id)
         engine.dispose()
+        kept = {}
+        for r in results:
+            found = pacs.post(
+                "/tools/find",
+                {"Level": "Instance", "Query": {"SOPInstanceUID": r.sop_instance_uid}},
+            )
+            if found:
+                kept[r.kind] = int(pacs.get(f"/instances/{found[0]}")["FileSize"])
     finally:
         node.terminate()
         pacs.stop()
@@ -168,6 +184,21 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'worker: claim + encode SR/SEG/PM + write + commit':44} {other_worker:8.2f}")
     print(f"{'commit -> last object acknowledged by Orthanc':44} {deliver_s:8.2f}")
     print(f"{'total (ack -> delivered)':44} {total:8.2f}")
+    source_bytes = sum(f.stat().st_size for f in files)
+    print(f"\nheat_map = {args.heat_map!r}; source series {source_bytes / 1e6:.1f} MB")
+    print(f"{'object':8} {'written MB':>11} {'in Orthanc MB':>14} {'of source':>10}")
+    for r in results:
+        written = Path(r.path).stat().st_size
+        stored = kept.get(r.kind)
+        shown = (
+            f"{stored / 1e6:14.2f} {stored / source_bytes:10.1%}" if stored else f"{'not sent':>14}"
+        )
+        print(f"{r.kind:8} {written / 1e6:11.2f} {shown}")
+    added = sum(kept.values())
+    print(
+        f"{'added to the PACS':8} {'':>11} {added / 1e6:14.2f} {added / source_bytes:10.1%}"
+        + ("  (target <= 10 %: " + ("met)" if added <= 0.1 * source_bytes else "NOT met)"))
+    )
     print(f"\n{'':34} {'ainode':>8} {'target':>8}")
     print(
         f"{'total - quiet period - forward':34} {overhead:8.2f} {TARGET_S:8.2f}  "

@@ -30,6 +30,8 @@ from core.config_rules import (
 )
 from core.tomltable import Table
 
+HEAT_MAPS = ("float", "deflated", "off")
+
 __all__ = [
     "client_tls",
     "parse_audit",
@@ -127,6 +129,9 @@ def parse_destinations(raw: object, base: Path) -> tuple[DestinationConfig, ...]
         if table.has("commitment_timeout_s") and not commitment:
             raise table.fail("commitment_timeout_s", "only with storage_commitment = true")
         timeout = table.number("commitment_timeout_s", 300.0, 1.0, 7 * 86400.0)
+        heat_map = table.string("heat_map", "float")
+        if heat_map not in HEAT_MAPS:
+            raise table.fail("heat_map", f'must be "float", "deflated" or "off" (got {heat_map!r})')
         table.finish()
         found.append(
             DestinationConfig(
@@ -137,6 +142,7 @@ def parse_destinations(raw: object, base: Path) -> tuple[DestinationConfig, ...]
                 tls=tls,
                 storage_commitment=commitment,
                 commitment_timeout_s=timeout,
+                heat_map=heat_map,
             )
         )
     return tuple(found)

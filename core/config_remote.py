@@ -37,6 +37,9 @@ class DestinationConfig:
     # timeout the object is sent again under the retry policy.
     storage_commitment: bool = False
     commitment_timeout_s: float = 300.0
+    # The attention map (Parametric Map): "float" as written, "deflated" (Deflated
+    # Explicit VR Little Endian, when the destination accepts it), or "off".
+    heat_map: str = "float"
 
 
 class RetrieveMethod:

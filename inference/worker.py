@@ -349,7 +349,11 @@ class Worker:
                     sop_instance_uid=w.sop_instance_uid,
                     path=str(w.path),
                     size_bytes=w.size_bytes,
-                    destinations=destinations,
+                    destinations=[
+                        d
+                        for d in destinations
+                        if w.kind != "PM" or self.cfg.destination(d).heat_map != "off"
+                    ],
                     max_attempts=self.cfg.delivery.max_attempts,
                     now=now,
                 )

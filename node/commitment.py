@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from core.clock import utc_now
 from core.config import DestinationConfig, NodeConfig
 from node.handlers import AccessControl
-from node.send import AssociationFailed, associate, describe, new_ae
+from node.send import PLAIN_SYNTAXES, AssociationFailed, associate, describe, new_ae
 from storage import deliveries
 
 __all__ = [
@@ -46,7 +46,6 @@ STORAGE_COMMITMENT = "1.2.840.10008.1.20.1"
 _WELL_KNOWN_INSTANCE = "1.2.840.10008.1.20.1.1"
 _REQUEST_ACTION = 1  # Request Storage Commitment
 _EVENT_ALL_COMMITTED, _EVENT_FAILURES = 1, 2
-_SYNTAXES = ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"]
 
 #: Failure Reason (0008,1197) values of PS3.4 J.3.2.2.1.
 FAILURE_REASONS = {
@@ -91,7 +90,7 @@ def request_commitment(
 ) -> None:
     """Send one N-ACTION asking ``dest`` to commit ``references`` (SOP Class, Instance UIDs)."""
     ae = new_ae(calling_ae, connect_timeout_s, dimse_timeout_s)
-    ae.add_requested_context(STORAGE_COMMITMENT, _SYNTAXES)
+    ae.add_requested_context(STORAGE_COMMITMENT, PLAIN_SYNTAXES)
     try:
         assoc = associate(ae, dest)
     except AssociationFailed as exc:

@@ -24,7 +24,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from core.config import DestinationConfig, SourceConfig
-from node.send import AssociationFailed, associate
+from node.send import PLAIN_SYNTAXES, AssociationFailed, associate
 
 __all__ = [
     "GET_STORAGE_CLASSES",
@@ -40,7 +40,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_SYNTAXES = ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"]
 _PENDING = {0xFF00, 0xFF01}
 _SUCCESS = 0x0000
 _MOVE_WARNING = 0xB000  # some sub-operations failed
@@ -127,7 +126,7 @@ def _open(ae: AE, source: SourceConfig, handlers: Sequence[Any] = (), roles: Any
 
 def _find(source: SourceConfig, query: Dataset, calling_ae: str) -> Iterator[Dataset]:
     ae = _ae(source, calling_ae, source.dimse_timeout_s)
-    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind, _SYNTAXES)
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind, PLAIN_SYNTAXES)
     assoc = _open(ae, source)
     try:
         answers = []
@@ -248,12 +247,12 @@ def retrieve_series(
         else StudyRootQueryRetrieveInformationModelMove
     )
     ae = _ae(source, calling_ae, source.retrieve_timeout_s)
-    ae.add_requested_context(model, _SYNTAXES)
+    ae.add_requested_context(model, PLAIN_SYNTAXES)
     roles = None
     handlers: list[Any] = []
     if method == "get":
         for uid in GET_STORAGE_CLASSES:
-            ae.add_requested_context(uid, _SYNTAXES)
+            ae.add_requested_context(uid, PLAIN_SYNTAXES)
         roles = [build_role(uid, scp_role=True) for uid in GET_STORAGE_CLASSES]
         handlers = [(evt.EVT_C_STORE, on_store)]
     assoc = _open(ae, source, handlers, roles)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
+from pydicom.uid import UID
 from pynetdicom import AE, evt
 
 from core.config import DestinationConfig
@@ -24,6 +25,9 @@ from node.handlers import handle_conn_open
 from node.tls import client_context
 
 __all__ = [
+    "DEFLATED",
+    "PARAMETRIC_MAP",
+    "PLAIN_SYNTAXES",
     "AssociationFailed",
     "SendItem",
     "SendOutcome",
@@ -38,6 +42,10 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _WARNINGS = {0x0001, 0xB000, 0xB006, 0xB007}
+#: Explicit, then Implicit VR Little Endian: what every association proposes.
+PLAIN_SYNTAXES = ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"]
+DEFLATED = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian
+PARAMETRIC_MAP = "1.2.840.10008.5.1.4.1.1.30"
 _PERMANENT = {0x0122, 0x0124}
 
 
@@ -151,10 +159,16 @@ def send_files(
     """
     ae = new_ae(calling_ae, connect_timeout_s, dimse_timeout_s)
     for sop_class in sorted({i.sop_class_uid for i in items}):
-        ae.add_requested_context(sop_class, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
+        if dest.heat_map == "deflated" and sop_class == PARAMETRIC_MAP:
+            # A context of its own: offered beside the plain ones, an acceptor
+            # (Orthanc) prefers Explicit VR Little Endian.
+            ae.add_requested_context(sop_class, [DEFLATED])
+        ae.add_requested_context(sop_class, PLAIN_SYNTAXES)
     assoc = associate(ae, dest)
     try:
-        accepted = {cx.abstract_syntax for cx in assoc.accepted_contexts}
+        accepted: dict[str, set[str]] = {}
+        for cx in assoc.accepted_contexts:
+            accepted.setdefault(str(cx.abstract_syntax), set()).add(str(cx.transfer_syntax[0]))
         for item in items:
             if not assoc.is_established:
                 on_outcome(
@@ -178,19 +192,26 @@ def send_files(
                     )
                 )
                 continue
-            on_outcome(_send_one(assoc, item, dest))
+            on_outcome(
+                _send_one(assoc, item, dest, deflate=DEFLATED in accepted[item.sop_class_uid])
+            )
     finally:
         if assoc.is_established:
             assoc.release()
 
 
-def _send_one(assoc: object, item: SendItem, dest: DestinationConfig) -> SendOutcome:
+def _send_one(
+    assoc: object, item: SendItem, dest: DestinationConfig, *, deflate: bool
+) -> SendOutcome:
+    """One C-STORE; ``deflate``: in Deflated Explicit VR Little Endian (pynetdicom deflates)."""
     try:
         dataset = pydicom.dcmread(item.path)
     except (OSError, pydicom.errors.InvalidDicomError) as exc:
         return SendOutcome(
             key=item.key, delivered=False, retryable=False, status=None, detail=f"unreadable: {exc}"
         )
+    if deflate:
+        dataset.file_meta.TransferSyntaxUID = UID(DEFLATED)
     response = assoc.send_c_store(dataset)  # type: ignore[attr-defined]
     if not response:  # no response: timeout, abort or a broken connection
         return SendOutcome(

@@ -147,6 +147,10 @@ def test_cli_serve_refuses_bad_config(write_config, capsys: pytest.CaptureFixtur
         ),
         ("[delivery]\nretry_backoff = 0.5\n", "[delivery] retry_backoff: must be at least 1"),
         (
+            '[[destinations]]\nname = "pacs"\nae_title = "A"\nhost = "h"\nheat_map = "png"\n',
+            '[[destinations]] #1 heat_map: must be "float", "deflated" or "off" (got \'png\')',
+        ),
+        (
             '[[sources]]\nname = "pacs"\nae_title = "P"\nhost = "h"\nretrieve = "ftp"\n',
             '[[sources]] #1 retrieve: must be "move" or "get" (got \'ftp\')',
         ),

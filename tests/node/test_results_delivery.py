@@ -7,9 +7,12 @@ while results are pending, restarts ainode, and checks everything arrives once.
 
 from __future__ import annotations
 
+import io
 import time
+import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 from pydicom import dcmread
 
@@ -71,6 +74,13 @@ def _wait(cfg: NodeConfig, done, what: str, timeout: float = 180) -> list[Delive
     raise AssertionError(f"timed out waiting for {what}: {_state(cfg)}")
 
 
+def _send_lesion_ct(cfg: NodeConfig, tmp_path: Path) -> str:
+    """storescu a CT with lesions to the node; its Study Instance UID."""
+    files, _truth = write_lesion_ct(tmp_path / "ct", spacing=_SPACING)
+    assert storescu(cfg.node.port, files).returncode == 0
+    return str(dcmread(files[0]).StudyInstanceUID)
+
+
 def _delivered(study_uid: str, count: int):
     def done(_jobs, rows: list[DeliveryRecord]) -> bool:
         mine = [r for r in rows if r.result.study_instance_uid == study_uid]
@@ -85,9 +95,7 @@ def test_results_arrive_in_orthanc_in_the_source_study(
     package = threshold_segmenter(tmp_path / "pkg", threshold_hu=120)
     text, tables = _config(package, orthanc)
     _node, cfg = node_factory(text, pipelines="", **tables)
-    files, _truth = write_lesion_ct(tmp_path / "ct", spacing=_SPACING)
-    study = str(dcmread(files[0]).StudyInstanceUID)
-    assert storescu(cfg.node.port, files).returncode == 0
+    study = _send_lesion_ct(cfg, tmp_path)
 
     rows = _wait(cfg, _delivered(study, 3), "SR, SEG and PM delivered")
     kinds = {}
@@ -218,9 +226,7 @@ def test_storage_commitment_confirms_and_a_failed_reference_is_sent_again(
         text += '\n[[peers]]\nae_title = "STORESCU"\n\n[[peers]]\nae_title = "ORTHANC"\n'
         node, cfg = node_factory(text, pipelines="", node={"port": node_port}, **tables)
         assert cfg.destination("pacs").storage_commitment
-        files, _truth = write_lesion_ct(tmp_path / "ct", spacing=_SPACING)
-        study = str(dcmread(files[0]).StudyInstanceUID)
-        assert storescu(cfg.node.port, files).returncode == 0
+        study = _send_lesion_ct(cfg, tmp_path)
 
         def confirmed(_jobs, rows: list[DeliveryRecord]) -> bool:
             return len(rows) == 3 and all(r.status == "confirmed" for r in rows)
@@ -237,3 +243,44 @@ def test_storage_commitment_confirms_and_a_failed_reference_is_sent_again(
             assert where is not None and where["study"] == study
     finally:
         pacs.stop()
+
+
+def test_heat_map_deflated_for_one_destination_and_off_for_another(
+    node_factory, orthanc: Orthanc, tmp_path: Path
+) -> None:
+    """heat_map = "deflated": Orthanc stores the map deflated (smaller); "off": no map sent."""
+    package = threshold_segmenter(tmp_path / "pkg", threshold_hu=120)
+    text, tables = _config(package, orthanc)
+    text = text.replace(
+        f"port = {orthanc.dicom_port}\n", f'port = {orthanc.dicom_port}\nheat_map = "deflated"\n', 1
+    )
+    text = text.replace('destinations = ["pacs"]', 'destinations = ["pacs", "viewer"]')
+    text += (
+        f'\n[[destinations]]\nname = "viewer"\nae_title = "{orthanc.aet}"\n'
+        f'host = "127.0.0.1"\nport = {orthanc.dicom_port}\nheat_map = "off"\n'
+    )
+    _node, cfg = node_factory(text, pipelines="", **tables)
+    study = _send_lesion_ct(cfg, tmp_path)
+
+    def done(_jobs, rows: list[DeliveryRecord]) -> bool:
+        return len(rows) == 5 and all(r.status == "delivered" for r in rows)
+
+    rows = _wait(cfg, done, "SR, SEG, PM to pacs and SR, SEG to viewer")
+    assert sorted(r.result.kind for r in rows if r.destination == "viewer") == ["SEG", "SR"]
+    (pm,) = [r for r in rows if r.result.kind == "PM"]
+    assert pm.destination == "pacs"
+    found = orthanc.post(
+        "/tools/find",
+        {"Level": "Instance", "Query": {"SOPInstanceUID": pm.result.sop_instance_uid}},
+    )
+    (instance,) = found
+    stored = orthanc.get(f"/instances/{instance}/metadata?expand")
+    assert stored["TransferSyntax"] == "1.2.840.10008.1.2.1.99"
+    # The map the PACS keeps is the one written, value for value (deflate is lossless).
+    with urllib.request.urlopen(
+        f"http://127.0.0.1:{orthanc.http_port}/instances/{instance}/file", timeout=30
+    ) as r:
+        kept = dcmread(io.BytesIO(r.read()))
+    assert kept.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1.99"
+    assert np.array_equal(kept.pixel_array, dcmread(pm.result.path).pixel_array)
+    assert orthanc.find_instance(pm.result.sop_instance_uid)["study"] == study
