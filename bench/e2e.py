@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[0] = str(ROOT)  # not bench/ itself: bench/queue.py would shadow the stdlib queue
 
 from core.config_file import load_config  # noqa: E402
 from storage import deliveries, queue  # noqa: E402

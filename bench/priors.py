@@ -34,7 +34,7 @@ from pathlib import Path
 import pydicom
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[0] = str(ROOT)  # not bench/ itself: bench/queue.py would shadow the stdlib queue
 
 from bench.make_study import make_ct  # noqa: E402
 from core.config_file import load_config  # noqa: E402
