@@ -60,7 +60,10 @@ def _channels_last(module: torch.nn.Module, device: torch.device) -> None:
     if device.type != "cpu" or getattr(module, "_ainode_channels_last", False):
         return
     if all(p.dim() != 4 for p in module.parameters()):  # 4-D weights cannot be "_3d"
-        module.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
+        # Ordinary tensors even when called under inference mode (a training run's
+        # validation): the module may be trained further.
+        with torch.inference_mode(False), torch.no_grad():
+            module.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
     module._ainode_channels_last = True  # type: ignore[assignment]
 
 

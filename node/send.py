@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
+from pydicom.filereader import read_file_meta_info
 from pydicom.uid import UID
-from pynetdicom import AE, evt
+from pynetdicom import AE, _config, evt
 
 from core.config import DestinationConfig
 from node.handlers import handle_conn_open
@@ -193,7 +194,13 @@ def send_files(
                 )
                 continue
             on_outcome(
-                _send_one(assoc, item, dest, deflate=DEFLATED in accepted[item.sop_class_uid])
+                _send_one(
+                    assoc,
+                    item,
+                    dest,
+                    accepted=accepted[item.sop_class_uid],
+                    deflate=DEFLATED in accepted[item.sop_class_uid],
+                )
             )
     finally:
         if assoc.is_established:
@@ -201,18 +208,35 @@ def send_files(
 
 
 def _send_one(
-    assoc: object, item: SendItem, dest: DestinationConfig, *, deflate: bool
+    assoc: object,
+    item: SendItem,
+    dest: DestinationConfig,
+    *,
+    accepted: set[str],
+    deflate: bool,
 ) -> SendOutcome:
-    """One C-STORE; ``deflate``: in Deflated Explicit VR Little Endian (pynetdicom deflates)."""
+    """One C-STORE of a file.
+
+    Sent straight from the file, in chunks, when the destination accepted the
+    file's own transfer syntax (no decoding: a 210 MB map is neither parsed
+    nor held); else decoded and re-encoded by pynetdicom. ``deflate``: in
+    Deflated Explicit VR Little Endian (pynetdicom deflates).
+    """
     try:
-        dataset = pydicom.dcmread(item.path)
-    except (OSError, pydicom.errors.InvalidDicomError) as exc:
+        stored_as = str(read_file_meta_info(item.path).TransferSyntaxUID)
+        if not deflate and stored_as in accepted:
+            _config.STORE_SEND_CHUNKED_DATASET = True  # send_c_store(path): raw chunks
+            payload: object = item.path
+        else:
+            dataset = pydicom.dcmread(item.path)
+            if deflate:
+                dataset.file_meta.TransferSyntaxUID = UID(DEFLATED)
+            payload = dataset
+    except (OSError, AttributeError, pydicom.errors.InvalidDicomError) as exc:
         return SendOutcome(
             key=item.key, delivered=False, retryable=False, status=None, detail=f"unreadable: {exc}"
         )
-    if deflate:
-        dataset.file_meta.TransferSyntaxUID = UID(DEFLATED)
-    response = assoc.send_c_store(dataset)  # type: ignore[attr-defined]
+    response = assoc.send_c_store(payload)  # type: ignore[attr-defined]
     if not response:  # no response: timeout, abort or a broken connection
         return SendOutcome(
             key=item.key,

@@ -106,6 +106,17 @@ def test_results_arrive_in_orthanc_in_the_source_study(
         kinds[row.result.kind] = where["modality"]
         assert row.attempts == 1 and row.last_status == 0
     assert kinds == {"SR": "SR", "SEG": "SEG", "PM": "OT"}
+    # Sent straight from the files (chunked, not re-encoded): Orthanc keeps the same data.
+    for row in rows:
+        (instance,) = orthanc.post(
+            "/tools/find",
+            {"Level": "Instance", "Query": {"SOPInstanceUID": row.result.sop_instance_uid}},
+        )
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{orthanc.http_port}/instances/{instance}/file", timeout=30
+        ) as r:
+            kept = dcmread(io.BytesIO(r.read()))
+        assert kept == dcmread(row.result.path)  # every element, pixels included
 
 
 def test_pacs_down_then_back_across_a_node_restart(
