@@ -183,6 +183,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'worker: post-processing':44} {stage['postprocess']:8.2f}")
     print(f"{'worker: claim + encode SR/SEG/PM + write + commit':44} {other_worker:8.2f}")
     print(f"{'commit -> last object acknowledged by Orthanc':44} {deliver_s:8.2f}")
+    for r in sorted(rows, key=lambda r: r.delivered_at or succeeded):
+        if r.delivered_at is not None:
+            after = (r.delivered_at - succeeded).total_seconds()
+            print(f"{'  ' + r.result.kind + ' acknowledged after the commit':44} {after:8.2f}")
     print(f"{'total (ack -> delivered)':44} {total:8.2f}")
     source_bytes = sum(f.stat().st_size for f in files)
     print(f"\nheat_map = {args.heat_map!r}; source series {source_bytes / 1e6:.1f} MB")

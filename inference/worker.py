@@ -336,7 +336,9 @@ class Worker:
                     result=result,
                     now=now,
                 )
-            for w in written:
+            # Queued in this order, so sent in it: the report and the segmentation
+            # reach the PACS before the heat map, the largest object by far.
+            for w in sorted(written, key=lambda w: w.kind == "PM"):
                 record_result(
                     s,
                     job_id=job.id,
