@@ -8,6 +8,7 @@ TLS contexts are built (``node.tls``), which ``ainode check-config`` does too.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Collection
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -39,6 +40,7 @@ __all__ = [
     "parse_node_tls",
     "parse_peers",
     "parse_web",
+    "remote_node",
 ]
 
 
@@ -106,24 +108,29 @@ def client_tls(table: Table, base: Path) -> ClientTls | None:
     return _client_tls_for(table, base)
 
 
+def remote_node(table: Table, taken: Collection[str]) -> tuple[str, str, str, int]:
+    """A called node's ``name`` (unique among ``taken``), ``ae_title``, ``host`` and ``port``."""
+    name = table.string("name", "")
+    if not NAME_RE.match(name):
+        raise ConfigError(
+            f"{table.key('name')}: is required: letters, digits, '_', '-', '.', "
+            f"at most 64 characters (got {name!r})"
+        )
+    if name in taken:
+        raise ConfigError(f"{table.key('name')}: must be unique ({name!r} repeats)")
+    if not table.has("ae_title") or not table.has("host"):
+        raise ConfigError(f"{table.key('ae_title')}, host and port: are required")
+    ae = validate_ae_title(table.raw("ae_title"), table.key("ae_title"))
+    host = table.string("host", "")
+    if not host:
+        raise ConfigError(f"{table.key('host')}: must be a host name or IP address")
+    return name, ae, host, table.integer("port", 104, 1, 65535)
+
+
 def parse_destinations(raw: object, base: Path) -> tuple[DestinationConfig, ...]:
     found: list[DestinationConfig] = []
     for table in array_of_tables(raw, "destinations"):
-        name = table.string("name", "")
-        if not NAME_RE.match(name):
-            raise ConfigError(
-                f"{table.key('name')}: is required: letters, digits, '_', '-', '.', "
-                f"at most 64 characters (got {name!r})"
-            )
-        if any(d.name == name for d in found):
-            raise ConfigError(f"{table.key('name')}: must be unique ({name!r} repeats)")
-        if not table.has("ae_title") or not table.has("host"):
-            raise ConfigError(f"{table.key('ae_title')}, host and port: are required")
-        ae = validate_ae_title(table.raw("ae_title"), table.key("ae_title"))
-        host = table.string("host", "")
-        if not host:
-            raise ConfigError(f"{table.key('host')}: must be a host name or IP address")
-        port = table.integer("port", 104, 1, 65535)
+        name, ae, host, port = remote_node(table, {d.name for d in found})
         tls = client_tls(table, base)
         commitment = table.boolean("storage_commitment", False)
         if table.has("commitment_timeout_s") and not commitment:

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from core.config_network import client_tls
+from core.config_network import client_tls, remote_node
 from core.config_remote import RetrieveMethod, SourceConfig
-from core.config_rules import NAME_RE, ConfigError, array_of_tables, validate_ae_title
+from core.config_rules import array_of_tables
 
 __all__ = ["parse_sources"]
 
@@ -31,29 +31,16 @@ _METHODS = (RetrieveMethod.MOVE, RetrieveMethod.GET)
 def parse_sources(raw: object, base: Path) -> tuple[SourceConfig, ...]:
     found: list[SourceConfig] = []
     for table in array_of_tables(raw, "sources"):
-        name = table.string("name", "")
-        if not NAME_RE.match(name):
-            raise ConfigError(
-                f"{table.key('name')}: is required: letters, digits, '_', '-', '.', "
-                f"at most 64 characters (got {name!r})"
-            )
-        if any(s.name == name for s in found):
-            raise ConfigError(f"{table.key('name')}: must be unique ({name!r} repeats)")
-        if not table.has("ae_title") or not table.has("host"):
-            raise ConfigError(f"{table.key('ae_title')}, host and port: are required")
-        ae = validate_ae_title(table.raw("ae_title"), table.key("ae_title"))
-        host = table.string("host", "")
-        if not host:
-            raise ConfigError(f"{table.key('host')}: must be a host name or IP address")
+        name, ae, host, port = remote_node(table, {s.name for s in found})
         retrieve = table.string("retrieve", RetrieveMethod.MOVE)
         if retrieve not in _METHODS:
             raise table.fail("retrieve", f'must be "move" or "get" (got {retrieve!r})')
-        d = SourceConfig(name=name, ae_title=ae, host=host, port=104)
+        d = SourceConfig(name=name, ae_title=ae, host=host, port=port)
         source = SourceConfig(
             name=name,
             ae_title=ae,
             host=host,
-            port=table.integer("port", 104, 1, 65535),
+            port=port,
             tls=client_tls(table, base),
             retrieve=retrieve,
             counts=table.boolean("counts", d.counts),

@@ -222,23 +222,24 @@ def _priors(
                 for s in find_series(source, study_uid=uid, calling_ae=cfg.node.ae_title)
                 if wanted_modality(s)
             ]
-            missing = _missing(sessions, uid, series)
+            with sessions.begin() as s:
+                have, bytes_held = held_instances(s, uid)
+            missing = _missing(have, series)
             if missing:
                 limit = _over_limit(sessions, source)
                 if limit:
                     return tuple(held), limit
-                _retrieve(cfg, sessions, source, deps, uid, missing, tally)
+                _retrieve(cfg, sessions, source, deps, uid, missing, tally, bytes_held)
             if series:
                 held.append(uid)
     return tuple(held), None
 
 
-def _missing(
-    sessions: sessionmaker[Session], study_uid: str, series: list[FoundSeries]
-) -> list[str]:
-    """Series the node does not hold in full (by the source's count; unknown counts: missing)."""
-    with sessions.begin() as s:
-        have, _bytes = held_instances(s, study_uid)
+def _missing(have: dict[str, int], series: list[FoundSeries]) -> list[str]:
+    """Series the node does not hold in full (by the source's count; unknown counts: missing).
+
+    ``have``: instances held per Series Instance UID.
+    """
     return [
         x.series_instance_uid
         for x in series
@@ -268,13 +269,14 @@ def _retrieve(
     study_uid: str,
     series_uids: list[str],
     tally: _Tally,
+    bytes_before: int,
 ) -> None:
+    """Retrieve the series; ``bytes_before``: what the node held of the study until now."""
+
     def stored(_result: IndexResult) -> None:
         tally.instances += 1
 
     on_store = retrieved_store_handler(deps, source.ae_title, stored)
-    with sessions.begin() as s:
-        _held, bytes_before = held_instances(s, study_uid)
 
     if cfg.audit is not None:
         Auditor(cfg.audit, cfg.node.ae_title).begin_transfer(

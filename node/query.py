@@ -24,7 +24,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from core.config import DestinationConfig, SourceConfig
-from node.send import PLAIN_SYNTAXES, AssociationFailed, associate
+from node.send import PLAIN_SYNTAXES, AssociationFailed, associate, new_ae
 
 __all__ = [
     "GET_STORAGE_CLASSES",
@@ -108,15 +108,6 @@ def _as_destination(source: SourceConfig) -> DestinationConfig:
     )
 
 
-def _ae(source: SourceConfig, calling_ae: str, dimse_timeout_s: float) -> AE:
-    ae = AE(ae_title=calling_ae)
-    ae.acse_timeout = source.connect_timeout_s
-    ae.connection_timeout = source.connect_timeout_s
-    ae.network_timeout = dimse_timeout_s
-    ae.dimse_timeout = dimse_timeout_s
-    return ae
-
-
 def _open(ae: AE, source: SourceConfig, handlers: Sequence[Any] = (), roles: Any = None) -> Any:
     try:
         return associate(ae, _as_destination(source), handlers, roles)
@@ -125,7 +116,7 @@ def _open(ae: AE, source: SourceConfig, handlers: Sequence[Any] = (), roles: Any
 
 
 def _find(source: SourceConfig, query: Dataset, calling_ae: str) -> Iterator[Dataset]:
-    ae = _ae(source, calling_ae, source.dimse_timeout_s)
+    ae = new_ae(calling_ae, source.connect_timeout_s, source.dimse_timeout_s)
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind, PLAIN_SYNTAXES)
     assoc = _open(ae, source)
     try:
@@ -246,7 +237,7 @@ def retrieve_series(
         if method == "get"
         else StudyRootQueryRetrieveInformationModelMove
     )
-    ae = _ae(source, calling_ae, source.retrieve_timeout_s)
+    ae = new_ae(calling_ae, source.connect_timeout_s, source.retrieve_timeout_s)
     ae.add_requested_context(model, PLAIN_SYNTAXES)
     roles = None
     handlers: list[Any] = []

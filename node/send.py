@@ -42,6 +42,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+# send_c_store(path) sends the file's stored bytes in chunks, never decoding them;
+# only this module passes paths (a dataset is sent as before).
+_config.STORE_SEND_CHUNKED_DATASET = True
+
 _WARNINGS = {0x0001, 0xB000, 0xB006, 0xB007}
 #: Explicit, then Implicit VR Little Endian: what every association proposes.
 PLAIN_SYNTAXES = ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"]
@@ -225,8 +229,7 @@ def _send_one(
     try:
         stored_as = str(read_file_meta_info(item.path).TransferSyntaxUID)
         if not deflate and stored_as in accepted:
-            _config.STORE_SEND_CHUNKED_DATASET = True  # send_c_store(path): raw chunks
-            payload: object = item.path
+            payload: object = item.path  # sent as stored, in chunks (below)
         else:
             dataset = pydicom.dcmread(item.path)
             if deflate:
