@@ -15,7 +15,8 @@ from pathlib import Path
 
 from core.config import NodeConfig
 from core.errors import PermanentError, describe
-from dicomio.results.compose import encode_run, to_bytes
+from dicomio.results.compose import encode_run
+from dicomio.results.part10 import to_bytes
 from dicomio.volume_in import patient_and_date, scan_studies
 from inference.errors import ModelPackageError
 from inference.execute import pick_device

@@ -74,6 +74,30 @@ def _starts(size: int, patch: int, step: int) -> list[int]:
     return [*starts, size - patch]
 
 
+# At most this many distinct uniform values are served from one pass each; patches
+# of any other uniform value go through the network like the rest.
+_MAX_UNIFORM_VALUES = 8
+
+
+def _uniform_patches(
+    piece_at: Callable[[tuple[int, ...]], Tensor], corners: Sequence[tuple[int, ...]]
+) -> dict[tuple[int, ...], float]:
+    """The patches (by corner) whose every input voxel has one value, and that value."""
+    found: dict[tuple[int, ...], float] = {}
+    values: set[float] = set()
+    for corner in corners:
+        piece = piece_at(corner)
+        low, high = torch.aminmax(piece)
+        if bool(low != high):
+            continue
+        value = float(low)
+        if value not in values and len(values) == _MAX_UNIFORM_VALUES:
+            continue
+        values.add(value)
+        found[corner] = value
+    return found
+
+
 def segment(
     model: LoadedModel,
     volume: Volume,
@@ -81,6 +105,7 @@ def segment(
     batch_size: int,
     amp: bool,
     channels_last: bool = True,
+    reuse_uniform: bool = True,
 ) -> npt.NDArray[np.float32]:
     """Per-label probability maps ``(labels, D, H, W)`` on the volume's own grid.
 
@@ -88,50 +113,47 @@ def segment(
     resampling and undone before the maps go back to the source grid; its
     ``target_spacing`` and ``patch`` are in its own axis order. Sigmoid per
     channel, or softmax over the channels with the background one dropped.
-    ``channels_last=False`` only for bench/inference.py's comparison.
+    ``channels_last=False`` and ``reuse_uniform=False`` only for
+    bench/inference.py's comparison (every patch through the network as loaded).
     """
     spec = model.spec.input
-    x = window(volume.array, spec.window)
-    source_shape = x.shape[2:]
+    source_shape = volume.array.shape
     orient = orientation_of(volume, spec.axcodes) if spec.axcodes else None
-    if spec.target_spacing is not None:
-        target = orient.to_ours(spec.target_spacing) if orient else spec.target_spacing
-        x = F.interpolate(x, size=resampled_shape(volume, target), mode="trilinear")
-    if orient is not None:
-        x = orient.apply(x).contiguous()
-    patch = spec.patch or tuple(x.shape[2:])
     divisor = int(getattr(model.module, "divisor", 1))
-    patch = tuple(-(-p // divisor) * divisor for p in patch)
-    # Pad to at least one patch in each axis; cropped off again below.
-    grid = x.shape[2:]
-    padded = [max(g, p) for g, p in zip(grid, patch, strict=True)]
-    x = F.pad(x, [0, padded[2] - grid[2], 0, padded[1] - grid[1], 0, padded[0] - grid[0]])
-    steps = [max(1, int(p * 0.75)) for p in patch]
-    corners = list(
-        itertools.product(*(_starts(n, p, s) for n, p, s in zip(padded, patch, steps, strict=True)))
-    )
-    out: Tensor | None = None
-    count = torch.zeros((1, 1, *padded))
+
+    def fit(shape: Sequence[int]) -> tuple[int, ...]:
+        patch = spec.patch or tuple(shape)
+        return tuple(-(-p // divisor) * divisor for p in patch)
+
+    patch = fit(source_shape)
+    if (
+        spec.target_spacing is None
+        and orient is None
+        and min(g - p for g, p in zip(source_shape, patch, strict=True)) >= 0
+    ):
+        # Each patch windowed as it is cut from the volume (the same arithmetic
+        # voxel by voxel): no windowed copy of the whole volume is held.
+        grid: tuple[int, ...] = tuple(source_shape)
+        pieces = _Pieces(volume.array, patch, spec.window)
+    else:
+        x = window(volume.array, spec.window)
+        if spec.target_spacing is not None:
+            target = orient.to_ours(spec.target_spacing) if orient else spec.target_spacing
+            x = F.interpolate(x, size=resampled_shape(volume, target), mode="trilinear")
+        if orient is not None:
+            x = orient.apply(x).contiguous()
+        patch = fit(x.shape[2:])
+        # Pad to at least one patch in each axis; cropped off again below.
+        grid = tuple(x.shape[2:])
+        padded = [max(g, p) for g, p in zip(grid, patch, strict=True)]
+        x = F.pad(x, [0, padded[2] - grid[2], 0, padded[1] - grid[1], 0, padded[0] - grid[0]])
+        pieces = _Pieces(x, patch, None)
+        del x
     if channels_last:
         _channels_last(model.module, model.device)
     with torch.inference_mode(), _autocast(model.device, amp):
-        for i in range(0, len(corners), batch_size):
-            batch_corners = corners[i : i + batch_size]
-            batch = torch.cat(
-                [
-                    x[:, :, z : z + patch[0], y : y + patch[1], w : w + patch[2]]
-                    for z, y, w in batch_corners
-                ]
-            ).to(model.device)
-            logits = model.module(batch).float().cpu()
-            if out is None:
-                out = torch.zeros((1, logits.shape[1], *padded))
-            for (z, y, w), piece in zip(batch_corners, logits, strict=True):
-                out[0, :, z : z + patch[0], y : y + patch[1], w : w + patch[2]] += piece
-                count[0, :, z : z + patch[0], y : y + patch[1], w : w + patch[2]] += 1
-        assert out is not None
-        out.div_(count)
-        del x, count
+        out = _window_average(model, pieces, batch_size=batch_size, reuse_uniform=reuse_uniform)
+        del pieces
         prob = _activate(out, model.spec.activation, model.spec.background_channel)
         prob = prob[:, :, : grid[0], : grid[1], : grid[2]]
         if orient is not None:
@@ -139,6 +161,80 @@ def segment(
         if tuple(prob.shape[2:]) != tuple(source_shape):
             prob = F.interpolate(prob, size=source_shape, mode="trilinear")
         return prob[0].numpy().astype(np.float32, copy=False)
+
+
+class _Pieces:
+    """Patches of a (windowed) input: a tensor ``(1, 1, D, H, W)`` cut as it is, or a
+    volume array windowed patch by patch."""
+
+    def __init__(
+        self,
+        source: Tensor | npt.NDArray[np.float32],
+        patch: tuple[int, ...],
+        bounds: tuple[float, float] | None,
+    ) -> None:
+        self.source, self.patch, self.bounds = source, patch, bounds
+        self.shape: tuple[int, ...] = tuple(source.shape[-3:])
+
+    def __call__(self, corner: tuple[int, ...]) -> Tensor:
+        z, y, w = corner
+        pz, py, pw = self.patch
+        if isinstance(self.source, Tensor):
+            return self.source[:, :, z : z + pz, y : y + py, w : w + pw]
+        return window(self.source[z : z + pz, y : y + py, w : w + pw], self.bounds)
+
+
+def _window_average(
+    model: LoadedModel, pieces: _Pieces, *, batch_size: int, reuse_uniform: bool
+) -> Tensor:
+    """The model's logits over the input (at least one patch in each axis), patch by
+    patch with a quarter's overlap, averaged where patches overlap."""
+    padded, patch, piece_at = pieces.shape, pieces.patch, pieces
+    steps = [max(1, int(p * 0.75)) for p in patch]
+    axis_starts = [_starts(n, p, s) for n, p, s in zip(padded, patch, steps, strict=True)]
+    corners = list(itertools.product(*axis_starts))
+    out: Tensor | None = None
+
+    def add(corner: tuple[int, ...], logits: Tensor) -> None:
+        nonlocal out
+        if out is None:
+            out = torch.zeros((1, logits.shape[0], *padded))
+        z, y, w = corner
+        out[0, :, z : z + patch[0], y : y + patch[1], w : w + patch[2]] += logits
+
+    # A patch whose input is one value throughout (air or lung clamped by the
+    # window, padding) gives the same output wherever it is: the network sees
+    # nothing but the patch. One forward pass per such value serves them all.
+    uniform = _uniform_patches(piece_at, corners) if reuse_uniform else {}
+    varied = [c for c in corners if c not in uniform]
+    for i in range(0, len(varied), batch_size):
+        batch_corners = varied[i : i + batch_size]
+        batch = torch.cat([piece_at(c) for c in batch_corners]).to(model.device)
+        logits = model.module(batch).float().cpu()
+        for corner, piece in zip(batch_corners, logits, strict=True):
+            add(corner, piece)
+    values = sorted(set(uniform.values()))
+    for i in range(0, len(values), batch_size):
+        batch_values = values[i : i + batch_size]
+        batch = torch.cat([torch.full((1, 1, *patch), v) for v in batch_values])
+        by_value = dict(
+            zip(batch_values, model.module(batch.to(model.device)).float().cpu(), strict=True)
+        )
+        for corner, value in uniform.items():
+            if value in by_value:
+                add(corner, by_value[value])
+    assert out is not None
+    # The corners are a product of per-axis starts, so the number of patches over a
+    # voxel is a product of per-axis counts: divided axis by axis, in place, without
+    # a second volume-sized tensor.
+    for axis, (size, starts) in enumerate(zip(padded, axis_starts, strict=True)):
+        covered = torch.zeros(size)
+        for start in starts:
+            covered[start : start + patch[axis]] += 1
+        shape = [1, 1, 1, 1, 1]
+        shape[2 + axis] = size
+        out.div_(covered.view(shape))
+    return out
 
 
 def _activate(logits: Tensor, activation: str, background: int | None) -> Tensor:

@@ -29,7 +29,7 @@ from core.config import NodeConfig, PipelineConfig
 from core.version import VERSION
 from dicomio.records import Outcome
 from dicomio.results.compose import encode_run
-from dicomio.results.write import WrittenResult, write_results
+from dicomio.results.write import ResultWriter, WrittenResult
 from inference.execute import pick_device
 from inference.package import LoadedModel
 from inference.pipeline import PipelineRun, run_pipeline
@@ -52,6 +52,9 @@ logger = logging.getLogger(__name__)
 _PRIOR_STUDIES = 10
 # How often a job waiting for its study's priors looks again.
 _PRIORS_POLL_S = 1.0
+# Results are queued, so sent, in this order: the report and the segmentation reach
+# the PACS before the heat map, the largest object by far.
+_SEND_ORDER = {"SR": 0, "SEG": 1, "PM": 2}
 
 
 def outcome_json(outcome: Outcome) -> dict[str, Any]:
@@ -246,10 +249,17 @@ class Worker:
         ) as beat:
             try:
                 run = self._execute(job, pipeline)
-                written = write_results(
-                    encode_run(run.results, pipeline, self.cfg.results, started_at=started_at),
-                    self.spool,
-                )
+                # Each object is written while the next is encoded (the heat map
+                # first, the report that cites it last).
+                with ResultWriter(self.spool) as writer:
+                    encode_run(
+                        run.results,
+                        pipeline,
+                        self.cfg.results,
+                        started_at=started_at,
+                        ready=writer.submit,
+                    )
+                    written = writer.finish()
             except Exception as exc:
                 if self.cfg.queue.retry.retryable(exc):
                     logger.exception("job %d failed", job.id)
@@ -336,9 +346,7 @@ class Worker:
                     result=result,
                     now=now,
                 )
-            # Queued in this order, so sent in it: the report and the segmentation
-            # reach the PACS before the heat map, the largest object by far.
-            for w in sorted(written, key=lambda w: w.kind == "PM"):
+            for w in sorted(written, key=lambda w: _SEND_ORDER.get(w.kind, len(_SEND_ORDER))):
                 record_result(
                     s,
                     job_id=job.id,

@@ -118,7 +118,7 @@ class Spool:
         return shutil.disk_usage(self.data_dir).free
 
     def stage(
-        self, chunks: Iterable[bytes], name: str, *, folder: Path | None = None
+        self, chunks: Iterable[bytes | memoryview], name: str, *, folder: Path | None = None
     ) -> tuple[Path, int]:
         """Write ``chunks`` to a new file under ``tmp/`` (or ``folder``) and fsync it.
 
@@ -156,7 +156,7 @@ class Spool:
     def discard(self, staged: Path) -> None:
         staged.unlink(missing_ok=True)
 
-    def write(self, path: Path, chunks: Iterable[bytes]) -> int:
+    def write(self, path: Path, chunks: Iterable[bytes | memoryview]) -> int:
         """Stage and publish a file at a path that does not exist yet; return the size.
 
         Used for result objects (staged in ``tmp/results/``).

@@ -6,9 +6,8 @@ nothing but the source headers and returns datasets; writing is the caller's.
 
 from __future__ import annotations
 
-import io
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -24,7 +23,7 @@ from dicomio.results.seg import MAX_SEGMENTS, encode_segmentation
 from dicomio.results.sources import read_headers, read_sources
 from dicomio.results.sr import FindingEntry, LesionEntry, NoteEntry, encode_report
 
-__all__ = ["ResultObject", "encode_run", "to_bytes"]
+__all__ = ["ResultObject", "encode_run"]
 
 _UNDETERMINED = ("373068000", "SCT", "Undetermined")  # the finding of a declined series
 _LESION = ("52988006", "SCT", "Lesion")  # what a segmentation found none of
@@ -57,13 +56,6 @@ class ResultObject:
         return str(self.dataset.SeriesInstanceUID)
 
 
-def to_bytes(dataset: Dataset) -> bytes:
-    """The object as a DICOM Part 10 file."""
-    buffer = io.BytesIO()
-    dataset.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
-
-
 def _description(pipeline: PipelineConfig, what: str) -> str:
     base = pipeline.series_description or f"AI {pipeline.name}"
     return f"{base} {what}"[:64]
@@ -74,6 +66,7 @@ def _series_results(
     pipeline: PipelineConfig,
     cfg: ResultsConfig,
     started_at: datetime,
+    ready: Callable[[ResultObject], None],
 ) -> list[ResultObject]:
     first = next((r for r in results if r.sop_instance_uids), results[0])
     sources = read_sources(first.source_paths, first.sop_instance_uids, first.frame_numbers)
@@ -114,8 +107,9 @@ def _series_results(
                 series_description=_description(pipeline, "attention map"),
             )
             objects.append(
-                ResultObject(kind="PM", dataset=pm, source_series_instance_uid=series_uid)
+                _done(ResultObject(kind="PM", dataset=pm, source_series_instance_uid=series_uid))
             )
+            ready(objects[-1])
         elif images and outcome.findings:
             rows, cols = int(sources.first.Rows), int(sources.first.Columns)
             region = whole_slice_region((len(sources.slices), rows, cols))
@@ -141,8 +135,9 @@ def _series_results(
                 series_description=_description(pipeline, "lesions"),
             )
             objects.append(
-                ResultObject(kind="SEG", dataset=seg, source_series_instance_uid=series_uid)
+                _done(ResultObject(kind="SEG", dataset=seg, source_series_instance_uid=series_uid))
             )
+            ready(objects[-1])
             regions = lesion_regions(result.lesion_labels, len(uids))
             lesions.extend(
                 LesionEntry(
@@ -176,7 +171,15 @@ def _series_results(
         images=images,
         notes=notes,
     )
-    return [ResultObject(kind="SR", dataset=sr, source_series_instance_uid=series_uid), *objects]
+    report = _done(ResultObject(kind="SR", dataset=sr, source_series_instance_uid=series_uid))
+    ready(report)
+    return [report, *objects]
+
+
+def _done(obj: ResultObject) -> ResultObject:
+    """A finished object: its private coding schemes declared; nothing changes it after."""
+    declare_private_schemes(obj.dataset)
+    return obj
 
 
 def _guidance(results: Sequence[SeriesResult], pipeline: PipelineConfig) -> list[NoteEntry]:
@@ -220,8 +223,13 @@ def encode_run(
     cfg: ResultsConfig,
     *,
     started_at: datetime,
+    ready: Callable[[ResultObject], None] | None = None,
 ) -> list[ResultObject]:
     """All result objects of one pipeline run, grouped per source series (SR first).
+
+    ``ready`` is called with each object as soon as it is complete (a heat map
+    and a segmentation before the report that cites them), so a writer can
+    store one while the next is encoded.
 
     A model that did not run (a progression model without priors) adds nothing;
     a model that declined the series adds nothing unless the pipeline says
@@ -235,7 +243,9 @@ def encode_run(
         by_series.setdefault(result.outcome.series_instance_uid, []).append(result)
     objects: list[ResultObject] = []
     for series_results in by_series.values():
-        objects.extend(_series_results(series_results, pipeline, cfg, started_at))
-    for obj in objects:
-        declare_private_schemes(obj.dataset)
+        objects.extend(_series_results(series_results, pipeline, cfg, started_at, ready or _ignore))
     return objects
+
+
+def _ignore(_obj: ResultObject) -> None:
+    pass

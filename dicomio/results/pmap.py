@@ -32,7 +32,9 @@ def encode_attention_map(
     length"), both checked with ohif_snapshot.sh. So a 200-slice 512x512 CT gets
     a 210 MB map.
     """
-    values = np.clip(attention, 0.0, 1.0).astype(np.float32)
+    values = attention.astype(np.float32, copy=False)
+    if values.size and (values.min() < 0.0 or values.max() > 1.0):  # a copy only if needed
+        values = np.clip(values, 0.0, 1.0)
     mapping = hd.pm.RealWorldValueMapping(
         lut_label="ATTENTION",
         lut_explanation=f"{algorithm.name} attention 0..1"[:64],

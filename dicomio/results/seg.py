@@ -57,14 +57,25 @@ def encode_segmentation(
         )
         for n in range(1, count + 1)
     ]
-    kept = labels if count == len(lesions) else np.where(labels <= count, labels, 0)
+
+    def kept(array: npt.NDArray[np.uint16]) -> npt.NDArray[np.uint16]:
+        """``array`` (a copy of the labels) without the lesions past ``count``."""
+        if count < len(lesions):
+            array[array > count] = 0
+        return array
+
     if sources.frames:  # one multi-frame source: every frame, in its own order
-        images, pixels = sources.instances, sources.in_frame_order(kept)
+        images, pixels = sources.instances, kept(sources.in_frame_order(labels).astype(np.uint16))
     else:
         # Only the slices a lesion touches: the SEG omits empty frames anyway, and
         # highdicom's checks cost time per frame (a 200-slice CT, two lesions).
-        touched = [int(k) for k in np.flatnonzero(kept.reshape(kept.shape[0], -1).any(axis=1))]
-        images, pixels = [sources.slices[k] for k in touched], kept[touched]
+        def touched(array: npt.NDArray[np.uint16]) -> npt.NDArray[np.intp]:
+            return np.flatnonzero(array.reshape(array.shape[0], -1).any(axis=1))
+
+        some = touched(labels)  # slices with any lesion, then those with a reported one
+        pixels = kept(labels[some])
+        inside = touched(pixels)
+        images, pixels = [sources.slices[int(k)] for k in some[inside]], pixels[inside]
     seg = hd.seg.Segmentation(
         source_images=images,
         # A label map (value n = segment n): lesions never overlap, and stacking

@@ -22,9 +22,11 @@ import pytest
 import torch
 
 from core.config import PipelineConfig, Recommendation, ResultsConfig, SeriesRule
-from dicomio.results.compose import ResultObject, encode_run, to_bytes
+from dicomio.records import Lesion
+from dicomio.results.compose import ResultObject, encode_run
 from dicomio.results.identity import algorithm_of
-from dicomio.results.write import write_results
+from dicomio.results.part10 import to_bytes, to_chunks
+from dicomio.results.write import ResultWriter, write_results
 from dicomio.volume_in import scan_studies
 from inference.package import load_package
 from inference.pipeline import PipelineRun, run_pipeline
@@ -43,6 +45,20 @@ def _run(folder: Path, models: list[str], rule: SeriesRule) -> PipelineRun:
     (series,) = next(iter(scan_studies([folder]).studies.values()))
     loaded = [load_package(ROOT / "models" / m, torch.device("cpu")) for m in models]
     return run_pipeline([series], rule, loaded, batch_size=4, amp=False)
+
+
+def _lesion(bbox_kji: tuple[tuple[int, int, int], tuple[int, int, int]], voxels: int) -> Lesion:
+    """A lesion record for the encoders (measurements that do not matter to the test)."""
+    return Lesion(
+        label="lesion",
+        code=("52988006", "SCT", "Lesion"),
+        voxel_count=voxels,
+        volume_mm3=100.0,
+        centroid_mm=(0.0, 0.0, 0.0),
+        longest_diameter_mm=5.0,
+        bbox_kji=bbox_kji,
+        mean_probability=0.9,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -301,6 +317,84 @@ def test_heat_map_keeps_the_source_grid_as_ohif_requires() -> None:
     assert (pm.Rows, pm.Columns, pm.NumberOfFrames) == (256, 256, 3)
     shared = pm.SharedFunctionalGroupsSequence[0]
     assert [float(v) for v in shared.PixelMeasuresSequence[0].PixelSpacing] == [0.8, 0.8]
+    # Out-of-range attention is clipped to 0..1 in the map, the caller's array untouched.
+    attention[0, 0, :2] = (-0.5, 1.5)
+    pm = encode_attention_map(
+        SourceSeries(tuple(sources)), attention, algo, CFG, series_number=3, series_description="m"
+    )
+    assert (attention[0, 0, 0], attention[0, 0, 1]) == (-0.5, 1.5)
+    assert 0.0 <= pm.pixel_array.min() and pm.pixel_array.max() <= 1.0
+
+
+def test_segmentation_keeps_the_largest_lesions_and_only_their_slices() -> None:
+    from dicomio.results.identity import Algorithm
+    from dicomio.results.seg import MAX_SEGMENTS, encode_segmentation
+    from dicomio.results.sources import SourceSeries
+    from tests.dicomgen import ct_slice
+
+    extra = 3
+    study, series = pydicom.uid.generate_uid(), pydicom.uid.generate_uid()
+    slices = 2 * (MAX_SEGMENTS + extra)
+    sources = [ct_slice(study_uid=study, series_uid=series, index=k) for k in range(slices)]
+    labels = np.zeros((slices, 64, 64), dtype=np.uint16)
+    for n in range(1, MAX_SEGMENTS + extra + 1):  # lesion n on slice 2n - 1, the rest empty
+        labels[2 * n - 1, 10:20, 10:20] = n
+    lesions = [
+        _lesion(((2 * n - 1, 10, 10), (2 * n - 1, 19, 19)), voxels=100)
+        for n in range(1, MAX_SEGMENTS + extra + 1)
+    ]
+    seg = encode_segmentation(
+        SourceSeries(tuple(sources)),
+        labels,
+        lesions,
+        [pydicom.uid.generate_uid() for _ in range(MAX_SEGMENTS)],
+        Algorithm(name="m", version="1", sha256="0" * 64, device_uid="1.2.3"),
+        CFG,
+        series_number=5,
+        series_description="lesions",
+    )
+    assert len(seg.SegmentSequence) == MAX_SEGMENTS
+    cited = {
+        item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        for item in seg.PerFrameFunctionalGroupsSequence
+    }
+    assert cited == {sources[2 * n - 1].SOPInstanceUID for n in range(1, MAX_SEGMENTS + 1)}
+    referenced = seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence
+    assert len(referenced) == MAX_SEGMENTS  # not the slices of the lesions left out
+
+
+def test_written_files_equal_pydicom_encoding_with_pixels_streamed(ct_case, tmp_path: Path) -> None:
+    """The writer hands the pixel value on as it is; the file is what pydicom writes."""
+    _, _, objects = ct_case
+    spool = Spool(tmp_path / "data")
+    spool.prepare()
+    for obj, written in zip(objects, write_results(objects, spool), strict=True):
+        chunks = to_chunks(obj.dataset)
+        assert len(chunks) == (1 if obj.kind == "SR" else 3)  # SEG and map: pixels apart
+        assert written.path.read_bytes() == to_bytes(obj.dataset)
+        assert written.size_bytes == written.path.stat().st_size
+
+
+def test_chunks_pad_an_odd_pixel_value_and_fall_back_where_they_cannot_stream() -> None:
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
+
+    ds = pydicom.Dataset()
+    ds.SOPClassUID, ds.SOPInstanceUID = "1.2.3", "1.2.3.4"
+    ds.PixelData = b"\x01\x02\x03"  # odd: pydicom pads it with a zero byte
+    ds["PixelData"].VR = "OB"
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    chunks = to_chunks(ds)
+    assert len(chunks) == 4 and b"".join(chunks) == to_bytes(ds)
+    assert "PixelData" in ds and ds.PixelData == b"\x01\x02\x03"  # the dataset is as it was
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    assert to_chunks(ds) == [to_bytes(ds)]
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.add_new(0xFFFCFFFC, "OB", b"\x00\x00")  # something after the pixels
+    assert to_chunks(ds) == [to_bytes(ds)]
 
 
 @needs_tools
@@ -308,7 +402,7 @@ def test_enhanced_multiframe_source_gets_frame_references(tmp_path: Path) -> Non
     """An enhanced CT (one file, frames) — pydicom-data's eCT_Supplemental.dcm."""
     from pydicom.data import get_testdata_file
 
-    from dicomio.records import Finding, Lesion, Outcome, SeriesResult
+    from dicomio.records import Finding, Outcome, SeriesResult
     from dicomio.volume_in import load_volume
 
     source = Path(get_testdata_file("eCT_Supplemental.dcm", download=False))
@@ -318,16 +412,7 @@ def test_enhanced_multiframe_source_gets_frame_references(tmp_path: Path) -> Non
     labels[1, 200:240, 200:240] = 1  # a lesion on the second slice along the normal
     attention = np.zeros(volume.array.shape, np.float32)
     attention[1, 100, 100] = 1.0
-    lesion = Lesion(
-        label="lesion",
-        code=("52988006", "SCT", "Lesion"),
-        voxel_count=1600,
-        volume_mm3=100.0,
-        centroid_mm=(0.0, 0.0, 0.0),
-        longest_diameter_mm=5.0,
-        bbox_kji=((1, 200, 200), (1, 239, 239)),
-        mean_probability=0.9,
-    )
+    lesion = _lesion(((1, 200, 200), (1, 239, 239)), voxels=1600)
     common = {
         "series_instance_uid": volume.series_instance_uid,
         "model_version": "1",
@@ -447,6 +532,33 @@ def test_write_results_is_all_or_nothing(ct_case, tmp_path: Path) -> None:
     with pytest.raises(OSError, match="No space left"):
         write_results(objects, spool)
     assert FillsUp.writes == 2
+    assert [p for p in (tmp_path / "data").rglob("*") if p.is_file()] == []
+
+
+def test_objects_are_handed_on_as_soon_as_each_is_complete(ct_case) -> None:
+    _, run, _ = ct_case
+    ready: list[ResultObject] = []
+    objects = encode_run(
+        run.results, PipelineConfig(name="ct"), CFG, started_at=STARTED, ready=ready.append
+    )
+    # The segmentation (lesion-seg) and the map (lesion-class's attention) in the
+    # order the models ran; the report that cites both comes last, but first in the list.
+    assert [o.kind for o in ready] == ["SEG", "PM", "SR"]
+    assert [o.kind for o in objects] == ["SR", "SEG", "PM"]
+    assert {id(o) for o in ready} == {id(o) for o in objects}
+
+
+def test_writer_removes_what_it_wrote_when_the_encoding_fails(ct_case, tmp_path: Path) -> None:
+    """The worker writes each object while the next is encoded: a failure after some are
+    written (the report cannot be encoded) leaves no file behind."""
+    _, _, objects = ct_case
+    spool = Spool(tmp_path / "data")
+    spool.prepare()
+    with pytest.raises(ValueError, match="report failed"), ResultWriter(spool) as writer:
+        for obj in objects[1:]:
+            writer.submit(obj)
+        assert len(writer.finish()) == len(objects) - 1  # on disk now
+        raise ValueError("report failed")
     assert [p for p in (tmp_path / "data").rglob("*") if p.is_file()] == []
 
 

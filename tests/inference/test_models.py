@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 from dicomio.errors import MissingData, UnsupportedInput
 from dicomio.records import Volume, Waveform
@@ -46,6 +47,35 @@ def test_threshold_package_segments_exactly_its_threshold(tmp_path: Path) -> Non
     prob = segment(model, _volume(hu), batch_size=4, amp=False)
     assert prob.shape == (1, 20, 40, 50)
     assert np.array_equal(prob[0] >= 0.5, hu >= 120)
+
+
+def test_uniform_patches_take_one_pass_and_give_the_same_map(tmp_path: Path) -> None:
+    """Patches that are one value throughout (air below the window) go through the
+    network once per value; the map equals running every patch."""
+    torch.manual_seed(1)
+    package = make_package(
+        tmp_path / "unet",
+        name="unet",
+        task="segmentation",
+        architecture="unet3d",
+        parameters={"base": 4, "depth": 2},
+        input_spec={"modality": "CT", "window": [-100.0, 300.0], "patch": [8, 16, 16]},
+        labels=[{"name": "lesion", "code": ["52988006", "SCT", "Lesion"]}],
+    )
+    model = load_package(package, CPU)
+    hu = np.full((16, 48, 64), -1000.0, dtype=np.float32)  # air, clamped to one value
+    hu[2:6, 18:30, 20:34] = np.random.default_rng(2).uniform(-200, 400, (4, 12, 14))
+    hu[:, 40:, 50:] = 800.0  # bone above the window: another uniform value
+    seen: list[int] = []
+    hook = model.module.register_forward_hook(lambda _m, args, _o: seen.append(len(args[0])))
+    fast = segment(model, _volume(hu), batch_size=4, amp=False)
+    passes_fast = sum(seen)
+    seen.clear()
+    every = segment(model, _volume(hu), batch_size=4, amp=False, reuse_uniform=False)
+    hook.remove()
+    assert float(np.abs(fast - every).max()) < 1e-5
+    assert sum(seen) == 3 * 4 * 5  # every patch: 3 x 4 x 5 corners
+    assert passes_fast < sum(seen) // 2, passes_fast  # most patches are air or bone here
 
 
 def test_hash_mismatch_names_the_file_and_field(tmp_path: Path) -> None:
@@ -88,6 +118,40 @@ def test_lesion_volume_floor_drops_specks_from_list_and_map() -> None:
     assert set(np.unique(label_map)) == {0, 1} and int((label_map == 1).sum()) == 64
     at_floor = LabelSpec(name="lesion", code=("1", "SCT", "x"), min_volume_mm3=8.0)
     assert len(label_lesions(prob, volume, at_floor)[0]) == 2  # 8 mm3 is not below 8
+
+
+def test_label_map_and_boxes_match_labelling_the_whole_volume() -> None:
+    """Labelling only the box around the mask gives what labelling everything gives."""
+    rng = np.random.default_rng(3)
+    prob = np.zeros((24, 40, 50), dtype=np.float32)
+    prob[5:15, 8:30, 12:44] = rng.random((10, 22, 32), dtype=np.float32)
+    volume = _volume(prob, spacing=(1.0, 1.0, 1.0))
+    label = LabelSpec(name="lesion", code=("1", "SCT", "x"), threshold=0.8)
+    found, label_map = label_lesions(prob, volume, label)
+    full, count = ndimage.label(prob >= 0.8, structure=np.ones((3, 3, 3), dtype=bool))
+    sizes = np.bincount(full.ravel())[1:]
+    assert sorted((f.voxel_count for f in found), reverse=True) == sorted(sizes, reverse=True)
+    assert int((label_map > 0).sum()) == int(sizes.sum()) and int(label_map.max()) == count
+    for n, lesion in enumerate(found, start=1):  # map value n = n-th lesion, bbox in full grid
+        (k0, j0, i0), (k1, j1, i1) = lesion.bbox_kji
+        where = np.argwhere(label_map == n)
+        assert tuple(where.min(axis=0)) == (k0, j0, i0)
+        assert tuple(where.max(axis=0)) == (k1, j1, i1)
+        assert lesion.mean_probability == pytest.approx(float(prob[label_map == n].mean()))
+    empty_found, empty_map = label_lesions(np.zeros_like(prob), volume, label)
+    assert empty_found == () and empty_map.shape == prob.shape and not empty_map.any()
+
+
+def test_more_components_than_16_bits_hold() -> None:
+    prob = np.zeros((2 * 42, 2 * 42, 2 * 42), dtype=np.float32)
+    prob[::2, ::2, ::2] = 1.0  # 74,088 isolated voxels: labels past 65,535 need 32 bits
+    prob[-5:, -5:, -5:] = 0.0
+    prob[-3:, -3:, -3:] = 1.0  # and one 27-voxel lesion apart from them, the last one found
+    volume = _volume(prob, spacing=(1.0, 1.0, 1.0))
+    label = LabelSpec(name="lesion", code=("1", "SCT", "x"))
+    found, label_map = label_lesions(prob, volume, label, min_voxels=2)
+    assert [f.voxel_count for f in found] == [27]
+    assert int((label_map == 1).sum()) == 27 and int(label_map.max()) == 1
 
 
 def test_findings_apply_thresholds() -> None:
