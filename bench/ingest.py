@@ -8,7 +8,9 @@ runs, the receiver's peak RSS, and ainode's ratio to each anchor. Every run is
 verified: the receiver must hold every instance sent.
 
 Note: storescp never fsyncs (the speed of light); Orthanc (default settings) and
-ainode do, so Orthanc is the like-for-like peer.
+ainode do, so Orthanc is the like-for-like peer. The "durable floor" row is no
+receiver: the same files written, fsynced and renamed into place by a plain loop
+(one thread per sender) in the same run, what durability alone costs here.
 
 Usage: .venv/bin/python bench/ingest.py [--runs 3] [--processes 1,2] [--skip-orthanc]
                                         [--database sqlite,postgresql]
@@ -182,6 +184,56 @@ def send(port: int, files: list[Path], senders: int) -> float:
     return time.perf_counter() - t0
 
 
+def durable_floor(files: list[Path], writers: int) -> float:
+    """Seconds to make the same files durable with nothing else: per file a write to a
+    temporary name, fsync, rename into its series folder, fsync of that folder (what
+    ainode's store does to a file, without DICOM, parsing or an index), by ``writers``
+    threads at once (fsync releases the GIL), as many as there are senders."""
+    import threading
+
+    from pydicom import dcmread
+
+    work = Path(tempfile.mkdtemp(prefix="ingest-floor-"))
+    (work / "tmp").mkdir()
+    items = []
+    for f in files:  # read before the clock starts: a receiver gets the bytes from the wire
+        series = str(dcmread(f, stop_before_pixels=True).SeriesInstanceUID)
+        (work / series).mkdir(exist_ok=True)
+        items.append((f.read_bytes(), work / series / f.name))
+
+    def write(share: list[tuple[bytes, Path]], n: int) -> None:
+        for k, (data, final) in enumerate(share):
+            staged = work / "tmp" / f"{n}.{k}.part"
+            fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                os.write(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(staged, final)
+            folder = os.open(final.parent, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(folder)
+            finally:
+                os.close(folder)
+
+    threads = [threading.Thread(target=write, args=(items[n::writers], n)) for n in range(writers)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    seconds = time.perf_counter() - t0
+    stored = sum(1 for d in work.iterdir() if d.name != "tmp" for _ in d.iterdir())
+    shutil.rmtree(work, ignore_errors=True)
+    if stored != len(files):
+        raise RuntimeError(f"durable floor: {stored} of {len(files)} files in place")
+    return seconds
+
+
+FLOOR = "durable floor (write+fsync+rename)"
+
+
 def run_once(rx: Receiver, files: list[Path], senders: int) -> tuple[float, float]:
     work = Path(tempfile.mkdtemp(prefix="ingest-"))
     port = free_port()
@@ -253,7 +305,15 @@ def _run(a: argparse.Namespace, server: object) -> int:
         new_database = server.new_database  # type: ignore[attr-defined]
         receivers += [ainode_receiver(int(n), new_database) for n in a.processes.split(",")]
 
-    results: dict[str, dict[str, tuple[float, float, float]]] = {}
+    results: dict[str, dict[str, tuple[float, float, float]]] = {FLOOR: {}}
+    for label, (files, senders) in sets.items():
+        mb = sum(f.stat().st_size for f in files) / 1e6
+        secs = statistics.median(durable_floor(files, senders) for _ in range(a.runs))
+        results[FLOOR][label] = (len(files) / secs, mb / secs, 0.0)
+        print(
+            f"  {FLOOR:22} {label:24} {len(files) / secs:7.0f} inst/s {mb / secs:6.1f} MB/s",
+            file=sys.stderr,
+        )
     for rx in receivers:
         results[rx.name] = {}
         for label, (files, senders) in sets.items():
@@ -278,7 +338,8 @@ def _run(a: argparse.Namespace, server: object) -> int:
     for name, row in results.items():
         cells = [f"{v[0]:.0f}/s, {v[1]:.0f} MB/s" for v in row.values()]
         rss = max(v[2] for v in row.values())
-        print(f"| {name} | " + " | ".join(cells) + f" | {rss:.0f} MiB |")
+        memory = "—" if name == FLOOR else f"{rss:.0f} MiB"
+        print(f"| {name} | " + " | ".join(cells) + f" | {memory} |")
     for name in [n for n in results if n.endswith("(PostgreSQL)")]:
         sqlite = name.removesuffix(" (PostgreSQL)")
         if sqlite in results:
