@@ -34,6 +34,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path[0] = str(ROOT)  # not bench/ itself: bench/queue.py would shadow the stdlib queue
+
+from bench.study import run_threads  # noqa: E402
+
 GENERATOR = ROOT / "bench" / "make_study.py"
 ENV = {**os.environ, "TCP_NODELAY": "1"}
 
@@ -217,13 +221,9 @@ def durable_floor(files: list[Path], writers: int) -> float:
             finally:
                 os.close(folder)
 
-    threads = [threading.Thread(target=write, args=(items[n::writers], n)) for n in range(writers)]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    seconds = time.perf_counter() - t0
+    seconds = run_threads(
+        [threading.Thread(target=write, args=(items[n::writers], n)) for n in range(writers)]
+    )
     stored = sum(1 for d in work.iterdir() if d.name != "tmp" for _ in d.iterdir())
     shutil.rmtree(work, ignore_errors=True)
     if stored != len(files):
@@ -270,7 +270,6 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     server = None
     if "postgresql" in a.database:
-        sys.path[0] = str(ROOT)
         from tests.pg import PostgresServer  # the tests' own server harness
 
         server = PostgresServer(Path(tempfile.mkdtemp(prefix="ingest-pg-"))).start()

@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # Replace (not prepend to) the script's own folder: this file would shadow stdlib ``queue``.
 sys.path[0] = str(ROOT)
 
+from bench.study import run_threads  # noqa: E402
 from core.config import DatabaseConfig  # noqa: E402
 from core.retry import RetryPolicy  # noqa: E402
 from storage import queue  # noqa: E402
@@ -66,13 +67,7 @@ def _drain(sessions, workers: int) -> tuple[float, int, int]:  # type: ignore[no
             with sessions.begin() as s:
                 queue.mark_succeeded(s, job_id=job.id, worker=name, now=_now())
 
-    threads = [threading.Thread(target=work, args=(k,)) for k in range(workers)]
-    start = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    seconds = time.perf_counter() - start
+    seconds = run_threads([threading.Thread(target=work, args=(k,)) for k in range(workers)])
     ids = [i for c in claimed for i in c]
     return seconds, len(ids), len(ids) - len(set(ids))
 

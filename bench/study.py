@@ -1,10 +1,12 @@
-"""What the benchmarks share: the synthetic CT study they run on, and peak RSS."""
+"""What the benchmarks share: the synthetic CT study they run on, peak RSS, timed threads."""
 
 from __future__ import annotations
 
 import resource
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 GENERATOR = Path(__file__).resolve().parent / "make_study.py"
@@ -32,3 +34,13 @@ def ct_study(data: Path, slices: int) -> list[Path]:
             stdout=subprocess.DEVNULL,
         )
     return sorted((data / "ct").glob("*.dcm"))
+
+
+def run_threads(threads: list[threading.Thread]) -> float:
+    """Start the threads together, wait for all; the seconds that took."""
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - start
