@@ -32,6 +32,7 @@ from torch.nn import functional as F  # noqa: E402
 
 from bench.study import ct_study, rss_mib  # noqa: E402
 from core.clock import utc_now  # noqa: E402
+from core.config import InferenceConfig  # noqa: E402
 from dicomio.records import Outcome  # noqa: E402
 from dicomio.volume_in import load_volume  # noqa: E402
 from inference.architectures import build  # noqa: E402
@@ -51,6 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--slices", type=int, default=200)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--data", type=Path, help="folder made by make_study.py")
+    ap.add_argument(
+        "--batch-size",
+        type=int,
+        default=InferenceConfig().batch_size,
+        help="patches per forward pass (default: the worker's, [inference] batch_size)",
+    )
     ap.add_argument(
         "--package",
         type=Path,
@@ -122,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
 
     model.module.register_forward_hook(counter("worker"))
     t0 = time.perf_counter()
-    prob = segment(model, volume, batch_size=4, amp=True)
+    prob = segment(model, volume, batch_size=a.batch_size, amp=True)
     t["forward"] = time.perf_counter() - t0 - t["preprocess"]  # segment preprocesses too
 
     t0 = time.perf_counter()
@@ -174,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     total = sum(t[s] for s in job_stages)
     print(
         f"\nOne CT job: {len(paths)} slices {volume.array.shape[1]}x{volume.array.shape[2]}, "
+        f"batches of {a.batch_size} patches, "
         f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads\n"
     )
     print("| stage | seconds | share of the job |")
@@ -192,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     plain.module.register_forward_hook(counter("anchor"))
     t0 = time.perf_counter()
     anchor = segment(
-        plain, volume, batch_size=4, amp=True, channels_last=False, reuse_uniform=False
+        plain, volume, batch_size=a.batch_size, amp=True, channels_last=False, reuse_uniform=False
     )
     anchor_s = time.perf_counter() - t0 - t["preprocess"]
     diff = float(abs(prob - anchor).max())

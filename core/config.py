@@ -274,7 +274,7 @@ class InferenceConfig:
 
     workers: int = 1
     device: str = "auto"
-    batch_size: int = 8
+    batch_size: int = 4
     amp: bool = True
     poll_interval_s: float = 1.0
     heartbeat_s: float = 10.0
