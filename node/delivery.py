@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -154,11 +155,23 @@ def _deliver_to(
             dimse_timeout_s=cfg.delivery.dimse_timeout_s,
         )
     except AssociationFailed as exc:
-        metrics.delivery(name, "no association")
-        for row in rows:
-            _failed(cfg, sessions, row.id, None, str(exc), retryable=True, now=utc_now())
+        _all_failed(cfg, sessions, name, rows, "no association", exc)
     _audit_sent(cfg, sessions, dest, sent, failed=failures > 0)
     return delivered
+
+
+def _all_failed(
+    cfg: NodeConfig,
+    sessions: sessionmaker[Session],
+    name: str,
+    rows: Sequence[DeliveryRecord],
+    outcome: str,
+    exc: Exception,
+) -> None:
+    """No association (or no request) reached ``name``: a failed, retryable attempt for each."""
+    metrics.delivery(name, outcome)
+    for row in rows:
+        _failed(cfg, sessions, row.id, None, str(exc), retryable=True, now=utc_now())
 
 
 def _expire_commitments(cfg: NodeConfig, sessions: sessionmaker[Session], name: str) -> None:
@@ -209,9 +222,7 @@ def _request_commitment(cfg: NodeConfig, sessions: sessionmaker[Session], name: 
             dimse_timeout_s=cfg.delivery.dimse_timeout_s,
         )
     except CommitmentRequestFailed as exc:
-        metrics.delivery(name, "commitment not requested")
-        for row in rows:
-            _failed(cfg, sessions, row.id, None, str(exc), retryable=True, now=utc_now())
+        _all_failed(cfg, sessions, name, rows, "commitment not requested", exc)
         return
     logger.info(
         "storage commitment of %d object(s) requested from %s: transaction %s",
