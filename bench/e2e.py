@@ -60,12 +60,7 @@ check_interval_s = 0.05
 level = "INFO"  # NodeProcess waits for the "listening on" line
 [web]
 enabled = false
-[[destinations]]
-name = "pacs"
-ae_title = "{pacs.aet}"
-host = "127.0.0.1"
-port = {pacs.dicom_port}
-heat_map = "{heat_map}"
+{pacs.toml_table("destinations", heat_map=heat_map)}
 [[pipelines]]
 name = "ct-lesions"
 models = ["{models / "lesion-seg"}", "{models / "lesion-class"}"]

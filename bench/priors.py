@@ -62,14 +62,7 @@ def _config(work: Path, port: int, pacs: Orthanc, quiet: float, retrieve: str | 
     source = ""
     priors_from = ""
     if retrieve:
-        source = f"""
-[[sources]]
-name = "pacs"
-ae_title = "{pacs.aet}"
-host = "127.0.0.1"
-port = {pacs.dicom_port}
-retrieve = "{retrieve}"
-"""
+        source = pacs.toml_table("sources", retrieve=retrieve)
         priors_from = 'priors_from = ["pacs"]'
     path = work / "config.toml"
     path.write_text(

@@ -245,6 +245,19 @@ class Orthanc:
         )
         self.proc: subprocess.Popen[bytes] | None = None
 
+    def toml_table(self, table: str, name: str = "pacs", **keys: object) -> str:
+        """This Orthanc as a ``[[destinations]]`` or ``[[sources]]`` table of config.toml
+        (``keys``: more keys of the table, their values written as TOML)."""
+        lines = [
+            f"[[{table}]]",
+            f'name = "{name}"',
+            f'ae_title = "{self.aet}"',
+            'host = "127.0.0.1"',
+            f"port = {self.dicom_port}",
+            *(f"{key} = {json.dumps(value)}" for key, value in keys.items()),
+        ]
+        return "\n".join(lines) + "\n"
+
     def start(self, timeout: float = 60) -> Orthanc:
         self._log = open(self.folder / "orthanc.log", "ab")  # closed in stop()
         self.proc = subprocess.Popen(

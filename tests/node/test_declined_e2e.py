@@ -54,12 +54,7 @@ def test_a_noise_ct_is_declined_and_the_pacs_gets_an_sr_saying_why(
     node_factory, orthanc: Orthanc, tmp_path: Path
 ) -> None:
     text = f"""
-[[destinations]]
-name = "pacs"
-ae_title = "{orthanc.aet}"
-host = "127.0.0.1"
-port = {orthanc.dicom_port}
-
+{orthanc.toml_table("destinations")}
 [[pipelines]]
 name = "ct"
 models = ["{ROOT / "models" / "lesion-seg"}", "{ROOT / "models" / "lesion-class"}"]

@@ -152,9 +152,8 @@ def test_two_listeners_and_three_workers_share_one_database_and_store(
         "[completion]\nquiet_period_s = 2\ncheck_interval_s = 0.2\n"
         "[inference]\nworkers = 0\npoll_interval_s = 0.5\n"
         "[delivery]\ncheck_interval_s = 0.1\n"
-        f'[[destinations]]\nname = "pacs"\nae_title = "{orthanc.aet}"\n'
-        f'host = "127.0.0.1"\nport = {orthanc.dicom_port}\n'
-        f'[[pipelines]]\nname = "lesions"\nmodels = ["{package}"]\ndestinations = ["pacs"]\n',
+        + orthanc.toml_table("destinations")
+        + f'[[pipelines]]\nname = "lesions"\nmodels = ["{package}"]\ndestinations = ["pacs"]\n',
     )
     workers = [_worker(nodes[n % 2].config) for n in range(3)]
     try:

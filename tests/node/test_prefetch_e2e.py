@@ -59,20 +59,8 @@ def _orthanc(tmp_path: Path, node_port: int) -> Orthanc:
 
 def _node(node_factory, pacs: Orthanc, node_port: int, retrieve: str, quiet_s: float):
     text = f"""
-[[sources]]
-name = "pacs"
-ae_title = "{pacs.aet}"
-host = "127.0.0.1"
-port = {pacs.dicom_port}
-retrieve = "{retrieve}"
-retry_wait_s = 1
-
-[[destinations]]
-name = "pacs"
-ae_title = "{pacs.aet}"
-host = "127.0.0.1"
-port = {pacs.dicom_port}
-
+{pacs.toml_table("sources", retrieve=retrieve, retry_wait_s=1)}
+{pacs.toml_table("destinations")}
 [[pipelines]]
 name = "change"
 models = ["{ROOT / "models" / "lesion-change"}"]

@@ -35,12 +35,7 @@ def test_follow_ups_are_compared_with_their_priors(
         rows = list(csv.DictReader(f))  # in date order: the first study is the baseline
     studies = [r["study_uid"] for r in rows]
     text = f"""
-[[destinations]]
-name = "pacs"
-ae_title = "{orthanc.aet}"
-host = "127.0.0.1"
-port = {orthanc.dicom_port}
-
+{orthanc.toml_table("destinations")}
 [[pipelines]]
 name = "change"
 models = ["{ROOT / "models" / "lesion-change"}"]

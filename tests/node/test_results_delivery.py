@@ -33,12 +33,7 @@ _SPACING = (2.0, 1.2, 1.2)
 
 def _config(package: Path, pacs: Orthanc) -> tuple[str, dict[str, dict[str, object]]]:
     text = f"""
-[[destinations]]
-name = "pacs"
-ae_title = "{pacs.aet}"
-host = "127.0.0.1"
-port = {pacs.dicom_port}
-
+{pacs.toml_table("destinations")}
 [[pipelines]]
 name = "lesions"
 models = ["{package}", "{ROOT / "models" / "lesion-class"}"]
@@ -266,10 +261,7 @@ def test_heat_map_deflated_for_one_destination_and_off_for_another(
         f"port = {orthanc.dicom_port}\n", f'port = {orthanc.dicom_port}\nheat_map = "deflated"\n', 1
     )
     text = text.replace('destinations = ["pacs"]', 'destinations = ["pacs", "viewer"]')
-    text += (
-        f'\n[[destinations]]\nname = "viewer"\nae_title = "{orthanc.aet}"\n'
-        f'host = "127.0.0.1"\nport = {orthanc.dicom_port}\nheat_map = "off"\n'
-    )
+    text += "\n" + orthanc.toml_table("destinations", "viewer", heat_map="off")
     _node, cfg = node_factory(text, pipelines="", **tables)
     study = _send_lesion_ct(cfg, tmp_path)
 

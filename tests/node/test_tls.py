@@ -150,17 +150,15 @@ def test_results_delivered_over_tls_to_orthanc(node_factory, pki: Pki, tmp_path:
     pacs.start()
     try:
         package = threshold_segmenter(tmp_path / "pkg", threshold_hu=120)
+        destination = pacs.toml_table(
+            "destinations",
+            tls=True,
+            tls_ca_bundle=str(pki.ca),
+            tls_certificate=str(pki.ct1.cert),
+            tls_private_key=str(pki.ct1.key),
+        )
         text = f"""
-[[destinations]]
-name = "pacs"
-ae_title = "{pacs.aet}"
-host = "127.0.0.1"
-port = {pacs.dicom_port}
-tls = true
-tls_ca_bundle = "{pki.ca}"
-tls_certificate = "{pki.ct1.cert}"
-tls_private_key = "{pki.ct1.key}"
-
+{destination}
 [[pipelines]]
 name = "lesions"
 models = ["{package}"]
