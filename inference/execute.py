@@ -79,23 +79,17 @@ def _starts(size: int, patch: int, step: int) -> list[int]:
 _MAX_UNIFORM_VALUES = 8
 
 
-def _uniform_patches(
-    piece_at: Callable[[tuple[int, ...]], Tensor], corners: Sequence[tuple[int, ...]]
-) -> dict[tuple[int, ...], float]:
-    """The patches (by corner) whose every input voxel has one value, and that value."""
-    found: dict[tuple[int, ...], float] = {}
-    values: set[float] = set()
-    for corner in corners:
-        piece = piece_at(corner)
-        low, high = torch.aminmax(piece)
-        if bool(low != high):
-            continue
-        value = float(low)
-        if value not in values and len(values) == _MAX_UNIFORM_VALUES:
-            continue
-        values.add(value)
-        found[corner] = value
-    return found
+def _uniform_value(piece: Tensor, seen: set[float]) -> float | None:
+    """The one value every voxel of ``piece`` has, if so and if it is among ``seen``
+    or there is room for another (``seen`` grows)."""
+    low, high = torch.aminmax(piece)
+    if bool(low != high):
+        return None
+    value = float(low)
+    if value not in seen and len(seen) == _MAX_UNIFORM_VALUES:
+        return None
+    seen.add(value)
+    return value
 
 
 def segment(
@@ -202,27 +196,36 @@ def _window_average(
         z, y, w = corner
         out[0, :, z : z + patch[0], y : y + patch[1], w : w + patch[2]] += logits
 
+    def run(batch: list[Tensor]) -> Tensor:
+        logits: Tensor = model.module(torch.cat(batch).to(model.device))
+        return logits.float().cpu()
+
     # A patch whose input is one value throughout (air or lung clamped by the
     # window, padding) gives the same output wherever it is: the network sees
     # nothing but the patch. One forward pass per such value serves them all.
-    uniform = _uniform_patches(piece_at, corners) if reuse_uniform else {}
-    varied = [c for c in corners if c not in uniform]
-    for i in range(0, len(varied), batch_size):
-        batch_corners = varied[i : i + batch_size]
-        batch = torch.cat([piece_at(c) for c in batch_corners]).to(model.device)
-        logits = model.module(batch).float().cpu()
-        for corner, piece in zip(batch_corners, logits, strict=True):
-            add(corner, piece)
-    values = sorted(set(uniform.values()))
+    uniform: dict[tuple[int, ...], float] = {}
+    seen: set[float] = set()
+    batch_corners: list[tuple[int, ...]] = []
+    batch: list[Tensor] = []
+    for n, corner in enumerate(corners):
+        piece = piece_at(corner)  # each patch is cut (and windowed) once
+        value = _uniform_value(piece, seen) if reuse_uniform else None
+        if value is not None:
+            uniform[corner] = value
+        else:
+            batch_corners.append(corner)
+            batch.append(piece)
+        if batch and (len(batch) == batch_size or n == len(corners) - 1):
+            for done, logits in zip(batch_corners, run(batch), strict=True):
+                add(done, logits)
+            batch_corners, batch = [], []
+    values = sorted(seen)
+    by_value: dict[float, Tensor] = {}
     for i in range(0, len(values), batch_size):
-        batch_values = values[i : i + batch_size]
-        batch = torch.cat([torch.full((1, 1, *patch), v) for v in batch_values])
-        by_value = dict(
-            zip(batch_values, model.module(batch.to(model.device)).float().cpu(), strict=True)
-        )
-        for corner, value in uniform.items():
-            if value in by_value:
-                add(corner, by_value[value])
+        some = values[i : i + batch_size]
+        by_value.update(zip(some, run([torch.full((1, 1, *patch), v) for v in some]), strict=True))
+    for corner, value in uniform.items():
+        add(corner, by_value[value])
     assert out is not None
     # The corners are a product of per-axis starts, so the number of patches over a
     # voxel is a product of per-axis counts: divided axis by axis, in place, without
