@@ -12,8 +12,12 @@ ainode do, so Orthanc is the like-for-like peer. The "durable floor" row is no
 receiver: the same files written, fsynced and renamed into place by a plain loop
 (one thread per sender) in the same run, what durability alone costs here.
 
+ainode runs with each ``[node] receiver`` asked for (``--receivers``):
+pynetdicom, and dcmtk's libdcmnet through node/native (its rows say "dcmtk").
+
 Usage: .venv/bin/python bench/ingest.py [--runs 3] [--processes 1,2] [--skip-orthanc]
                                         [--database sqlite,postgresql]
+                                        [--receivers pynetdicom,dcmtk]
 """
 
 from __future__ import annotations
@@ -134,15 +138,17 @@ def count_orthanc(work: Path, port: int) -> int:
         return int(json.load(r)["CountInstances"])
 
 
-def ainode_receiver(processes: int, new_database: Callable[[], str] | None = None) -> Receiver:
-    """ainode with ``processes`` listener processes; its index on SQLite, or on a fresh
-    PostgreSQL database per run (``new_database`` gives its URL)."""
+def ainode_receiver(
+    processes: int, new_database: Callable[[], str] | None = None, *, receiver: str = "pynetdicom"
+) -> Receiver:
+    """ainode with ``processes`` listener processes of ``[node] receiver``; its index on
+    SQLite, or on a fresh PostgreSQL database per run (``new_database`` gives its URL)."""
 
     def start(work: Path, port: int) -> subprocess.Popen[bytes]:
         cfg = work / "config.toml"
         database = f'[database]\nurl = "{new_database()}"\n' if new_database else ""
         cfg.write_text(
-            f"[node]\nport = {port}\nlistener_processes = {processes}\n"
+            f'[node]\nport = {port}\nlistener_processes = {processes}\nreceiver = "{receiver}"\n'
             f'[storage]\ndata_dir = "data"\nmin_free_mb = 0\n{database}'
             f'[logging]\nlevel = "WARNING"\n[web]\nenabled = false\n'
             f'[[pipelines]]\nname = "default"\n'
@@ -166,7 +172,8 @@ def ainode_receiver(processes: int, new_database: Callable[[], str] | None = Non
         return int(line.split()[1])
 
     where = " (PostgreSQL)" if new_database else ""
-    return Receiver(f"ainode x{processes}{where}", start, count)
+    which = " dcmtk" if receiver == "dcmtk" else ""
+    return Receiver(f"ainode{which} x{processes}{where}", start, count)
 
 
 def send(port: int, files: list[Path], senders: int) -> float:
@@ -261,6 +268,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--processes", default="1,2", help="ainode listener processes to try")
     ap.add_argument("--skip-orthanc", action="store_true")
+    ap.add_argument(
+        "--receivers", default="pynetdicom,dcmtk", help="ainode's [node] receiver(s) to try"
+    )
     ap.add_argument("--data", type=Path, help="reuse data made by make_study.py")
     ap.add_argument(
         "--database",
@@ -298,11 +308,12 @@ def _run(a: argparse.Namespace, server: object) -> int:
     receivers = [Receiver("storescp (no fsync)", start_storescp, count_storescp)]
     if not a.skip_orthanc and shutil.which("Orthanc"):
         receivers.append(Receiver("Orthanc (fsync)", start_orthanc, count_orthanc))
+    kinds = [(int(n), r) for r in a.receivers.split(",") for n in a.processes.split(",")]
     if "sqlite" in a.database:
-        receivers += [ainode_receiver(int(n)) for n in a.processes.split(",")]
+        receivers += [ainode_receiver(n, receiver=r) for n, r in kinds]
     if server is not None:
         new_database = server.new_database  # type: ignore[attr-defined]
-        receivers += [ainode_receiver(int(n), new_database) for n in a.processes.split(",")]
+        receivers += [ainode_receiver(n, new_database, receiver=r) for n, r in kinds]
 
     results: dict[str, dict[str, tuple[float, float, float]]] = {FLOOR: {}}
     for label, (files, senders) in sets.items():

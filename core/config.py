@@ -58,6 +58,13 @@ class CompletionLevel(enum.StrEnum):
     SERIES = "series"
 
 
+class Receiver(enum.StrEnum):
+    """``[node] receiver``: the library that speaks DICOM on the listening port."""
+
+    PYNETDICOM = "pynetdicom"
+    DCMTK = "dcmtk"  # dcmtk's libdcmnet through node/native (built by scripts/setup.sh)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TlsConfig:
     """``[node.tls]``: DICOM over TLS (PS3.15 B.1; TLS 1.2 or newer, BCP 195 ciphers)."""
@@ -89,6 +96,7 @@ class ListenerConfig:
     dimse_timeout_s: float = 60.0
     shutdown_grace_s: float = 30.0
     tls: TlsConfig | None = None
+    receiver: Receiver = Receiver.PYNETDICOM
 
     @property
     def per_host_limit(self) -> int:

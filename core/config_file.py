@@ -27,6 +27,7 @@ from core.config import (
     LoggingConfig,
     NodeConfig,
     QueueConfig,
+    Receiver,
     ResultsConfig,
     RetentionConfig,
     StorageConfig,
@@ -91,7 +92,13 @@ def _listener(table: Table, base: Path) -> ListenerConfig:
         dimse_timeout_s=table.number("dimse_timeout_s", d.dimse_timeout_s, 1),
         shutdown_grace_s=table.number("shutdown_grace_s", d.shutdown_grace_s, 0),
         tls=parse_node_tls(table.raw("tls"), "[node.tls]", base, port),
+        receiver=table.choice("receiver", d.receiver, Receiver, '"pynetdicom" or "dcmtk"'),
     )
+    if cfg.receiver is Receiver.DCMTK and cfg.tls is not None:
+        raise ConfigError(
+            f'{table.key("receiver")}: "dcmtk" does not speak DICOM TLS yet; '
+            '[node.tls] needs receiver = "pynetdicom"'
+        )
     if cfg.per_host_limit > cfg.max_associations:
         raise ConfigError(
             f"{table.key('max_associations_per_host')}: must be at most max_associations "

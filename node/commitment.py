@@ -14,12 +14,14 @@ title) about that transaction; anything else is logged and changes nothing.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from io import BytesIO
 from typing import Any
 
 from pydicom.dataset import Dataset
-from pydicom.uid import generate_uid
+from pydicom.filereader import read_dataset
+from pydicom.uid import ExplicitVRBigEndian, ImplicitVRLittleEndian, generate_uid
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.clock import utc_now
@@ -33,9 +35,11 @@ __all__ = [
     "CommitmentBook",
     "CommitmentReport",
     "CommitmentRequestFailed",
+    "decode_information",
     "handle_report",
     "new_transaction_uid",
     "parse_report",
+    "report_response",
     "request_commitment",
 ]
 
@@ -221,26 +225,60 @@ class CommitmentBook:
 
 
 def handle_report(event: Any, book: CommitmentBook, access: AccessControl) -> tuple[int, None]:
-    """EVT_N_EVENT_REPORT on the listener: a Storage Commitment result from a destination.
-
-    One of the broad-``except`` edges: an error answers Processing Failure and is logged.
-    """
+    """EVT_N_EVENT_REPORT on the listener: a Storage Commitment result from a destination."""
     calling = str(event.assoc.requestor.ae_title).strip()
     if not access.admitted(event.assoc):
         logger.error("N-EVENT-REPORT refused: association of AE %r was not admitted", calling)
         return _NOT_AUTHORIZED, None
     request = event.request
-    if str(request.AffectedSOPClassUID) != STORAGE_COMMITMENT:
-        logger.warning("N-EVENT-REPORT of SOP class %s refused", request.AffectedSOPClassUID)
-        return _PROCESSING_FAILURE, None
+    return (
+        report_response(
+            book,
+            calling,
+            sop_class_uid=str(request.AffectedSOPClassUID),
+            event_type_id=int(getattr(request, "EventTypeID", None) or 0),
+            information=lambda: event.event_information,
+        ),
+        None,
+    )
+
+
+def decode_information(raw: bytes, transfer_syntax_uid: str) -> Dataset | None:
+    """Event Information as it arrived on the dcmtk receive path (None if there was none)."""
+    if not raw:
+        return None
+    return read_dataset(
+        BytesIO(raw),
+        is_implicit_VR=transfer_syntax_uid == ImplicitVRLittleEndian,
+        is_little_endian=transfer_syntax_uid != ExplicitVRBigEndian,
+    )
+
+
+def report_response(
+    book: CommitmentBook,
+    calling: str,
+    *,
+    sop_class_uid: str,
+    event_type_id: int,
+    information: Callable[[], Dataset | None],
+) -> int:
+    """The N-EVENT-REPORT logic of both receive paths: the status to answer.
+
+    ``information`` decodes the Event Information (it may raise on malformed
+    data). One of the broad-``except`` edges: an error answers Processing
+    Failure and is logged.
+    """
+    if sop_class_uid != STORAGE_COMMITMENT:
+        logger.warning("N-EVENT-REPORT of SOP class %s refused", sop_class_uid)
+        return _PROCESSING_FAILURE
     try:
-        report = parse_report(int(request.EventTypeID), event.event_information)
+        report = parse_report(event_type_id, information())
     except LookupError as exc:
         logger.warning("storage commitment report from AE %r refused: %s", calling, exc)
-        return _NO_SUCH_EVENT_TYPE, None
+        return _NO_SUCH_EVENT_TYPE
     except Exception as exc:  # malformed event information, however it fails to decode
         logger.warning("storage commitment report from AE %r refused: %s", calling, exc)
-        return _INVALID_ARGUMENT, None
+        return _INVALID_ARGUMENT
     try:
         book.record(calling, report)
     except Exception:
@@ -249,5 +287,5 @@ def handle_report(event: Any, book: CommitmentBook, access: AccessControl) -> tu
             report.transaction_uid,
             calling,
         )
-        return _PROCESSING_FAILURE, None
-    return _SUCCESS, None
+        return _PROCESSING_FAILURE
+    return _SUCCESS

@@ -33,6 +33,7 @@ __all__ = [
     "handle_requested",
     "handle_store",
     "retrieved_store_handler",
+    "store_response",
 ]
 
 logger = logging.getLogger(__name__)
@@ -82,10 +83,34 @@ class AccessControl:
             return f"not the client certificate it is pinned to ({shown})"
         return "not allowed from this host"
 
-    def retrieved(self, request: Any) -> bool:
-        """A C-STORE sub-operation of a C-MOVE this node asked for (a prior it retrieves)."""
-        originator = getattr(request, "MoveOriginatorApplicationEntityTitle", None)
-        return bool(self.ae_title) and str(originator or "").strip() == self.ae_title
+    def decide(self, caller: Callable[[], tuple[str, str, str | None]]) -> str | None:
+        """The access decision of both receive paths: None to admit, else the reason,
+        logged, counted and audited. ``caller`` gives (calling AE title, address,
+        TLS subject). One of the broad-``except`` edges: any error in it refuses."""
+        calling, address = "?", "?"
+        try:
+            calling, address, subject = caller()
+            reason = self.refusal(calling, address, subject)
+        except Exception as exc:
+            logger.exception(
+                "access decision failed (%s: %s): association rejected", type(exc).__name__, exc
+            )
+            reason = "access decision failed"
+        if reason is None:
+            metrics.association("accepted")
+            return None
+        metrics.association("rejected")
+        logger.warning(
+            "association rejected: calling AE %r from %s is %s", calling, address, reason
+        )
+        if self.auditor is not None:
+            self.auditor.refused(who=calling, address=address, reason=reason)
+        return reason
+
+    def retrieved(self, originator: str) -> bool:
+        """A C-STORE sub-operation of a C-MOVE this node asked for (a prior it retrieves):
+        ``originator`` is the request's Move Originator AE title ("" if none)."""
+        return bool(self.ae_title) and originator.strip() == self.ae_title
 
     def admit(self, assoc: Any) -> None:
         with self._lock:
@@ -136,25 +161,17 @@ def handle_requested(event: Any, access: AccessControl) -> None:
     the decision rejects the caller.
     """
     assoc = event.assoc
-    calling, address = "?", "?"
-    try:
-        calling = str(assoc.requestor.primitive.calling_ae_title).strip()
-        address = str(assoc.requestor.address)
-        subject = peer_subject(getattr(assoc.dul.socket, "socket", None))
-        reason = access.refusal(calling, address, subject)
-    except Exception as exc:
-        logger.exception(
-            "access decision failed (%s: %s): association rejected", type(exc).__name__, exc
+
+    def caller() -> tuple[str, str, str | None]:
+        return (
+            str(assoc.requestor.primitive.calling_ae_title).strip(),
+            str(assoc.requestor.address),
+            peer_subject(getattr(assoc.dul.socket, "socket", None)),
         )
-        reason = "access decision failed"
-    if reason is None:
+
+    if access.decide(caller) is None:
         access.admit(assoc)
-        metrics.association("accepted")
         return
-    metrics.association("rejected")
-    logger.warning("association rejected: calling AE %r from %s is %s", calling, address, reason)
-    if access.auditor is not None:
-        access.auditor.refused(who=calling, address=address, reason=reason)
     try:
         _reject(assoc)
     except Exception:
@@ -222,18 +239,47 @@ def handle_store(event: Any, deps: ReceiveDeps, access: AccessControl) -> Datase
     if (refused := _not_admitted(event, access)) is not None:
         return refused
     request = event.request
-    calling = _calling_ae(event)
-    sop_uid = str(request.AffectedSOPInstanceUID)
-    raw = request.DataSet.getvalue()
+    status, comment = store_response(
+        deps,
+        access,
+        event.assoc,
+        raw=request.DataSet.getvalue(),
+        transfer_syntax_uid=str(event.context.transfer_syntax),
+        sop_class_uid=str(request.AffectedSOPClassUID),
+        sop_instance_uid=str(request.AffectedSOPInstanceUID),
+        calling=_calling_ae(event),
+        originator=str(getattr(request, "MoveOriginatorApplicationEntityTitle", None) or ""),
+    )
+    return _status(status, comment)
+
+
+def store_response(
+    deps: ReceiveDeps,
+    access: AccessControl,
+    assoc: Any,
+    *,
+    raw: bytes,
+    transfer_syntax_uid: str,
+    sop_class_uid: str,
+    sop_instance_uid: str,
+    calling: str,
+    originator: str,
+) -> tuple[int, str | None]:
+    """The C-STORE logic of both receive paths: the status and error comment to answer.
+
+    ``assoc``: the association as the audit knows it (``requestor.ae_title`` and
+    ``.address``); ``originator``: the Move Originator AE title, if any.
+    """
+    sop_uid = sop_instance_uid
     try:
         result = receive_instance(
             deps,
             dataset=raw,
-            transfer_syntax_uid=str(event.context.transfer_syntax),
-            requested_sop_class_uid=str(request.AffectedSOPClassUID),
+            transfer_syntax_uid=transfer_syntax_uid,
+            requested_sop_class_uid=sop_class_uid,
             requested_sop_instance_uid=sop_uid,
             calling_ae_title=calling,
-            retrieved=access.retrieved(request),
+            retrieved=access.retrieved(originator),
         )
     except StoreRejected as exc:
         logger.error(
@@ -244,19 +290,19 @@ def handle_store(event: Any, deps: ReceiveDeps, access: AccessControl) -> Datase
             calling,
         )
         metrics.cstore_status(exc.status)
-        return _status(exc.status, exc.comment)
+        return exc.status, exc.comment
     except Exception:
         logger.exception("C-STORE failed unexpectedly: sop=%s from AE %r", sop_uid, calling)
         metrics.cstore_status(StoreStatus.UNEXPECTED_ERROR)
-        return _status(StoreStatus.UNEXPECTED_ERROR, "unexpected error in ainode, see its log")
+        return StoreStatus.UNEXPECTED_ERROR, "unexpected error in ainode, see its log"
     metrics.cstore_status(StoreStatus.SUCCESS)
     if result.outcome is not IndexOutcome.KEPT_EXISTING:
         metrics.instance_received(len(raw))
     if result.header is not None:
         h = result.header
-        access.associations.stored(event.assoc, h.study_instance_uid, h.patient_id, h.sop_class_uid)
+        access.associations.stored(assoc, h.study_instance_uid, h.patient_id, h.sop_class_uid)
     if result.outcome is IndexOutcome.KEPT_EXISTING:
         logger.info("duplicate kept: sop=%s from AE %r", sop_uid, calling)
     elif result.study_reopened:
         logger.warning("instance after completion re-opened its study: sop=%s", sop_uid)
-    return _status(StoreStatus.SUCCESS)
+    return StoreStatus.SUCCESS, None

@@ -14,16 +14,21 @@ import ssl
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt, sop_class
-from pynetdicom.service_class import StorageServiceClass
+from pynetdicom import AE, _config, evt
 from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.config import NodeConfig
+from core.config import NodeConfig, Receiver
 from node.audit import Auditor
 from node.commitment import STORAGE_COMMITMENT, CommitmentBook, handle_report
+from node.contexts import (
+    ALL_TRANSFER_SYNTAXES,
+    UNCOMPRESSED,
+    VERIFICATION,
+    storage_sop_class_uids,
+)
 from node.handlers import (
     AccessControl,
     handle_conn_close,
@@ -32,9 +37,11 @@ from node.handlers import (
     handle_requested,
     handle_store,
 )
+from node.native_listener import NativeListener, start_native, stop_native
 from node.prefetch import new_study_hook
 from node.receive import ReceiveDeps
 from node.retention import RoomMaker
+from node.throttle import warn_once
 from node.tls import server_context
 from storage.spool import Spool
 
@@ -45,24 +52,9 @@ __all__ = [
     "build_handlers",
     "start_listener",
     "stop_listener",
-    "storage_sop_class_uids",
 ]
 
 logger = logging.getLogger(__name__)
-
-_VERIFICATION = "1.2.840.10008.1.1"
-_UNCOMPRESSED = ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"]
-
-
-def storage_sop_class_uids() -> list[str]:
-    """Every storage SOP class pynetdicom knows (images, SR, SEG, waveforms, PDF...)."""
-    uids = {
-        str(obj)
-        for obj in vars(sop_class).values()
-        if isinstance(obj, sop_class.SOPClass)
-        and cast(object, obj.service_class) is StorageServiceClass
-    }
-    return sorted(uids)
 
 
 class ListenerServer(ThreadedAssociationServer):
@@ -87,7 +79,7 @@ class ListenerServer(ThreadedAssociationServer):
         held = sum(1 for a in self.ae.active_associations if _host_of(a) == host)
         if held < self.per_host_limit:
             return True
-        _warn_once(
+        warn_once(
             host,
             "connection from %s closed: it holds its share of the association slots "
             "(%d of max_associations_per_host %d)",
@@ -124,7 +116,7 @@ class ListenerServer(ThreadedAssociationServer):
             sock.settimeout(None)
         except (OSError, ValueError) as exc:  # ssl.SSLError, timeouts and resets are OSErrors
             reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
-            if _warn_once(host, "TLS handshake with %s failed: %s", reason) and self.auditor:
+            if warn_once(host, "TLS handshake with %s failed: %s", reason) and self.auditor:
                 self.auditor.refused(who="?", address=host, reason=f"TLS handshake: {reason}")
             sock.close()
             return False
@@ -139,25 +131,6 @@ class ListenerServer(ThreadedAssociationServer):
         """Stop accepting and close the listening socket; running associations go on."""
         socketserver.TCPServer.shutdown(self)
         self.server_close()
-
-
-_warned: dict[tuple[str, str], float] = {}
-_warned_lock = threading.Lock()
-
-
-def _warn_once(host: str, message: str, *args: object) -> bool:
-    """Log a warning about ``host``, the same text at most once every 10 s; True if logged.
-
-    A scanner hammering the port must not flood the log (or the audit trail) either.
-    """
-    text = message % (host, *args)
-    now = time.monotonic()
-    with _warned_lock:
-        if now - _warned.get((host, text), -3600.0) < 10:
-            return False
-        _warned[(host, text)] = now
-    logger.warning("%s", text)
-    return True
 
 
 def _host_of(assoc: Any) -> str | None:
@@ -188,10 +161,10 @@ def build_ae(cfg: NodeConfig) -> AE:
     ae.require_calling_aet = sorted({peer.ae_title for peer in cfg.peers})
     for uid in storage_sop_class_uids():
         ae.add_supported_context(uid, ALL_TRANSFER_SYNTAXES)
-    ae.add_supported_context(_VERIFICATION, _UNCOMPRESSED)
+    ae.add_supported_context(VERIFICATION, UNCOMPRESSED)
     # Storage commitment results: the PACS opens the association as the SCP of
     # the Push Model and sends its N-EVENT-REPORT (node.commitment).
-    ae.add_supported_context(STORAGE_COMMITMENT, _UNCOMPRESSED, scu_role=False, scp_role=True)
+    ae.add_supported_context(STORAGE_COMMITMENT, UNCOMPRESSED, scu_role=False, scp_role=True)
     return ae
 
 
@@ -221,10 +194,12 @@ def make_deps(cfg: NodeConfig, sessions: sessionmaker[Session]) -> ReceiveDeps:
 
 @dataclass(frozen=True, slots=True)
 class Listener:
-    """The listening servers of one process (a plain port, a TLS port, or both) and their AE."""
+    """The listening servers of one process (a plain port, a TLS port, or both) and their AE;
+    or, with ``[node] receiver = "dcmtk"``, the native listener instead."""
 
-    ae: AE
+    ae: AE | None
     servers: tuple[ListenerServer, ...]
+    native: NativeListener | None = None
 
 
 def start_listener(
@@ -241,9 +216,14 @@ def start_listener(
     TlsError
         The certificate, key or CA bundle cannot be used.
     """
-    ae = build_ae(cfg)
     auditor = Auditor(cfg.audit, cfg.node.ae_title) if cfg.audit is not None else None
-    handlers = build_handlers(cfg, make_deps(cfg, sessions), auditor)
+    deps = make_deps(cfg, sessions)
+    if cfg.node.receiver is Receiver.DCMTK:
+        return Listener(
+            ae=None, servers=(), native=start_native(cfg, deps, auditor, share_port=share_port)
+        )
+    ae = build_ae(cfg)
+    handlers = build_handlers(cfg, deps, auditor)
     tls = cfg.node.tls
     ports: list[tuple[int, ssl.SSLContext | None]] = []
     if tls is None or tls.port is not None:
@@ -273,6 +253,9 @@ def stop_listener(listener: Listener, grace_s: float) -> int:
 
     Returns how many associations had to be aborted.
     """
+    if listener.native is not None:
+        return stop_native(listener.native, grace_s)
+    assert listener.ae is not None
     for server in listener.servers:
         server.shutdown()
     deadline = time.monotonic() + grace_s

@@ -33,13 +33,14 @@ from typing import IO
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.clock import utc_now
-from core.config import NodeConfig
+from core.config import NodeConfig, Receiver
 from core.logs import configure_logging
 from core.metrics import MULTIPROC_ENV
 from core.process import Ending, take_sigterm, watch_parent
 from node.audit import Auditor
 from node.audit_send import AuditSender
 from node.housekeeping import leave_roster, start_scheduler
+from node.native_listener import NativeUnavailable, native_module
 from node.server import start_listener, stop_listener
 from node.supervise import ChildFailed, Supervisor
 from node.tls import TlsError, server_context
@@ -110,7 +111,7 @@ def listener_main(
     engine = node_engine(cfg)
     try:
         server = start_listener(cfg, make_sessionmaker(engine), share_port=True)
-    except (OSError, TlsError) as exc:
+    except (OSError, TlsError, NativeUnavailable) as exc:
         name = multiprocessing.current_process().name
         errors.put((name, f"cannot listen on {cfg.node.bind_address}:{cfg.node.port}: {exc}"))
         raise SystemExit(1) from None
@@ -190,6 +191,11 @@ def serve(cfg: NodeConfig) -> int:
             server_context(node.tls)
         except TlsError as exc:
             raise ServeError(str(exc)) from None
+    if node.receiver is Receiver.DCMTK:
+        try:
+            native_module()
+        except NativeUnavailable as exc:
+            raise ServeError(str(exc)) from None
     if cfg.inference.workers:
         _verify_models(cfg)
     if not cfg.peers:
@@ -201,7 +207,7 @@ def serve(cfg: NodeConfig) -> int:
     if node.listener_processes == 1:
         try:
             server = start_listener(cfg, sessions, share_port=False)
-        except TlsError as exc:
+        except (TlsError, NativeUnavailable) as exc:
             raise ServeError(str(exc)) from None
     else:
         for i in range(node.listener_processes):
@@ -243,11 +249,12 @@ def serve(cfg: NodeConfig) -> int:
         )
     tls = node.tls
     logger.info(
-        "ainode %s listening on %s:%d%s (%d listener process%s, %d worker%s), data in %s",
+        "ainode %s listening on %s:%d%s (%s, %d listener process%s, %d worker%s), data in %s",
         node.ae_title,
         node.bind_address,
         node.port,
         "" if tls is None else " (TLS only)" if tls.port is None else f", TLS on {tls.port}",
+        node.receiver.value,
         node.listener_processes,
         "" if node.listener_processes == 1 else "es",
         cfg.inference.workers,

@@ -16,8 +16,12 @@ group=""
 # systemd, openssl, chromium (--dev only): systemd-analyze verifies
 # deploy/ainode.service, openssl makes test certificates, headless Chromium reads
 # the dashboard.
+# libdcmtk-dev, g++: node/native/_dcmnet, the receive path on dcmtk's libdcmnet
+# ([node] receiver = "dcmtk"), built by the pip install below.
 need=()
 command -v storescu >/dev/null || need+=(dcmtk)
+[[ -e /usr/include/dcmtk/dcmnet/assoc.h ]] || need+=(libdcmtk-dev)
+command -v g++ >/dev/null || need+=(g++)
 command -v dciodvfy >/dev/null || need+=(dicom3tools)
 if [[ -n "$group" ]]; then
   command -v Orthanc >/dev/null || need+=(orthanc)

@@ -101,9 +101,19 @@ def postgres() -> Iterator[PostgresServer]:
     server.stop()
 
 
+RECEIVERS = ["pynetdicom", "dcmtk"]
+
+
+@pytest.fixture
+def receiver() -> str:
+    """``[node] receiver`` of the nodes a test starts. A test module that checks the
+    listener itself overrides this fixture with ``params=RECEIVERS``: both paths."""
+    return "pynetdicom"
+
+
 @pytest.fixture
 def node_factory(
-    tmp_path: Path, write_config: ConfigFactory
+    tmp_path: Path, write_config: ConfigFactory, receiver: str
 ) -> Iterator[Callable[..., tuple[NodeProcess, NodeConfig]]]:
     """Start ``ainode serve`` processes on free loopback ports; all stopped at teardown."""
     started: list[NodeProcess] = []
@@ -119,6 +129,7 @@ def node_factory(
             "port": free_port(),
             "listener_processes": 1,
             "shutdown_grace_s": 20,
+            "receiver": receiver,
             **tables.pop("node", {}),
         }
         storage = {"data_dir": "data", "min_free_mb": 0, **tables.pop("storage", {})}

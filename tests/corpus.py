@@ -10,7 +10,7 @@ from pydicom.data import get_testdata_file
 from pydicom.data.data_manager import DATA_ROOT, get_external_sources
 from pydicom.dataset import Dataset
 
-from node.server import storage_sop_class_uids
+from node.contexts import storage_sop_class_uids
 from storage.spool import is_safe_uid
 
 

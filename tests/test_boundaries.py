@@ -18,7 +18,13 @@ LAYERS = ("core", "storage", "dicomio", "inference", "training", "node")
 PACKAGES = LAYERS
 
 ALLOWED = {
-    "pynetdicom": {"node/server.py", "node/handlers.py", "node/send.py", "node/query.py"},
+    "pynetdicom": {
+        "node/server.py",
+        "node/handlers.py",
+        "node/send.py",
+        "node/query.py",
+        "node/contexts.py",  # its storage SOP classes and transfer syntaxes, for both receivers
+    },
     "pydicom": {
         "node/dicom_in.py",  # the C-STORE header, read without decoding
         "node/handlers.py",  # status datasets

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from core.config import CompletionLevel, DuplicatePolicy
+from core.config import CompletionLevel, DuplicatePolicy, Receiver
 from core.config_file import ConfigError, load_config
 from inference.spec import verify_package
 from node.__main__ import main
@@ -240,6 +240,15 @@ def test_readme_documents_every_key_the_parser_reads() -> None:
     assert sorted(keys - documented) == []
 
 
+def test_receiver_is_one_of_the_two(write_config) -> None:
+    assert load_config(write_config()).node.receiver is Receiver.PYNETDICOM
+    assert load_config(write_config(node={"receiver": "dcmtk"})).node.receiver is Receiver.DCMTK
+    with pytest.raises(
+        ConfigError, match=r'\[node\] receiver: must be one of "pynetdicom" or "dcmtk"'
+    ):
+        load_config(write_config(node={"receiver": "orthanc"}))
+
+
 def test_per_host_share_defaults_to_half_and_is_bounded(write_config) -> None:
     assert load_config(write_config(node={"max_associations": 10})).node.per_host_limit == 5
     assert load_config(write_config(node={"max_associations": 1})).node.per_host_limit == 1
@@ -270,6 +279,11 @@ def test_per_host_share_defaults_to_half_and_is_bounded(write_config) -> None:
             "[[destinations]] #1 tls_ca_bundle: only with tls = true",
         ),
         ("[[peers]]\nae_title = 'A'\ntls_subject = ''\n", "[[peers]] #1 tls_subject: must not"),
+        (
+            "[node]\nreceiver = 'dcmtk'\n"
+            "[node.tls]\ncertificate = 'c.pem'\nprivate_key = 'k.pem'\n",
+            '[node] receiver: "dcmtk" does not speak DICOM TLS yet',
+        ),
     ],
 )
 def test_tls_settings_are_checked(write_config, tmp_path: Path, text: str, message: str) -> None:

@@ -1,16 +1,16 @@
 """Access control fails closed: an error anywhere in the decision refuses the caller.
 
 The listener runs in the test process (so a fault can be injected into the
-decision), and dcmtk's echoscu/storescu call it over 127.0.0.1. The last tests
-pin the pynetdicom behaviour the design relies on, so that an upgrade that
-changes it fails here instead of silently opening the node.
+decision), and dcmtk's echoscu/storescu call it over 127.0.0.1. The first two
+tests run on both receive paths (``[node] receiver``); the last ones pin the
+pynetdicom behaviour the design relies on, so that an upgrade that changes it
+fails here instead of silently opening the node.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import pynetdicom
 import pytest
@@ -23,6 +23,7 @@ from node import handlers
 from node.server import start_listener, stop_listener
 from storage.models import Instance
 from storage.spool import Spool
+from tests.conftest import RECEIVERS
 from tests.dicomgen import write_ct_series
 from tests.peers import acknowledged, echoscu, free_port, storescu
 
@@ -31,10 +32,11 @@ pytestmark = pytest.mark.network
 PEERS = "[[peers]]\nae_title = 'CT1'\n[[peers]]\nae_title = 'PACS'\nhost = '10.0.0.0/8'\n"
 
 
-@pytest.fixture
-def listener(write_config, sessions, tmp_path: Path) -> Iterator[NodeConfig]:
+def _listen(write_config, sessions, receiver: str) -> Iterator[NodeConfig]:
     path = write_config(
-        PEERS, node={"port": free_port()}, storage={"data_dir": "data", "min_free_mb": 0}
+        PEERS,
+        node={"port": free_port(), "receiver": receiver},
+        storage={"data_dir": "data", "min_free_mb": 0},
     )
     cfg = load_config(path)
     Spool(cfg.storage.data_dir).prepare()
@@ -43,12 +45,25 @@ def listener(write_config, sessions, tmp_path: Path) -> Iterator[NodeConfig]:
     stop_listener(server, 0)
 
 
+@pytest.fixture
+def listener(write_config, sessions) -> Iterator[NodeConfig]:
+    """pynetdicom's listener (the tests of how it is made to fail closed)."""
+    yield from _listen(write_config, sessions, "pynetdicom")
+
+
+@pytest.fixture(params=RECEIVERS)
+def any_listener(request: pytest.FixtureRequest, write_config, sessions) -> Iterator[NodeConfig]:
+    """Either receive path: the access rules are the same for both."""
+    yield from _listen(write_config, sessions, str(request.param))
+
+
 def _stored(sessions) -> list[str]:
     with sessions.begin() as s:
         return list(s.scalars(select(Instance.sop_instance_uid)))
 
 
-def test_allowed_caller_stores_and_unknown_caller_is_rejected(listener, sessions, tmp_path):
+def test_allowed_caller_stores_and_unknown_caller_is_rejected(any_listener, sessions, tmp_path):
+    listener = any_listener
     files = write_ct_series(tmp_path / "ct", count=2)
     assert storescu(listener.node.port, files, aet="CT1").returncode == 0
     assert len(_stored(sessions)) == 2
@@ -59,8 +74,10 @@ def test_allowed_caller_stores_and_unknown_caller_is_rejected(listener, sessions
 
 
 def test_an_error_in_the_decision_rejects_the_association(
-    listener, sessions, tmp_path, monkeypatch, caplog
+    any_listener, sessions, tmp_path, monkeypatch, caplog
 ) -> None:
+    listener = any_listener
+
     def broken(self: PeerConfig, *_args: object) -> bool:
         raise RuntimeError("resolver down")
 

@@ -20,6 +20,7 @@ from core.config import NodeConfig
 from storage import deliveries, queue
 from storage.db import create_sqlite_engine, make_sessionmaker
 from storage.deliveries import DeliveryRecord
+from tests.conftest import RECEIVERS
 from tests.dicomgen import write_lesion_ct
 from tests.packages import threshold_segmenter
 from tests.peers import HungPeer, Orthanc, free_port, storescu
@@ -197,6 +198,7 @@ end
 """
 
 
+@pytest.mark.parametrize("receiver", RECEIVERS)  # the report comes in on the listener
 def test_storage_commitment_confirms_and_a_failed_reference_is_sent_again(
     node_factory, tmp_path: Path
 ) -> None:

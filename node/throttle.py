@@ -1,0 +1,29 @@
+"""Warnings about a remote host, throttled: a scanner hammering the port must not flood the log."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+__all__ = ["warn_once"]
+
+logger = logging.getLogger(__name__)
+
+_warned: dict[tuple[str, str], float] = {}
+_warned_lock = threading.Lock()
+
+
+def warn_once(host: str, message: str, *args: object) -> bool:
+    """Log a warning about ``host``, the same text at most once every 10 s; True if logged.
+
+    A scanner hammering the port must not flood the log (or the audit trail) either.
+    """
+    text = message % (host, *args)
+    now = time.monotonic()
+    with _warned_lock:
+        if now - _warned.get((host, text), -3600.0) < 10:
+            return False
+        _warned[(host, text)] = now
+    logger.warning("%s", text)
+    return True

@@ -1,0 +1,43 @@
+"""The dcmtk receive path's own edges: a node without the compiled module says how to get it.
+
+Everything the listener does is tested on both receive paths by the modules
+that override the ``receiver`` fixture (test_network, test_junk, test_crash,
+test_audit, test_commitment, test_prefetch_e2e, test_access, the storage
+commitment test of test_results_delivery).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from core.config_file import load_config
+from node.native_listener import NativeUnavailable, native_module
+from node.server import start_listener
+from tests.peers import free_port
+
+
+def test_the_module_is_built_here() -> None:
+    """scripts/setup.sh builds it; CI would otherwise test only one receive path."""
+    assert hasattr(native_module(), "serve_connection")
+
+
+def test_without_the_module_the_listener_names_the_fix(
+    write_config, sessions, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import node.native
+
+    native_module()  # loaded, then made unimportable
+    monkeypatch.delattr(node.native, "_dcmnet")
+    monkeypatch.setitem(sys.modules, "node.native._dcmnet", None)
+    cfg = load_config(
+        write_config(
+            node={"port": free_port(), "receiver": "dcmtk"},
+            storage={"data_dir": "data", "min_free_mb": 0},
+        )
+    )
+    with pytest.raises(NativeUnavailable, match=r"receiver = \"dcmtk\" needs node/native/_dcmnet"):
+        start_listener(cfg, sessions, share_port=False)
+    with pytest.raises(NativeUnavailable, match=r"run scripts/setup\.sh"):
+        native_module()
