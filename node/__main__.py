@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from core.config import NodeConfig
+from core.config import NodeConfig, Receiver
 from core.config_file import ConfigError, default_config_path, load_config
 from core.logs import configure_logging
 from node.export_cli import add_export_parser, cmd_export
@@ -105,7 +105,8 @@ def _cmd_serve(cfg: NodeConfig) -> int:
 
 
 def _cmd_check_config(cfg: NodeConfig) -> int:
-    """The config file, its TLS material, and every model package in full.
+    """The config file, its TLS material, the dcmtk receive path if chosen, and every model
+    package in full.
 
     Packages: hash, load, a trial run on the CPU.
     """
@@ -123,6 +124,15 @@ def _cmd_check_config(cfg: NodeConfig) -> int:
     except TlsError as exc:
         print(f"ainode: configuration error: {cfg.path}: {exc}", file=sys.stderr)
         return 2
+    if cfg.node.receiver is Receiver.DCMTK:
+        from node.native_listener import NativeUnavailable, native_module
+
+        try:
+            native_module()
+        except NativeUnavailable as exc:
+            print(f"ainode: configuration error: {cfg.path}: {exc}", file=sys.stderr)
+            return 2
+        lines.append('  [node] receiver = "dcmtk": node/native/_dcmnet loads')
     folders = {folder: p.name for p in reversed(cfg.pipelines) for folder in p.models}
     if folders:
         from inference.errors import ModelPackageError

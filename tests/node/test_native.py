@@ -41,3 +41,14 @@ def test_without_the_module_the_listener_names_the_fix(
         start_listener(cfg, sessions, share_port=False)
     with pytest.raises(NativeUnavailable, match=r"run scripts/setup\.sh"):
         native_module()
+
+
+def test_check_config_loads_the_module(write_config) -> None:
+    """What an admin runs after switching the receiver (the systemd unit runs it too)."""
+    import subprocess
+
+    path = write_config(node={"receiver": "dcmtk"}, storage={"data_dir": "data"})
+    run = [sys.executable, "-m", "node", "check-config", "--config", str(path)]
+    done = subprocess.run(run, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert '[node] receiver = "dcmtk": node/native/_dcmnet loads' in done.stdout
