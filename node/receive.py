@@ -22,6 +22,7 @@ from core.config import DuplicatePolicy
 from node.dicom_in import file_meta_bytes, read_instance_header
 from node.errors import InvalidUid, OutOfResources, SeriesInOtherStudy, UidMismatch
 from node.status import StoreStatus
+from storage.group_commit import group_of
 from storage.index import StudyConflict, index_instance, locate
 from storage.records import IndexOutcome, IndexResult, InstanceHeader, StoredInstance
 from storage.spool import Spool, is_safe_uid
@@ -115,31 +116,36 @@ def receive_instance(
         raise OutOfResources(f"cannot write instance: {exc.strerror}") from exc
 
     replace = deps.on_duplicate is DuplicatePolicy.REPLACE
-    published: Path | None = None
+    published: list[Path] = []  # where the file went, if it did: removed again on failure
+
+    def index(session: Session, folders: set[Path]) -> IndexResult:
+        placement = locate(session, header)
+        if placement.instance_id is not None and not replace:
+            return IndexResult(outcome=IndexOutcome.KEPT_EXISTING)
+        # Publish inside the transaction: the file is in place (its folder fsynced
+        # by the group commit) before the row that points to it is committed. It
+        # never overwrites a file a committed row points to (see Spool.publish), so
+        # a failure below leaves the store exactly as it was.
+        published.append(spool.publish(staged, final, sync=False))
+        folders.add(final.parent)
+        stored = StoredInstance(
+            header=header,
+            path=published[0],
+            size_bytes=size,
+            calling_ae_title=calling_ae_title,
+            received_at=deps.clock(),
+            retrieved=retrieved,
+        )
+        result = index_instance(session, stored, placement, replace=replace)
+        if result.study_created and not retrieved and deps.on_new_study is not None:
+            deps.on_new_study(session, header, stored.received_at)
+        return result
+
     try:
-        with deps.sessions.begin() as session:
-            placement = locate(session, header)
-            if placement.instance_id is not None and not replace:
-                result = IndexResult(outcome=IndexOutcome.KEPT_EXISTING)
-            else:
-                # Publish inside the transaction: the file is in place before
-                # the row that points to it is committed. It never overwrites a
-                # file a committed row points to (see Spool.publish), so a
-                # failure below leaves the store exactly as it was.
-                published = spool.publish(staged, final)
-                stored = StoredInstance(
-                    header=header,
-                    path=published,
-                    size_bytes=size,
-                    calling_ae_title=calling_ae_title,
-                    received_at=deps.clock(),
-                    retrieved=retrieved,
-                )
-                result = index_instance(session, stored, placement, replace=replace)
-                if result.study_created and not retrieved and deps.on_new_study is not None:
-                    deps.on_new_study(session, header, stored.received_at)
+        # Concurrent stores share one transaction and one commit (storage.group_commit).
+        result = group_of(deps.sessions).run(index, key=header.study_instance_uid)
     except StudyConflict as exc:
-        spool.discard(staged)
+        _undo(spool, staged, published)
         raise SeriesInOtherStudy(exc) from None
     except OSError as exc:
         _undo(spool, staged, published)
@@ -157,12 +163,12 @@ def receive_instance(
     return dataclasses.replace(result, header=header)
 
 
-def _undo(spool: Spool, staged: Path, published: Path | None) -> None:
+def _undo(spool: Spool, staged: Path, published: list[Path]) -> None:
     """Remove what a failed store wrote; no committed row points to it."""
     spool.discard(staged)
-    if published is not None:
+    for path in published:
         try:
-            spool.remove(published)
+            spool.remove(path)
         except OSError:
             # Start-up reconciliation finds it (a file without a row).
-            logger.exception("cannot remove %s after a failed store", published)
+            logger.exception("cannot remove %s after a failed store", path)

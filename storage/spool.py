@@ -139,8 +139,11 @@ class Spool:
             raise
         return tmp, size
 
-    def publish(self, staged: Path, path: Path) -> Path:
+    def publish(self, staged: Path, path: Path, *, sync: bool = True) -> Path:
         """Move a staged file to ``path`` and make the move durable; return where it went.
+
+        ``sync=False``: the caller fsyncs ``path.parent`` itself (storage.group_commit
+        does, once per folder for a batch of instances) before anything points to it.
 
         Never overwrites: if ``path`` exists (an instance replaced with the
         same UIDs), the file goes to a new name beside it, so the bytes that a
@@ -150,7 +153,8 @@ class Spool:
         target = path
         while not _move_no_replace(staged, target):
             target = path.with_name(f"{path.stem}.{os.getpid()}-{next(_counter)}{path.suffix}")
-        _fsync_dir(path.parent)
+        if sync:
+            _fsync_dir(path.parent)
         return target
 
     def discard(self, staged: Path) -> None:

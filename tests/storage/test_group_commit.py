@@ -1,0 +1,105 @@
+"""Group commit: stores that arrive together share a transaction, each keeps its own outcome."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.orm import Session, sessionmaker
+
+from storage.group_commit import GroupCommit
+
+
+@pytest.fixture
+def table(sessions: sessionmaker[Session]) -> sessionmaker[Session]:
+    with sessions.begin() as s:
+        s.execute(text("CREATE TABLE t (name TEXT PRIMARY KEY)"))
+    return sessions
+
+
+def _names(sessions: sessionmaker[Session]) -> set[str]:
+    with sessions.begin() as s:
+        return set(s.scalars(text("SELECT name FROM t")))
+
+
+def _insert(name: str, fail: bool = False):  # type: ignore[no-untyped-def]
+    def work(session: Session, _folders: set[Path]) -> str:
+        session.execute(text("INSERT INTO t VALUES (:n)"), {"n": name})
+        if fail:
+            raise ValueError(f"{name} refused")
+        return name
+
+    return work
+
+
+def _batch_behind_a_slow_one(group: GroupCommit, works: dict[str, object]) -> dict[str, object]:
+    """Run ``works`` concurrently while a first, slow store holds the group: they wait,
+    then go in one batch together."""
+    release, entered = threading.Event(), threading.Event()
+    out: dict[str, object] = {}
+
+    def slow(session: Session, _folders: set[Path]) -> str:
+        entered.set()
+        release.wait(10)
+        session.execute(text("INSERT INTO t VALUES ('slow')"))
+        return "slow"
+
+    def call(name: str, work) -> None:  # type: ignore[no-untyped-def]
+        try:
+            out[name] = group.run(work, key=name)
+        except Exception as exc:
+            out[name] = exc
+
+    first = threading.Thread(target=call, args=("slow", slow))
+    first.start()
+    assert entered.wait(10)
+    others = [threading.Thread(target=call, args=(n, w)) for n, w in works.items()]
+    for t in others:
+        t.start()
+    deadline = time.monotonic() + 10
+    while len(group._queue) < len(works) and time.monotonic() < deadline:
+        time.sleep(0.01)  # the others wait behind the slow one
+    release.set()
+    for t in [first, *others]:
+        t.join(10)
+    return out
+
+
+def test_one_failure_in_a_batch_is_its_own(table: sessionmaker[Session]) -> None:
+    group = GroupCommit(table)
+    out = _batch_behind_a_slow_one(
+        group, {"a": _insert("a"), "b": _insert("b", fail=True), "c": _insert("c")}
+    )
+    assert out["slow"] == "slow" and out["a"] == "a" and out["c"] == "c"
+    assert isinstance(out["b"], ValueError) and str(out["b"]) == "b refused"
+    assert _names(table) == {"slow", "a", "c"}  # b's row rolled back to its savepoint
+
+
+def test_a_failed_commit_fails_every_store_of_the_batch(
+    table: sessionmaker[Session], tmp_path: Path
+) -> None:
+    group = GroupCommit(table)
+    missing = tmp_path / "gone"  # its fsync before the commit fails
+
+    def breaks_the_batch(session: Session, folders: set[Path]) -> str:
+        session.execute(text("INSERT INTO t VALUES ('x')"))
+        folders.add(missing)
+        return "x"
+
+    out = _batch_behind_a_slow_one(group, {"x": breaks_the_batch, "y": _insert("y")})
+    assert out["slow"] == "slow"
+    assert isinstance(out["x"], FileNotFoundError) and isinstance(out["y"], FileNotFoundError)
+    assert _names(table) == {"slow"}  # nothing of the failed batch was committed
+
+
+def test_a_lone_store_runs_without_a_savepoint_and_raises_its_error(
+    table: sessionmaker[Session],
+) -> None:
+    group = GroupCommit(table)
+    assert group.run(_insert("one"), key="1") == "one"
+    with pytest.raises(ValueError, match="two refused"):
+        group.run(_insert("two", fail=True), key="2")
+    assert _names(table) == {"one"}
