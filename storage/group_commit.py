@@ -17,7 +17,6 @@ runs as a batch of one, without a savepoint.
 
 from __future__ import annotations
 
-import os
 import threading
 import weakref
 from collections.abc import Callable
@@ -25,6 +24,8 @@ from pathlib import Path
 from typing import Generic, TypeVar
 
 from sqlalchemy.orm import Session, sessionmaker
+
+from storage.spool import fsync_dir
 
 __all__ = ["GroupCommit", "Work", "group_of"]
 
@@ -45,14 +46,6 @@ class _Item(Generic[T]):
         self.result: T | None = None
         self.error: BaseException | None = None
         self.finished = False
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class GroupCommit:
@@ -104,7 +97,7 @@ class GroupCommit:
                         except Exception as exc:  # this store's own failure, its status
                             item.error = exc
                 for folder in sorted(folders):
-                    _fsync_dir(folder)
+                    fsync_dir(folder)
             committed = True
         except Exception as exc:  # BEGIN, a lone store's work, a folder fsync or the commit
             for item in batch:

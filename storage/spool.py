@@ -23,7 +23,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["Spool", "is_safe_uid"]
+__all__ = ["Spool", "fsync_dir", "is_safe_uid"]
 
 _UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _counter = itertools.count()
@@ -34,7 +34,8 @@ def is_safe_uid(uid: str) -> bool:
     return 0 < len(uid) <= 64 and _UID_RE.match(uid) is not None
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make the entries of folder ``path`` durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -99,7 +100,7 @@ class Spool:
                 leftover.unlink()
                 removed += 1
             if removed:
-                _fsync_dir(folder)
+                fsync_dir(folder)
         return removed
 
     def instance_path(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
@@ -154,7 +155,7 @@ class Spool:
         while not _move_no_replace(staged, target):
             target = path.with_name(f"{path.stem}.{os.getpid()}-{next(_counter)}{path.suffix}")
         if sync:
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
         return target
 
     def discard(self, staged: Path) -> None:
@@ -183,8 +184,8 @@ class Spool:
         self._ensure_dir(target.parent)
         while not _move_no_replace(path, target):
             target = target.with_name(f"{target.name}.{next(_counter)}")
-        _fsync_dir(target.parent)
-        _fsync_dir(path.parent)
+        fsync_dir(target.parent)
+        fsync_dir(path.parent)
         return target
 
     def remove(self, path: Path) -> None:
@@ -205,6 +206,6 @@ class Spool:
                 folder.mkdir()
             except FileExistsError:
                 pass
-            _fsync_dir(folder.parent)
+            fsync_dir(folder.parent)
         with self._lock:
             self._known_dirs.add(path)
