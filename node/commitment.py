@@ -16,12 +16,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from io import BytesIO
 from typing import Any
 
 from pydicom.dataset import Dataset
-from pydicom.filereader import read_dataset
-from pydicom.uid import ExplicitVRBigEndian, ImplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.clock import utc_now
@@ -35,7 +33,6 @@ __all__ = [
     "CommitmentBook",
     "CommitmentReport",
     "CommitmentRequestFailed",
-    "decode_information",
     "handle_report",
     "new_transaction_uid",
     "parse_report",
@@ -240,17 +237,6 @@ def handle_report(event: Any, book: CommitmentBook, access: AccessControl) -> tu
             information=lambda: event.event_information,
         ),
         None,
-    )
-
-
-def decode_information(raw: bytes, transfer_syntax_uid: str) -> Dataset | None:
-    """Event Information as it arrived on the dcmtk receive path (None if there was none)."""
-    if not raw:
-        return None
-    return read_dataset(
-        BytesIO(raw),
-        is_implicit_VR=transfer_syntax_uid == ImplicitVRLittleEndian,
-        is_little_endian=transfer_syntax_uid != ExplicitVRBigEndian,
     )
 
 

@@ -26,6 +26,7 @@ from storage.records import InstanceHeader
 __all__ = [
     "IMPLEMENTATION_CLASS_UID",
     "IMPLEMENTATION_VERSION_NAME",
+    "decode_dataset",
     "file_meta_bytes",
     "read_instance_header",
 ]
@@ -111,6 +112,17 @@ def _check_complete(ds: Dataset) -> None:
                 )
 
 
+def decode_dataset(raw: bytes, transfer_syntax_uid: str) -> Dataset:
+    """Dataset bytes as received in ``transfer_syntax_uid`` (deflated ones inflated first);
+    values stay raw until read. Raises MalformedDataset, or pydicom's errors, on bad bytes."""
+    data = _inflate(raw) if transfer_syntax_uid == DeflatedExplicitVRLittleEndian else raw
+    return read_dataset(
+        BytesIO(data),
+        is_implicit_VR=transfer_syntax_uid == ImplicitVRLittleEndian,
+        is_little_endian=transfer_syntax_uid != ExplicitVRBigEndian,
+    )
+
+
 def read_instance_header(raw: bytes, transfer_syntax_uid: str) -> InstanceHeader:
     """Parse a received dataset and return what the index keeps.
 
@@ -121,13 +133,8 @@ def read_instance_header(raw: bytes, transfer_syntax_uid: str) -> InstanceHeader
     MissingAttribute
         A UID the node needs is absent or empty.
     """
-    data = _inflate(raw) if transfer_syntax_uid == DeflatedExplicitVRLittleEndian else raw
     try:
-        ds = read_dataset(
-            BytesIO(data),
-            is_implicit_VR=transfer_syntax_uid == ImplicitVRLittleEndian,
-            is_little_endian=transfer_syntax_uid != ExplicitVRBigEndian,
-        )
+        ds = decode_dataset(raw, transfer_syntax_uid)
         if len(ds) == 0:
             raise MalformedDataset("empty dataset")
         _check_complete(ds)

@@ -270,14 +270,13 @@ def store_response(
     ``assoc``: the association as the audit knows it (``requestor.ae_title`` and
     ``.address``); ``originator``: the Move Originator AE title, if any.
     """
-    sop_uid = sop_instance_uid
     try:
         result = receive_instance(
             deps,
             dataset=raw,
             transfer_syntax_uid=transfer_syntax_uid,
             requested_sop_class_uid=sop_class_uid,
-            requested_sop_instance_uid=sop_uid,
+            requested_sop_instance_uid=sop_instance_uid,
             calling_ae_title=calling,
             retrieved=access.retrieved(originator),
         )
@@ -286,13 +285,15 @@ def store_response(
             "C-STORE refused (0x%04X %s): sop=%s from AE %r",
             exc.status,
             exc,
-            sop_uid,
+            sop_instance_uid,
             calling,
         )
         metrics.cstore_status(exc.status)
         return exc.status, exc.comment
     except Exception:
-        logger.exception("C-STORE failed unexpectedly: sop=%s from AE %r", sop_uid, calling)
+        logger.exception(
+            "C-STORE failed unexpectedly: sop=%s from AE %r", sop_instance_uid, calling
+        )
         metrics.cstore_status(StoreStatus.UNEXPECTED_ERROR)
         return StoreStatus.UNEXPECTED_ERROR, "unexpected error in ainode, see its log"
     metrics.cstore_status(StoreStatus.SUCCESS)
@@ -302,7 +303,7 @@ def store_response(
         h = result.header
         access.associations.stored(assoc, h.study_instance_uid, h.patient_id, h.sop_class_uid)
     if result.outcome is IndexOutcome.KEPT_EXISTING:
-        logger.info("duplicate kept: sop=%s from AE %r", sop_uid, calling)
+        logger.info("duplicate kept: sop=%s from AE %r", sop_instance_uid, calling)
     elif result.study_reopened:
-        logger.warning("instance after completion re-opened its study: sop=%s", sop_uid)
+        logger.warning("instance after completion re-opened its study: sop=%s", sop_instance_uid)
     return StoreStatus.SUCCESS, None

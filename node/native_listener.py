@@ -22,29 +22,19 @@ from typing import Any
 
 from core.config import NodeConfig
 from node.audit import Auditor
-from node.commitment import (
-    STORAGE_COMMITMENT,
-    CommitmentBook,
-    decode_information,
-    report_response,
-)
+from node.commitment import STORAGE_COMMITMENT, CommitmentBook, report_response
 from node.contexts import (
     ALL_TRANSFER_SYNTAXES,
     UNCOMPRESSED,
     VERIFICATION,
     storage_sop_class_uids,
 )
+from node.dicom_in import decode_dataset
 from node.handlers import AccessControl, store_response
 from node.receive import ReceiveDeps
-from node.throttle import warn_once
+from node.throttle import share_taken
 
-__all__ = [
-    "NativeListener",
-    "NativeUnavailable",
-    "native_module",
-    "start_native",
-    "stop_native",
-]
+__all__ = ["NativeListener", "NativeUnavailable", "native_module"]
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +104,7 @@ class _Association:
             self.requestor.ae_title,
             sop_class_uid=sop_class,
             event_type_id=event_type,
-            information=lambda: decode_information(raw, transfer_syntax),
+            information=lambda: decode_dataset(raw, transfer_syntax) if raw else None,
         )
 
 
@@ -204,14 +194,9 @@ class NativeListener:
                 time.sleep(0.1)
                 continue
             host = str(address[0])
-            if self.slots.held(host) >= node.per_host_limit:
-                warn_once(
-                    host,
-                    "connection from %s closed: it holds its share of the association slots "
-                    "(%d of max_associations_per_host %d)",
-                    self.slots.held(host),
-                    node.per_host_limit,
-                )
+            held = self.slots.held(host)
+            if held >= node.per_host_limit:
+                share_taken(host, held, node.per_host_limit)
                 conn.close()
                 continue
             total = self.slots.take(host)
@@ -257,29 +242,10 @@ class NativeListener:
         self.sock.close()
 
     def abort_all(self) -> int:
+        """Shut down every running association's socket; return how many."""
         aborted: int = self._dcmnet.abort_all()
         with self._lock:
             threads = list(self._threads)
         for thread in threads:
             thread.join(5)
         return aborted
-
-
-def start_native(
-    cfg: NodeConfig, deps: ReceiveDeps, auditor: Auditor | None, *, share_port: bool
-) -> NativeListener:
-    """Bind the port and serve it with the dcmtk front end in background threads."""
-    return NativeListener(cfg, deps, auditor, share_port=share_port)
-
-
-def stop_native(listener: NativeListener, grace_s: float) -> int:
-    """Stop accepting, let running associations finish for ``grace_s``, abort the rest."""
-    listener.close()
-    deadline = time.monotonic() + grace_s
-    while listener.active and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if not listener.active:
-        return 0
-    aborted = listener.abort_all()
-    logger.warning("aborted %d association(s) still running after %.0f s", aborted, grace_s)
-    return aborted

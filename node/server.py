@@ -37,11 +37,11 @@ from node.handlers import (
     handle_requested,
     handle_store,
 )
-from node.native_listener import NativeListener, start_native, stop_native
+from node.native_listener import NativeListener
 from node.prefetch import new_study_hook
 from node.receive import ReceiveDeps
 from node.retention import RoomMaker
-from node.throttle import warn_once
+from node.throttle import share_taken, warn_once
 from node.tls import server_context
 from storage.spool import Spool
 
@@ -79,13 +79,7 @@ class ListenerServer(ThreadedAssociationServer):
         held = sum(1 for a in self.ae.active_associations if _host_of(a) == host)
         if held < self.per_host_limit:
             return True
-        warn_once(
-            host,
-            "connection from %s closed: it holds its share of the association slots "
-            "(%d of max_associations_per_host %d)",
-            held,
-            self.per_host_limit,
-        )
+        share_taken(host, held, self.per_host_limit)
         return False
 
     def get_request(self) -> tuple[socket.socket, Any]:
@@ -194,17 +188,34 @@ def make_deps(cfg: NodeConfig, sessions: sessionmaker[Session]) -> ReceiveDeps:
 
 @dataclass(frozen=True, slots=True)
 class Listener:
-    """The listening servers of one process (a plain port, a TLS port, or both) and their AE;
-    or, with ``[node] receiver = "dcmtk"``, the native listener instead."""
+    """The listening servers of one process (a plain port, a TLS port, or both) and their AE.
 
-    ae: AE | None
+    ``close``, ``active`` and ``abort_all`` are what :func:`stop_listener` needs of
+    either receive path (``node.native_listener.NativeListener`` has the same).
+    """
+
+    ae: AE
     servers: tuple[ListenerServer, ...]
-    native: NativeListener | None = None
+
+    def close(self) -> None:
+        """Stop accepting; running associations go on."""
+        for server in self.servers:
+            server.shutdown()
+
+    @property
+    def active(self) -> int:
+        return len(self.ae.active_associations)
+
+    def abort_all(self) -> int:
+        leftover = self.ae.active_associations
+        for assoc in leftover:
+            assoc.abort()
+        return len(leftover)
 
 
 def start_listener(
     cfg: NodeConfig, sessions: sessionmaker[Session], *, share_port: bool
-) -> Listener:
+) -> Listener | NativeListener:
     """Bind the port(s) and serve each in a background thread.
 
     Without ``[node.tls]`` the main port speaks plain DICOM; with it and no
@@ -219,9 +230,7 @@ def start_listener(
     auditor = Auditor(cfg.audit, cfg.node.ae_title) if cfg.audit is not None else None
     deps = make_deps(cfg, sessions)
     if cfg.node.receiver is Receiver.DCMTK:
-        return Listener(
-            ae=None, servers=(), native=start_native(cfg, deps, auditor, share_port=share_port)
-        )
+        return NativeListener(cfg, deps, auditor, share_port=share_port)
     ae = build_ae(cfg)
     handlers = build_handlers(cfg, deps, auditor)
     tls = cfg.node.tls
@@ -248,24 +257,17 @@ def start_listener(
     return Listener(ae=ae, servers=tuple(servers))
 
 
-def stop_listener(listener: Listener, grace_s: float) -> int:
+def stop_listener(listener: Listener | NativeListener, grace_s: float) -> int:
     """Stop accepting, let running associations finish for ``grace_s``, abort the rest.
 
     Returns how many associations had to be aborted.
     """
-    if listener.native is not None:
-        return stop_native(listener.native, grace_s)
-    assert listener.ae is not None
-    for server in listener.servers:
-        server.shutdown()
+    listener.close()
     deadline = time.monotonic() + grace_s
-    while listener.ae.active_associations and time.monotonic() < deadline:
+    while listener.active and time.monotonic() < deadline:
         time.sleep(0.05)
-    leftover = listener.ae.active_associations
-    for assoc in leftover:
-        assoc.abort()
-    if leftover:
-        logger.warning(
-            "aborted %d association(s) still running after %.0f s", len(leftover), grace_s
-        )
-    return len(leftover)
+    if not listener.active:
+        return 0
+    aborted = listener.abort_all()
+    logger.warning("aborted %d association(s) still running after %.0f s", aborted, grace_s)
+    return aborted

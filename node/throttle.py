@@ -6,7 +6,7 @@ import logging
 import threading
 import time
 
-__all__ = ["warn_once"]
+__all__ = ["share_taken", "warn_once"]
 
 logger = logging.getLogger(__name__)
 
@@ -27,3 +27,14 @@ def warn_once(host: str, message: str, *args: object) -> bool:
         _warned[(host, text)] = now
     logger.warning("%s", text)
     return True
+
+
+def share_taken(host: str, held: int, limit: int) -> None:
+    """A connection from ``host`` was closed at once: it holds its share of the slots."""
+    warn_once(
+        host,
+        "connection from %s closed: it holds its share of the association slots "
+        "(%d of max_associations_per_host %d)",
+        held,
+        limit,
+    )

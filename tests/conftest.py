@@ -101,13 +101,10 @@ def postgres() -> Iterator[PostgresServer]:
     server.stop()
 
 
-RECEIVERS = ["pynetdicom", "dcmtk"]
-
-
 @pytest.fixture
 def receiver() -> str:
     """``[node] receiver`` of the nodes a test starts. A test module that checks the
-    listener itself overrides this fixture with ``params=RECEIVERS``: both paths."""
+    listener itself imports ``tests.receivers.both_receivers``: both paths."""
     return "pynetdicom"
 
 

@@ -23,9 +23,9 @@ from node import handlers
 from node.server import start_listener, stop_listener
 from storage.models import Instance
 from storage.spool import Spool
-from tests.conftest import RECEIVERS
 from tests.dicomgen import write_ct_series
 from tests.peers import acknowledged, echoscu, free_port, storescu
+from tests.receivers import RECEIVERS
 
 pytestmark = pytest.mark.network
 

@@ -17,9 +17,9 @@ import pytest
 from pydicom import dcmread
 
 from node.audit import parse_frame
-from tests.conftest import RECEIVERS
 from tests.dicomgen import write_ct_series
 from tests.peers import SyslogReceiver, echoscu, free_port, storescu
+from tests.receivers import both_receivers  # noqa: F401 (every test here on both paths)
 
 pytestmark = pytest.mark.network
 
@@ -104,9 +104,3 @@ def test_a_collector_that_is_down_gets_the_backlog_when_back(node_factory, tmp_p
     codes = [c for c, _k, _m in _events(frames)]
     # In order, nothing lost, nothing twice: start, begin, transferred, stop.
     assert codes == ["110100", "110102", "110104", "110100"]
-
-
-@pytest.fixture(params=RECEIVERS)
-def receiver(request: pytest.FixtureRequest) -> str:
-    """Every test here runs on both receive paths."""
-    return str(request.param)

@@ -20,8 +20,8 @@ from core.clock import utc_now
 from node.commitment import STORAGE_COMMITMENT, CommitmentBook, CommitmentReport, parse_report
 from node.delivery import deliver_due
 from storage import deliveries
-from tests.conftest import RECEIVERS
 from tests.node.test_send import rows_of, scp_factory, setup_results
+from tests.receivers import both_receivers  # noqa: F401 (every test here on both paths)
 
 __all__ = ["scp_factory"]  # the fixture, for pytest
 
@@ -194,9 +194,3 @@ def test_node_answers_bad_reports_with_a_status_and_keeps_running(node_factory) 
     intruder.add_requested_context(STORAGE_COMMITMENT)
     refused = intruder.associate("127.0.0.1", cfg.node.port, ae_title="AINODE", ext_neg=[role])
     assert refused.is_rejected
-
-
-@pytest.fixture(params=RECEIVERS)
-def receiver(request: pytest.FixtureRequest) -> str:
-    """Every test here runs on both receive paths."""
-    return str(request.param)

@@ -14,9 +14,9 @@ from sqlalchemy import select
 
 from storage.db import create_sqlite_engine, make_sessionmaker
 from storage.models import Instance, Job
-from tests.conftest import RECEIVERS
 from tests.dicomgen import dataset_bytes, write_ct_series
 from tests.peers import DCMTK_ENV, acknowledged, storescu
+from tests.receivers import both_receivers  # noqa: F401 (every test here on both paths)
 from tests.storage.stored import files_in as _files_in
 
 pytestmark = [pytest.mark.network, pytest.mark.slow]
@@ -132,9 +132,3 @@ def test_restart_reconciles_files_and_index(node_factory, tmp_path: Path) -> Non
     assert orphan.read_bytes() == b"never acknowledged" and not stray.exists()
     assert "reconciled 4 file(s) with 4 index row(s)" in log
     assert sorted(_snapshot(cfg.storage.database_path)[0]) == sorted(instances)[1:]
-
-
-@pytest.fixture(params=RECEIVERS)
-def receiver(request: pytest.FixtureRequest) -> str:
-    """Every test here runs on both receive paths."""
-    return str(request.param)

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import RECEIVERS
 from tests.dicomgen import write_ct_series
 from tests.peers import acknowledged, echoscu, storescu
+from tests.receivers import both_receivers  # noqa: F401 (every test here on both paths)
 
 pytestmark = pytest.mark.network
 
@@ -100,9 +100,3 @@ def test_junk_gives_its_slots_back_within_seconds(node_factory) -> None:
         time.sleep(0.2)
     assert echo.returncode == 0, echo.stdout + echo.stderr
     assert node.terminate() == 0
-
-
-@pytest.fixture(params=RECEIVERS)
-def receiver(request: pytest.FixtureRequest) -> str:
-    """Every test here runs on both receive paths."""
-    return str(request.param)

@@ -1,9 +1,10 @@
 """The dcmtk receive path's own edges: a node without the compiled module says how to get it.
 
-Everything the listener does is tested on both receive paths by the modules
-that override the ``receiver`` fixture (test_network, test_junk, test_crash,
-test_audit, test_commitment, test_prefetch_e2e, test_access, the storage
-commitment test of test_results_delivery).
+Everything the listener does is tested on both receive paths: by the modules
+that import ``tests.receivers.both_receivers`` (test_network, test_junk,
+test_crash, test_audit, test_commitment, test_prefetch_e2e), and by test_access
+and the storage commitment test of test_results_delivery, parametrized over
+``RECEIVERS``.
 """
 
 from __future__ import annotations

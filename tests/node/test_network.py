@@ -15,10 +15,10 @@ from sqlalchemy import select
 from core.config import NodeConfig
 from storage.db import create_sqlite_engine, make_sessionmaker
 from storage.models import Instance, Job
-from tests.conftest import RECEIVERS
 from tests.corpus import corpus_files, read_header, storable
 from tests.dicomgen import dataset_bytes, write_ct_series
 from tests.peers import StoreScp, acknowledged, echoscu, storescu
+from tests.receivers import both_receivers  # noqa: F401 (every test here on both paths)
 from tests.storage.stored import files_in as _files_in
 
 pytestmark = pytest.mark.network
@@ -265,9 +265,3 @@ def test_sigterm_finishes_the_running_association_then_exits_zero(
     assert len(acks) == 150 and set(acks.values()) == {"Success"}
     assert len(_indexed(cfg)) == 150
     assert echoscu(cfg.node.port).returncode != 0  # no longer accepting
-
-
-@pytest.fixture(params=RECEIVERS)
-def receiver(request: pytest.FixtureRequest) -> str:
-    """Every test here runs on both receive paths."""
-    return str(request.param)

@@ -26,9 +26,9 @@ from storage.models import Study
 from storage.outcomes import list_outcomes
 from storage.prefetches import prefetch_of
 from storage.spool import Spool
-from tests.conftest import RECEIVERS
 from tests.dicomcheck import validate
 from tests.peers import Orthanc, free_port, storescu
+from tests.receivers import both_receivers  # noqa: F401 (every test here on both paths)
 from training.synthetic import generate_longitudinal
 
 pytestmark = pytest.mark.network
@@ -279,9 +279,3 @@ def test_a_node_killed_during_a_retrieve_finishes_it_after_restart(
             engine.dispose()
     finally:
         pacs.stop()
-
-
-@pytest.fixture(params=RECEIVERS)
-def receiver(request: pytest.FixtureRequest) -> str:
-    """Every test here runs on both receive paths."""
-    return str(request.param)

@@ -20,10 +20,10 @@ from core.config import NodeConfig
 from storage import deliveries, queue
 from storage.db import create_sqlite_engine, make_sessionmaker
 from storage.deliveries import DeliveryRecord
-from tests.conftest import RECEIVERS
 from tests.dicomgen import write_lesion_ct
 from tests.packages import threshold_segmenter
 from tests.peers import HungPeer, Orthanc, free_port, storescu
+from tests.receivers import RECEIVERS
 
 pytestmark = pytest.mark.network
 
