@@ -13,6 +13,13 @@ indexed). A store is answered only after the commit that holds its row.
 
 One instance per process and sessionmaker (:func:`group_of`). A lone store
 runs as a batch of one, without a savepoint.
+
+SQLite only: there every write transaction already takes the database's one
+write lock (BEGIN IMMEDIATE), so a batch adds no lock a single store would not
+hold. On PostgreSQL stores of different studies run side by side, and a batch
+would hold several studies' rows at once — a deadlock risk with other
+transactions that touch several studies — so each store commits on its own
+there, on its own thread, as before.
 """
 
 from __future__ import annotations
@@ -51,6 +58,7 @@ class _Item(Generic[T]):
 class GroupCommit:
     def __init__(self, sessions: sessionmaker[Session]) -> None:
         self.sessions = sessions
+        self.batching = sessions.kw["bind"].dialect.name == "sqlite"
         self._cond = threading.Condition(threading.Lock())
         self._queue: list[_Item[object]] = []
         self._busy = False
@@ -58,13 +66,22 @@ class GroupCommit:
     def run(self, work: Work[T], *, key: str) -> T:
         """Run ``work`` in a committed transaction (shared with concurrent callers).
 
-        ``key`` orders the pieces of a batch (the study UID: on PostgreSQL every
-        batch takes its studies' locks in one order, so two nodes never deadlock).
-        Raises what ``work`` raised, or what the commit raised.
+        ``key`` orders the pieces of a batch (the study UID). Raises what ``work``
+        raised, or what the commit raised.
         """
         item: _Item[T] = _Item(work, key)
+        if not self.batching:
+            self._run_batch([item])  # type: ignore[list-item]
+        else:
+            self._wait_for_batch(item)  # type: ignore[arg-type]
+        if item.error is not None:
+            raise item.error
+        return item.result  # type: ignore[return-value]
+
+    def _wait_for_batch(self, item: _Item[object]) -> None:
+        """Queue ``item``; lead a batch whenever none runs, until ``item``'s has run."""
         with self._cond:
-            self._queue.append(item)  # type: ignore[arg-type]
+            self._queue.append(item)
             while not item.finished:
                 if self._busy:
                     self._cond.wait()
@@ -78,9 +95,6 @@ class GroupCommit:
                     self._cond.acquire()
                     self._busy = False
                     self._cond.notify_all()
-        if item.error is not None:
-            raise item.error
-        return item.result  # type: ignore[return-value]
 
     def _run_batch(self, batch: list[_Item[object]]) -> None:
         folders: set[Path] = set()

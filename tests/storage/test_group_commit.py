@@ -82,6 +82,8 @@ def test_a_failed_commit_fails_every_store_of_the_batch(
     table: sessionmaker[Session], tmp_path: Path
 ) -> None:
     group = GroupCommit(table)
+    if not group.batching:
+        pytest.skip("PostgreSQL: each store commits on its own (storage.group_commit)")
     missing = tmp_path / "gone"  # its fsync before the commit fails
 
     def breaks_the_batch(session: Session, folders: set[Path]) -> str:
@@ -93,6 +95,11 @@ def test_a_failed_commit_fails_every_store_of_the_batch(
     assert out["slow"] == "slow"
     assert isinstance(out["x"], FileNotFoundError) and isinstance(out["y"], FileNotFoundError)
     assert _names(table) == {"slow"}  # nothing of the failed batch was committed
+
+
+def test_only_sqlite_batches(table: sessionmaker[Session]) -> None:
+    dialect = table.kw["bind"].dialect.name
+    assert GroupCommit(table).batching is (dialect == "sqlite")
 
 
 def test_a_lone_store_runs_without_a_savepoint_and_raises_its_error(
