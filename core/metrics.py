@@ -12,7 +12,7 @@ at scrape time instead (node.web.metrics).
 from __future__ import annotations
 
 import os
-from functools import cache
+import threading
 from typing import Any
 
 __all__ = [
@@ -30,8 +30,22 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _STAGE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
 
-@cache
+_made: dict[str, Any] | None = None
+_making = threading.Lock()
+
+
 def _metrics() -> dict[str, Any]:
+    """The collectors, made once whichever thread counts first (the registry refuses a
+    second copy of a collector: "Duplicated timeseries")."""
+    global _made
+    if _made is None:
+        with _making:
+            if _made is None:
+                _made = _collectors()
+    return _made
+
+
+def _collectors() -> dict[str, Any]:
     from prometheus_client import Counter, Histogram
 
     return {

@@ -169,7 +169,12 @@ def handle_requested(event: Any, access: AccessControl) -> None:
             peer_subject(getattr(assoc.dul.socket, "socket", None)),
         )
 
-    if access.decide(caller) is None:
+    try:
+        admitted = access.decide(caller) is None
+    except Exception:  # decide refuses on its own errors; this catches its logging's
+        logger.exception("access decision failed: association rejected")
+        admitted = False
+    if admitted:
         access.admit(assoc)
         return
     try:

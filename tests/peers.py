@@ -22,10 +22,20 @@ from typing import Any
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port free now and never handed out before by this process: the kernel may give
+    the same free port to two calls in a row (a node and its web page once got one)."""
+    for _ in range(1000):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
+    raise RuntimeError("no free port left that this test run has not used")
 
 
 def echoscu(

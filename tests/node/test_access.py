@@ -93,6 +93,23 @@ def test_an_error_in_the_decision_rejects_the_association(
     )
 
 
+def test_an_error_after_the_decision_rejects_the_association_too(
+    any_listener, sessions, tmp_path, monkeypatch, caplog
+) -> None:
+    """Counting the decision failed (once: the metrics registry made from two threads at
+    once). The caller is rejected, not accepted and then refused 0x0124 on each request."""
+    listener = any_listener
+
+    def broken(result: str) -> None:
+        raise ValueError("Duplicated timeseries in CollectorRegistry")
+
+    monkeypatch.setattr(handlers.metrics, "association", broken)
+    sent = storescu(listener.node.port, write_ct_series(tmp_path / "ct", count=1), aet="CT1")
+    assert "Association Rejected" in sent.stdout, sent.stdout
+    assert _stored(sessions) == []
+    assert "Duplicated timeseries in CollectorRegistry" in caplog.text
+
+
 def test_a_failing_reject_aborts(listener, sessions, tmp_path, monkeypatch, caplog) -> None:
     def no_reject(assoc: object) -> None:
         raise AttributeError("'ACSE' object has no attribute 'send_reject'")

@@ -8,13 +8,17 @@ older than the code (naming ``ainode db upgrade``, which fixes it).
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
 
 from core.config import DatabaseConfig
 from storage import queue
@@ -36,13 +40,29 @@ def _ainode(config: Path, *args: str, timeout: float = 60) -> subprocess.Complet
     )
 
 
-def _worker(config: Path, *args: str) -> subprocess.Popen[bytes]:
-    """``ainode worker`` in the background (output discarded: the database says what it did)."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "node", "worker", "--config", str(config), *args],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+def _worker(config: Path, *args: str, log: Path | None = None) -> subprocess.Popen[bytes]:
+    """``ainode worker`` in the background; its output goes to ``log`` (or nowhere)."""
+    with open(log, "ab") if log else open(os.devnull, "wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "node", "worker", "--config", str(config), *args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+@pytest.fixture
+def index(tmp_path: Path) -> Iterator[Callable[[str], sessionmaker[Session]]]:
+    """``index(url)``: sessions on that database, disposed after the test whatever it did
+    (an engine left open fails a later test with psycopg's unraisable-warning)."""
+    engines: list[Engine] = []
+
+    def open_(url: str) -> sessionmaker[Session]:
+        engines.append(open_engine(DatabaseConfig(url=url), tmp_path))
+        return make_sessionmaker(engines[-1])
+
+    yield open_
+    for engine in engines:
+        engine.dispose()
 
 
 def _shared_nodes(tmp_path: Path, url: str, extra: str) -> list[NodeProcess]:
@@ -61,7 +81,7 @@ def _shared_nodes(tmp_path: Path, url: str, extra: str) -> list[NodeProcess]:
 
 
 def test_serve_on_postgresql_receives_queues_and_runs(
-    node_factory, postgres: PostgresServer, tmp_path: Path
+    node_factory, postgres: PostgresServer, index, tmp_path: Path
 ) -> None:
     url = postgres.new_database()
     package = threshold_segmenter(tmp_path / "pkg", threshold_hu=120)
@@ -73,19 +93,19 @@ def test_serve_on_postgresql_receives_queues_and_runs(
         inference={"workers": 1, "poll_interval_s": 0.1},
     )
     studies = [write_lesion_ct(tmp_path / f"ct{n}", seed=n)[0] for n in range(2)]
-    results: list[int] = []
+    results: list[subprocess.CompletedProcess[str]] = []
     senders = [
-        threading.Thread(target=lambda f=f: results.append(storescu(cfg.node.port, f).returncode))
+        threading.Thread(target=lambda f=f: results.append(storescu(cfg.node.port, f)))
         for f in studies
     ]
     for t in senders:
         t.start()
     for t in senders:
         t.join(120)
-    assert results == [0, 0]
+    refused = [r.stdout[-1500:] for r in results if r.returncode != 0]
+    assert len(results) == 2 and not refused, f"{refused}\n{node.output()[-3000:]}"
 
-    engine = open_engine(DatabaseConfig(url=url), tmp_path)
-    sessions = make_sessionmaker(engine)
+    sessions = index(url)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         with sessions.begin() as s:
@@ -95,7 +115,6 @@ def test_serve_on_postgresql_receives_queues_and_runs(
         time.sleep(0.3)
     else:
         raise AssertionError(f"jobs not done on PostgreSQL: {jobs}\n{node.output()[-3000:]}")
-    engine.dispose()
     status = _ainode(node.config, "status")
     assert status.returncode == 0, status.stderr
     assert f"PostgreSQL postgres@127.0.0.1:{postgres.port}/" in status.stdout
@@ -135,7 +154,7 @@ def test_an_older_schema_is_refused_until_db_upgrade(
 
 
 def test_two_listeners_and_three_workers_share_one_database_and_store(
-    postgres: PostgresServer, orthanc, tmp_path: Path
+    postgres: PostgresServer, index, orthanc, tmp_path: Path
 ) -> None:
     """Two ``serve`` listeners on two ports (no workers) and three ``ainode worker`` processes
     share one PostgreSQL database and one data folder; storescu sends six studies split
@@ -155,19 +174,26 @@ def test_two_listeners_and_three_workers_share_one_database_and_store(
         + orthanc.toml_table("destinations")
         + f'[[pipelines]]\nname = "lesions"\nmodels = ["{package}"]\ndestinations = ["pacs"]\n',
     )
-    workers = [_worker(nodes[n % 2].config) for n in range(3)]
+    logs = [tmp_path / f"worker{n}.log" for n in range(3)]
+    workers = [_worker(nodes[n % 2].config, log=logs[n]) for n in range(3)]
     try:
         senders = []
+        sent: dict[int, subprocess.CompletedProcess[str]] = {}
         for n in range(6):
             files, _ = write_lesion_ct(tmp_path / f"ct{n}", seed=10 + n)
             port = nodes[n % 2].port
-            senders.append(threading.Thread(target=storescu, args=(port, files)))
+
+            def send(n: int = n, port: int = port, files: list[Path] = files) -> None:
+                sent[n] = storescu(port, files)
+
+            senders.append(threading.Thread(target=send))
         for t in senders:
             t.start()
         for t in senders:
             t.join(180)
-        engine = open_engine(DatabaseConfig(url=url), tmp_path)
-        sessions = make_sessionmaker(engine)
+        refused = {n: r.stdout[-1500:] for n, r in sent.items() if r.returncode != 0}
+        assert len(sent) == 6 and not refused, refused
+        sessions = index(url)
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline:
             with sessions.begin() as s:
@@ -177,9 +203,15 @@ def test_two_listeners_and_three_workers_share_one_database_and_store(
                 break
             time.sleep(0.3)
         else:
-            raise AssertionError(f"not delivered: {rows}\n{nodes[0].output()[-2000:]}")
+            states = [(j.id, j.study_instance_uid[-6:], j.status, j.attempts) for j in jobs]
+            said = "\n".join(
+                f"--- {log.name}\n{log.read_text(errors='replace')[-2500:]}"
+                for log in [n.log for n in nodes] + logs
+            )
+            raise AssertionError(
+                f"not delivered: {[(r.id, r.status) for r in rows]}\njobs {states}\n{said}"
+            )
         time.sleep(1.0)  # a second send, if any, would land now
-        engine.dispose()
         assert len(jobs) == 6 and len({j.study_instance_uid for j in jobs}) == 6
         assert all(j.status == "succeeded" and j.attempts == 1 for j in jobs)
         assert all(r.attempts == 1 for r in rows)
@@ -198,7 +230,7 @@ def test_two_listeners_and_three_workers_share_one_database_and_store(
 
 
 def test_an_idle_worker_wakes_when_a_job_is_queued(
-    node_factory, postgres: PostgresServer, tmp_path: Path
+    node_factory, postgres: PostgresServer, index, tmp_path: Path
 ) -> None:
     """LISTEN/NOTIFY: with a 60 s poll interval the job still starts within seconds."""
     url = postgres.new_database()
@@ -212,15 +244,13 @@ def test_an_idle_worker_wakes_when_a_job_is_queued(
     files, _ = write_lesion_ct(tmp_path / "ct")
     assert storescu(cfg.node.port, files).returncode == 0
     sent = time.monotonic()
-    engine = open_engine(DatabaseConfig(url=url), tmp_path)
-    sessions = make_sessionmaker(engine)
+    sessions = index(url)
     while time.monotonic() - sent < 40:
         with sessions.begin() as s:
             jobs = queue.list_jobs(s)
         if jobs and jobs[0].status == "succeeded":
             break
         time.sleep(0.2)
-    engine.dispose()
     took = time.monotonic() - sent
     assert jobs and jobs[0].status == "succeeded", node.output()[-2000:]
     # Quiet period 2 s, a check every 0.2 s, the job itself: far below the 60 s poll.
@@ -228,7 +258,7 @@ def test_an_idle_worker_wakes_when_a_job_is_queued(
 
 
 def test_a_worker_host_runs_its_pipelines_and_the_roster_shows_every_process(
-    node_factory, postgres: PostgresServer, tmp_path: Path
+    node_factory, postgres: PostgresServer, index, tmp_path: Path
 ) -> None:
     """A listener host (serve, no worker) and a GPU-host-style ``ainode worker --pipelines``."""
     url = postgres.new_database()
@@ -250,8 +280,7 @@ def test_a_worker_host_runs_its_pipelines_and_the_roster_shows_every_process(
     try:
         files, _ = write_lesion_ct(tmp_path / "ct")
         assert storescu(cfg.node.port, files).returncode == 0
-        engine = open_engine(DatabaseConfig(url=url), tmp_path)
-        sessions = make_sessionmaker(engine)
+        sessions = index(url)
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             with sessions.begin() as s:
@@ -259,7 +288,6 @@ def test_a_worker_host_runs_its_pipelines_and_the_roster_shows_every_process(
             if jobs.get("lesions") == "succeeded":
                 break
             time.sleep(0.3)
-        engine.dispose()
         # Only its own pipeline: "other" waits for a worker that runs it.
         assert jobs == {"lesions": "succeeded", "other": "todo"}, jobs
         status = _ainode(node.config, "status").stdout
@@ -297,7 +325,7 @@ def test_a_database_outage_is_answered_0xa701_and_the_node_recovers_by_itself(
 
 
 def test_a_worker_killed_mid_job_leaves_it_to_another(
-    node_factory, postgres: PostgresServer, tmp_path: Path
+    node_factory, postgres: PostgresServer, index, tmp_path: Path
 ) -> None:
     """kill -9 the worker that holds a job: its lease runs out and another worker redoes it."""
     url = postgres.new_database()
@@ -310,8 +338,7 @@ def test_a_worker_killed_mid_job_leaves_it_to_another(
     )
 
     first = _worker(node.config)
-    engine = open_engine(DatabaseConfig(url=url), tmp_path)
-    sessions = make_sessionmaker(engine)
+    sessions = index(url)
     second = None
     try:
         files, _ = write_lesion_ct(tmp_path / "ct", shape=(160, 256, 256))  # seconds of work
@@ -336,7 +363,6 @@ def test_a_worker_killed_mid_job_leaves_it_to_another(
             time.sleep(0.2)
         assert jobs[0].status == "succeeded" and jobs[0].attempts == 2, jobs
     finally:
-        engine.dispose()
         for proc in (first, second):
             if proc is not None and proc.poll() is None:
                 proc.kill()
@@ -344,7 +370,7 @@ def test_a_worker_killed_mid_job_leaves_it_to_another(
 
 
 def test_kill_9_of_one_listener_loses_nothing_it_acknowledged_and_the_other_receives(
-    postgres: PostgresServer, tmp_path: Path
+    postgres: PostgresServer, index, tmp_path: Path
 ) -> None:
     from pydicom import dcmread
     from sqlalchemy import select
@@ -362,8 +388,7 @@ def test_kill_9_of_one_listener_loses_nothing_it_acknowledged_and_the_other_rece
             ["storescu", "-v", "-aec", "AINODE", "127.0.0.1", str(a.port), *map(str, files)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=DCMTK_ENV,
         )  # fmt: skip
-        engine = open_engine(DatabaseConfig(url=url), tmp_path)
-        sessions = make_sessionmaker(engine)
+        sessions = index(url)
 
         def indexed() -> dict[str, Path]:
             with sessions.begin() as s:
@@ -386,7 +411,6 @@ def test_kill_9_of_one_listener_loses_nothing_it_acknowledged_and_the_other_rece
             uid = str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)
             assert uid in stored, f"acknowledged {path.name} lost"
             assert dataset_bytes(stored[uid]) == dataset_bytes(path)
-        engine.dispose()
     finally:
         for node in nodes:
             node.stop()
