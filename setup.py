@@ -16,7 +16,7 @@ setup(
             "node.native._dcmnet",
             sources=["node/native/dcmnet.cpp"],
             include_dirs=[sysconfig.get_paths()["include"]],
-            libraries=["dcmnet", "dcmdata", "oflog", "ofstd"],
+            libraries=["dcmtls", "dcmnet", "dcmdata", "oflog", "ofstd", "ssl", "crypto"],
             extra_compile_args=["-std=c++17", "-O2", "-Wall", "-Wextra"],
             language="c++",
             optional=True,

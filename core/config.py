@@ -96,7 +96,7 @@ class ListenerConfig:
     dimse_timeout_s: float = 60.0
     shutdown_grace_s: float = 30.0
     tls: TlsConfig | None = None
-    receiver: Receiver = Receiver.PYNETDICOM
+    receiver: Receiver = Receiver.DCMTK
 
     @property
     def per_host_limit(self) -> int:

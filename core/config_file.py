@@ -94,11 +94,6 @@ def _listener(table: Table, base: Path) -> ListenerConfig:
         tls=parse_node_tls(table.raw("tls"), "[node.tls]", base, port),
         receiver=table.choice("receiver", d.receiver, Receiver, '"pynetdicom" or "dcmtk"'),
     )
-    if cfg.receiver is Receiver.DCMTK and cfg.tls is not None:
-        raise ConfigError(
-            f'{table.key("receiver")}: "dcmtk" does not speak DICOM TLS yet; '
-            '[node.tls] needs receiver = "pynetdicom"'
-        )
     if cfg.per_host_limit > cfg.max_associations:
         raise ConfigError(
             f"{table.key('max_associations_per_host')}: must be at most max_associations "

@@ -125,14 +125,17 @@ def _cmd_check_config(cfg: NodeConfig) -> int:
         print(f"ainode: configuration error: {cfg.path}: {exc}", file=sys.stderr)
         return 2
     if cfg.node.receiver is Receiver.DCMTK:
-        from node.native_listener import NativeUnavailable, native_module
+        from node.native_listener import NativeUnavailable, native_module, tls_context
 
         try:
             native_module()
-        except NativeUnavailable as exc:
+            tls_context(cfg.node.tls)
+        except (NativeUnavailable, TlsError) as exc:
             print(f"ainode: configuration error: {cfg.path}: {exc}", file=sys.stderr)
             return 2
         lines.append('  [node] receiver = "dcmtk": node/native/_dcmnet loads')
+        if cfg.node.tls is not None:
+            lines.append("  [node.tls]: dcmtls takes the certificate, key and CA bundle")
     folders = {folder: p.name for p in reversed(cfg.pipelines) for folder in p.models}
     if folders:
         from inference.errors import ModelPackageError

@@ -8,7 +8,9 @@ the node decides comes back here, through the same functions as pynetdicom's
 handlers (``node.handlers.store_response``, ``node.commitment.report_response``,
 ``AccessControl.refusal``): the access rules, the store (validated, fsynced,
 indexed before Success), every status and the audit trail are one code path
-for both receivers. Plain DICOM only: ``[node.tls]`` needs pynetdicom.
+for both receivers. ``[node.tls]`` as on pynetdicom's path: the main port TLS
+only, or a TLS port beside it; the same protocol versions, suites and client
+certificate rules (``node.tls``), the handshake bounded by ``acse_timeout_s``.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from core.config import NodeConfig
+from core.config import NodeConfig, TlsConfig
 from node.audit import Auditor
 from node.commitment import STORAGE_COMMITMENT, CommitmentBook, report_response
 from node.contexts import (
@@ -32,9 +34,10 @@ from node.contexts import (
 from node.dicom_in import decode_dataset
 from node.handlers import AccessControl, store_response
 from node.receive import ReceiveDeps
-from node.throttle import share_taken
+from node.throttle import handshake_failed, share_taken
+from node.tls import BCP195_CIPHERS, TlsError, server_context
 
-__all__ = ["NativeListener", "NativeUnavailable", "native_module"]
+__all__ = ["NativeListener", "NativeUnavailable", "native_module", "tls_context"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +56,25 @@ def native_module() -> Any:
             "run scripts/setup.sh (it installs libdcmtk-dev and builds it)"
         ) from None
     return _dcmnet
+
+
+def tls_context(tls: TlsConfig | None) -> Any:
+    """dcmtls's server context for ``[node.tls]`` (None for plain DICOM); TlsError naming
+    the key if it cannot be used. ``node.tls.server_context`` checks the files first, so
+    both receive paths refuse the same settings with the same message."""
+    if tls is None:
+        return None
+    server_context(tls)
+    try:
+        return native_module().configure_tls(
+            str(tls.certificate),
+            str(tls.private_key),
+            None if tls.ca_bundle is None else str(tls.ca_bundle),
+            tls.require_client_certificate,
+            BCP195_CIPHERS,
+        )
+    except ValueError as exc:
+        raise TlsError(f"[node.tls] {exc}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,11 +96,16 @@ class _Association:
         self.requestor = _Requestor(ae_title="?", address=host)
         self.deps, self.access, self.book = deps, access, book
 
-    def on_association(self, calling: str, _called: str, _address: str) -> str | None:
+    def on_association(
+        self, calling: str, _called: str, _address: str, subject: str | None
+    ) -> str | None:
         """The access decision, as pynetdicom's path makes it (``AccessControl.decide``);
-        if this function itself failed, the C++ side refuses the caller."""
+        ``subject``: the verified TLS client certificate's, if any. If this function
+        itself failed, the C++ side refuses the caller."""
         self.requestor = _Requestor(ae_title=calling.strip(), address=self.requestor.address)
-        return self.access.decide(lambda: (self.requestor.ae_title, self.requestor.address, None))
+        return self.access.decide(
+            lambda: (self.requestor.ae_title, self.requestor.address, subject)
+        )
 
     def on_store(
         self, raw: bytes, transfer_syntax: str, sop_class: str, sop_instance: str, originator: str
@@ -106,6 +133,16 @@ class _Association:
             event_type_id=event_type,
             information=lambda: decode_dataset(raw, transfer_syntax) if raw else None,
         )
+
+
+def tls_reason(text: str) -> str:
+    """dcmtls's "TLS error: peer did not return a certificate" as Python's ssl module names
+    the same OpenSSL reason ("PEER_DID_NOT_RETURN_A_CERTIFICATE"): one log text for both
+    receive paths. Other texts (a timeout, an I/O error) stay as they are."""
+    prefix = "TLS error: "
+    if not text.startswith(prefix):
+        return text
+    return text[len(prefix) :].strip().upper().replace(" ", "_")
 
 
 class _Slots:
@@ -159,38 +196,64 @@ class NativeListener:
         contexts[VERIFICATION] = UNCOMPRESSED
         contexts[STORAGE_COMMITMENT] = UNCOMPRESSED
         self._dcmnet.configure(contexts, {STORAGE_COMMITMENT})
-        family = socket.AF_INET6 if ":" in node.bind_address else socket.AF_INET
-        self.sock = socket.socket(family, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if share_port:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        self.auditor = auditor
+        tls = tls_context(node.tls)
+        ports: list[tuple[int, Any]] = []
+        if node.tls is None or node.tls.port is not None:
+            ports.append((node.port, None))
+        if node.tls is not None:
+            ports.append((node.tls.port or node.port, tls))
+        self.sockets: list[socket.socket] = []
         try:
-            self.sock.bind((node.bind_address, node.port))
-            self.sock.listen(128)
+            for port, _ in ports:
+                self.sockets.append(self._bind(node.bind_address, port, share_port))
         except OSError:
-            self.sock.close()
+            for sock in self.sockets:
+                sock.close()
             raise
-        self.sock.settimeout(0.25)
-        self._accepting = threading.Thread(
-            target=self._accept_loop, name=f"listener:{node.port} (dcmtk)", daemon=True
-        )
-        self._accepting.start()
+        self._accepting = [
+            threading.Thread(
+                target=self._accept_loop,
+                args=(sock, port, context),
+                name=f"listener:{port}{' (TLS)' if context else ''} (dcmtk)",
+                daemon=True,
+            )
+            for sock, (port, context) in zip(self.sockets, ports, strict=True)
+        ]
+        for thread in self._accepting:
+            thread.start()
+
+    @staticmethod
+    def _bind(address: str, port: int, share_port: bool) -> socket.socket:
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if share_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        try:
+            sock.bind((address, port))
+            sock.listen(128)
+        except OSError:
+            sock.close()
+            raise
+        sock.settimeout(0.25)
+        return sock
 
     @property
     def active(self) -> int:
         return self.slots.total
 
-    def _accept_loop(self) -> None:
+    def _accept_loop(self, sock: socket.socket, port: int, tls: Any) -> None:
         node = self.cfg.node
         while not self._stopping.is_set():
             try:
-                conn, address = self.sock.accept()
+                conn, address = sock.accept()
             except TimeoutError:
                 continue
             except OSError:
                 if self._stopping.is_set():
                     return
-                logger.exception("accept failed on port %d", node.port)
+                logger.exception("accept failed on port %d", port)
                 time.sleep(0.1)
                 continue
             host = str(address[0])
@@ -202,7 +265,7 @@ class NativeListener:
             total = self.slots.take(host)
             thread = threading.Thread(
                 target=self._serve,
-                args=(conn, host, total > node.max_associations),
+                args=(conn, host, total > node.max_associations, tls),
                 name=f"assoc:{host}",
                 daemon=True,
             )
@@ -210,11 +273,11 @@ class NativeListener:
                 self._threads.add(thread)
             thread.start()
 
-    def _serve(self, conn: socket.socket, host: str, busy: bool) -> None:
+    def _serve(self, conn: socket.socket, host: str, busy: bool, tls: Any) -> None:
         node = self.cfg.node
         assoc = _Association(host, self.deps, self.access, self.book)
         try:
-            admitted, aborted = self._dcmnet.serve_connection(
+            admitted, aborted, tls_error = self._dcmnet.serve_connection(
                 fd=conn.detach(),
                 ae_title=node.ae_title,
                 max_pdu=min(node.max_pdu_bytes or 131072, 131072),
@@ -225,7 +288,10 @@ class NativeListener:
                 on_association=assoc.on_association,
                 on_store=assoc.on_store,
                 on_report=assoc.on_report,
+                tls=tls,
             )
+            if tls_error is not None:
+                handshake_failed(host, tls_reason(tls_error), self.auditor)
             if admitted:
                 self.access.associations.closed(assoc, aborted=aborted)
         except Exception:  # an edge: one connection's failure never stops the listener
@@ -238,8 +304,10 @@ class NativeListener:
     def close(self) -> None:
         """Stop accepting; running associations go on."""
         self._stopping.set()
-        self._accepting.join(2)
-        self.sock.close()
+        for thread in self._accepting:
+            thread.join(2)
+        for sock in self.sockets:
+            sock.close()
 
     def abort_all(self) -> int:
         """Shut down every running association's socket; return how many."""

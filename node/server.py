@@ -41,7 +41,7 @@ from node.native_listener import NativeListener
 from node.prefetch import new_study_hook
 from node.receive import ReceiveDeps
 from node.retention import RoomMaker
-from node.throttle import share_taken, warn_once
+from node.throttle import handshake_failed, share_taken
 from node.tls import server_context
 from storage.spool import Spool
 
@@ -110,8 +110,7 @@ class ListenerServer(ThreadedAssociationServer):
             sock.settimeout(None)
         except (OSError, ValueError) as exc:  # ssl.SSLError, timeouts and resets are OSErrors
             reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
-            if warn_once(host, "TLS handshake with %s failed: %s", reason) and self.auditor:
-                self.auditor.refused(who="?", address=host, reason=f"TLS handshake: {reason}")
+            handshake_failed(host, reason, self.auditor)
             sock.close()
             return False
         return True

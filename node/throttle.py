@@ -5,8 +5,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import TYPE_CHECKING
 
-__all__ = ["share_taken", "warn_once"]
+if TYPE_CHECKING:
+    from node.audit import Auditor
+
+__all__ = ["handshake_failed", "share_taken", "warn_once"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,3 +42,9 @@ def share_taken(host: str, held: int, limit: int) -> None:
         held,
         limit,
     )
+
+
+def handshake_failed(host: str, reason: str, auditor: Auditor | None) -> None:
+    """A caller's TLS handshake failed (both receive paths): logged and audited, throttled."""
+    if warn_once(host, "TLS handshake with %s failed: %s", reason) and auditor is not None:
+        auditor.refused(who="?", address=host, reason=f"TLS handshake: {reason}")

@@ -17,7 +17,7 @@ group=""
 # deploy/ainode.service, openssl makes test certificates, headless Chromium reads
 # the dashboard.
 # libdcmtk-dev, g++: node/native/_dcmnet, the receive path on dcmtk's libdcmnet
-# ([node] receiver = "dcmtk"), built by the pip install below.
+# ([node] receiver = "dcmtk", the default), built by the pip install below.
 need=()
 command -v storescu >/dev/null || need+=(dcmtk)
 [[ -e /usr/include/dcmtk/dcmnet/assoc.h ]] || need+=(libdcmtk-dev)
@@ -62,5 +62,12 @@ if [[ -n "$group" ]]; then
   .venv/bin/python -m pip install -q -e . --group "$group"
 else
   .venv/bin/python -m pip install -q -e .
+fi
+# The default receive path ([node] receiver = "dcmtk") is the compiled module: an install
+# without it would start no node, so setup says so here, with the fix.
+if ! .venv/bin/python -c "import node.native._dcmnet" 2>/dev/null; then
+  echo "setup: node/native/_dcmnet did not build (needs Debian's libdcmtk-dev and g++);" \
+    "install them and run setup again, or set [node] receiver = \"pynetdicom\"" >&2
+  exit 1
 fi
 echo "setup: ready (.venv/bin/ainode)" >&2

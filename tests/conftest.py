@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.config import NodeConfig
+from core.config import ListenerConfig, NodeConfig
 from core.config_file import load_config
 from storage.db import create_sqlite_engine, make_sessionmaker, migrate
 from tests.peers import NodeProcess, Orthanc, free_port
@@ -103,9 +103,9 @@ def postgres() -> Iterator[PostgresServer]:
 
 @pytest.fixture
 def receiver() -> str:
-    """``[node] receiver`` of the nodes a test starts. A test module that checks the
-    listener itself imports ``tests.receivers.both_receivers``: both paths."""
-    return "pynetdicom"
+    """``[node] receiver`` of the nodes a test starts: the default's. A test module that
+    checks the listener itself imports ``tests.receivers.both_receivers``: both paths."""
+    return ListenerConfig().receiver.value
 
 
 @pytest.fixture

@@ -5,11 +5,16 @@
 // association in C++ with Python's GIL released: A-ASSOCIATE negotiation, PDU
 // and DIMSE decoding, C-ECHO, and the responses. What needs the node's
 // decisions goes back to Python, the GIL taken only for that call:
-//   on_association(calling_ae, called_ae, peer_address) -> None | str (refusal)
+//   on_association(calling_ae, called_ae, peer_address, tls_subject | None)
+//       -> None | str (refusal); tls_subject: the verified client certificate's
+//       subject (RFC 2253, as `openssl x509 -subject -nameopt RFC2253` prints it)
 //   on_store(data, transfer_syntax, sop_class, sop_instance, move_originator)
 //       -> (status, comment | None); data: the dataset's bytes as they arrived
 //   on_report(event_type_id, sop_class, sop_instance, data, transfer_syntax) -> status
-// serve_connection returns (admitted, aborted) when the association ends.
+// serve_connection returns (admitted, aborted, tls_error | None) when the
+// association ends. With DICOM TLS (configure_tls() makes the context, once),
+// the handshake runs where dcmnet receives the association, bounded by the
+// ACSE timeout.
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
@@ -20,9 +25,15 @@
 #include "dcmtk/dcmnet/assoc.h"
 #include "dcmtk/dcmnet/dimse.h"
 #include "dcmtk/dcmnet/dul.h"
+#include "dcmtk/dcmtls/tlslayer.h"
 
+#include <openssl/bio.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -65,9 +76,28 @@ class StringStream : private ConsumerHolder, public DcmOutputStream {
 // --- state shared by all connections ----------------------------------------
 
 // dcmExternalSocketHandle is a process-wide global that dcmnet reads when a
-// network is initialised and when an association is received: both steps are
-// taken under this lock (the A-ASSOCIATE-RQ has arrived before it is taken).
+// network is initialised and when an association's connection is made: from
+// setting it until dcmnet has made the connection object (Unlocking, below)
+// this lock is held. The TLS handshake and the A-ASSOCIATE-RQ come after,
+// outside it: a caller that stops half-way holds up nobody else.
 std::mutex g_handshake;
+thread_local std::unique_lock<std::mutex>* t_handshake = nullptr;
+
+// A transport layer that releases g_handshake once dcmnet has taken the socket
+// from dcmExternalSocketHandle and made its connection object of it.
+template <class Layer>
+class Unlocking : public Layer {
+ public:
+  using Layer::Layer;
+  DcmTransportConnection* createConnection(DcmNativeSocketType sock, OFBool secure) override {
+    DcmTransportConnection* made = Layer::createConnection(sock, secure);
+    if (t_handshake != nullptr && t_handshake->owns_lock()) t_handshake->unlock();
+    return made;
+  }
+};
+Unlocking<DcmTransportLayer> g_plain;
+// The name of the capsule that holds a DcmTLSTransportLayer (configure_tls).
+const char* const kTlsCapsule = "ainode.dcmnet.tls";
 std::mutex g_active_lock;
 std::set<int> g_active;  // sockets of running associations (abort_all shuts them down)
 
@@ -84,6 +114,7 @@ struct Settings {
   int network_timeout;
   int dimse_timeout;
   bool busy;  // every slot taken: answer A-ASSOCIATE-RJ (transient, local limit)
+  DcmTLSTransportLayer* tls;  // nullptr: plain DICOM
   PyObject* on_association;
   PyObject* on_store;
   PyObject* on_report;
@@ -107,12 +138,13 @@ void warn(const char* what, const OFCondition& cond) {
 
 // Python errors in a callback are logged by Python; here they only mean "fail".
 void report_python_error() {
+  // The error is taken first: no Python call may run while it is still set.
+  PyObject *type, *value, *tb;
+  PyErr_Fetch(&type, &value, &tb);
+  PyErr_NormalizeException(&type, &value, &tb);
   PyObject* logging = PyImport_ImportModule("logging");
   if (logging) {
     PyObject* logger = PyObject_CallMethod(logging, "getLogger", "s", "node.native_listener");
-    PyObject *type, *value, *tb;
-    PyErr_Fetch(&type, &value, &tb);
-    PyErr_NormalizeException(&type, &value, &tb);
     if (logger && value) {
       PyObject* info = PyTuple_Pack(3, type ? type : Py_None, value, tb ? tb : Py_None);
       PyObject* kwargs = Py_BuildValue("{s:O}", "exc_info", info);
@@ -124,12 +156,12 @@ void report_python_error() {
       Py_XDECREF(kwargs);
       Py_XDECREF(info);
     }
-    Py_XDECREF(type);
-    Py_XDECREF(value);
-    Py_XDECREF(tb);
     Py_XDECREF(logger);
     Py_DECREF(logging);
   }
+  Py_XDECREF(type);
+  Py_XDECREF(value);
+  Py_XDECREF(tb);
   PyErr_Clear();
 }
 
@@ -169,14 +201,38 @@ void reject(T_ASC_Association* assoc, T_ASC_RejectParametersResult result,
   ASC_rejectAssociation(assoc, &rej);
 }
 
+// The verified client certificate's subject in RFC 2253 form; "" if none was presented
+// (a presented certificate that fails verification ends the handshake before this).
+std::string peer_subject(T_ASC_Association* assoc) {
+  unsigned long n = ASC_getPeerCertificateLength(assoc);
+  if (n == 0) return "";
+  std::vector<unsigned char> der(n);
+  if (ASC_getPeerCertificate(assoc, der.data(), n) != n) return "";
+  const unsigned char* p = der.data();
+  X509* cert = d2i_X509(nullptr, &p, static_cast<long>(n));
+  if (cert == nullptr) return "";
+  std::string out;
+  BIO* bio = BIO_new(BIO_s_mem());
+  if (bio && X509_NAME_print_ex(bio, X509_get_subject_name(cert), 0, XN_FLAG_RFC2253) >= 0) {
+    char* text = nullptr;
+    long len = BIO_get_mem_data(bio, &text);
+    if (text && len > 0) out.assign(text, static_cast<size_t>(len));
+  }
+  BIO_free(bio);
+  X509_free(cert);
+  return out;
+}
+
 // Python's decision on the caller: true to admit.
 bool admitted(const Settings& s, T_ASC_Association* assoc) {
+  std::string subject = s.tls ? peer_subject(assoc) : "";
   PyGILState_STATE g = PyGILState_Ensure();
   bool ok = false;
-  PyObject* r = PyObject_CallFunction(s.on_association, "sss",
+  PyObject* r = PyObject_CallFunction(s.on_association, "sssz",
                                       assoc->params->DULparams.callingAPTitle,
                                       assoc->params->DULparams.calledAPTitle,
-                                      assoc->params->DULparams.callingPresentationAddress);
+                                      assoc->params->DULparams.callingPresentationAddress,
+                                      subject.empty() ? nullptr : subject.c_str());
   if (r == nullptr) {
     report_python_error();  // a failing decision refuses (fails closed)
   } else {
@@ -346,13 +402,34 @@ bool serve_messages(const Settings& s, T_ASC_Association* assoc) {
 }
 
 // Forget a socket before it is closed: abort_all must never shut down a reused number.
+// (g_active holds the caller's descriptor, which stays open until the association ends.)
 void forget(int fd) {
   std::lock_guard<std::mutex> l(g_active_lock);
   g_active.erase(fd);
 }
 
-// Receive the A-ASSOCIATE-RQ on ``fd``; nullptr if none came (the socket is closed then).
-T_ASC_Association* receive_association(int fd, const Settings& s, T_ASC_Network** net) {
+// Socket timeouts for the TLS handshake: dcmtls runs it as one blocking SSL_accept,
+// which a caller that stops mid-handshake would otherwise hold forever.
+void set_io_timeout(int fd, int seconds) {
+  struct timeval tv = {seconds, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+}
+
+// Close ``theirs`` (the descriptor dcmnet was given) unless dcmnet closed it already:
+// if it did, the number may be another connection's by now, so it is closed only while
+// it is still the same socket as ``fd`` (which the caller holds open).
+void close_if_still_ours(int theirs, int fd) {
+  struct stat a, b;
+  if (fstat(theirs, &a) == 0 && fstat(fd, &b) == 0 && a.st_dev == b.st_dev && a.st_ino == b.st_ino)
+    close(theirs);
+}
+
+// Receive the A-ASSOCIATE-RQ on ``fd`` (TLS handshake first, if configured); nullptr if
+// none came. dcmnet gets a duplicate of ``fd``, which it owns (and closes) from then on;
+// ``fd`` stays the caller's. ``tls_error``: why the handshake failed, if it did.
+T_ASC_Association* receive_association(int fd, const Settings& s, T_ASC_Network** net,
+                                       std::string& tls_error) {
   // Wait for the caller's first bytes outside the lock: a connection that stays
   // silent holds up nobody else's handshake (it is closed after acse_timeout).
   struct pollfd pfd = {fd, POLLIN, 0};
@@ -360,26 +437,32 @@ T_ASC_Association* receive_association(int fd, const Settings& s, T_ASC_Network*
   do {
     ready = poll(&pfd, 1, s.acse_timeout * 1000);
   } while (ready < 0 && errno == EINTR);
-  if (ready <= 0) {
-    forget(fd);
-    close(fd);
-    return nullptr;
-  }
-  std::lock_guard<std::mutex> l(g_handshake);
-  dcmExternalSocketHandle.set(fd);
-  OFCondition cond = ASC_initializeNetwork(NET_ACCEPTOR, 0, s.acse_timeout, net);
+  if (ready <= 0) return nullptr;
+  int theirs = dup(fd);
+  if (theirs < 0) return nullptr;
+  if (s.tls) set_io_timeout(fd, s.acse_timeout);
+  OFCondition cond;
   T_ASC_Association* assoc = nullptr;
-  if (cond.good())
-    cond = ASC_receiveAssociation(*net, &assoc, s.max_pdu, nullptr, nullptr, OFFalse, DUL_NOBLOCK,
-                                  s.acse_timeout);
-  dcmExternalSocketHandle.set(-1);
+  {
+    std::unique_lock<std::mutex> l(g_handshake);
+    t_handshake = &l;
+    dcmExternalSocketHandle.set(theirs);
+    cond = ASC_initializeNetwork(NET_ACCEPTOR, 0, s.acse_timeout, net);
+    if (cond.good())
+      cond = ASC_setTransportLayer(*net, s.tls ? static_cast<DcmTransportLayer*>(s.tls) : &g_plain, 0);
+    if (cond.good())
+      cond = ASC_receiveAssociation(*net, &assoc, s.max_pdu, nullptr, nullptr,
+                                    s.tls ? OFTrue : OFFalse, DUL_NOBLOCK, s.acse_timeout);
+    t_handshake = nullptr;
+  }  // released here if dcmnet failed before it made the connection
+  if (s.tls) set_io_timeout(fd, 0);
   if (cond.bad()) {
-    forget(fd);
+    if (cond.module() == OFM_dcmtls) tls_error = cond.text();
     if (assoc) {
       ASC_dropSCPAssociation(assoc);
       ASC_destroyAssociation(&assoc);
     } else {
-      close(fd);
+      close_if_still_ours(theirs, fd);
     }
     return nullptr;
   }
@@ -390,15 +473,24 @@ PyObject* serve_connection(PyObject*, PyObject* args, PyObject* kwargs) {
   static const char* kw[] = {"fd",           "ae_title",        "max_pdu",
                              "acse_timeout", "network_timeout", "dimse_timeout",
                              "busy",         "on_association",  "on_store",
-                             "on_report",    nullptr};
+                             "on_report",    "tls",             nullptr};
   int fd, acse, network, dimse, busy;
   const char* ae;
   long max_pdu;
+  PyObject* tls = Py_None;
   Settings s;
-  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "isliiipOOO", const_cast<char**>(kw), &fd, &ae,
-                                   &max_pdu, &acse, &network, &dimse, &busy, &s.on_association,
-                                   &s.on_store, &s.on_report))
+  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "isliiipOOO|O", const_cast<char**>(kw), &fd,
+                                   &ae, &max_pdu, &acse, &network, &dimse, &busy,
+                                   &s.on_association, &s.on_store, &s.on_report, &tls))
     return nullptr;
+  s.tls = nullptr;
+  if (tls != Py_None) {
+    s.tls = static_cast<DcmTLSTransportLayer*>(PyCapsule_GetPointer(tls, kTlsCapsule));
+    if (s.tls == nullptr) {
+      close(fd);
+      return nullptr;
+    }
+  }
   s.ae_title = ae;
   s.max_pdu = max_pdu;
   s.acse_timeout = acse;
@@ -407,13 +499,14 @@ PyObject* serve_connection(PyObject*, PyObject* args, PyObject* kwargs) {
   s.busy = busy != 0;
   bool was_admitted = false;
   bool clean = false;
+  std::string tls_error;
   Py_BEGIN_ALLOW_THREADS
   {
     std::lock_guard<std::mutex> l(g_active_lock);
     g_active.insert(fd);
   }
   T_ASC_Network* net = nullptr;
-  T_ASC_Association* assoc = receive_association(fd, s, &net);
+  T_ASC_Association* assoc = receive_association(fd, s, &net, tls_error);
   if (assoc != nullptr) {
     if (s.busy) {
       reject(assoc, ASC_RESULT_REJECTEDTRANSIENT, ASC_SOURCE_SERVICEPROVIDER_PRESENTATION_RELATED,
@@ -434,14 +527,16 @@ PyObject* serve_connection(PyObject*, PyObject* args, PyObject* kwargs) {
         warn("A-ASSOCIATE-AC not sent", cond);
       }
     }
-    forget(fd);
     ASC_dropSCPAssociation(assoc);
     ASC_destroyAssociation(&assoc);
   }
   if (net) ASC_dropNetwork(&net);
+  forget(fd);
+  close(fd);  // dcmnet closed its duplicate: the connection ends here
   Py_END_ALLOW_THREADS
-  return Py_BuildValue("(OO)", was_admitted ? Py_True : Py_False,
-                       was_admitted && !clean ? Py_True : Py_False);
+  return Py_BuildValue("(OOz)", was_admitted ? Py_True : Py_False,
+                       was_admitted && !clean ? Py_True : Py_False,
+                       tls_error.empty() ? nullptr : tls_error.c_str());
 }
 
 PyObject* abort_all(PyObject*, PyObject*) {
@@ -454,6 +549,50 @@ PyObject* abort_all(PyObject*, PyObject*) {
     }
   }
   return PyLong_FromLong(n);
+}
+
+// --- DICOM TLS ----------------------------------------------------------------
+
+void free_tls(PyObject* capsule) {
+  delete static_cast<DcmTLSTransportLayer*>(PyCapsule_GetPointer(capsule, kTlsCapsule));
+}
+
+PyObject* tls_failure(DcmTLSTransportLayer* layer, const std::string& message) {
+  delete layer;
+  PyErr_SetString(PyExc_ValueError, message.c_str());
+  return nullptr;
+}
+
+// configure_tls(certificate, private_key, ca_bundle | None, require_client_certificate,
+// ciphers) -> the server's TLS context, for serve_connection(tls=...). TLS 1.2 or newer,
+// the TLS 1.2 suites given (TLS 1.3's all qualify), no compression; client certificates
+// verified against the CA bundle only (optional unless required), none asked without it.
+PyObject* configure_tls(PyObject*, PyObject* args) {
+  const char *cert, *key, *ca, *ciphers;
+  int require;
+  if (!PyArg_ParseTuple(args, "sszps", &cert, &key, &ca, &require, &ciphers)) return nullptr;
+  auto* layer = new Unlocking<DcmTLSTransportLayer>(NET_ACCEPTOR, nullptr, OFTrue);
+  SSL_CTX* ctx = layer->getNativeHandle();
+  if (ctx == nullptr) return tls_failure(layer, "OpenSSL made no TLS context");
+  if (layer->setPrivateKeyFile(key, DCF_Filetype_PEM).bad())
+    return tls_failure(layer, std::string("private_key: ") + key + " is not a usable PEM key");
+  if (layer->setCertificateFile(cert, DCF_Filetype_PEM).bad())
+    return tls_failure(layer, std::string("certificate: ") + cert + " is not a usable PEM certificate");
+  if (!layer->checkPrivateKeyMatchesCertificate())
+    return tls_failure(layer, std::string("certificate/private_key: ") + cert + " and " + key +
+                                  " do not make a usable pair");
+  if (ca != nullptr && layer->addTrustedCertificateFile(ca, DCF_Filetype_PEM).bad())
+    return tls_failure(layer, std::string("ca_bundle: ") + ca + " holds no usable CA certificate");
+  layer->setCertificateVerification(ca == nullptr ? DCV_ignoreCertificate
+                                    : require      ? DCV_requireCertificate
+                                                   : DCV_checkCertificate);
+  if (!SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION) ||
+      !SSL_CTX_set_cipher_list(ctx, ciphers))
+    return tls_failure(layer, std::string("no usable TLS 1.2 cipher suite in ") + ciphers);
+  SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION);
+  PyObject* capsule = PyCapsule_New(layer, kTlsCapsule, free_tls);
+  if (capsule == nullptr) delete layer;
+  return capsule;
 }
 
 PyObject* configure(PyObject*, PyObject* args) {
@@ -506,7 +645,11 @@ PyMethodDef kMethods[] = {
     {"serve_connection",
      reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(serve_connection)),
      METH_VARARGS | METH_KEYWORDS,
-     "Serve one accepted connection (fd, owned from now on); returns (admitted, aborted)."},
+     "Serve one accepted connection (fd, owned from now on); returns (admitted, aborted, "
+     "tls_error)."},
+    {"configure_tls", configure_tls, METH_VARARGS,
+     "configure_tls(certificate, private_key, ca_bundle, require_client_certificate, ciphers) "
+     "-> TLS context for serve_connection(tls=...); ValueError naming the file that fails"},
     {"abort_all", abort_all, METH_NOARGS,
      "Shut down the socket of every running association; returns how many."},
     {nullptr, nullptr, 0, nullptr}};

@@ -100,3 +100,34 @@ def test_junk_gives_its_slots_back_within_seconds(node_factory) -> None:
         time.sleep(0.2)
     assert echo.returncode == 0, echo.stdout + echo.stderr
     assert node.terminate() == 0
+
+
+def test_callers_that_stop_half_way_through_their_request_delay_nobody(node_factory) -> None:
+    """A-ASSOCIATE-RQ headers announcing 200 bytes, 20 sent, then silence (until the node's
+    ACSE timeout ends them): a caller meanwhile is answered at once, not behind them."""
+    node, cfg = node_factory(node={"max_associations": 16})
+    stop = threading.Event()
+
+    def half_request() -> None:
+        with socket.socket() as s:
+            s.bind((JUNK_HOST, 0))
+            s.settimeout(5)
+            s.connect(("127.0.0.1", cfg.node.port))
+            s.sendall(bytes([0x01, 0]) + (200).to_bytes(4, "big") + bytes([0, 1, 0, 0]) + bytes(16))
+            stop.wait(5)
+
+    stalled = [threading.Thread(target=half_request) for _ in range(4)]
+    for t in stalled:
+        t.start()
+    try:
+        time.sleep(0.5)  # all four are in, each waiting for the rest of its request
+        start = time.monotonic()
+        echo = echoscu(cfg.node.port)
+        took = time.monotonic() - start
+    finally:
+        stop.set()
+        for t in stalled:
+            t.join(10)
+    assert echo.returncode == 0, echo.stdout + echo.stderr
+    assert took < 1.0, f"a caller waited {took:.1f} s behind half-sent requests"
+    assert node.terminate() == 0

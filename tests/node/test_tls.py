@@ -1,6 +1,7 @@
 """DICOM over TLS with real peers: dcmtk echoscu/storescu (+tls) in, a TLS Orthanc out.
 
-Certificates come from the openssl command (tests/tlscerts.py): a hospital CA,
+The listener tests run on both receive paths (``[node] receiver``). Certificates
+come from the openssl command (tests/tlscerts.py): a hospital CA,
 the node's certificate for 127.0.0.1, client certificates CN=CT1 and CN=OTHER,
 and a rogue CA that issued another CN=CT1.
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 import threading
 import time
 from pathlib import Path
@@ -19,6 +21,7 @@ from pydicom import dcmread
 from tests.dicomgen import write_ct_series, write_lesion_ct
 from tests.packages import threshold_segmenter
 from tests.peers import Orthanc, acknowledged, echoscu, free_port, storescu
+from tests.receivers import both_receivers  # noqa: F401  (the listener tests run on both)
 from tests.tlscerts import Pki, make_pki
 
 pytestmark = [pytest.mark.network, pytest.mark.tools("openssl")]
@@ -100,6 +103,18 @@ def test_peer_pinned_to_its_certificate_subject(node_factory, pki: Pki) -> None:
     ) in node.output()
 
 
+def _client_hello() -> bytes:
+    """The first flight of a TLS client (what a caller sends before it stalls)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = ctx.wrap_bio(incoming, outgoing)
+    with pytest.raises(ssl.SSLWantReadError):
+        client.do_handshake()
+    return outgoing.read()
+
+
 def test_stalled_and_garbage_handshakes_do_not_disturb_others(node_factory, pki: Pki) -> None:
     node, cfg = node_factory(_tls_config(pki))
     port = cfg.node.port
@@ -111,9 +126,12 @@ def test_stalled_and_garbage_handshakes_do_not_disturb_others(node_factory, pki:
         opened.append(s)
         if kind == "garbage":
             s.sendall(os.urandom(300))
-        stop.wait(10)  # hold the connection: silent, or after its garbage
+        elif kind == "hello":  # a real ClientHello, then nothing: the handshake stops half-way
+            s.sendall(_client_hello())
+        stop.wait(10)  # hold the connection: silent, or after what it sent
 
-    threads = [threading.Thread(target=bad, args=(k,)) for k in ("silent", "garbage") * 3]
+    kinds = ("silent", "garbage", "hello") * 3
+    threads = [threading.Thread(target=bad, args=(k,)) for k in kinds]
     for t in threads:
         t.start()
     try:
