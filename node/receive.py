@@ -25,7 +25,7 @@ from node.status import StoreStatus
 from storage.group_commit import group_of
 from storage.index import StudyConflict, index_instance, locate
 from storage.records import IndexOutcome, IndexResult, InstanceHeader, StoredInstance
-from storage.spool import Spool, is_safe_uid
+from storage.spool import Spool, Staged, is_safe_uid
 
 __all__ = ["ReceiveDeps", "receive_instance"]
 
@@ -156,6 +156,9 @@ def receive_instance(
             f"index unavailable: {type(getattr(exc, 'orig', None) or exc).__name__}",
             StoreStatus.OUT_OF_RESOURCES_INDEX,
         ) from exc
+    except BaseException:
+        _undo(spool, staged, published)  # the staged file is an open descriptor: never leaked
+        raise
     if result.outcome is IndexOutcome.KEPT_EXISTING:
         spool.discard(staged)
     if result.previous_path is not None:
@@ -163,7 +166,7 @@ def receive_instance(
     return dataclasses.replace(result, header=header)
 
 
-def _undo(spool: Spool, staged: Path, published: list[Path]) -> None:
+def _undo(spool: Spool, staged: Staged, published: list[Path]) -> None:
     """Remove what a failed store wrote; no committed row points to it."""
     spool.discard(staged)
     for path in published:

@@ -1,4 +1,4 @@
-"""Durable instance files: temp name, fsync, rename into place, fsync the folder.
+"""Durable instance files: written unnamed, fsynced, linked into place, folder fsynced.
 
 Layout below the data folder::
 
@@ -8,7 +8,10 @@ Layout below the data folder::
     orphans/   files found without an index row at start-up (storage.reconcile)
 
 A file is visible under ``instances/`` only once its bytes are on disk, so a
-crash at any moment leaves either the whole file or none of it.
+crash at any moment leaves either the whole file or none of it. Files are
+staged with ``O_TMPFILE`` (an inode without a name, which a crash frees by
+itself) and given their name with one ``linkat``; where the filesystem cannot
+do that, under a temporary name in ``tmp/`` that is renamed into place.
 """
 
 from __future__ import annotations
@@ -21,9 +24,10 @@ import shutil
 import threading
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Spool", "fsync_dir", "is_safe_uid"]
+__all__ = ["Spool", "Staged", "fsync_dir", "is_safe_uid"]
 
 _UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _counter = itertools.count()
@@ -45,6 +49,36 @@ def fsync_dir(path: Path) -> None:
 
 # Filesystems without hard links (FAT, some network mounts) answer link() so.
 _NO_HARD_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK}
+
+
+@dataclass(slots=True)
+class Staged:
+    """A written and fsynced file not under its final name yet: an open ``O_TMPFILE``
+    descriptor (``fd``), or a file under ``tmp/`` (``path``)."""
+
+    fd: int | None = None
+    path: Path | None = None
+
+    def exists(self) -> bool:
+        """Whether it is still waiting to be published or discarded."""
+        return self.fd is not None or (self.path is not None and self.path.exists())
+
+
+def _link_no_replace(fd: int, target: Path) -> bool:
+    """Give the unnamed file open as ``fd`` the name ``target``; False if that exists.
+
+    linkat(2) with AT_SYMLINK_FOLLOW on /proc/self/fd/N, as open(2) describes for
+    O_TMPFILE. (Python calls linkat only when a dir_fd is given; plain link() would
+    try to link the /proc entry itself.)
+    """
+    folder = os.open(target.parent, os.O_PATH | os.O_DIRECTORY)
+    try:
+        os.link(f"/proc/self/fd/{fd}", target.name, dst_dir_fd=folder, follow_symlinks=True)
+    except FileExistsError:
+        return False
+    finally:
+        os.close(folder)
+    return True
 
 
 def _move_no_replace(source: Path, target: Path) -> bool:
@@ -72,7 +106,9 @@ def _move_no_replace(source: Path, target: Path) -> bool:
 class Spool:
     """The instance files of one data folder."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, *, unnamed: bool | None = None) -> None:
+        """``unnamed``: stage files with O_TMPFILE (True), under ``tmp/`` (False), or
+        whichever works here (None: probed on first use)."""
         self.data_dir = data_dir
         self.instances_dir = data_dir / "instances"
         self.tmp_dir = data_dir / "tmp"
@@ -81,6 +117,7 @@ class Spool:
         self._results_tmp = self.tmp_dir / "results"
         self._known_dirs: set[Path] = set()
         self._lock = threading.Lock()
+        self._unnamed = unnamed  # O_TMPFILE + linkat work here (None: not probed yet)
 
     def prepare(self, *, grace_s: float = 0.0) -> int:
         """Create the folders and delete leftovers of interrupted writes.
@@ -120,28 +157,56 @@ class Spool:
 
     def stage(
         self, chunks: Iterable[bytes | memoryview], name: str, *, folder: Path | None = None
-    ) -> tuple[Path, int]:
-        """Write ``chunks`` to a new file under ``tmp/`` (or ``folder``) and fsync it.
+    ) -> tuple[Staged, int]:
+        """Write ``chunks`` to a new file without a name (or under ``tmp/``, or ``folder``,
+        where the filesystem cannot) and fsync it.
 
-        Returns the staged path and its size. The file is invisible to
-        readers of ``instances/`` until :meth:`publish` moves it there.
+        Returns the staged file and its size. The file is invisible to readers of
+        ``instances/`` until :meth:`publish` gives it its name there.
         """
-        tmp = (folder or self.tmp_dir) / f"{name}.{os.getpid()}.{next(_counter)}.part"
+        where = folder or self.tmp_dir
+        if self._can_stage_unnamed(where):
+            fd = os.open(where, os.O_TMPFILE | os.O_WRONLY, 0o644)
+            staged = Staged(fd=fd)
+        else:
+            tmp = where / f"{name}.{os.getpid()}.{next(_counter)}.part"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            staged = Staged(path=tmp)
         size = 0
         try:
-            with open(tmp, "wb") as f:
+            # A named file's descriptor is closed here; an unnamed one's stays open until
+            # publish or discard (it is the file).
+            with open(fd, "wb", closefd=staged.path is not None) as f:
                 for chunk in chunks:
                     f.write(chunk)
                     size += len(chunk)
                 f.flush()
-                os.fsync(f.fileno())
+                os.fsync(fd)
         except BaseException:
-            tmp.unlink(missing_ok=True)
+            self.discard(staged)
             raise
-        return tmp, size
+        return staged, size
 
-    def publish(self, staged: Path, path: Path, *, sync: bool = True) -> Path:
-        """Move a staged file to ``path`` and make the move durable; return where it went.
+    def _can_stage_unnamed(self, folder: Path) -> bool:
+        """Whether O_TMPFILE and linkat through /proc work here: tried once, with a probe."""
+        if self._unnamed is None:
+            try:
+                fd = os.open(folder, os.O_TMPFILE | os.O_WRONLY, 0o644)
+            except (OSError, AttributeError):  # no O_TMPFILE in the OS or the filesystem
+                self._unnamed = False
+            else:
+                probe = folder / f".probe.{os.getpid()}.{next(_counter)}"
+                try:
+                    self._unnamed = _link_no_replace(fd, probe)
+                except OSError:  # no /proc, or no hard links on this filesystem
+                    self._unnamed = False
+                finally:
+                    os.close(fd)
+                probe.unlink(missing_ok=True)
+        return self._unnamed
+
+    def publish(self, staged: Staged, path: Path, *, sync: bool = True) -> Path:
+        """Give a staged file its name ``path`` and make that durable; return where it went.
 
         ``sync=False``: the caller fsyncs ``path.parent`` itself (storage.group_commit
         does, once per folder for a batch of instances) before anything points to it.
@@ -152,14 +217,28 @@ class Spool:
         """
         self._ensure_dir(path.parent)
         target = path
-        while not _move_no_replace(staged, target):
-            target = path.with_name(f"{path.stem}.{os.getpid()}-{next(_counter)}{path.suffix}")
+        if staged.fd is not None:
+            while not _link_no_replace(staged.fd, target):
+                target = path.with_name(f"{path.stem}.{os.getpid()}-{next(_counter)}{path.suffix}")
+            os.close(staged.fd)
+            staged.fd = None
+        else:
+            assert staged.path is not None
+            while not _move_no_replace(staged.path, target):
+                target = path.with_name(f"{path.stem}.{os.getpid()}-{next(_counter)}{path.suffix}")
+            staged.path = None
         if sync:
             fsync_dir(path.parent)
         return target
 
-    def discard(self, staged: Path) -> None:
-        staged.unlink(missing_ok=True)
+    def discard(self, staged: Staged) -> None:
+        """Drop a staged file that will not be published (nothing if it was)."""
+        if staged.fd is not None:
+            os.close(staged.fd)
+            staged.fd = None
+        if staged.path is not None:
+            staged.path.unlink(missing_ok=True)
+            staged.path = None
 
     def write(self, path: Path, chunks: Iterable[bytes | memoryview]) -> int:
         """Stage and publish a file at a path that does not exist yet; return the size.
