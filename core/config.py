@@ -99,6 +99,16 @@ class ListenerConfig:
     receiver: Receiver = Receiver.DCMTK
 
     @property
+    def ports(self) -> tuple[tuple[int, bool], ...]:
+        """The ports to listen on, each with whether it speaks TLS: the main port plain;
+        with ``[node.tls]``, the main port TLS only, or a TLS port beside the plain one."""
+        if self.tls is None:
+            return ((self.port, False),)
+        if self.tls.port is None:
+            return ((self.port, True),)
+        return ((self.port, False), (self.tls.port, True))
+
+    @property
     def per_host_limit(self) -> int:
         """Concurrent associations one IP address may hold."""
         if self.max_associations_per_host is not None:

@@ -198,11 +198,7 @@ class NativeListener:
         self._dcmnet.configure(contexts, {STORAGE_COMMITMENT})
         self.auditor = auditor
         tls = tls_context(node.tls)
-        ports: list[tuple[int, Any]] = []
-        if node.tls is None or node.tls.port is not None:
-            ports.append((node.port, None))
-        if node.tls is not None:
-            ports.append((node.tls.port or node.port, tls))
+        ports = [(port, tls if secure else None) for port, secure in node.ports]
         self.sockets: list[socket.socket] = []
         try:
             for port, _ in ports:

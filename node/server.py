@@ -233,13 +233,10 @@ def start_listener(
     ae = build_ae(cfg)
     handlers = build_handlers(cfg, deps, auditor)
     tls = cfg.node.tls
-    ports: list[tuple[int, ssl.SSLContext | None]] = []
-    if tls is None or tls.port is not None:
-        ports.append((cfg.node.port, None))
-    if tls is not None:
-        ports.append((tls.port or cfg.node.port, server_context(tls)))
+    context = server_context(tls) if tls is not None else None
     servers = []
-    for port, ssl_context in ports:
+    for port, secure in cfg.node.ports:
+        ssl_context = context if secure else None
         server = ae.make_server(
             (cfg.node.bind_address, port),
             evt_handlers=handlers,

@@ -181,12 +181,11 @@ def serve(cfg: NodeConfig) -> int:
     sessions = make_sessionmaker(engine)
     _reconcile(sessions, spool, grace_s=cfg.queue.lease_s)
     node = cfg.node
-    _check_port_free(node.bind_address, node.port)
+    for port, _ in node.ports:
+        _check_port_free(node.bind_address, port)
     if cfg.web.enabled:
         _check_port_free(cfg.web.bind_address, cfg.web.port)
     if node.tls is not None:
-        if node.tls.port is not None:
-            _check_port_free(node.bind_address, node.tls.port)
         try:
             server_context(node.tls)
         except TlsError as exc:

@@ -216,17 +216,21 @@ class Spool:
         committed index row points to stay untouched until that row moves.
         """
         self._ensure_dir(path.parent)
+        fd, source = staged.fd, staged.path
+        assert fd is not None or source is not None, "published or discarded already"
+
+        def place(target: Path) -> bool:
+            if fd is not None:
+                return _link_no_replace(fd, target)
+            assert source is not None
+            return _move_no_replace(source, target)
+
         target = path
-        if staged.fd is not None:
-            while not _link_no_replace(staged.fd, target):
-                target = path.with_name(f"{path.stem}.{os.getpid()}-{next(_counter)}{path.suffix}")
-            os.close(staged.fd)
-            staged.fd = None
-        else:
-            assert staged.path is not None
-            while not _move_no_replace(staged.path, target):
-                target = path.with_name(f"{path.stem}.{os.getpid()}-{next(_counter)}{path.suffix}")
-            staged.path = None
+        while not place(target):
+            target = path.with_name(f"{path.stem}.{os.getpid()}-{next(_counter)}{path.suffix}")
+        if fd is not None:
+            os.close(fd)
+        staged.fd = staged.path = None
         if sync:
             fsync_dir(path.parent)
         return target

@@ -362,3 +362,15 @@ def test_export_secret_file_rules(write_config, tmp_path: Path) -> None:
         load_config(write_config(export={"secret_file": str(tmp_path / "none")}))
     with pytest.raises(ConfigError, match=r"\[export\]: unknown key\(s\): secret"):
         load_config(write_config(export={"secret": "abc"}))
+
+
+def test_listening_ports_follow_the_tls_settings(write_config, tmp_path: Path) -> None:
+    for name in ("c.pem", "k.pem"):
+        (tmp_path / name).write_text("not checked here\n")
+    tls = "[node.tls]\ncertificate = 'c.pem'\nprivate_key = 'k.pem'\n"
+    plain = load_config(write_config(node={"port": 104})).node
+    assert plain.ports == ((104, False),)
+    only = load_config(write_config(tls, node={"port": 104})).node
+    assert only.ports == ((104, True),)
+    beside = load_config(write_config(tls + "port = 2762\n", node={"port": 104})).node
+    assert beside.ports == ((104, False), (2762, True))

@@ -204,3 +204,22 @@ destinations = ["pacs"]
         assert pacs.get(f"/studies/{studies[0]}")["MainDicomTags"]["StudyInstanceUID"] == study
     finally:
         pacs.stop()
+
+
+def test_a_busy_tls_port_stops_serve_naming_it(node_factory, pki: Pki) -> None:
+    import subprocess
+    import sys
+
+    tls_port = free_port()
+    node, _cfg = node_factory(_tls_config(pki, port=tls_port), start=False)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", tls_port))
+        taken.listen(1)
+        run = subprocess.run(
+            [sys.executable, "-m", "node", "serve", "--config", str(node.config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert run.returncode == 1, run.stderr
+    assert f"cannot listen on 127.0.0.1:{tls_port}: address already in use" in run.stderr
