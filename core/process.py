@@ -81,7 +81,12 @@ def take_sigterm(on_term: Callable[[], None]) -> None:
     """
     read_fd, write_fd = os.pipe()
     os.set_blocking(write_fd, False)
-    signal.signal(signal.SIGTERM, lambda *_: on_term())  # also needed for the wakeup fd
+    # A Python-level handler must be installed for the wakeup fd to be written, but it
+    # does nothing itself: run on the main thread, it could interrupt that thread inside
+    # on_term (holding its lock) when a second SIGTERM comes (systemd, `timeout` and a
+    # process-group kill signal every child, and serve forwards the signal too), and
+    # deadlock it there. The thread below is the only caller of on_term.
+    signal.signal(signal.SIGTERM, lambda *_: None)
     signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
 
     def wait() -> None:
