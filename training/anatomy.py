@@ -43,7 +43,14 @@ from scipy import ndimage
 
 from training.synthetic import write_case, write_labels
 
-__all__ = ["Acquisition", "LesionTruth", "Scan", "generate_anatomical_ct", "make_scan"]
+__all__ = [
+    "Acquisition",
+    "LesionTruth",
+    "Scan",
+    "generate_anatomical_ct",
+    "indexed_scan",
+    "make_scan",
+]
 
 Array = npt.NDArray[np.float64]
 
@@ -531,6 +538,12 @@ def make_scan(
         lesions=tuple(truths),
         label=label,
     )
+
+
+def indexed_scan(seed: int, index: int, *, shift: bool = False) -> Scan:
+    """Scan ``index`` of the stream ``seed``, made from its own generator: any scan can be
+    made alone, in any order or process (training sets too large to write as DICOM)."""
+    return make_scan(np.random.default_rng([seed, index]), shift=shift)
 
 
 def generate_anatomical_ct(
