@@ -30,6 +30,7 @@ __all__ = [
     "predict_change",
     "predict_sequence",
     "segment",
+    "tile_starts",
     "with_oom_fallback",
 ]
 
@@ -67,10 +68,12 @@ def _channels_last(module: torch.nn.Module, device: torch.device) -> None:
     module._ainode_channels_last = True  # type: ignore[assignment]
 
 
-def _starts(size: int, patch: int, step: int) -> list[int]:
+def tile_starts(size: int, patch: int) -> list[int]:
+    """Where the sliding window's patches start along an axis of ``size`` voxels: a
+    quarter's overlap, the last patch flush with the end."""
     if size <= patch:
         return [0]
-    starts = list(range(0, size - patch, step))
+    starts = list(range(0, size - patch, max(1, int(patch * 0.75))))
     return [*starts, size - patch]
 
 
@@ -184,8 +187,7 @@ def _window_average(
     """The model's logits over the input (at least one patch in each axis), patch by
     patch with a quarter's overlap, averaged where patches overlap."""
     padded, patch, piece_at = pieces.shape, pieces.patch, pieces
-    steps = [max(1, int(p * 0.75)) for p in patch]
-    axis_starts = [_starts(n, p, s) for n, p, s in zip(padded, patch, steps, strict=True)]
+    axis_starts = [tile_starts(n, p) for n, p in zip(padded, patch, strict=True)]
     corners = list(itertools.product(*axis_starts))
     out: Tensor | None = None
 

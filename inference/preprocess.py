@@ -30,6 +30,7 @@ __all__ = [
     "prepare_volume",
     "prepare_waveform",
     "resampled_shape",
+    "resampled_size",
     "window",
 ]
 
@@ -45,10 +46,14 @@ def window(array: npt.NDArray[np.float32], bounds: tuple[float, float] | None) -
 
 
 def resampled_shape(volume: Volume, target: tuple[float, float, float]) -> tuple[int, ...]:
-    return tuple(
-        max(1, round(n * s / t))
-        for n, s, t in zip(volume.array.shape, volume.spacing, target, strict=True)
-    )
+    return resampled_size(volume.array.shape, volume.spacing, target)
+
+
+def resampled_size(
+    shape: Sequence[int], spacing: Sequence[float], target: Sequence[float]
+) -> tuple[int, ...]:
+    """The grid of ``shape`` voxels of ``spacing`` mm resampled to ``target`` mm."""
+    return tuple(max(1, round(n * s / t)) for n, s, t in zip(shape, spacing, target, strict=True))
 
 
 def _centre_fit(x: Tensor, size: tuple[int, int, int]) -> Tensor:

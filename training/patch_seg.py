@@ -24,6 +24,7 @@ deterministic CUDA kernel (``scripts/seg_sweep.py`` checks and reports it).
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -35,6 +36,9 @@ import torch
 from scipy import ndimage
 from torch import Tensor, nn
 from torch.nn import functional as F
+
+from inference import preprocess
+from inference.execute import tile_starts
 
 __all__ = ["PatchSchedule", "SegScan", "grid_scan", "train_patches"]
 
@@ -80,11 +84,9 @@ def grid_scan(
     seed: int,
 ) -> SegScan:
     """A scan windowed and resampled as the worker does (``inference.execute.segment``)."""
-    lo, hi = float(window[0]), float(window[1])
-    x = torch.from_numpy(np.ascontiguousarray(hu, dtype=np.float32)).to(device).clamp(lo, hi)
-    x = ((x - lo) / (hi - lo))[None, None]
+    x = preprocess.window(hu, (float(window[0]), float(window[1]))).to(device)
     y = torch.from_numpy(mask.astype(np.float32)).to(device)[None, None]
-    size = [max(1, round(n * s / t)) for n, s, t in zip(hu.shape, spacing, target, strict=True)]
+    size = preprocess.resampled_size(hu.shape, spacing, target)
     x = F.interpolate(x, size=size, mode="trilinear")[0, 0]
     y = F.interpolate(y, size=size, mode="trilinear")[0, 0] >= 0.5
     pad = [max(0, p - n) for p, n in zip(patch, x.shape, strict=True)]
@@ -226,15 +228,9 @@ def _batch(
     return torch.stack(xs)[:, None].float(), torch.stack(ys)[:, None].float()
 
 
-def _tiles(shape: Sequence[int], patch: Sequence[int]) -> list[tuple[int, int, int]]:
-    starts = []
-    for n, p in zip(shape, patch, strict=True):
-        step = max(1, int(p * 0.75))
-        axis = list(range(0, max(1, n - p + 1), step))
-        if axis[-1] != n - p:
-            axis.append(max(0, n - p))
-        starts.append(axis)
-    return [(a, b, c) for a in starts[0] for b in starts[1] for c in starts[2]]
+def _tiles(shape: Sequence[int], patch: Sequence[int]) -> list[tuple[int, ...]]:
+    """The worker's sliding-window corners (``inference.execute``) over a gridded scan."""
+    return list(itertools.product(*(tile_starts(n, p) for n, p in zip(shape, patch, strict=True))))
 
 
 @torch.inference_mode()
