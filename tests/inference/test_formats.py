@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from dicomio.records import Volume
 from inference.errors import ModelPackageError
-from inference.execute import classify, segment
+from inference.execute import ATTENTION_LEVELS, classify, segment
 from inference.modelspec import sha256_file
 from inference.orient import orientation_of
 from inference.package import load_package
@@ -128,7 +128,12 @@ def test_onnx_attention_classifier_gives_the_native_probabilities_and_map(tmp_pa
     got_probs, got_attention = classify(onnx_model, volume, amp=False)
     assert np.allclose(got_probs, probs, atol=1e-5)
     assert attention is not None and got_attention is not None
-    assert float(np.abs(got_attention - attention).max()) < 1e-4
+    # Both maps are in steps of 1/ATTENTION_LEVELS: a value within float rounding
+    # of a step's midpoint may land one step apart, nothing more, and rarely.
+    step = 1.0 / ATTENTION_LEVELS
+    difference = np.abs(got_attention - attention)
+    assert float(difference.max()) <= step + 1e-6
+    assert float((difference > 1e-6).mean()) < 1e-3
 
 
 def test_an_unloadable_onnx_file_is_a_package_error(tmp_path: Path) -> None:

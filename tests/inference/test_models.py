@@ -14,7 +14,7 @@ from dicomio.errors import MissingData, UnsupportedInput
 from dicomio.records import Volume, Waveform
 from inference.architectures import ARCHITECTURES, build
 from inference.errors import ModelPackageError
-from inference.execute import classify, pick_device, predict_sequence, segment
+from inference.execute import ATTENTION_LEVELS, classify, pick_device, predict_sequence, segment
 from inference.package import load_package
 from inference.postprocess import findings, label_lesions, lesions
 from inference.spec import LabelSpec, read_spec
@@ -215,6 +215,9 @@ def test_classifier_and_sequence_execution(tmp_path: Path) -> None:
     assert probs.shape == (2,) and probs.sum() == pytest.approx(1.0, abs=1e-5)
     assert attention is not None and attention.shape == (10, 20, 30)
     assert attention.min() >= 0 and attention.max() == pytest.approx(1.0)
+    # In steps of 1/ATTENTION_LEVELS (what makes the float map compress).
+    levels = attention * ATTENTION_LEVELS
+    assert np.array_equal(levels, np.rint(levels)) and len(np.unique(levels)) > 10
     ecg = load_package(
         make_package(
             tmp_path / "ecg",

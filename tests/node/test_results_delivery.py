@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import time
 import urllib.request
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ import pytest
 from pydicom import dcmread
 
 from core.config import NodeConfig
+from inference.execute import ATTENTION_LEVELS
 from storage import deliveries, queue
 from storage.db import create_sqlite_engine, make_sessionmaker
 from storage.deliveries import DeliveryRecord
@@ -256,7 +258,7 @@ def test_storage_commitment_confirms_and_a_failed_reference_is_sent_again(
 def test_heat_map_deflated_for_one_destination_and_off_for_another(
     node_factory, orthanc: Orthanc, tmp_path: Path
 ) -> None:
-    """heat_map = "deflated": Orthanc stores the map deflated (smaller); "off": no map sent."""
+    """heat_map = "deflated": the map travels deflated (and compresses); "off": no map sent."""
     package = threshold_segmenter(tmp_path / "pkg", threshold_hu=120)
     text, tables = _config(package, orthanc)
     text = text.replace(
@@ -287,5 +289,11 @@ def test_heat_map_deflated_for_one_destination_and_off_for_another(
     ) as r:
         kept = dcmread(io.BytesIO(r.read()))
     assert kept.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1.99"
-    assert np.array_equal(kept.pixel_array, dcmread(pm.result.path).pixel_array)
+    written = dcmread(pm.result.path).pixel_array
+    assert np.array_equal(kept.pixel_array, written)
+    # Its values are in steps of 1/ATTENTION_LEVELS, which is what lets Deflate shrink
+    # a float map (raw model floats lose about a third): here to under a tenth.
+    assert np.array_equal(written * ATTENTION_LEVELS, np.rint(written * ATTENTION_LEVELS))
+    raw = written.astype("<f4").tobytes()
+    assert len(zlib.compress(raw)) < len(raw) / 10
     assert orthanc.find_instance(pm.result.sop_instance_uid)["study"] == study
