@@ -15,6 +15,7 @@ from sqlalchemy import Connection, Table, and_, bindparam, delete, func, insert,
 from sqlalchemy.orm import Session
 
 from storage.dialect import serialize
+from storage.fastsql import execute
 from storage.models import ExpectedSeries, Instance, ReceiveState, Series, Study
 from storage.records import IndexOutcome, IndexResult, InstanceHeader, StoredInstance
 
@@ -265,9 +266,10 @@ def _upsert_study(
     conn: Connection, h: InstanceHeader, now: datetime, added: int, *, retrieved: bool
 ) -> tuple[bool, bool]:
     """Insert or touch the study row; (created, a complete study re-opened)."""
-    row = conn.execute(_FIND_STUDY, {"uid": h.study_instance_uid}).first()
+    row = execute(conn, _FIND_STUDY, {"uid": h.study_instance_uid}).first()
     if row is None:
-        conn.execute(
+        execute(
+            conn,
             _INSERT_STUDY,
             {
                 "study_instance_uid": h.study_instance_uid,
@@ -282,7 +284,8 @@ def _upsert_study(
         )
         return True, False
     reopened: bool = row.state == ReceiveState.COMPLETE
-    conn.execute(
+    execute(
+        conn,
         _TOUCH_STUDY,
         {
             "row_id": row.id,
@@ -340,7 +343,7 @@ def locate(session: Session, header: InstanceHeader) -> Placement:
     serialize(session, f"study {header.study_instance_uid}")
     conn = session.connection()
     study = header.study_instance_uid
-    series = conn.execute(_LOCATE_SERIES, {"uid": header.series_instance_uid}).first()
+    series = execute(conn, _LOCATE_SERIES, {"uid": header.series_instance_uid}).first()
     if series is not None and series.study_instance_uid != study:
         raise StudyConflict(
             what="series",
@@ -348,7 +351,7 @@ def locate(session: Session, header: InstanceHeader) -> Placement:
             stored_study=series.study_instance_uid,
             new_study=study,
         )
-    instance = conn.execute(_LOCATE_INSTANCE, {"uid": header.sop_instance_uid}).first()
+    instance = execute(conn, _LOCATE_INSTANCE, {"uid": header.sop_instance_uid}).first()
     if instance is not None and instance.study_instance_uid != study:
         raise StudyConflict(
             what="instance",
@@ -369,8 +372,9 @@ def _upsert_series(
     conn: Connection, h: InstanceHeader, placement: Placement, now: datetime, added: int
 ) -> int:
     if placement.series_id is None:
-        study_id = conn.execute(_FIND_STUDY, {"uid": h.study_instance_uid}).one().id
-        new_id: int = conn.execute(
+        study_id = execute(conn, _FIND_STUDY, {"uid": h.study_instance_uid}).one().id
+        new_id: int = execute(
+            conn,
             _INSERT_SERIES,
             {
                 "series_instance_uid": h.series_instance_uid,
@@ -383,9 +387,10 @@ def _upsert_series(
                 **_receiving(now, added),
             },
         ).scalar_one()
-        conn.execute(_FORGET_EXPECTED, {"expected_uid": h.series_instance_uid})
+        execute(conn, _FORGET_EXPECTED, {"expected_uid": h.series_instance_uid})
         return new_id
-    conn.execute(
+    execute(
+        conn,
         _TOUCH_SERIES,
         {
             "row_id": placement.series_id,
@@ -420,7 +425,7 @@ def index_instance(
     moved = replacing and placement.instance_series_id != placement.series_id
     series_id = _upsert_series(conn, h, placement, now, 0 if replacing and not moved else 1)
     if moved:
-        conn.execute(_UNCOUNT_SERIES, {"row_id": placement.instance_series_id})
+        execute(conn, _UNCOUNT_SERIES, {"row_id": placement.instance_series_id})
     values = {
         "series_id": series_id,
         "sop_class_uid": h.sop_class_uid,
@@ -432,9 +437,9 @@ def index_instance(
         "received_at": now,
     }
     if not replacing:
-        conn.execute(_INSERT_INSTANCE, {"sop_instance_uid": h.sop_instance_uid, **values})
+        execute(conn, _INSERT_INSTANCE, {"sop_instance_uid": h.sop_instance_uid, **values})
         return IndexResult(outcome=IndexOutcome.NEW, study_reopened=reopened, study_created=created)
-    conn.execute(_REPLACE_INSTANCE, {"row_id": placement.instance_id, **values})
+    execute(conn, _REPLACE_INSTANCE, {"row_id": placement.instance_id, **values})
     previous = placement.instance_path
     return IndexResult(
         outcome=IndexOutcome.REPLACED,

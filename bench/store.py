@@ -1,0 +1,114 @@
+#!/usr/bin/env python3
+"""The C-STORE logic without the network: node.receive.receive_instance on small instances.
+
+What the receive path costs in Python (validate, write, fsync, index), apart from
+any DICOM network library: bench/make_study.py's 1000 small instances are read
+into memory and stored with ``receive_instance`` into a fresh data folder and
+SQLite index, from one thread and from four (group commit shares transactions
+between them). Prints the median instances/s of ``--runs`` runs each.
+
+Usage: .venv/bin/python bench/store.py [--runs 3] [--threads 1,4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[0] = str(ROOT)  # not bench/ itself: bench/queue.py would shadow the stdlib queue
+
+import pydicom  # noqa: E402
+
+from core.config import DuplicatePolicy  # noqa: E402
+from node.receive import ReceiveDeps, receive_instance  # noqa: E402
+from storage.db import create_sqlite_engine, make_sessionmaker, migrate  # noqa: E402
+from storage.spool import Spool  # noqa: E402
+
+Item = tuple[bytes, str, str, str]
+
+
+def _items(folder: Path) -> list[Item]:
+    """Each file's dataset bytes (after its File Meta Information) and its UIDs."""
+    items = []
+    for path in sorted(folder.rglob("*.dcm")):
+        raw = path.read_bytes()
+        meta = pydicom.filereader.read_file_meta_info(path)
+        start = 132 + 12 + int.from_bytes(raw[140:144], "little")  # (0002,0000) group length
+        items.append(
+            (raw[start:], str(meta.TransferSyntaxUID), meta.MediaStorageSOPClassUID,
+             meta.MediaStorageSOPInstanceUID)
+        )  # fmt: skip
+    return items
+
+
+def _run(items: list[Item], threads: int, work: Path) -> float:
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    engine = create_sqlite_engine(work / "index.sqlite3")
+    migrate(engine)
+    spool = Spool(work / "data")
+    spool.prepare()
+    deps = ReceiveDeps(
+        spool=spool,
+        sessions=make_sessionmaker(engine),
+        on_duplicate=DuplicatePolicy.KEEP,
+        min_free_bytes=0,
+    )
+
+    def store(part: list[Item]) -> None:
+        for raw, syntax, sop_class, sop_instance in part:
+            receive_instance(
+                deps,
+                dataset=raw,
+                transfer_syntax_uid=syntax,
+                requested_sop_class_uid=sop_class,
+                requested_sop_instance_uid=sop_instance,
+                calling_ae_title="BENCH",
+            )
+
+    workers = [threading.Thread(target=store, args=(items[i::threads],)) for i in range(threads)]
+    start = time.perf_counter()
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    seconds = time.perf_counter() - start
+    engine.dispose()
+    return len(items) / seconds
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--threads", default="1,4")
+    args = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="ainode-store-") as tmp:
+        data = Path(tmp) / "study"
+        subprocess.run(
+            [sys.executable, str(ROOT / "bench" / "make_study.py"), "--out", str(data),
+             "--ct-slices", "0", "--small-count", "1000"],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        items = _items(data / "small")
+        for threads in (int(t) for t in args.threads.split(",")):
+            rates = [_run(items, threads, Path(tmp) / "node") for _ in range(args.runs)]
+            runs = ", ".join(f"{r:.0f}" for r in rates)
+            print(
+                f"{len(items)} small instances, {threads} thread(s): "
+                f"{statistics.median(rates):.0f} instances/s (median of {runs})"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
