@@ -11,15 +11,22 @@ data set does not match) is permanent.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+import tempfile
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pydicom
+from pydicom.dataset import FileMetaDataset
+from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_file_meta_info
+from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import UID
 from pynetdicom import AE, _config, evt
+from pynetdicom.dsutils import split_dataset
 
 from core.config import DestinationConfig
 from node.handlers import handle_conn_open
@@ -34,6 +41,7 @@ __all__ = [
     "SendOutcome",
     "associate",
     "classify_status",
+    "deflated_copy",
     "describe",
     "items_for",
     "new_ae",
@@ -50,6 +58,7 @@ _WARNINGS = {0x0001, 0xB000, 0xB006, 0xB007}
 #: Explicit, then Implicit VR Little Endian: what every association proposes.
 PLAIN_SYNTAXES = ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"]
 DEFLATED = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian
+EXPLICIT_LE = "1.2.840.10008.1.2.1"
 PARAMETRIC_MAP = "1.2.840.10008.5.1.4.1.1.30"
 _PERMANENT = {0x0122, 0x0124}
 
@@ -211,6 +220,40 @@ def send_files(
             assoc.release()
 
 
+@contextmanager
+def deflated_copy(path: Path) -> Iterator[Path]:
+    """A temporary copy of an Explicit VR Little Endian file in Deflated Explicit VR
+    Little Endian, deleted on leaving: its File Meta Information with the new
+    transfer syntax, then its dataset deflated (zlib's default level, as pynetdicom
+    deflates) as it streams from disk.
+
+    Sent from the copy in chunks like any stored file: the dataset is never
+    decoded, nor held in memory (a 210 MB map becomes ~5 MB, see README, Speed).
+    """
+    meta, offset = split_dataset(path)
+    meta = FileMetaDataset(meta)
+    meta.TransferSyntaxUID = UID(DEFLATED)
+    with (
+        path.open("rb") as source,
+        tempfile.NamedTemporaryFile(prefix="ainode-deflated-", suffix=".dcm") as copy,
+    ):
+        source.seek(offset)
+        copy.write(b"\x00" * 128 + b"DICM")
+        meta_bytes = DicomBytesIO()
+        write_file_meta_info(meta_bytes, meta, enforce_standard=True)
+        copy.write(meta_bytes.getvalue())
+        compressor = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -zlib.MAX_WBITS)
+        size = 0
+        while chunk := source.read(1 << 22):
+            out = compressor.compress(chunk)
+            copy.write(out)
+            size += len(out)
+        tail = compressor.flush()
+        copy.write(tail + (b"\x00" if (size + len(tail)) % 2 else b""))
+        copy.flush()
+        yield Path(copy.name)
+
+
 def _send_one(
     assoc: object,
     item: SendItem,
@@ -224,22 +267,40 @@ def _send_one(
     Sent straight from the file, in chunks, when the destination accepted the
     file's own transfer syntax (no decoding: a 210 MB map is neither parsed
     nor held); else decoded and re-encoded by pynetdicom. ``deflate``: in
-    Deflated Explicit VR Little Endian (pynetdicom deflates).
+    Deflated Explicit VR Little Endian, from a :func:`deflated_copy` of an
+    Explicit VR file (pynetdicom deflates any other). A copy that cannot be
+    written (a full temporary folder) is worth retrying; an unreadable file is not.
     """
-    try:
-        stored_as = str(read_file_meta_info(item.path).TransferSyntaxUID)
-        if not deflate and stored_as in accepted:
-            payload: object = item.path  # sent as stored, in chunks (below)
-        else:
-            dataset = pydicom.dcmread(item.path)
-            if deflate:
-                dataset.file_meta.TransferSyntaxUID = UID(DEFLATED)
-            payload = dataset
-    except (OSError, AttributeError, pydicom.errors.InvalidDicomError) as exc:
-        return SendOutcome(
-            key=item.key, delivered=False, retryable=False, status=None, detail=f"unreadable: {exc}"
-        )
-    response = assoc.send_c_store(payload)  # type: ignore[attr-defined]
+    with ExitStack() as cleanup:
+        payload: object = item.path  # sent as stored, in chunks (below)
+        try:
+            stored_as = str(read_file_meta_info(item.path).TransferSyntaxUID)
+            streamed = deflate and stored_as == EXPLICIT_LE
+            if not streamed and (deflate or stored_as not in accepted):
+                dataset = pydicom.dcmread(item.path)
+                if deflate:
+                    dataset.file_meta.TransferSyntaxUID = UID(DEFLATED)
+                payload = dataset
+        except (OSError, AttributeError, pydicom.errors.InvalidDicomError) as exc:
+            return SendOutcome(
+                key=item.key,
+                delivered=False,
+                retryable=False,
+                status=None,
+                detail=f"unreadable: {exc}",
+            )
+        if streamed:
+            try:
+                payload = cleanup.enter_context(deflated_copy(item.path))
+            except OSError as exc:
+                return SendOutcome(
+                    key=item.key,
+                    delivered=False,
+                    retryable=True,
+                    status=None,
+                    detail=f"cannot write a deflated copy: {exc}",
+                )
+        response = assoc.send_c_store(payload)  # type: ignore[attr-defined]
     if not response:  # no response: timeout, abort or a broken connection
         return SendOutcome(
             key=item.key,

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
+import pydicom
 import pytest
 from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
@@ -21,7 +23,7 @@ from core.config import NodeConfig
 from core.config_file import load_config
 from node.commitment import STORAGE_COMMITMENT
 from node.delivery import deliver_due
-from node.send import classify_status
+from node.send import DEFLATED, classify_status, deflated_copy
 from storage import deliveries, queue
 from tests.dicomgen import ct_slice
 from tests.peers import free_port
@@ -223,3 +225,19 @@ def test_results_sent_are_audited(write_config, sessions, tmp_path: Path, scp_fa
     study = next(msg.iter("ParticipantObjectIdentification"))
     assert study.get("ParticipantObjectID") == "1.2.3"
     assert [s.get("NumberOfInstances") for s in study.iter("SOPClass")] == ["2"]
+
+
+def test_a_deflated_copy_is_the_file_value_for_value_and_smaller(tmp_path: Path) -> None:
+    """heat_map = "deflated" sends a copy deflated as it streams, never decoding the dataset."""
+    ds = ct_slice(study_uid="1.2.3", series_uid="1.2.3.4", index=0, size=256)
+    ds.PixelData = np.repeat(np.arange(256, dtype=np.uint16), 256).tobytes()  # smooth: compresses
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    original = tmp_path / "map.dcm"
+    ds.save_as(original, enforce_file_format=True)
+    with deflated_copy(original) as copy:
+        assert copy.stat().st_size < original.stat().st_size / 10
+        sent = pydicom.dcmread(copy)
+        assert sent.file_meta.TransferSyntaxUID == DEFLATED
+        assert sent.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
+        assert sent.SOPInstanceUID == ds.SOPInstanceUID and sent.PixelData == ds.PixelData
+    assert not copy.exists()  # gone once sent
