@@ -186,23 +186,17 @@ def send_files(
         for item in items:
             if not assoc.is_established:
                 on_outcome(
-                    SendOutcome(
-                        key=item.key,
-                        delivered=False,
-                        retryable=True,
-                        status=None,
-                        detail=f"association with {describe(dest)} ended early",
+                    _not_sent(
+                        item, f"association with {describe(dest)} ended early", retryable=True
                     )
                 )
                 continue
             if item.sop_class_uid not in accepted:
                 on_outcome(
-                    SendOutcome(
-                        key=item.key,
-                        delivered=False,
+                    _not_sent(
+                        item,
+                        f"{describe(dest)} does not accept SOP class {item.sop_class_uid}",
                         retryable=False,
-                        status=None,
-                        detail=f"{describe(dest)} does not accept SOP class {item.sop_class_uid}",
                     )
                 )
                 continue
@@ -254,6 +248,12 @@ def deflated_copy(path: Path) -> Iterator[Path]:
         yield Path(copy.name)
 
 
+def _not_sent(item: SendItem, detail: str, *, retryable: bool) -> SendOutcome:
+    return SendOutcome(
+        key=item.key, delivered=False, retryable=retryable, status=None, detail=detail
+    )
+
+
 def _send_one(
     assoc: object,
     item: SendItem,
@@ -282,33 +282,15 @@ def _send_one(
                     dataset.file_meta.TransferSyntaxUID = UID(DEFLATED)
                 payload = dataset
         except (OSError, AttributeError, pydicom.errors.InvalidDicomError) as exc:
-            return SendOutcome(
-                key=item.key,
-                delivered=False,
-                retryable=False,
-                status=None,
-                detail=f"unreadable: {exc}",
-            )
+            return _not_sent(item, f"unreadable: {exc}", retryable=False)
         if streamed:
             try:
                 payload = cleanup.enter_context(deflated_copy(item.path))
             except OSError as exc:
-                return SendOutcome(
-                    key=item.key,
-                    delivered=False,
-                    retryable=True,
-                    status=None,
-                    detail=f"cannot write a deflated copy: {exc}",
-                )
+                return _not_sent(item, f"cannot write a deflated copy: {exc}", retryable=True)
         response = assoc.send_c_store(payload)  # type: ignore[attr-defined]
     if not response:  # no response: timeout, abort or a broken connection
-        return SendOutcome(
-            key=item.key,
-            delivered=False,
-            retryable=True,
-            status=None,
-            detail=f"no response from {describe(dest)}",
-        )
+        return _not_sent(item, f"no response from {describe(dest)}", retryable=True)
     status = int(response.Status)
     comment = str(response.get("ErrorComment", "")) or None
     delivered, retryable = classify_status(status)
