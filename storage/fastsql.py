@@ -10,9 +10,10 @@ the same transaction:
 - compiled once per statement, dialect and set of parameter names;
 - every parameter converted by its type's own bind processor (an aware UTC
   datetime is stored exactly as SQLAlchemy stores it), literal values taken
-  from the statement, scalar Python-side column defaults of an INSERT filled in;
-- statements whose results would need type processing, or whose INSERT leaves a
-  column to a Python function, are refused when prepared, not run wrong.
+  from the statement, constant Python-side column defaults (an INSERT's
+  ``default``, an UPDATE's ``onupdate``) filled in;
+- statements whose results would need type processing, or that leave a column
+  to a Python function, are refused when prepared, not run wrong.
 
 Rows come back as named tuples behind ``first()``, ``one()`` and ``scalar_one()``
 like SQLAlchemy's. Other dialects (PostgreSQL) run the statement through
@@ -26,7 +27,7 @@ from collections import namedtuple
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Insert
+from sqlalchemy import Connection
 from sqlalchemy.engine.interfaces import Dialect
 from sqlalchemy.exc import DBAPIError, MultipleResultsFound, NoResultFound
 from sqlalchemy.sql.base import Executable
@@ -72,14 +73,16 @@ class _Prepared:
         for name, bind in compiled.binds.items():
             if not bind.required:
                 fixed[name] = bind.effective_value
-        if isinstance(stmt, Insert):
-            for column in stmt.table.columns:
-                if column.key in keys or column.key not in compiled.binds:
-                    continue
-                default = column.default
-                if default is None or not default.is_scalar:
-                    raise ValueError(f"{column} needs a value or a scalar default: {self.sql}")
-                fixed[column.key] = default.arg  # type: ignore[attr-defined]
+        # Columns SQLAlchemy would compute in Python at execution (an INSERT's
+        # defaults, an UPDATE's onupdate values): constants are filled in here;
+        # a function would be called once and its value reused, so it is refused.
+        for column, generator in [
+            *((c, c.default) for c in compiled.insert_prefetch),
+            *((c, c.onupdate) for c in compiled.update_prefetch),
+        ]:
+            if generator is None or not generator.is_scalar:
+                raise ValueError(f"{column} needs a value or a constant default: {self.sql}")
+            fixed[column.key] = generator.arg
         self.fixed = fixed
         processors: dict[str, _Processor] = {
             name: bind.type.bind_processor(dialect) for name, bind in compiled.binds.items()

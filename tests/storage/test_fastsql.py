@@ -8,7 +8,18 @@ from typing import cast
 
 import pytest
 import sqlalchemy.exc
-from sqlalchemy import Table, bindparam, insert, select, text, update
+from sqlalchemy import (
+    Column,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    bindparam,
+    insert,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage.db import create_sqlite_engine, make_sessionmaker, migrate
@@ -163,3 +174,26 @@ def test_database_errors_are_raised_as_sqlalchemy_raises_them(
     with sqlite_sessions.begin() as s, pytest.raises(sqlalchemy.exc.OperationalError) as caught:
         execute(s.connection(), _FIND, {"uid": "1"})
     assert "no such table: instances" in str(caught.value.orig)
+
+
+def test_python_side_defaults_are_filled_in_or_refused(tmp_path: Path) -> None:
+    engine = create_sqlite_engine(tmp_path / "toy.db")
+    meta = MetaData()
+    toy = Table(
+        "toy",
+        meta,
+        Column("id", Integer, primary_key=True),
+        Column("kind", String(8), default="plain"),
+        Column("stamp", Integer, default=lambda: 5),
+        Column("touched", Integer, onupdate=lambda: 7),
+    )
+    meta.create_all(engine)
+    with engine.begin() as conn:
+        execute(conn, insert(toy).values(stamp=1), {"id": 1})  # "kind": its constant default
+        assert conn.execute(select(toy.c.kind, toy.c.stamp)).one() == ("plain", 1)
+        # A default or onupdate function would be called once and its value reused.
+        with pytest.raises(ValueError, match="needs a value or a constant default"):
+            execute(conn, insert(toy), {"id": 2})
+        with pytest.raises(ValueError, match="needs a value or a constant default"):
+            execute(conn, update(toy).where(toy.c.id == bindparam("row")), {"row": 1, "kind": "x"})
+    engine.dispose()
