@@ -7,6 +7,8 @@ a PACS (the end-to-end tests use Orthanc). ``deliver_due`` runs in-process.
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,12 +20,13 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 from sqlalchemy.orm import Session, sessionmaker
 
+import node.send
 from core.clock import utc_now
 from core.config import NodeConfig
 from core.config_file import load_config
 from node.commitment import STORAGE_COMMITMENT
 from node.delivery import deliver_due
-from node.send import DEFLATED, classify_status, deflated_copy
+from node.send import DEFLATED, classify_status, deflated_copy, settle_reactor
 from storage import deliveries, queue
 from tests.dicomgen import ct_slice
 from tests.peers import free_port
@@ -241,3 +244,30 @@ def test_a_deflated_copy_is_the_file_value_for_value_and_smaller(tmp_path: Path)
         assert sent.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
         assert sent.SOPInstanceUID == ds.SOPInstanceUID and sent.PixelData == ds.PixelData
     assert not copy.exists()  # gone once sent
+
+
+class _Reactor:
+    """Stands in for a pynetdicom association's reactor flag (a unit test of the wait)."""
+
+    def __init__(self, paused: bool, *, established: bool = True) -> None:
+        self._is_paused = paused
+        self.is_established = established
+
+
+def test_settle_waits_until_the_reactor_has_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    woken = _Reactor(paused=True)  # paused until a send returned; the reactor runs 50 ms later
+    timer = threading.Timer(0.05, lambda: setattr(woken, "_is_paused", False))
+    start = time.monotonic()
+    timer.start()
+    settle_reactor(woken)
+    assert woken._is_paused is False and time.monotonic() - start >= 0.04
+    # Already running, gone, or a pynetdicom without the flag: no wait.
+    for assoc in (_Reactor(paused=False), _Reactor(paused=True, established=False), object()):
+        start = time.monotonic()
+        settle_reactor(assoc)
+        assert time.monotonic() - start < 0.02
+    # A reactor that never runs holds the sender for a bounded time only.
+    monkeypatch.setattr(node.send, "_SETTLE_S", 0.05)
+    start = time.monotonic()
+    settle_reactor(_Reactor(paused=True))
+    assert 0.05 <= time.monotonic() - start < 1.0
