@@ -24,7 +24,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from core.config import DestinationConfig, SourceConfig
-from node.send import PLAIN_SYNTAXES, AssociationFailed, associate, new_ae
+from node.send import PLAIN_SYNTAXES, AssociationFailed, associate, new_ae, settle_reactor
 
 __all__ = [
     "GET_STORAGE_CLASSES",
@@ -267,6 +267,7 @@ def retrieve_series(
                         f"{source.retrieve_timeout_s:g} s or the association broke"
                     )
                 final = status
+            settle_reactor(assoc)  # before the next series' request (node.send.settle_reactor)
             assert final is not None
             code = int(final.Status)
             done = int(final.get("NumberOfCompletedSuboperations", 0) or 0)
