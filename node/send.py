@@ -265,7 +265,7 @@ def settle_reactor(assoc: Any) -> None:
     the reactor, running at last, takes the fast peer's response and drops it
     as unexpected: the sender waits until its DIMSE timeout although the peer
     stored the instance and answered. On 2 cores, with a worker loading its
-    models beside it, 7 of 128 associations of 129 C-STOREs lost a response so
+    models beside it, 5 of about 83 associations of 129 C-STOREs lost a response so
     (README, Speed). Waiting here until the reactor has run (its flag reads
     "running" once) closes that moment; the flag is only read, nothing of
     pynetdicom is changed. A pynetdicom without the flag, or a reactor that has
