@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[0] = str(ROOT)  # not bench/ itself: bench/queue.py would shadow the stdlib queue
 
-import pydicom  # noqa: E402
+from pynetdicom.dsutils import split_dataset  # noqa: E402
 
 from core.config import DuplicatePolicy  # noqa: E402
 from node.receive import ReceiveDeps, receive_instance  # noqa: E402
@@ -39,12 +39,10 @@ def _items(folder: Path) -> list[Item]:
     """Each file's dataset bytes (after its File Meta Information) and its UIDs."""
     items = []
     for path in sorted(folder.rglob("*.dcm")):
-        raw = path.read_bytes()
-        meta = pydicom.filereader.read_file_meta_info(path)
-        start = 132 + 12 + int.from_bytes(raw[140:144], "little")  # (0002,0000) group length
+        meta, start = split_dataset(path)
         items.append(
-            (raw[start:], str(meta.TransferSyntaxUID), meta.MediaStorageSOPClassUID,
-             meta.MediaStorageSOPInstanceUID)
+            (path.read_bytes()[start:], str(meta.TransferSyntaxUID),
+             meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID)
         )  # fmt: skip
     return items
 

@@ -57,10 +57,10 @@ logger = logging.getLogger(__name__)
 _config.STORE_SEND_CHUNKED_DATASET = True
 
 _WARNINGS = {0x0001, 0xB000, 0xB006, 0xB007}
-#: Explicit, then Implicit VR Little Endian: what every association proposes.
-PLAIN_SYNTAXES = ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"]
-DEFLATED = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
+#: Explicit, then Implicit VR Little Endian: what every association proposes.
+PLAIN_SYNTAXES = [EXPLICIT_LE, "1.2.840.10008.1.2"]
+DEFLATED = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian
 PARAMETRIC_MAP = "1.2.840.10008.5.1.4.1.1.30"
 _PERMANENT = {0x0122, 0x0124}
 
