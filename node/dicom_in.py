@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Callable
+from functools import partial
 from io import BytesIO
+from typing import Any
 
 from pydicom.charset import python_encoding
 from pydicom.dataelem import RawDataElement
@@ -20,6 +23,7 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
+from node.dicom_scan import scan
 from node.errors import MalformedDataset, MissingAttribute
 from storage.records import InstanceHeader
 
@@ -77,7 +81,7 @@ def _codec(charset: str) -> str:
     return python_encoding.get(first, "iso8859")
 
 
-def _text(ds: Dataset, tag: int, codec: str) -> str:
+def _decoded(value: Any, codec: str) -> str:
     """An attribute's value as text, straight from the raw bytes.
 
     The node stores what it receives byte for byte and reads only a few
@@ -87,8 +91,6 @@ def _text(ds: Dataset, tag: int, codec: str) -> str:
     decoded here, never converted (and validated) by pydicom; the UIDs the
     node relies on are checked in node.receive.
     """
-    elem = ds.get_item(tag)
-    value = None if elem is None else elem.value
     if value is None:
         return ""
     if isinstance(value, bytes):
@@ -98,6 +100,11 @@ def _text(ds: Dataset, tag: int, codec: str) -> str:
     else:
         text = str(value)
     return text.strip(" \x00")
+
+
+def _text(ds: Dataset, tag: int, codec: str) -> str:
+    elem = ds.get_item(tag)
+    return _decoded(None if elem is None else elem.value, codec)
 
 
 def _check_complete(ds: Dataset) -> None:
@@ -116,6 +123,11 @@ def decode_dataset(raw: bytes, transfer_syntax_uid: str) -> Dataset:
     """Dataset bytes as received in ``transfer_syntax_uid`` (deflated ones inflated first);
     values stay raw until read. Raises MalformedDataset, or pydicom's errors, on bad bytes."""
     data = _inflate(raw) if transfer_syntax_uid == DeflatedExplicitVRLittleEndian else raw
+    return _read(data, transfer_syntax_uid)
+
+
+def _read(data: bytes, transfer_syntax_uid: str) -> Dataset:
+    """Dataset bytes, inflated already, as pydicom reads them (values raw until read)."""
     return read_dataset(
         BytesIO(data),
         is_implicit_VR=transfer_syntax_uid == ImplicitVRLittleEndian,
@@ -123,8 +135,35 @@ def decode_dataset(raw: bytes, transfer_syntax_uid: str) -> Dataset:
     )
 
 
-def read_instance_header(raw: bytes, transfer_syntax_uid: str) -> InstanceHeader:
+_WANTED = frozenset(
+    [_CHARSET, *(tag for _, tag, _ in _REQUIRED), *(tag for tag, _ in _OPTIONAL.values())]
+)
+
+
+def _header(
+    value: Callable[[int, str], str], transfer_syntax_uid: str
+) -> tuple[InstanceHeader, dict[str, str]]:
+    """The header from ``value(tag, codec)``, and the required UIDs by keyword."""
+    codec = _codec(value(_CHARSET, "ascii"))
+    values = {kw: value(tag, "ascii") for kw, tag, _ in _REQUIRED}
+    header = InstanceHeader(
+        sop_class_uid=values["SOPClassUID"],
+        sop_instance_uid=values["SOPInstanceUID"],
+        study_instance_uid=values["StudyInstanceUID"],
+        series_instance_uid=values["SeriesInstanceUID"],
+        transfer_syntax_uid=transfer_syntax_uid,
+        **{field: value(tag, codec)[:limit] for field, (tag, limit) in _OPTIONAL.items()},
+    )
+    return header, values
+
+
+def read_instance_header(
+    raw: bytes, transfer_syntax_uid: str, *, fast: bool = True
+) -> InstanceHeader:
     """Parse a received dataset and return what the index keeps.
+
+    ``fast``: first try :func:`node.dicom_scan.scan`, which answers for the common
+    case with the values pydicom would read; pydicom reads whatever it declines.
 
     Raises
     ------
@@ -134,20 +173,21 @@ def read_instance_header(raw: bytes, transfer_syntax_uid: str) -> InstanceHeader
         A UID the node needs is absent or empty.
     """
     try:
-        ds = decode_dataset(raw, transfer_syntax_uid)
-        if len(ds) == 0:
-            raise MalformedDataset("empty dataset")
-        _check_complete(ds)
-        codec = _codec(_text(ds, _CHARSET, "ascii"))
-        values = {kw: _text(ds, tag, "ascii") for kw, tag, _ in _REQUIRED}
-        header = InstanceHeader(
-            sop_class_uid=values["SOPClassUID"],
-            sop_instance_uid=values["SOPInstanceUID"],
-            study_instance_uid=values["StudyInstanceUID"],
-            series_instance_uid=values["SeriesInstanceUID"],
-            transfer_syntax_uid=transfer_syntax_uid,
-            **{field: _text(ds, tag, codec)[:limit] for field, (tag, limit) in _OPTIONAL.items()},
-        )
+        data = _inflate(raw) if transfer_syntax_uid == DeflatedExplicitVRLittleEndian else raw
+        found = None
+        if fast and transfer_syntax_uid != ExplicitVRBigEndian:
+            found = scan(
+                data, implicit_vr=transfer_syntax_uid == ImplicitVRLittleEndian, wanted=_WANTED
+            )
+        if found is not None:
+            header, values = _header(lambda tag, codec: _decoded(found.get(tag), codec),
+                                     transfer_syntax_uid)  # fmt: skip
+        else:
+            ds = _read(data, transfer_syntax_uid)
+            if len(ds) == 0:
+                raise MalformedDataset("empty dataset")
+            _check_complete(ds)
+            header, values = _header(partial(_text, ds), transfer_syntax_uid)
     except MalformedDataset:
         raise
     except Exception as exc:  # pydicom raises many types on corrupt input

@@ -25,7 +25,7 @@ from node.status import StoreStatus
 from storage.group_commit import group_of
 from storage.index import StudyConflict, index_instance, locate
 from storage.records import IndexOutcome, IndexResult, InstanceHeader, StoredInstance
-from storage.spool import Spool, Staged, is_safe_uid
+from storage.spool import Spool, is_safe_uid
 
 __all__ = ["ReceiveDeps", "receive_instance"]
 
@@ -115,22 +115,31 @@ def receive_instance(
             raise OutOfResources(f"disk full: {exc.strerror}") from exc
         raise OutOfResources(f"cannot write instance: {exc.strerror}") from exc
 
+    # The file goes in place (its folder fsynced) on this thread, before its row is
+    # written: every store's folder fsync runs beside the others' instead of in the
+    # group commit's one batch at a time. It never overwrites a file a committed row
+    # points to (see Spool.publish): if the index refuses it, or keeps the instance
+    # it has, the file is removed again and the store is exactly as it was; a crash
+    # before the commit leaves a file without a row, which start-up moves to orphans/.
+    try:
+        published = spool.publish(staged, final)
+    except OSError as exc:
+        spool.discard(staged)
+        raise OutOfResources(f"cannot write instance: {exc.strerror}") from exc
+    except BaseException:
+        spool.discard(staged)
+        raise
     replace = deps.on_duplicate is DuplicatePolicy.REPLACE
-    published: list[Path] = []  # where the file went, if it did: removed again on failure
 
-    def index(session: Session, folders: set[Path]) -> IndexResult:
+    def index(session: Session, _folders: set[Path]) -> IndexResult:
+        # Database work only: the group commit may run it again, alone, after a
+        # batch it was in rolled back.
         placement = locate(session, header)
         if placement.instance_id is not None and not replace:
             return IndexResult(outcome=IndexOutcome.KEPT_EXISTING)
-        # Publish inside the transaction: the file is in place (its folder fsynced
-        # by the group commit) before the row that points to it is committed. It
-        # never overwrites a file a committed row points to (see Spool.publish), so
-        # a failure below leaves the store exactly as it was.
-        published.append(spool.publish(staged, final, sync=False))
-        folders.add(final.parent)
         stored = StoredInstance(
             header=header,
-            path=published[0],
+            path=published,
             size_bytes=size,
             calling_ae_title=calling_ae_title,
             received_at=deps.clock(),
@@ -145,33 +154,31 @@ def receive_instance(
         # Concurrent stores share one transaction and one commit (storage.group_commit).
         result = group_of(deps.sessions).run(index, key=header.study_instance_uid)
     except StudyConflict as exc:
-        _undo(spool, staged, published)
+        _undo(spool, published)
         raise SeriesInOtherStudy(exc) from None
     except OSError as exc:
-        _undo(spool, staged, published)
+        _undo(spool, published)
         raise OutOfResources(f"cannot write instance: {exc.strerror}") from exc
     except SQLAlchemyError as exc:
-        _undo(spool, staged, published)
+        _undo(spool, published)
         raise OutOfResources(
             f"index unavailable: {type(getattr(exc, 'orig', None) or exc).__name__}",
             StoreStatus.OUT_OF_RESOURCES_INDEX,
         ) from exc
     except BaseException:
-        _undo(spool, staged, published)  # the staged file is an open descriptor: never leaked
+        _undo(spool, published)
         raise
     if result.outcome is IndexOutcome.KEPT_EXISTING:
-        spool.discard(staged)
+        _undo(spool, published)  # the instance already held stays; this copy goes
     if result.previous_path is not None:
         spool.remove(result.previous_path)
     return dataclasses.replace(result, header=header)
 
 
-def _undo(spool: Spool, staged: Staged, published: list[Path]) -> None:
-    """Remove what a failed store wrote; no committed row points to it."""
-    spool.discard(staged)
-    for path in published:
-        try:
-            spool.remove(path)
-        except OSError:
-            # Start-up reconciliation finds it (a file without a row).
-            logger.exception("cannot remove %s after a failed store", path)
+def _undo(spool: Spool, published: Path) -> None:
+    """Remove the file of a store that did not index it; no committed row points to it."""
+    try:
+        spool.remove(published)
+    except OSError:
+        # Start-up reconciliation finds it (a file without a row).
+        logger.exception("cannot remove %s after a failed store", published)

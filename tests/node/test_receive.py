@@ -134,6 +134,7 @@ def test_duplicate_kept(deps, tmp_path: Path) -> None:
     assert len(rows) == 1
     assert dataset_bytes(Path(rows[0].path)) == raw
     assert _files_in(deps.spool.tmp_dir) == []
+    assert _files(deps.spool) == [Path(rows[0].path)]  # the copy placed beside it is gone
 
 
 def test_duplicate_replaced(deps, tmp_path: Path) -> None:

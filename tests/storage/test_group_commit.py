@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage.group_commit import GroupCommit
@@ -75,7 +75,27 @@ def test_one_failure_in_a_batch_is_its_own(table: sessionmaker[Session]) -> None
     )
     assert out["slow"] == "slow" and out["a"] == "a" and out["c"] == "c"
     assert isinstance(out["b"], ValueError) and str(out["b"]) == "b refused"
-    assert _names(table) == {"slow", "a", "c"}  # b's row rolled back to its savepoint
+    assert _names(table) == {"slow", "a", "c"}  # b's batch rolled back; a and c again, alone
+
+
+def test_a_batch_commits_once(table: sessionmaker[Session]) -> None:
+    group = GroupCommit(table)
+    if not group.batching:
+        pytest.skip("PostgreSQL: each store commits on its own (storage.group_commit)")
+    commits: list[object] = []
+
+    def count(conn: object) -> None:
+        commits.append(conn)
+
+    engine = table.kw["bind"]
+    event.listen(engine, "commit", count)
+    try:
+        out = _batch_behind_a_slow_one(group, {n: _insert(n) for n in "abc"})
+    finally:
+        event.remove(engine, "commit", count)
+    assert out == {"slow": "slow", "a": "a", "b": "b", "c": "c"}
+    assert len(commits) == 2  # the slow one's, then one for a, b and c
+    assert _names(table) == {"slow", "a", "b", "c"}
 
 
 def test_a_failed_commit_fails_every_store_of_the_batch(
