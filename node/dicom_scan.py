@@ -131,7 +131,7 @@ class _Walk:
             try:
                 is_sequence = dictionary_VR(tag) == "SQ"
             except KeyError:
-                is_sequence = self._tag_at(pos, end) == _ITEM
+                is_sequence = self._header(pos, end)[0] == _ITEM
             if not is_sequence:
                 raise _NotCertain
             return self.items(pos, end)
@@ -147,9 +147,6 @@ class _Walk:
             raise _NotCertain
         group, elem, length = _TAG_LENGTH(self.buf, pos)
         return int(group) << 16 | int(elem), int(length), pos + 8
-
-    def _tag_at(self, pos: int, end: int) -> int:
-        return self._header(pos, end)[0]
 
     def items(self, pos: int, end: int) -> int:
         """An undefined-length sequence's items, up to and after its delimiter."""

@@ -122,16 +122,12 @@ def receive_instance(
     # it has, the file is removed again and the store is exactly as it was; a crash
     # before the commit leaves a file without a row, which start-up moves to orphans/.
     try:
-        published = spool.publish(staged, final)
+        published = spool.publish(staged, final)  # on failure, nothing is left of it
     except OSError as exc:
-        spool.discard(staged)
         raise OutOfResources(f"cannot write instance: {exc.strerror}") from exc
-    except BaseException:
-        spool.discard(staged)
-        raise
     replace = deps.on_duplicate is DuplicatePolicy.REPLACE
 
-    def index(session: Session, _folders: set[Path]) -> IndexResult:
+    def index(session: Session) -> IndexResult:
         # Database work only: the group commit may run it again, alone, after a
         # batch it was in rolled back.
         placement = locate(session, header)

@@ -3,10 +3,9 @@
 Each C-STORE writes its file, fsyncs it, links it into its series folder and
 fsyncs that folder on its own thread, then hands its index work to
 :func:`run`. Whoever finds no batch running leads: it takes every piece of
-work waiting (its own included), runs them in one
-transaction, fsyncs each folder that got a new entry once, and commits once
-(one WAL fsync on SQLite); the others wait for that commit. So N instances
-arriving together cost one commit instead of N, while each keeps its own
+work waiting (its own included), runs them in one transaction and commits
+once (one WAL fsync on SQLite); the others wait for that commit. So N
+instances arriving together cost one commit instead of N, while each keeps its own
 outcome: if a piece of work raises, the whole transaction rolls back and each
 piece runs again in a transaction of its own — the one that raised gets its
 exception back, the others commit; a commit that fails gives every piece not
@@ -33,22 +32,18 @@ import threading
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Generic, TypeVar
 
 from sqlalchemy import Connection
 from sqlalchemy.orm import Session, sessionmaker
 
-from storage.spool import fsync_dir
-
 __all__ = ["GroupCommit", "Work", "group_of"]
 
 T = TypeVar("T")
 
-#: A piece of index work: runs in the batch's transaction; adds to ``folders``
-#: each folder whose entries it changed (fsynced once before the commit). It
-#: may run twice: again, alone, after a batch it was in rolled back.
-Work = Callable[[Session, set[Path]], T]
+#: A piece of index work: runs in the batch's transaction. It may run twice:
+#: again, alone, after a batch it was in rolled back.
+Work = Callable[[Session], T]
 
 _MAX_BATCH = 64
 
@@ -131,7 +126,7 @@ class GroupCommit:
                         self._commit([item])
                     except _PieceFailed as failed:  # this store's own failure, its status
                         item.error = failed.error
-        except Exception as exc:  # BEGIN, a folder fsync or the commit: the rest get it
+        except Exception as exc:  # BEGIN or the commit: the ones not committed get it
             for item in batch:
                 if not item.committed and item.error is None:
                     item.error = exc
@@ -144,20 +139,17 @@ class GroupCommit:
     def _commit(self, items: list[_Item[object]]) -> None:
         """Run ``items`` in one transaction and commit it; then each has its result.
 
-        Raises _PieceFailed (all rolled back) when a piece raises, or what BEGIN,
-        a folder's fsync or the commit raised.
+        Raises _PieceFailed (all rolled back) when a piece raises, or what BEGIN
+        or the commit raised.
         """
-        folders: set[Path] = set()
         results: list[object] = []
         ordered = sorted(items, key=lambda i: i.key)
         with self._transaction() as session:
             for item in ordered:
                 try:
-                    results.append(item.work(session, folders))
+                    results.append(item.work(session))
                 except Exception as exc:
                     raise _PieceFailed(exc) from exc
-            for folder in sorted(folders):
-                fsync_dir(folder)
         for item, result in zip(ordered, results, strict=True):
             item.result, item.committed = result, True
 
@@ -175,14 +167,22 @@ class GroupCommit:
         conn = self._connection
         if conn is None or conn.invalidated or conn.closed:
             conn = self._connection = self.sessions.kw["bind"].connect()
-        with conn.begin():
-            # Joins the connection's transaction: commit and rollback stay with it.
-            session = Session(bind=conn, expire_on_commit=False)
-            try:
-                yield session
-                session.flush()
-            finally:
-                session.close()
+        try:
+            with conn.begin():
+                # Joins the connection's transaction: commit and rollback stay with it.
+                session = Session(bind=conn, expire_on_commit=False)
+                try:
+                    yield session
+                    session.flush()
+                finally:
+                    session.close()
+        except BaseException:
+            # A COMMIT that fails (a deferred constraint, a full disk) leaves SQLite's
+            # transaction open while SQLAlchemy's has ended: the connection goes back to
+            # the pool, which rolls it back, and the next batch takes a fresh one.
+            self._connection = None
+            conn.close()
+            raise
 
 
 _groups: weakref.WeakKeyDictionary[sessionmaker[Session], GroupCommit] = weakref.WeakKeyDictionary()

@@ -205,17 +205,16 @@ class Spool:
                 probe.unlink(missing_ok=True)
         return self._unnamed
 
-    def publish(self, staged: Staged, path: Path, *, sync: bool = True) -> Path:
-        """Give a staged file its name ``path`` and make that durable; return where it went.
-
-        ``sync=False``: the caller fsyncs ``path.parent`` itself (storage.group_commit
-        does, once per folder for a batch of instances) before anything points to it.
+    def publish(self, staged: Staged, path: Path) -> Path:
+        """Give a staged file its name ``path`` and make that durable (its folder
+        fsynced); return where it went.
 
         Never overwrites: if ``path`` exists (an instance replaced with the
         same UIDs), the file goes to a new name beside it, so the bytes that a
-        committed index row points to stay untouched until that row moves.
+        committed index row points to stay untouched until that row moves. If
+        it fails, nothing is left: the staged file is discarded, or the name it
+        got is removed again when its folder cannot be fsynced.
         """
-        self._ensure_dir(path.parent)
         fd, source = staged.fd, staged.path
         assert fd is not None or source is not None, "published or discarded already"
 
@@ -225,14 +224,22 @@ class Spool:
             assert source is not None
             return _move_no_replace(source, target)
 
-        target = path
-        while not place(target):
-            target = path.with_name(f"{path.stem}.{os.getpid()}-{next(_counter)}{path.suffix}")
+        try:
+            self._ensure_dir(path.parent)
+            target = path
+            while not place(target):
+                target = path.with_name(f"{path.stem}.{os.getpid()}-{next(_counter)}{path.suffix}")
+        except BaseException:
+            self.discard(staged)
+            raise
         if fd is not None:
             os.close(fd)
         staged.fd = staged.path = None
-        if sync:
+        try:
             fsync_dir(path.parent)
+        except BaseException:
+            target.unlink(missing_ok=True)
+            raise
         return target
 
     def discard(self, staged: Staged) -> None:
@@ -251,11 +258,7 @@ class Spool:
         """
         self._ensure_dir(self._results_tmp)
         staged, size = self.stage(chunks, path.name, folder=self._results_tmp)
-        try:
-            published = self.publish(staged, path)
-        except BaseException:
-            self.discard(staged)
-            raise
+        published = self.publish(staged, path)
         if published != path:
             self.remove(published)
             raise FileExistsError(errno.EEXIST, "already exists", str(path))

@@ -213,6 +213,28 @@ def test_database_error_refuses_and_leaves_no_file(deps, tmp_path: Path) -> None
     assert [p for p in deps.spool.instances_dir.rglob("*") if p.is_file()] == []
 
 
+def test_folder_fsync_failure_refuses_and_leaves_no_file(deps, tmp_path, monkeypatch) -> None:
+    """The file is linked in, then its folder cannot be fsynced: the name goes again."""
+    from storage import spool as spool_module
+
+    fsync_dir = spool_module.fsync_dir
+
+    def failing(path: Path) -> None:
+        if any(Path(path).glob("*.dcm")):  # the series folder, once the file is in it
+            raise OSError(errno.EIO, "Input/output error")
+        fsync_dir(path)
+
+    monkeypatch.setattr(spool_module, "fsync_dir", failing)
+    raw, sop_class, sop = _encoded(tmp_path)
+    exc = _rejected(deps, raw, sop_class, sop)
+    assert exc.status is StoreStatus.OUT_OF_RESOURCES
+    assert str(exc) == "cannot write instance: Input/output error"
+    assert _files(deps.spool) == []
+    assert _files_in(deps.spool.tmp_dir) == []
+    with deps.sessions.begin() as s:
+        assert s.scalars(select(Instance)).all() == []
+
+
 def _files(spool: Spool) -> list[Path]:
     return sorted(p for p in spool.instances_dir.rglob("*") if p.is_file())
 

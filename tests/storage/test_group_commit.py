@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import threading
 import time
-from pathlib import Path
 
 import pytest
 from sqlalchemy import event, text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage.group_commit import GroupCommit
@@ -26,7 +26,7 @@ def _names(sessions: sessionmaker[Session]) -> set[str]:
 
 
 def _insert(name: str, fail: bool = False):  # type: ignore[no-untyped-def]
-    def work(session: Session, _folders: set[Path]) -> str:
+    def work(session: Session) -> str:
         session.execute(text("INSERT INTO t VALUES (:n)"), {"n": name})
         if fail:
             raise ValueError(f"{name} refused")
@@ -41,7 +41,7 @@ def _batch_behind_a_slow_one(group: GroupCommit, works: dict[str, object]) -> di
     release, entered = threading.Event(), threading.Event()
     out: dict[str, object] = {}
 
-    def slow(session: Session, _folders: set[Path]) -> str:
+    def slow(session: Session) -> str:
         entered.set()
         release.wait(10)
         session.execute(text("INSERT INTO t VALUES ('slow')"))
@@ -98,23 +98,27 @@ def test_a_batch_commits_once(table: sessionmaker[Session]) -> None:
     assert _names(table) == {"slow", "a", "b", "c"}
 
 
-def test_a_failed_commit_fails_every_store_of_the_batch(
-    table: sessionmaker[Session], tmp_path: Path
-) -> None:
+def test_a_failed_commit_fails_every_store_of_the_batch(table: sessionmaker[Session]) -> None:
     group = GroupCommit(table)
     if not group.batching:
         pytest.skip("PostgreSQL: each store commits on its own (storage.group_commit)")
-    missing = tmp_path / "gone"  # its fsync before the commit fails
+    with table.begin() as s:  # a reference SQLite checks only at COMMIT
+        s.execute(
+            text("CREATE TABLE r (name TEXT REFERENCES t (name) DEFERRABLE INITIALLY DEFERRED)")
+        )
 
-    def breaks_the_batch(session: Session, folders: set[Path]) -> str:
+    def breaks_the_batch(session: Session) -> str:
         session.execute(text("INSERT INTO t VALUES ('x')"))
-        folders.add(missing)
+        session.execute(text("INSERT INTO r VALUES ('nowhere')"))  # every statement succeeds
         return "x"
 
     out = _batch_behind_a_slow_one(group, {"x": breaks_the_batch, "y": _insert("y")})
     assert out["slow"] == "slow"
-    assert isinstance(out["x"], FileNotFoundError) and isinstance(out["y"], FileNotFoundError)
+    assert isinstance(out["x"], IntegrityError) and isinstance(out["y"], IntegrityError)
+    assert "FOREIGN KEY" in str(out["x"])
     assert _names(table) == {"slow"}  # nothing of the failed batch was committed
+    assert group.run(_insert("z"), key="z") == "z"  # nor is the database left locked
+    assert _names(table) == {"slow", "z"}
 
 
 def test_only_sqlite_batches(table: sessionmaker[Session]) -> None:
