@@ -6,6 +6,7 @@ import hashlib
 import io
 
 import numpy as np
+import pytest
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -15,6 +16,7 @@ from training.anatomy import indexed_scan
 from training.patch_seg import (
     PatchSchedule,
     SegScan,
+    _loss,
     _mine,
     _Sampler,
     grid_scan,
@@ -94,13 +96,13 @@ def _digest(module: nn.Module) -> str:
     return hashlib.sha256(buf.getvalue()).hexdigest()
 
 
-def _train(seed: int) -> str:
+def _train(seed: int, dice: str = "batch") -> str:
     hu, mask = _phantom([(10, 20, 20)], [4])
     scans = [_grid(hu, mask, patch=(8, 16, 16), seed=i) for i in range(2)]
     torch.manual_seed(seed)
     module = build("unet3d", {"base": 2, "depth": 2, "attention": True})
     schedule = PatchSchedule(
-        steps=6, batch=2, lr=1e-2, mine_from=3, mine_every=2, mine_scans=2, warmup=2
+        steps=6, batch=2, lr=1e-2, mine_from=3, mine_every=2, mine_scans=2, warmup=2, dice=dice
     )
     train_patches(module, scans, schedule, (8, 16, 16), seed=seed, log=lambda s: None)
     return _digest(module)
@@ -109,6 +111,41 @@ def _train(seed: int) -> str:
 def test_training_is_reproducible_bit_for_bit_and_follows_the_seed() -> None:
     assert _train(5) == _train(5)
     assert _train(5) != _train(6)
+    assert _train(5, dice="lesion") == _train(5, dice="lesion") != _train(5)
+
+
+def _two_patches() -> Tensor:
+    """Patch 0 holds a 5 mm-like nodule (7 voxels), patch 1 a mass (about 4,000 voxels)."""
+    target = torch.zeros(2, 1, 16, 32, 32)
+    target[0, 0, 8, 16, 16] = 1
+    for d in ((1, 0, 0), (-1, 0, 0), (0, 1, 0), (0, -1, 0), (0, 0, 1), (0, 0, -1)):
+        target[0, 0, 8 + d[0], 16 + d[1], 16 + d[2]] = 1
+    z, y, x = torch.meshgrid(torch.arange(16), torch.arange(32), torch.arange(32), indexing="ij")
+    target[1, 0] = (((z - 8) ** 2 + (y - 16) ** 2 + (x - 16) ** 2) <= 10**2).float()
+    return target
+
+
+def test_lesion_dice_makes_a_missed_small_nodule_cost_what_a_missed_mass_costs() -> None:
+    target = _two_patches()
+    sure = torch.where(target > 0, 20.0, -20.0)  # finds both
+    missed_nodule, missed_mass = sure.clone(), sure.clone()
+    missed_nodule[0] = -20.0
+    missed_mass[1] = -20.0
+
+    def cost(logits: Tensor, dice: str) -> float:
+        return float(_loss(logits, target, dice) - _loss(sure, target, dice))
+
+    # Over the whole batch the nodule is 7 voxels among 4,000: missing it costs next to nothing.
+    assert cost(missed_nodule, "batch") < 0.01 < 0.5 < cost(missed_mass, "batch")
+    # Per patch it costs its share of the per-patch half of the Dice term: 0.5 * 0.875 / 2
+    # (a patch's Dice of 0 is 0.875 with the +1 smoothing over 7 voxels), plus its BCE.
+    assert 0.21 < cost(missed_nodule, "lesion") < 0.23
+    assert cost(missed_mass, "lesion") > 0.5
+
+
+def test_an_unknown_dice_mode_is_refused_by_name() -> None:
+    with pytest.raises(ValueError, match=r"PatchSchedule.dice must be 'batch' or 'lesion'"):
+        PatchSchedule(steps=1, batch=1, lr=1e-3, dice="per-lesion")
 
 
 class _Bright(nn.Module):
