@@ -9,6 +9,7 @@ number, reference or mask in the encoders fails here.
 from __future__ import annotations
 
 import errno
+import io
 import shutil
 import subprocess
 from dataclasses import replace
@@ -20,6 +21,8 @@ import numpy as np
 import pydicom
 import pytest
 import torch
+from pydicom.dataset import FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian
 
 from core.config import PipelineConfig, Recommendation, ResultsConfig, SeriesRule
 from dicomio.records import Lesion
@@ -586,3 +589,90 @@ def test_private_coding_schemes_are_declared_once() -> None:
     assert "ainode" in items["99AINODE"].CodingSchemeName
     assert items["99AINODE"].CodingSchemeResponsibleOrganization == "ainode project"
     assert "CodingSchemeName" not in items["99MYHOSP"]  # a package's own scheme: designator only
+
+
+def test_private_schemes_are_found_in_a_dataset_read_from_a_file() -> None:
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    from dicomio.results.identity import declare_private_schemes
+
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = "FL17-SM3", "99AINODE", "x"
+    inner = Dataset()
+    inner.ConceptCodeSequence = Sequence([item])
+    ds = Dataset()
+    ds.SOPClassUID, ds.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.88.34", "1.2.3.4"
+    ds.ContentSequence = Sequence([inner])
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    read = pydicom.dcmread(io.BytesIO(to_bytes(ds)))  # raw, not yet converted elements
+    declare_private_schemes(read)
+    assert [str(i.CodingSchemeDesignator) for i in read.CodingSchemeIdentificationSequence] == [
+        "99AINODE"
+    ]
+
+
+def test_report_is_the_document_highdicom_builds_byte_for_byte(ct_case, monkeypatch) -> None:
+    """encode_report hands highdicom the report's root alone (no deep copy of 20 lesions'
+    content) and gives the document its items afterwards: the same bytes as highdicom's own
+    construction from the whole report, UIDs drawn in the same order (the clock's two
+    readings, when the instance and its contribution were made, set equal)."""
+    from itertools import count
+
+    import dicomio.results.sr as sr_module
+
+    _folder, run, _objects = ct_case
+    pipeline = PipelineConfig(name="ct-lesions", series_number=700)
+    made = hd.UID
+
+    def encoded() -> bytes:
+        numbers = count(1)
+        monkeypatch.setattr(hd, "UID", lambda: made(f"1.2.826.0.1.3680043.10.1.{next(numbers)}"))
+        objects = encode_run(run.results, pipeline, CFG, started_at=STARTED)
+        sr = next(o for o in objects if o.kind == "SR").dataset
+        sr.InstanceCreationDate, sr.InstanceCreationTime = "20261124", "093015"
+        for item in sr.ContributingEquipmentSequence:
+            item.ContributionDateTime = "20261124093015"
+        return to_bytes(sr)
+
+    ours = encoded()
+    monkeypatch.setattr(sr_module, "_root_only", lambda root: root)  # highdicom copies it all
+    assert encoded() == ours
+    sr = pydicom.dcmread(io.BytesIO(ours))
+    assert len(sr.ContentSequence) > 3 and sr.CurrentRequestedProcedureEvidenceSequence
+
+
+def test_a_report_citing_an_instance_without_evidence_is_refused() -> None:
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    from dicomio.results.sr import _check_evidence
+
+    image = Dataset()
+    image.ValueType = "IMAGE"
+    ref = Dataset()
+    ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID = "1.2.840.10008.5.1.4.1.1.2", "1.2.9"
+    image.ReferencedSOPSequence = Sequence([ref])
+    group = Dataset()
+    group.ValueType = "CONTAINER"
+    group.ContentSequence = Sequence([image])
+    root = Dataset()
+    root.ContentSequence = Sequence([group])
+    cited = Dataset()
+    cited.SOPInstanceUID = "1.2.9"
+    _check_evidence(root, [cited])
+    with pytest.raises(ValueError, match=r"no evidence for: \['1.2.9'\]"):
+        _check_evidence(root, [])
+
+
+def test_warm_up_loads_highdicoms_standard_tables() -> None:
+    from highdicom import _standard_utils as standard
+
+    from dicomio.results.warm import TABLE_LOADERS, warm_up
+
+    loaders = [getattr(standard, name) for name in TABLE_LOADERS]
+    for loader in loaders:
+        loader.cache_clear()
+    warm_up()
+    assert [loader.cache_info().currsize for loader in loaders] == [1, 1, 1]
