@@ -195,8 +195,9 @@ def operating_points(
         diam = np.cbrt(6 * np.bincount(truth.ravel())[1:] * vol.voxel_volume_mm3 / np.pi)
         big = {i + 1 for i, d in enumerate(diam) if d >= 5}
         peaks = ndimage.maximum(prob, truth, index=np.arange(1, len(diam) + 1))
-        pairs_dq = zip(diam, peaks, strict=True)
-        lesions += [(round(float(d), 2), round(float(q), 3)) for d, q in pairs_dq]
+        lesions += [
+            (round(float(d), 2), round(float(q), 3)) for d, q in zip(diam, peaks, strict=True)
+        ]
         for t in THRESHOLDS:
             lab, n = ndimage.label(prob >= t, structure=cube)
             sizes = np.bincount(lab.ravel(), minlength=n + 1) * vol.voxel_volume_mm3
@@ -396,7 +397,7 @@ def _cases(shm: Path, seed: int) -> list[Any]:
     ]
 
 
-def test_part(out: Path, shm: Path, names: list[str], seed: int) -> None:
+def evaluate_part(out: Path, shm: Path, names: list[str], seed: int) -> None:
     """One held-out set through the worker's path (``training.recipes.evaluate``), written
     to ``OUT/<set>.json``; the sets run in parallel processes."""
     import torch
@@ -507,7 +508,7 @@ def main() -> None:
         run_variant(a.variant, a.out, a.work, a.seconds, a.train)
         return
     if a.stage == "test":
-        test_part(a.out, a.work, a.variants.split(","), a.part)
+        evaluate_part(a.out, a.work, a.variants.split(","), a.part)
         return
     if a.stage == "final":
         final(a.out, a.work, a.variants.split(","), a.train, start + a.budget)
