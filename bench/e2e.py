@@ -11,13 +11,14 @@ Target (issue #5): total minus the quiet period and the model forward pass
 <= 1 s for a 200-slice CT. Prints the per-stage split beside the target.
 
 Usage: .venv/bin/python bench/e2e.py [--slices 200] [--quiet 2]
-       [--heat-map float|deflated|off] [--pacs-compression]
+       [--heat-map float|deflated|off] [--pacs-compression] [--keep]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -100,8 +101,23 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="Orthanc keeps its files zlib-compressed (its StorageCompression option)",
     )
+    ap.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the run's folder (study, node data, Orthanc's; ~630 MB) and print its path",
+    )
     args = ap.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="ainode-e2e-"))
+    try:
+        return _measure(args, work)
+    finally:
+        if args.keep:
+            print(f"\nkept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _measure(args: argparse.Namespace, work: Path) -> int:
     subprocess.run(
         [
             sys.executable,

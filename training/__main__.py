@@ -166,7 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     g = sub.add_parser("generate", help="write a synthetic data set as DICOM")
     g.add_argument("kind", choices=sorted(GENERATORS))
     g.add_argument("--out", type=Path, required=True)
-    g.add_argument("--n", type=int, default=50, help="studies (longitudinal: patients)")
+    g.add_argument(
+        "--n", type=int, default=50, help="studies (longitudinal, anatomy-longitudinal: patients)"
+    )
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--shift", action="store_true", help="harder, shifted test data")
     t = sub.add_parser("train", help="train a recipe on a folder and export a package")

@@ -45,11 +45,19 @@ from training.synthetic import write_case, write_labels
 
 __all__ = [
     "Acquisition",
+    "Body",
+    "Grid",
     "LesionTruth",
     "Scan",
+    "acquire",
+    "draw_acquisition",
+    "draw_body",
     "generate_anatomical_ct",
     "indexed_scan",
     "make_scan",
+    "paint_lesion",
+    "place_lesion",
+    "render_anatomy",
 ]
 
 Array = npt.NDArray[np.float64]
@@ -90,7 +98,7 @@ class Scan:
     label: str
 
 
-class _Grid:
+class Grid:
     """The scan's voxel centres in mm: x left-right, y anterior-posterior, z along the body."""
 
     def __init__(self, acq: Acquisition) -> None:
@@ -136,7 +144,7 @@ def _paint(hu: Array, occupancy: Array, value: Array | float) -> None:
     hu += occupancy * (value - hu)
 
 
-def _tubes(grid: _Grid, segments: list[tuple[Array, Array, float]]) -> Array:
+def _tubes(grid: Grid, segments: list[tuple[Array, Array, float]]) -> Array:
     """Occupancy of a union of capsules (p0, p1, radius) in mm (z, y, x)."""
     out = np.zeros(grid.shape)
     for p0, p1, radius in segments:
@@ -162,7 +170,7 @@ def _tree(
     direction: Array,
     radius: float,
     inside: Array,
-    grid: _Grid,
+    grid: Grid,
     *,
     min_radius: float,
 ) -> Iterator[tuple[Array, Array, float]]:
@@ -191,7 +199,7 @@ def _tree(
 
 
 @dataclass(frozen=True, slots=True)
-class _Body:
+class Body:
     a: float  # half width (mm)
     b: float  # half depth
     power: float
@@ -199,12 +207,12 @@ class _Body:
     muscle: float
 
 
-def _body(rng: np.random.Generator, shift: bool) -> _Body:
+def draw_body(rng: np.random.Generator, shift: bool) -> Body:
     if shift:  # bodies smaller or larger than any in training
         a = float(rng.choice([rng.uniform(115, 130), rng.uniform(185, 200)]))
     else:
         a = float(rng.uniform(130, 185))
-    return _Body(
+    return Body(
         a=a,
         b=a * float(rng.uniform(0.62, 0.78)),
         power=float(rng.uniform(2.0, 2.8)),
@@ -213,7 +221,7 @@ def _body(rng: np.random.Generator, shift: bool) -> _Body:
     )
 
 
-def _acquisition(rng: np.random.Generator, body: _Body, shift: bool) -> Acquisition:
+def draw_acquisition(rng: np.random.Generator, body: Body, shift: bool) -> Acquisition:
     fov = 2 * body.a + 2 * rng.uniform(15, 40)
     if shift:
         pixel = float(rng.choice([rng.uniform(0.9, 1.2), rng.uniform(2.3, 2.7)]))
@@ -241,7 +249,7 @@ def _acquisition(rng: np.random.Generator, body: _Body, shift: bool) -> Acquisit
     )
 
 
-def _lung_outline(side: float, body: _Body) -> tuple[float, float, float, float]:
+def _lung_outline(side: float, body: Body) -> tuple[float, float, float, float]:
     inner_a, inner_b = body.a - body.fat - body.muscle, body.b - body.fat - body.muscle
     cx = side * inner_a * 0.5
     return cx, inner_b * 0.05, inner_a * 0.42, inner_b * 0.82
@@ -256,7 +264,7 @@ def _enhance(phase: str, artery: float, organ: float) -> tuple[float, float]:
     return 40.0, organ
 
 
-def _trunk(grid: _Grid, body: _Body, rng: np.random.Generator, hu: Array) -> Array:
+def _trunk(grid: Grid, body: Body, rng: np.random.Generator, hu: Array) -> Array:
     """Air, table, skin, fat and muscle; returns the occupancy inside the muscle wall."""
     top = body.b + rng.uniform(8, 25)  # table below the patient's back (posterior = +y)
     table = grid.soft(np.abs(grid.y - top - 0.004 * grid.x**2) - 4.0)
@@ -274,7 +282,7 @@ def _trunk(grid: _Grid, body: _Body, rng: np.random.Generator, hu: Array) -> Arr
     return inner
 
 
-def _spine(grid: _Grid, body: _Body, rng: np.random.Generator, hu: Array) -> None:
+def _spine(grid: Grid, body: Body, rng: np.random.Generator, hu: Array) -> None:
     inner_b = body.b - body.fat - body.muscle
     cy = inner_b * 0.82
     r = float(rng.uniform(15, 21))
@@ -284,7 +292,7 @@ def _spine(grid: _Grid, body: _Body, rng: np.random.Generator, hu: Array) -> Non
     _paint(hu, grid.ellipse(0, cy + r + 7, 10, 9) - grid.ellipse(0, cy + r + 7, 7, 6), 700.0)
 
 
-def _ribs(grid: _Grid, body: _Body, rng: np.random.Generator, hu: Array, count: int) -> None:
+def _ribs(grid: Grid, body: Body, rng: np.random.Generator, hu: Array, count: int) -> None:
     a = body.a - body.fat - body.muscle * 0.4
     b = body.b - body.fat - body.muscle * 0.4
     segments = []
@@ -309,8 +317,8 @@ def _ribs(grid: _Grid, body: _Body, rng: np.random.Generator, hu: Array, count: 
 
 
 def _lungs(
-    grid: _Grid,
-    body: _Body,
+    grid: Grid,
+    body: Body,
     rng: np.random.Generator,
     hu: Array,
     acq: Acquisition,
@@ -352,9 +360,7 @@ def _lungs(
     return lungs
 
 
-def _mediastinum(
-    grid: _Grid, body: _Body, rng: np.random.Generator, hu: Array, phase: str
-) -> Array:
+def _mediastinum(grid: Grid, body: Body, rng: np.random.Generator, hu: Array, phase: str) -> Array:
     """Heart, aortas and the mediastinum between the lungs; returns their occupancy."""
     inner_b = body.b - body.fat - body.muscle
     artery, _organ = _enhance(phase, float(rng.uniform(250, 400)), 40)
@@ -371,7 +377,7 @@ def _mediastinum(
     return occupancy
 
 
-def _abdomen(grid: _Grid, body: _Body, rng: np.random.Generator, hu: Array, phase: str) -> Array:
+def _abdomen(grid: Grid, body: Body, rng: np.random.Generator, hu: Array, phase: str) -> Array:
     """Liver, spleen, kidneys, aorta and bowel gas; returns the liver occupancy."""
     inner_a, inner_b = body.a - body.fat - body.muscle, body.b - body.fat - body.muscle
     artery, liver_hu = _enhance(phase, float(rng.uniform(250, 400)), float(rng.uniform(50, 65)))
@@ -400,7 +406,7 @@ def _abdomen(grid: _Grid, body: _Body, rng: np.random.Generator, hu: Array, phas
 
 
 def _nodule(
-    grid: _Grid, rng: np.random.Generator, centre: Array, radius: float, malignant: bool
+    grid: Grid, rng: np.random.Generator, centre: Array, radius: float, malignant: bool
 ) -> Array:
     """Occupancy of a round (benign-like) or lobulated and spiculated (malignant-like) lesion."""
     box = grid.box(centre, radius * 1.6 + 3 * grid.h)
@@ -420,11 +426,18 @@ def _nodule(
     return out
 
 
-def _place(
-    rng: np.random.Generator, grid: _Grid, organ: Array, radius: float, taken: Array
+def place_lesion(
+    rng: np.random.Generator,
+    grid: Grid,
+    organ: Array,
+    radius: float,
+    taken: Array,
+    allowed: npt.NDArray[np.bool_] | None = None,
 ) -> Array | None:
-    """A centre deep enough inside ``organ`` and away from ``taken``, or None."""
-    inside = np.argwhere((organ > 0.99) & (taken < 0.5))
+    """A centre deep enough inside ``organ`` and away from ``taken`` (among the ``allowed``
+    voxels, if given), or None."""
+    candidates = (organ > 0.99) & (taken < 0.5)
+    inside = np.argwhere(candidates if allowed is None else candidates & allowed)
     if inside.size == 0:
         return None
     for _ in range(30):
@@ -436,9 +449,45 @@ def _place(
     return None
 
 
+def paint_lesion(
+    rng: np.random.Generator,
+    grid: Grid,
+    hu: Array,
+    centre: Array,
+    diameter: float,
+    malignant: bool,
+    section: str,
+) -> tuple[Array, LesionTruth]:
+    """Paint one lesion of ``diameter`` mm at ``centre`` into ``hu``: its kind (drawn for the
+    section: lung nodule types, liver hypo/hyper) and densities come from ``rng``, so the
+    same generator state paints the same lesion at another size (a patient's follow-up)."""
+    shape = _nodule(grid, rng, centre, diameter / 2, malignant)
+    if section == "chest":
+        kind = str(
+            rng.choice(["solid", "part-solid", "ground-glass"], p=[0.6, 0.2, 0.2])
+            if malignant
+            else rng.choice(["solid", "ground-glass"], p=[0.85, 0.15])
+        )
+        if kind == "ground-glass":
+            _paint(hu, shape, float(rng.uniform(-650, -350)))
+        elif kind == "part-solid":
+            _paint(hu, shape, float(rng.uniform(-600, -400)))
+            core = _nodule(grid, rng, centre, diameter * rng.uniform(0.15, 0.3), malignant)
+            _paint(hu, core, float(rng.uniform(10, 50)))
+        else:
+            _paint(hu, shape, float(rng.uniform(10, 60)))
+        malignant = malignant or kind == "part-solid"
+    else:
+        kind = str(rng.choice(["liver-hypo", "liver-hyper"], p=[0.7, 0.3]))
+        local = float(np.median(hu[shape > 0.5])) if (shape > 0.5).any() else 60.0
+        delta = -rng.uniform(25, 55) if kind == "liver-hypo" else rng.uniform(30, 80)
+        _paint(hu, shape, local + delta)
+    return shape, LesionTruth(kind=kind, diameter_mm=diameter, malignant=malignant)
+
+
 def _lesions(
     rng: np.random.Generator,
-    grid: _Grid,
+    grid: Grid,
     hu: Array,
     organ: Array,
     section: str,
@@ -452,36 +501,16 @@ def _lesions(
     for i in range(count):
         malignant = malignant_scan and (i == 0 or rng.random() < 0.5)
         diameter = float(np.exp(rng.uniform(math.log(3.0), math.log(30.0))))
-        centre = _place(rng, grid, organ, diameter / 2, occupancy)
+        centre = place_lesion(rng, grid, organ, diameter / 2, occupancy)
         if centre is None:
             continue
-        shape = _nodule(grid, rng, centre, diameter / 2, malignant)
-        if section == "chest":
-            kind = str(
-                rng.choice(["solid", "part-solid", "ground-glass"], p=[0.6, 0.2, 0.2])
-                if malignant
-                else rng.choice(["solid", "ground-glass"], p=[0.85, 0.15])
-            )
-            if kind == "ground-glass":
-                _paint(hu, shape, float(rng.uniform(-650, -350)))
-            elif kind == "part-solid":
-                _paint(hu, shape, float(rng.uniform(-600, -400)))
-                core = _nodule(grid, rng, centre, diameter * rng.uniform(0.15, 0.3), malignant)
-                _paint(hu, core, float(rng.uniform(10, 50)))
-            else:
-                _paint(hu, shape, float(rng.uniform(10, 60)))
-            malignant = malignant or kind == "part-solid"
-        else:
-            kind = str(rng.choice(["liver-hypo", "liver-hyper"], p=[0.7, 0.3]))
-            local = float(np.median(hu[shape > 0.5])) if (shape > 0.5).any() else 60.0
-            delta = -rng.uniform(25, 55) if kind == "liver-hypo" else rng.uniform(30, 80)
-            _paint(hu, shape, local + delta)
+        shape, truth = paint_lesion(rng, grid, hu, centre, diameter, malignant, section)
         occupancy = np.maximum(occupancy, shape)
-        truths.append(LesionTruth(kind=kind, diameter_mm=diameter, malignant=malignant))
+        truths.append(truth)
     return occupancy, truths
 
 
-def _acquire(hu: Array, acq: Acquisition, rng: np.random.Generator, grid: _Grid) -> Array:
+def acquire(hu: Array, acq: Acquisition, rng: np.random.Generator, grid: Grid) -> Array:
     """Slice profile, kernel sharpness, correlated noise and streaks."""
     if acq.thickness_mm > acq.interval_mm * 1.01 or acq.thickness_mm > acq.pixel_mm:
         sigma_z = max(acq.thickness_mm / acq.interval_mm, 1.0) / 2.355
@@ -502,18 +531,11 @@ def _acquire(hu: Array, acq: Acquisition, rng: np.random.Generator, grid: _Grid)
     return hu
 
 
-def make_scan(
-    rng: np.random.Generator,
-    *,
-    shift: bool = False,
-    section: str | None = None,
-    lesion_count: int | None = None,
-) -> Scan:
-    """One anatomical scan with its ground truth (``section``, ``lesion_count``: drawn if None)."""
-    body = _body(rng, shift)
-    acq = _acquisition(rng, body, shift)
-    grid = _Grid(acq)
-    section = section or str(rng.choice(["chest", "abdomen"], p=[0.75, 0.25]))
+def render_anatomy(
+    rng: np.random.Generator, body: Body, acq: Acquisition, grid: Grid, section: str
+) -> tuple[Array, Array]:
+    """The tissues of a ``section`` ("chest" or "abdomen") on ``grid``, before lesions and the
+    acquisition's blur and noise, and the occupancy of the organ lesions grow in (lungs, liver)."""
     hu = np.full(grid.shape, -1000.0)
     inner = _trunk(grid, body, rng, hu)
     _spine(grid, body, rng, hu)
@@ -524,8 +546,24 @@ def make_scan(
     else:
         organ = _abdomen(grid, body, rng, hu, acq.phase) * inner
         _ribs(grid, body, rng, hu, count=2)
+    return hu, organ
+
+
+def make_scan(
+    rng: np.random.Generator,
+    *,
+    shift: bool = False,
+    section: str | None = None,
+    lesion_count: int | None = None,
+) -> Scan:
+    """One anatomical scan with its ground truth (``section``, ``lesion_count``: drawn if None)."""
+    body = draw_body(rng, shift)
+    acq = draw_acquisition(rng, body, shift)
+    grid = Grid(acq)
+    section = section or str(rng.choice(["chest", "abdomen"], p=[0.75, 0.25]))
+    hu, organ = render_anatomy(rng, body, acq, grid, section)
     lesions, truths = _lesions(rng, grid, hu, organ, section, lesion_count)
-    hu = _acquire(hu, acq, rng, grid)
+    hu = acquire(hu, acq, rng, grid)
     label = "normal"
     if truths:
         label = "malignant" if any(t.malignant for t in truths) else "benign"

@@ -12,6 +12,7 @@ from typing import Any
 from inference.domain import Domain
 from inference.package import LoadedModel
 from training.anatomy import generate_anatomical_ct
+from training.anatomy_followup import generate_anatomical_longitudinal
 from training.data import load_ct_cases, load_ecg_cases, load_history_cases
 from training.domain import acceptance, build_domain, card_section, domain_volumes, write_domain
 from training.recipes import Case, Recipe
@@ -28,6 +29,7 @@ GENERATORS = {
     "ct": generate_ct,
     "ct-site-b": generate_ct_site_b,
     "anatomy": generate_anatomical_ct,
+    "anatomy-longitudinal": generate_anatomical_longitudinal,
     "ecg": generate_ecg,
     "longitudinal": generate_longitudinal,
 }

@@ -45,6 +45,7 @@ __all__ = [
     "SITE_B",
     "TRAINING",
     "CtAcquisition",
+    "follow_up_classes",
     "generate_ct",
     "generate_ct_site_b",
     "generate_ecg",
@@ -296,7 +297,7 @@ _CHANGE_FACTOR = {"decrease": (0.55, 0.75), "stable": (0.93, 1.07), "increase": 
 _RADIUS_MM = (3.0, 12.5)
 
 
-def _follow_up_classes(
+def follow_up_classes(
     rng: np.random.Generator, radius: float, intervals: int
 ) -> tuple[list[str], list[float]]:
     """A change class per interval and the radius after each, kept within ``_RADIUS_MM``."""
@@ -366,7 +367,7 @@ def generate_longitudinal(out: Path, n: int, seed: int, *, shift: bool = False) 
         centres = [np.array([rng.uniform(18, e - 18) for e in extent]) for _ in range(lesions)]
         phases = [float(rng.uniform(0, 6)) for _ in range(lesions)]
         contrast = float(rng.uniform(50, 90) if shift else rng.uniform(70, 160))
-        classes, radii = _follow_up_classes(rng, float(rng.uniform(4.5, 9.0)), studies - 1)
+        classes, radii = follow_up_classes(rng, float(rng.uniform(4.5, 9.0)), studies - 1)
         spread = [float(rng.uniform(0.9, 1.1)) for _ in range(lesions)]
         day = np.datetime64("2023-01-01") + int(rng.integers(0, 365))
         for t in range(studies):
