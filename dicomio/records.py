@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from pydicom.dataset import Dataset
 
 from dicomio.leads import name_key
 
@@ -39,6 +40,9 @@ class Volume:
     modality: str = ""
     # Enhanced multi-frame: the 1-based frame of each slice (empty: one file a slice).
     frame_numbers: tuple[int, ...] = ()
+    # The source files' headers (no pixel data) as read to build the volume, for the
+    # result encoders (no second read); empty where the builder kept none.
+    headers: tuple[Dataset, ...] = field(default=(), repr=False, compare=False)
 
     def affine(self) -> npt.NDArray[np.float64]:
         """4x4 matrix from (k, j, i, 1) voxel indices to (x, y, z, 1) LPS mm."""
@@ -143,3 +147,5 @@ class SeriesResult:
     lesion_labels: npt.NDArray[np.uint16] | None = None
     attention: FloatArray | None = None
     comparison_paths: tuple[Path, ...] = ()
+    # The source headers when already in memory (``Volume.headers``); else read again.
+    source_headers: tuple[Dataset, ...] = field(default=(), repr=False, compare=False)

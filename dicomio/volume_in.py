@@ -333,6 +333,7 @@ def _volume(
     spacing: tuple[float, float, float],
     uids: list[str],
     frame_numbers: list[int] | None = None,
+    headers: tuple[Dataset, ...] = (),
 ) -> Volume:
     return Volume(
         array=array,
@@ -347,6 +348,7 @@ def _volume(
         sop_instance_uids=tuple(uids),
         modality=str(first.get("Modality", "")),
         frame_numbers=tuple(frame_numbers or ()),
+        headers=headers,
     )
 
 
@@ -438,6 +440,7 @@ def load_volume(paths: Sequence[Path]) -> Volume:
         normal,
         (step, float(spacing[0]), float(spacing[1])),
         [uids[i] for i in order],
+        headers=tuple(headers),
     )
 
 

@@ -211,6 +211,7 @@ def _run_progression(
         source_paths=tuple(series.paths),
         sop_instance_uids=volume.sop_instance_uids,
         frame_numbers=volume.frame_numbers,
+        source_headers=volume.headers,
         comparison_paths=tuple(path for p in priors for path in p.series.paths),
     )
 
@@ -293,6 +294,7 @@ def _run_model(
             source_paths=sources,
             sop_instance_uids=volume.sop_instance_uids,
             frame_numbers=volume.frame_numbers,
+            source_headers=volume.headers,
             lesion_labels=label_map,
         )
     with feature_probe(model.module, layer) as probe:
@@ -312,6 +314,7 @@ def _run_model(
         source_paths=sources,
         sop_instance_uids=volume.sop_instance_uids,
         frame_numbers=volume.frame_numbers,
+        source_headers=volume.headers,
         attention=attention,
     )
 

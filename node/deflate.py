@@ -22,6 +22,7 @@ from typing import Protocol
 
 __all__ = ["CHUNK_BYTES", "LEVEL", "deflate_stream"]
 
+
 class Readable(Protocol):
     def read(self, size: int, /) -> bytes: ...
 

@@ -121,9 +121,12 @@ def _labelled_series(
 
 
 def _volume(uid: str, paths: list[Path], report: DataReport, on_missing: str) -> Volume | None:
-    """The series as the node loads it, or None (reported) when it cannot make a volume."""
+    """The series as the node loads it, or None (reported) when it cannot make a volume.
+
+    Without the source headers the node keeps for its result encoders: a training set
+    holds thousands of volumes, and a small one's headers outweigh its voxels."""
     try:
-        return load_volume(paths)
+        return replace(load_volume(paths), headers=())
     except InputError as exc:  # missing slices, gaps, undecodable pixels...
         report.skip(uid, str(exc), on_missing)
         return None

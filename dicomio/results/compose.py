@@ -69,7 +69,9 @@ def _series_results(
     ready: Callable[[ResultObject], None],
 ) -> list[ResultObject]:
     first = next((r for r in results if r.sop_instance_uids), results[0])
-    sources = read_sources(first.source_paths, first.sop_instance_uids, first.frame_numbers)
+    sources = read_sources(
+        first.source_paths, first.sop_instance_uids, first.frame_numbers, first.source_headers
+    )
     series_uid = str(sources.first.SeriesInstanceUID)
     images = "Rows" in sources.first
     algorithms: list[Algorithm] = []

@@ -105,14 +105,19 @@ def read_headers(paths: Sequence[Path]) -> list[Dataset]:
 
 
 def read_sources(
-    paths: Sequence[Path], sop_instance_uids: Sequence[str], frames: Sequence[int] = ()
+    paths: Sequence[Path],
+    sop_instance_uids: Sequence[str],
+    frames: Sequence[int] = (),
+    headers: Sequence[Dataset] = (),
 ) -> SourceSeries:
     """Headers (no pixel data) of ``paths``, ordered like ``sop_instance_uids``.
 
     The order is the order of the result's arrays (slices sorted along the
-    normal), which highdicom follows frame by frame.
+    normal), which highdicom follows frame by frame. ``headers``: those of
+    ``paths`` already in memory (read when the volume was built); else they are
+    read here.
     """
-    headers = read_headers(paths)
+    headers = list(headers) or read_headers(paths)
     if not sop_instance_uids:  # no grid (a series a model declined): instance order
         return SourceSeries(tuple(sorted(headers, key=lambda d: int(d.get("InstanceNumber") or 0))))
     by_uid = {str(ds.SOPInstanceUID): ds for ds in headers}

@@ -676,3 +676,26 @@ def test_warm_up_loads_highdicoms_standard_tables() -> None:
         loader.cache_clear()
     warm_up()
     assert [loader.cache_info().currsize for loader in loaders] == [1, 1, 1]
+
+
+def test_encoders_use_the_headers_read_for_the_volume(ct_case, tmp_path: Path) -> None:
+    """The source headers read to build the volume reach the encoders: the files are not
+    read a second time (gone, the same objects come out; without the headers they are read)."""
+    _out, run, objects = ct_case
+    results = run.results
+    assert all(len(r.source_headers) == len(r.source_paths) for r in results)
+    assert all("PixelData" not in h for r in results for h in r.source_headers)
+    gone = tuple(tmp_path / p.name for p in results[0].source_paths)  # never written
+    moved = [replace(r, source_paths=gone) for r in results]
+    pipeline = PipelineConfig(name="ct-lesions")
+    again = _by_kind(encode_run(moved, pipeline, CFG, started_at=STARTED))
+    before = _by_kind(objects)
+    for kind in ("SEG", "PM"):
+        assert [i.ReferencedSOPInstanceUID for i in again[kind].ReferencedSeriesSequence[0]
+                .ReferencedInstanceSequence] == [
+            i.ReferencedSOPInstanceUID
+            for i in before[kind].ReferencedSeriesSequence[0].ReferencedInstanceSequence
+        ]  # fmt: skip
+    without = [replace(r, source_paths=gone, source_headers=()) for r in results]
+    with pytest.raises(FileNotFoundError):
+        encode_run(without, pipeline, CFG, started_at=STARTED)
