@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -30,7 +29,7 @@ import torch  # noqa: E402
 from pydicom import dcmread  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
-from bench.study import ct_study, rss_mib  # noqa: E402
+from bench.study import ct_study, rss_mib, temp_folder  # noqa: E402
 from core.clock import utc_now  # noqa: E402
 from core.config import InferenceConfig  # noqa: E402
 from dicomio.records import Outcome  # noqa: E402
@@ -65,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         "(e.g. models/lesion-seg, the shipped one)",
     )
     a = ap.parse_args(argv)
-    work = Path(tempfile.mkdtemp(prefix="bench-inference-"))
+    work = temp_folder("bench-inference-")
     data = a.data or work / "data"
     paths = ct_study(data, a.slices)
     device = pick_device(a.device)

@@ -49,7 +49,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[0] = str(ROOT)  # not bench/ itself: bench/queue.py would shadow the stdlib queue
 
-from bench.study import run_threads  # noqa: E402
+from bench.study import run_threads, temp_folder  # noqa: E402
 
 GENERATOR = ROOT / "bench" / "make_study.py"
 ENV = {**os.environ, "TCP_NODELAY": "1"}
@@ -289,19 +289,19 @@ def main(argv: list[str] | None = None) -> int:
     if "postgresql" in a.database:
         from tests.pg import PostgresServer  # the tests' own server harness
 
-        server = PostgresServer(Path(tempfile.mkdtemp(prefix="ingest-pg-"))).start()
-    scratch = Path(tempfile.mkdtemp(prefix="ingest-runs-"))  # every run's folder, kept to the end
+        server = PostgresServer(temp_folder("ingest-pg-")).start()
+    runs = Path(tempfile.mkdtemp(prefix="ingest-runs-"))  # every run's folder, kept to the end
     try:
-        return _run(a, server, scratch)
+        return _run(a, server, runs)
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        shutil.rmtree(runs, ignore_errors=True)
         if server is not None:
             server.stop()
 
 
 def _run(a: argparse.Namespace, server: object, scratch: Path) -> int:
 
-    data = a.data or Path(tempfile.mkdtemp(prefix="ingest-data-"))
+    data = a.data or temp_folder("ingest-data-")
     if not ((data / "ct").is_dir() and (data / "small").is_dir()):
         subprocess.run(
             [sys.executable, str(GENERATOR), "--out", str(data)],

@@ -26,7 +26,6 @@ import argparse
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
@@ -37,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[0] = str(ROOT)  # not bench/ itself: bench/queue.py would shadow the stdlib queue
 
 from bench.make_study import make_ct  # noqa: E402
+from bench.study import temp_folder  # noqa: E402
 from core.config_file import load_config  # noqa: E402
 from storage import queue  # noqa: E402
 from storage.db import create_sqlite_engine, make_sessionmaker  # noqa: E402
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quiet", type=float, default=2.0, help="quiet period (s)")
     ap.add_argument("--retrieve", choices=["move", "get"], default="move")
     args = ap.parse_args(argv)
-    work = Path(tempfile.mkdtemp(prefix="ainode-priors-"))
+    work = temp_folder("ainode-priors-")
     priors = [
         _study(work / "prior1", args.slices, 11, "20240105"),
         _study(work / "prior2", args.slices, 12, "20240610"),

@@ -18,14 +18,13 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[0] = str(ROOT)  # not bench/ itself: bench/queue.py would shadow the stdlib queue
 
-from bench.study import ct_study, rss_mib  # noqa: E402
+from bench.study import ct_study, rss_mib, temp_folder  # noqa: E402
 from core.config import SeriesRule  # noqa: E402
 from dicomio.volume_in import scan_studies  # noqa: E402
 from inference.execute import pick_device  # noqa: E402
@@ -43,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", type=Path, help="folder made by make_study.py")
     ap.add_argument("--model", choices=["lesion-class", "lesion-change"], help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
-    data = a.data or Path(tempfile.mkdtemp(prefix="bench-progression-")) / "data"
+    data = a.data or temp_folder("bench-progression-") / "data"
     ct_study(data, a.slices)  # made once, before the per-model processes read it
     if a.model is None:  # each model in its own process: peak RSS is per process
         print(f"One CT study, {a.slices} slices 512x512, device {pick_device(a.device)}")

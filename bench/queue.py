@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from datetime import UTC, datetime
@@ -27,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # Replace (not prepend to) the script's own folder: this file would shadow stdlib ``queue``.
 sys.path[0] = str(ROOT)
 
-from bench.study import run_threads  # noqa: E402
+from bench.study import run_threads, temp_folder  # noqa: E402
 from core.config import DatabaseConfig  # noqa: E402
 from core.retry import RetryPolicy  # noqa: E402
 from storage import queue  # noqa: E402
@@ -124,8 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=600)
     ap.add_argument("--samples", type=int, default=10)
     a = ap.parse_args(argv)
-    work = Path(tempfile.mkdtemp(prefix="ainode-bench-queue-"))
-    server = PostgresServer(Path(tempfile.mkdtemp(prefix="ainode-bench-pg-"))).start()
+    work = temp_folder("ainode-bench-queue-")
+    server = PostgresServer(temp_folder("ainode-bench-pg-")).start()
     doubles = 0
     try:
         print("| database | workers | jobs | seconds | jobs/s | double claims |")

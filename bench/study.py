@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import atexit
 import resource
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
 
 GENERATOR = Path(__file__).resolve().parent / "make_study.py"
+
+
+def temp_folder(prefix: str) -> Path:
+    """A new temporary folder, removed when the benchmark's process ends (a CT run leaves
+    hundreds of MB; earlier runs left them in /tmp)."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, work, ignore_errors=True)
+    return work
 
 
 def rss_mib() -> float:
