@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,17 +94,21 @@ def _reference(visits: list[Acquisition], extent_mm: float) -> Acquisition:
 
 
 def _sample(
-    reference: Array, ref: Grid, ref_acq: Acquisition, acq: Acquisition, offset: Array
-) -> Array:
-    """``reference`` seen by a visit's voxels: blurred to their size, sampled at their
-    centres (the patient moved by ``offset`` mm), linear between reference voxels."""
-    grid = Grid(acq)
+    references: Sequence[Array],
+    ref: Grid,
+    ref_acq: Acquisition,
+    acq: Acquisition,
+    grid: Grid,
+    offset: Array,
+) -> list[Array]:
+    """``references`` as a visit's voxels (``acq`` on its ``grid``) see them: blurred to
+    their size, sampled at their centres (the patient moved by ``offset`` mm), linear
+    between reference voxels; the coordinates computed once for all of them."""
     steps = (ref_acq.interval_mm, ref_acq.pixel_mm, ref_acq.pixel_mm)
     sizes = (acq.interval_mm, acq.pixel_mm, acq.pixel_mm)
     sigma = [
         math.sqrt(max(v * v - r * r, 0.0)) / 2.355 / r for v, r in zip(sizes, steps, strict=True)
     ]
-    blurred = ndimage.gaussian_filter(reference, sigma)
     axes = [
         (mine + shift - theirs[0]) / step
         for mine, theirs, shift, step in zip(
@@ -111,8 +116,12 @@ def _sample(
         )
     ]
     coords = np.meshgrid(*axes, indexing="ij")
-    sampled: Array = ndimage.map_coordinates(blurred, coords, order=1, mode="nearest")
-    return sampled
+    return [
+        ndimage.map_coordinates(
+            ndimage.gaussian_filter(reference, sigma), coords, order=1, mode="nearest"
+        )
+        for reference in references
+    ]
 
 
 def make_patient(seed: int, index: int, *, shift: bool = False) -> list[FollowUpStudy]:
@@ -164,9 +173,9 @@ def make_patient(seed: int, index: int, *, shift: bool = False) -> list[FollowUp
             )
             occupancy = np.maximum(occupancy, shape)
         offset = rng(5, t).uniform(-_OFFSET_MM, _OFFSET_MM, 3)
-        seen = _sample(hu, ref, ref_acq, acq, offset)
-        lesions = _sample(occupancy, ref, ref_acq, acq, offset)
-        pixels = acquire(seen, acq, rng(6, t), Grid(acq))
+        grid = Grid(acq)
+        seen, lesions = _sample([hu, occupancy], ref, ref_acq, acq, grid, offset)
+        pixels = acquire(seen, acq, rng(6, t), grid)
         studies.append(
             FollowUpStudy(
                 hu=np.clip(pixels, -1024, 3071).astype(np.float32),
