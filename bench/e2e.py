@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,6 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[0] = str(ROOT)  # not bench/ itself: bench/queue.py would shadow the stdlib queue
 
+from bench.study import temp_folder  # noqa: E402
 from core.config_file import load_config  # noqa: E402
 from node.send import deflated_copy  # noqa: E402
 from storage import deliveries, queue  # noqa: E402
@@ -107,17 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         help="keep the run's folder (study, node data, Orthanc's; ~630 MB) and print its path",
     )
     args = ap.parse_args(argv)
-    work = Path(tempfile.mkdtemp(prefix="ainode-e2e-"))
-    try:
-        return _measure(args, work)
-    finally:
-        if args.keep:
-            print(f"\nkept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
-
-
-def _measure(args: argparse.Namespace, work: Path) -> int:
+    work = temp_folder("ainode-e2e-", keep=args.keep)
     subprocess.run(
         [
             sys.executable,

@@ -15,11 +15,15 @@ from pathlib import Path
 GENERATOR = Path(__file__).resolve().parent / "make_study.py"
 
 
-def temp_folder(prefix: str) -> Path:
+def temp_folder(prefix: str, *, keep: bool = False) -> Path:
     """A new temporary folder, removed when the benchmark's process ends (a CT run leaves
-    hundreds of MB; earlier runs left them in /tmp)."""
+    hundreds of MB; earlier runs left them in /tmp) unless ``keep``: then its path is
+    printed at the end."""
     work = Path(tempfile.mkdtemp(prefix=prefix))
-    atexit.register(shutil.rmtree, work, ignore_errors=True)
+    if keep:
+        atexit.register(print, f"\nkept {work}")
+    else:
+        atexit.register(shutil.rmtree, work, ignore_errors=True)
     return work
 
 
