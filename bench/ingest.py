@@ -5,7 +5,11 @@ Data come from bench/make_study.py (200-slice 512x512 CT, 1000 small
 64x64 instances). Each receiver starts fresh for every run; the sender is dcmtk
 ``storescu`` with TCP_NODELAY=1. Reported: median instances/s and MB/s over the
 runs, the receiver's peak RSS, and ainode's ratio to each anchor. Every run is
-verified: the receiver must hold every instance sent.
+verified: the receiver must hold every instance sent. The runs are interleaved:
+round after round, every receiver once, the order turned by one each round, so a
+machine that drifts during the benchmark favours none of them (run in blocks,
+the same code measured 0.70x against Orthanc with four senders where the
+interleaved rounds of the same hour gave 0.95x).
 
 Nothing a run wrote is deleted before the whole benchmark ends. On ext4 without
 a journal (this project's test machines) the kernel will not reuse an inode
@@ -158,7 +162,7 @@ def ainode_receiver(
         database = f'[database]\nurl = "{new_database()}"\n' if new_database else ""
         cfg.write_text(
             f'[node]\nport = {port}\nlistener_processes = {processes}\nreceiver = "{receiver}"\n'
-            f'[storage]\ndata_dir = "data"\nmin_free_mb = 0\n{database}'
+            f'[storage]\ndata_dir = "data"\n{database}'
             f'[logging]\nlevel = "WARNING"\n[web]\nenabled = false\n'
             f'[[pipelines]]\nname = "default"\n'
         )
@@ -324,40 +328,49 @@ def _run(a: argparse.Namespace, server: object, scratch: Path) -> int:
         new_database = server.new_database  # type: ignore[attr-defined]
         receivers += [ainode_receiver(n, new_database, receiver=r) for n, r in kinds]
 
-    results: dict[str, dict[str, tuple[float, float, float]]] = {FLOOR: {}}
+    # Round after round, each receiver (and the durable floor) once per round, the order
+    # turned by one each round: what drifts on a shared machine over a benchmark (other
+    # load, the disk's cache, recently freed inodes) falls on every receiver alike
+    # instead of on whichever ran its runs last.
+    names = [FLOOR] + [rx.name for rx in receivers]
+    by_name = {rx.name: rx for rx in receivers}
+    results: dict[str, dict[str, tuple[float, float, float]]] = {n: {} for n in names}
+    rounds: dict[str, dict[str, list[float]]] = {n: {} for n in names}
     for label, (files, senders) in sets.items():
         mb = sum(f.stat().st_size for f in files) / 1e6
-        secs = statistics.median(durable_floor(files, senders, scratch) for _ in range(a.runs))
-        results[FLOOR][label] = (len(files) / secs, mb / secs, 0.0)
-        print(
-            f"  {FLOOR:22} {label:24} {len(files) / secs:7.0f} inst/s {mb / secs:6.1f} MB/s",
-            file=sys.stderr,
-        )
-    for rx in receivers:
-        results[rx.name] = {}
-        for label, (files, senders) in sets.items():
-            mb = sum(f.stat().st_size for f in files) / 1e6
-            runs = [run_once(rx, files, senders, scratch) for _ in range(a.runs)]
-            secs = statistics.median(r[0] for r in runs)
-            rss = max(r[1] for r in runs)
-            results[rx.name][label] = (len(files) / secs, mb / secs, rss)
+        seconds: dict[str, list[float]] = {n: [] for n in names}
+        rss: dict[str, float] = dict.fromkeys(names, 0.0)
+        for r in range(a.runs):
+            shift = r % len(names)
+            for name in names[shift:] + names[:shift]:
+                if name == FLOOR:
+                    seconds[name].append(durable_floor(files, senders, scratch))
+                    continue
+                secs, peak = run_once(by_name[name], files, senders, scratch)
+                seconds[name].append(secs)
+                rss[name] = max(rss[name], peak)
+        for name in names:
+            secs = statistics.median(seconds[name])
+            results[name][label] = (len(files) / secs, mb / secs, rss[name])
+            rounds[name][label] = [len(files) / x for x in seconds[name]]
+            memory = "" if name == FLOOR else f"  peak RSS {rss[name]:5.0f} MiB"
             print(
-                f"  {rx.name:22} {label:24} {len(files) / secs:7.0f} inst/s "
-                f"{mb / secs:6.1f} MB/s  peak RSS {rss:5.0f} MiB",
+                f"  {name:22} {label:24} {len(files) / secs:7.0f} inst/s "
+                f"{mb / secs:6.1f} MB/s{memory}",
                 file=sys.stderr,
             )
 
     print(
-        f"\nIngest over 127.0.0.1, storescu TCP_NODELAY=1, median of {a.runs} runs, "
-        f"{os.cpu_count()} cores\n"
+        f"\nIngest over 127.0.0.1, storescu TCP_NODELAY=1, median of {a.runs} runs "
+        f"(receivers interleaved, round by round), {os.cpu_count()} cores\n"
     )
     header = "| receiver | " + " | ".join(sets) + " | peak RSS |"
     print(header)
     print("|" + "---|" * (len(sets) + 2))
     for name, row in results.items():
         cells = [f"{v[0]:.0f}/s, {v[1]:.0f} MB/s" for v in row.values()]
-        rss = max(v[2] for v in row.values())
-        memory = "—" if name == FLOOR else f"{rss:.0f} MiB"
+        peak = max(v[2] for v in row.values())
+        memory = "—" if name == FLOOR else f"{peak:.0f} MiB"
         print(f"| {name} | " + " | ".join(cells) + f" | {memory} |")
     for name in [n for n in results if n.endswith("(PostgreSQL)")]:
         sqlite = name.removesuffix(" (PostgreSQL)")
@@ -366,13 +379,20 @@ def _run(a: argparse.Namespace, server: object, scratch: Path) -> int:
             print(f"\n{name} / {sqlite}: " + ", ".join(f"{r:.2f}x" for r in ratios))
     ainodes = [n for n in results if n.startswith("ainode")]
     anchors = [n for n in results if not n.startswith("ainode")]
-    print("\nainode's ratio to each anchor (instances/s):\n")
+    print(
+        "\nainode's ratio to each anchor (instances/s; medians, then in brackets the "
+        "lowest and highest of the rounds' own ratios):\n"
+    )
     print("| ainode vs | " + " | ".join(sets) + " |")
     print("|" + "---|" * (len(sets) + 1))
     for ours in ainodes:
         for anchor in anchors:
-            ratios = [results[ours][s][0] / results[anchor][s][0] for s in sets]
-            print(f"| {ours} / {anchor} | " + " | ".join(f"{r:.2f}x" for r in ratios) + " |")
+            cells = []
+            for s in sets:
+                paired = [x / y for x, y in zip(rounds[ours][s], rounds[anchor][s], strict=True)]
+                ratio = results[ours][s][0] / results[anchor][s][0]
+                cells.append(f"{ratio:.2f}x ({min(paired):.2f}-{max(paired):.2f})")
+            print(f"| {ours} / {anchor} | " + " | ".join(cells) + " |")
     return 0
 
 

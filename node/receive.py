@@ -97,7 +97,7 @@ def receive_instance(
     spool = deps.spool
     try:
         wanted = deps.min_free_bytes + len(meta) + len(dataset)
-        free = spool.free_bytes()
+        free = spool.free_bytes(above=wanted)
         if free < wanted and deps.make_room is not None:
             deps.make_room(wanted)
             free = spool.free_bytes()

@@ -31,6 +31,14 @@ __all__ = ["Spool", "Staged", "fsync_dir", "is_safe_uid"]
 
 _UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _counter = itertools.count()
+# How far a free-space figure is trusted without asking the filesystem again: this old
+# at most, less what this spool wrote since, and only when it clears the line by the
+# slack (for what other processes wrote meanwhile). Near the line, always asked afresh.
+_FREE_FRESH_S = 0.5
+_FREE_SLACK = 256 << 20
+# A gathered write takes at most this many pieces (IOV_MAX is 1024) or bytes.
+_GATHER_MAX = 256
+_GATHER_BYTES = 8 << 20
 
 
 def is_safe_uid(uid: str) -> bool:
@@ -38,13 +46,50 @@ def is_safe_uid(uid: str) -> bool:
     return 0 < len(uid) <= 64 and _UID_RE.match(uid) is not None
 
 
-def fsync_dir(path: Path) -> None:
-    """Make the entries of folder ``path`` durable."""
+def fsync_dir(path: Path, fd: int | None = None) -> None:
+    """Make the entries of folder ``path`` durable (``fd``: that folder, open already)."""
+    if fd is not None:
+        os.fsync(fd)
+        return
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _write_all(fd: int, chunks: Iterable[bytes | memoryview]) -> int:
+    """Write ``chunks`` to ``fd`` in order with as few system calls as they allow
+    (gathered writes; each system call lets other threads run, and under
+    concurrent stores each costs a turn at the interpreter); return the size."""
+    size = 0
+    pending: list[memoryview] = []
+    pending_bytes = 0
+    for chunk in chunks:
+        view = memoryview(chunk).cast("B")
+        if not view.nbytes:
+            continue
+        pending.append(view)
+        pending_bytes += view.nbytes
+        size += view.nbytes
+        if len(pending) >= _GATHER_MAX or pending_bytes >= _GATHER_BYTES:
+            _writev_all(fd, pending)
+            pending, pending_bytes = [], 0
+    _writev_all(fd, pending)
+    return size
+
+
+def _writev_all(fd: int, views: list[memoryview]) -> None:
+    """writev until every byte of ``views`` is written (a write may stop short)."""
+    while views:
+        written = os.writev(fd, views)
+        if written <= 0:
+            raise OSError(errno.EIO, "write made no progress")
+        while views and written >= views[0].nbytes:
+            written -= views[0].nbytes
+            views.pop(0)
+        if written:
+            views[0] = views[0][written:]
 
 
 # Filesystems without hard links (FAT, some network mounts) answer link() so.
@@ -64,20 +109,18 @@ class Staged:
         return self.fd is not None or (self.path is not None and self.path.exists())
 
 
-def _link_no_replace(fd: int, target: Path) -> bool:
-    """Give the unnamed file open as ``fd`` the name ``target``; False if that exists.
+def _link_no_replace(fd: int, folder: int, name: str) -> bool:
+    """Give the unnamed file open as ``fd`` the name ``name`` in the folder open as
+    ``folder``; False if that exists.
 
     linkat(2) with AT_SYMLINK_FOLLOW on /proc/self/fd/N, as open(2) describes for
     O_TMPFILE. (Python calls linkat only when a dir_fd is given; plain link() would
     try to link the /proc entry itself.)
     """
-    folder = os.open(target.parent, os.O_PATH | os.O_DIRECTORY)
     try:
-        os.link(f"/proc/self/fd/{fd}", target.name, dst_dir_fd=folder, follow_symlinks=True)
+        os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=folder, follow_symlinks=True)
     except FileExistsError:
         return False
-    finally:
-        os.close(folder)
     return True
 
 
@@ -118,6 +161,8 @@ class Spool:
         self._known_dirs: set[Path] = set()
         self._lock = threading.Lock()
         self._unnamed = unnamed  # O_TMPFILE + linkat work here (None: not probed yet)
+        self._written = 0  # bytes staged so far (free_bytes' estimate)
+        self._free_seen = (0, -_FREE_FRESH_S, 0)  # (free, when, _written then)
 
     def prepare(self, *, grace_s: float = 0.0) -> int:
         """Create the folders and delete leftovers of interrupted writes.
@@ -152,8 +197,22 @@ class Spool:
                 raise ValueError(f"not a valid UID for a file name: {uid!r}")
         return self.results_dir / study_uid / f"{sop_uid}.dcm"
 
-    def free_bytes(self) -> int:
-        return shutil.disk_usage(self.data_dir).free
+    def free_bytes(self, *, above: int | None = None) -> int:
+        """Free bytes of the data folder's filesystem.
+
+        With ``above``, a figure measured less than half a second ago, less what this
+        spool wrote since, may answer instead (one system call fewer per store, and
+        under concurrent stores each costs a turn at the interpreter) — but only when
+        it exceeds ``above`` by 256 MiB; otherwise the filesystem is asked.
+        """
+        if above is not None:
+            measured, at, written = self._free_seen
+            estimate = measured - (self._written - written)
+            if time.monotonic() - at < _FREE_FRESH_S and estimate - _FREE_SLACK >= above:
+                return estimate
+        free = shutil.disk_usage(self.data_dir).free
+        self._free_seen = (free, time.monotonic(), self._written)
+        return free
 
     def stage(
         self, chunks: Iterable[bytes | memoryview], name: str, *, folder: Path | None = None
@@ -172,19 +231,19 @@ class Spool:
             tmp = where / f"{name}.{os.getpid()}.{next(_counter)}.part"
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             staged = Staged(path=tmp)
-        size = 0
         try:
-            # A named file's descriptor is closed here; an unnamed one's stays open until
-            # publish or discard (it is the file).
-            with open(fd, "wb", closefd=staged.path is not None) as f:
-                for chunk in chunks:
-                    f.write(chunk)
-                    size += len(chunk)
-                f.flush()
-                os.fsync(fd)
+            size = _write_all(fd, chunks)
+            self._written += size  # unlocked: a lost update is inside free_bytes' slack
+            os.fsync(fd)
         except BaseException:
+            if staged.path is not None:
+                os.close(fd)
             self.discard(staged)
             raise
+        # A named file's descriptor is closed here; an unnamed one's stays open until
+        # publish or discard (it is the file).
+        if staged.path is not None:
+            os.close(fd)
         return staged, size
 
     def _can_stage_unnamed(self, folder: Path) -> bool:
@@ -196,11 +255,13 @@ class Spool:
                 self._unnamed = False
             else:
                 probe = folder / f".probe.{os.getpid()}.{next(_counter)}"
+                folder_fd = os.open(folder, os.O_PATH | os.O_DIRECTORY)
                 try:
-                    self._unnamed = _link_no_replace(fd, probe)
+                    self._unnamed = _link_no_replace(fd, folder_fd, probe.name)
                 except OSError:  # no /proc, or no hard links on this filesystem
                     self._unnamed = False
                 finally:
+                    os.close(folder_fd)
                     os.close(fd)
                 probe.unlink(missing_ok=True)
         return self._unnamed
@@ -217,29 +278,36 @@ class Spool:
         """
         fd, source = staged.fd, staged.path
         assert fd is not None or source is not None, "published or discarded already"
+        folder = -1
 
         def place(target: Path) -> bool:
             if fd is not None:
-                return _link_no_replace(fd, target)
+                return _link_no_replace(fd, folder, target.name)
             assert source is not None
             return _move_no_replace(source, target)
 
         try:
             self._ensure_dir(path.parent)
+            # One descriptor of the folder for the link and the fsync.
+            folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
             target = path
             while not place(target):
                 target = path.with_name(f"{path.stem}.{os.getpid()}-{next(_counter)}{path.suffix}")
         except BaseException:
+            if folder >= 0:
+                os.close(folder)
             self.discard(staged)
             raise
         if fd is not None:
             os.close(fd)
         staged.fd = staged.path = None
         try:
-            fsync_dir(path.parent)
+            fsync_dir(path.parent, folder)
         except BaseException:
             target.unlink(missing_ok=True)
             raise
+        finally:
+            os.close(folder)
         return target
 
     def discard(self, staged: Staged) -> None:

@@ -173,7 +173,7 @@ class _FullDisk(Spool):
         self._free = free
         self._enospc = enospc
 
-    def free_bytes(self) -> int:
+    def free_bytes(self, *, above: int | None = None) -> int:
         return self._free
 
     def stage(self, chunks, name):
@@ -219,10 +219,10 @@ def test_folder_fsync_failure_refuses_and_leaves_no_file(deps, tmp_path, monkeyp
 
     fsync_dir = spool_module.fsync_dir
 
-    def failing(path: Path) -> None:
+    def failing(path: Path, fd: int | None = None) -> None:
         if any(Path(path).glob("*.dcm")):  # the series folder, once the file is in it
             raise OSError(errno.EIO, "Input/output error")
-        fsync_dir(path)
+        fsync_dir(path, fd)
 
     monkeypatch.setattr(spool_module, "fsync_dir", failing)
     raw, sop_class, sop = _encoded(tmp_path)

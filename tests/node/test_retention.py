@@ -169,7 +169,7 @@ class _SmallDisk(Spool):
         super().__init__(data_dir)
         self.capacity = capacity
 
-    def free_bytes(self) -> int:
+    def free_bytes(self, *, above: int | None = None) -> int:
         used = sum(p.stat().st_size for p in self.data_dir.rglob("*.dcm") if p.is_file())
         return self.capacity - used
 

@@ -111,3 +111,81 @@ def test_quarantine_keeps_the_relative_path(tmp_path: Path) -> None:
     moved = spool.quarantine(path)
     assert moved == spool.data_dir / "orphans" / "instances" / "1.2" / "1.2.3" / "1.2.3.4.dcm"
     assert moved.read_bytes() == b"abc" and not path.exists()
+
+
+@pytest.mark.parametrize("unnamed", [True, False], ids=["O_TMPFILE", "tmp-name"])
+def test_staged_bytes_are_the_chunks_in_order_when_writes_stop_short(
+    tmp_path: Path, unnamed: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Gathered writes: every chunk's bytes once, in order, whatever each write took;
+    empty chunks, memoryviews of typed arrays and more pieces than one write takes."""
+    import array
+
+    spool = Spool(tmp_path / "data", unnamed=unnamed)
+    spool.prepare()
+    floats = array.array("f", [float(i) for i in range(1000)])
+    chunks: list[bytes | memoryview] = [b"head", b"", memoryview(floats), b"tail"]
+    chunks += [bytes([i % 251]) * (i % 7) for i in range(700)]  # > one gather of pieces
+    expected = b"".join(bytes(c) for c in chunks)
+    real = os.writev
+    calls = []
+
+    def short(fd: int, views: list[memoryview]) -> int:  # the first 9 bytes at most
+        calls.append(len(views))
+        prefix, left = [], 9
+        for v in views:
+            prefix.append(v[:left])
+            left -= len(prefix[-1])
+            if not left:
+                break
+        return real(fd, prefix)
+
+    monkeypatch.setattr(os, "writev", short)
+    path = spool.instance_path("1.2", "1.2.3", "1.2.3.4")
+    assert spool.write(path, chunks) == len(expected)
+    assert path.read_bytes() == expected
+    assert max(calls) <= 256 and len(calls) > len(expected) // 10
+
+
+def test_a_write_that_makes_no_progress_fails(tmp_path: Path, monkeypatch) -> None:
+    spool = Spool(tmp_path / "data")
+    spool.prepare()
+    monkeypatch.setattr(os, "writev", lambda fd, views: 0)
+    open_before = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(OSError, match="no progress"):
+        spool.stage([b"abc"], "1.2")
+    assert _files_in(spool.data_dir) == []
+    assert len(os.listdir("/proc/self/fd")) == open_before
+
+
+def test_free_space_is_asked_afresh_near_the_line(tmp_path: Path, monkeypatch) -> None:
+    """A recent figure less what the spool wrote answers only well clear of the line."""
+    import shutil
+    from collections import namedtuple
+
+    import storage.spool as spool_module
+
+    usage = namedtuple("usage", "total used free")
+    free = [10 << 30]
+    asked = []
+
+    def disk_usage(path: object) -> object:
+        asked.append(path)
+        return usage(0, 0, free[0])
+
+    monkeypatch.setattr(shutil, "disk_usage", disk_usage)
+    spool = Spool(tmp_path / "data")
+    spool.prepare()
+    assert spool.free_bytes(above=1 << 30) == 10 << 30 and len(asked) == 1  # first: asked
+    spool.stage([b"x" * 4096], "1.2")
+    # Recent, well clear of the line: the figure less the 4096 bytes written since.
+    assert spool.free_bytes(above=1 << 30) == (10 << 30) - 4096 and len(asked) == 1
+    free[0] = 1 << 30  # something else filled the disk meanwhile
+    # Within the slack of the line: asked again, and the truth answers.
+    assert spool.free_bytes(above=(10 << 30) - (128 << 20)) == 1 << 30 and len(asked) == 2
+    assert spool.free_bytes(above=1) == 1 << 30 and len(asked) == 2  # recent again, clear
+    assert spool.free_bytes() == 1 << 30 and len(asked) == 3  # without above: always asked
+    clock = [spool_module.time.monotonic() + 0.6]
+    monkeypatch.setattr(spool_module.time, "monotonic", lambda: clock[0])
+    free[0] = 5 << 30
+    assert spool.free_bytes(above=1) == 5 << 30 and len(asked) == 4  # too old: asked
