@@ -343,6 +343,10 @@ def _run(a: argparse.Namespace, server: object, scratch: Path) -> int:
         for r in range(a.runs):
             shift = r % len(names)
             for name in names[shift:] + names[:shift]:
+                # storescp never fsyncs: up to half a gigabyte of its writes can still be
+                # waiting for the kernel's writeback, which would then compete with the
+                # next receiver's fsyncs. Each run starts with nothing dirty.
+                os.sync()
                 if name == FLOOR:
                     seconds[name].append(durable_floor(files, senders, scratch))
                     continue
