@@ -12,7 +12,14 @@ from pathlib import Path
 import numpy as np
 
 from inference.package import LoadedModel
-from training.folders import GENERATORS, generate, headline, load_cases, record_domain
+from training.folders import (
+    GENERATORS,
+    generate,
+    headline,
+    load_cases,
+    record_domain,
+    worker_acceptance,
+)
 from training.metrics import grouped_kfold
 from training.rebuild import rebuild
 from training.recipes import (
@@ -145,15 +152,23 @@ def _evaluate(
         if recipe.name not in cases:
             cases[recipe.name] = load_cases(recipe, data, split)
         report = evaluate(recipe, loaded.module, cases[recipe.name])
+        # The metrics count every case (as if the worker analysed them all); beside
+        # them, how many the worker would analyse at all, and why it declines the rest.
+        accepts = worker_acceptance(loaded, cases[recipe.name])
+        report.update(accepts)
         folder = report_dir if role == "model" else report_dir / "baseline"
         write_report(folder, recipe.name, report, list(recipe.classes))
-        figures[f"{role}: {path}"] = {"n": report["n"], **headline(recipe, report)}
+        figures[f"{role}: {path}"] = {
+            "n": report["n"],
+            **headline(recipe, report),
+            **{k: v for k, v in accepts.items() if k != "domain_declined"},
+        }
     if baseline is None:
         print(json.dumps(next(iter(figures.values())), indent=2))
         return 0
     (model, base) = figures.values()
     print(f"{'':24} {'baseline':>10} {'model':>10} {'change':>10}")
-    for key in model:
+    for key in [k for k in model if k in base]:
         change = model[key] - base[key]
         print(f"{key:24} {base[key]:>10.4g} {model[key]:>10.4g} {change:>+10.4g}")
     print(json.dumps(figures, indent=2))

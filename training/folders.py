@@ -23,7 +23,14 @@ from training.synthetic import (
     generate_longitudinal,
 )
 
-__all__ = ["GENERATORS", "generate", "headline", "load_cases", "record_domain"]
+__all__ = [
+    "GENERATORS",
+    "generate",
+    "headline",
+    "load_cases",
+    "record_domain",
+    "worker_acceptance",
+]
 
 GENERATORS = {
     "ct": generate_ct,
@@ -75,6 +82,20 @@ def headline(recipe: Recipe, report: dict[str, Any]) -> dict[str, float]:
     else:
         keys = ["accuracy", "macro_f1", "macro_auroc", "ece"]
     return {k: round(float(report[k]), 4) for k in keys if report.get(k) is not None}
+
+
+def worker_acceptance(loaded: LoadedModel, cases: Sequence[object]) -> dict[str, Any]:
+    """What the worker does with these cases before any metric counts: how many the
+    package's validated input domain accepts, and why it declines the rest (the
+    reason's first words); {} for a package without a domain."""
+    if loaded.spec.domain is None:
+        return {}
+    accepted, total, reasons = acceptance(loaded, loaded.spec.domain.domain, domain_volumes(cases))
+    return {
+        "domain_accepted": accepted,
+        "domain_checked": total,
+        "domain_declined": dict(reasons.most_common()),
+    }
 
 
 def record_domain(

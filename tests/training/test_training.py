@@ -474,3 +474,30 @@ def test_domain_from_one_split_checked_on_another(ct_data: Path, tmp_path: Path)
     # A split asked of a folder without a split column is a clear error, and changes nothing.
     assert main([*args[:4], "--check", str(ct_data), "--check-split", "test"]) == 2
     assert (package / "domain.json").read_text() == domain
+
+
+def test_evaluate_reports_what_the_worker_would_analyse(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Beside the metrics (over every case), the report says how many cases the package's
+    validated domain accepts and why it declines the rest: anatomy-like CT is declined
+    by the shipped lesion-seg, its own kind of phantom accepted."""
+    import json
+
+    from training.__main__ import main
+    from training.anatomy import generate_anatomical_ct
+
+    root = Path(__file__).resolve().parents[2]
+    generate_anatomical_ct(tmp_path / "anatomy", 2, seed=2201, shift=True)
+    generate_ct(tmp_path / "ct", 2, seed=2002)
+    for data in ("anatomy", "ct"):
+        args = ["evaluate", str(root / "models" / "lesion-seg"), "--data", str(tmp_path / data)]
+        assert main([*args, "--report", str(tmp_path / f"report-{data}")]) == 0
+    anatomy = json.loads((tmp_path / "report-anatomy" / "report.json").read_text())
+    ct = json.loads((tmp_path / "report-ct" / "report.json").read_text())
+    assert (anatomy["domain_accepted"], anatomy["domain_checked"]) == (0, 2)
+    assert sum(anatomy["domain_declined"].values()) == 2
+    assert (ct["domain_accepted"], ct["domain_checked"], ct["domain_declined"]) == (2, 2, {})
+    assert "domain_declined" in (tmp_path / "report-anatomy" / "report.md").read_text()
+    printed = capsys.readouterr().out
+    assert '"domain_accepted": 0' in printed and '"domain_accepted": 2' in printed
