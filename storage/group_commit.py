@@ -12,18 +12,21 @@ exception back, the others commit; a commit that fails gives every piece not
 committed yet the commit's exception. A store is answered only after the
 commit that holds its row.
 
-One instance per process and sessionmaker (:func:`group_of`). Batches run one
-at a time, so on SQLite they share one connection, kept open between them: a
+One instance per process and sessionmaker (:func:`group_of`). On SQLite batches
+run one at a time, so they share one connection, kept open between them: a
 session per batch on a pooled connection cost a checkout, a check-in and their
 events every time, about a sixth of a small instance's Python (the node's
 processes are spawned, never forked, so no connection crosses a fork).
 
-SQLite only: there every write transaction already takes the database's one
-write lock (BEGIN IMMEDIATE), so a batch adds no lock a single store would not
-hold. On PostgreSQL stores of different studies run side by side, and a batch
-would hold several studies' rows at once — a deadlock risk with other
-transactions that touch several studies — so each store commits on its own
-there, on its own thread, as before.
+On SQLite every write transaction already takes the database's one write lock
+(BEGIN IMMEDIATE), so a batch adds no lock a single store would not hold: one
+queue for all stores. On PostgreSQL stores of different studies run side by
+side, and a batch of several studies would hold their rows at once — a deadlock
+risk with other transactions that touch several studies — so there each study
+has a queue of its own (``key``, the Study Instance UID): stores of one study
+take that study's lock one after the other anyway (``storage.index.locate``),
+and now share a transaction and its commit while stores of other studies run
+beside them, each batch on a pooled connection of its own.
 """
 
 from __future__ import annotations
@@ -67,47 +70,70 @@ class _PieceFailed(Exception):
         self.error = error
 
 
+class _Lane:
+    """The stores waiting to share a transaction, and whether a batch of them runs."""
+
+    __slots__ = ("busy", "queue")
+
+    def __init__(self) -> None:
+        self.queue: list[_Item[object]] = []
+        self.busy = False
+
+
 class GroupCommit:
     def __init__(self, sessions: sessionmaker[Session]) -> None:
         self.sessions = sessions
-        self.batching = sessions.kw["bind"].dialect.name == "sqlite"
+        # SQLite: one lane for every key (one writer at a time, on one kept connection);
+        # PostgreSQL: a lane per key.
+        self.one_lane = sessions.kw["bind"].dialect.name == "sqlite"
         self._cond = threading.Condition(threading.Lock())
-        self._queue: list[_Item[object]] = []
-        self._busy = False
-        self._connection: Connection | None = None  # the batches' (one batch at a time)
+        self._lanes: dict[str, _Lane] = {}
+        self._connection: Connection | None = None  # SQLite's batches' (one at a time)
 
     def run(self, work: Work[T], *, key: str) -> T:
         """Run ``work`` in a committed transaction (shared with concurrent callers).
 
-        ``key`` orders the pieces of a batch (the study UID). Raises what ``work``
-        raised, or what the commit raised.
+        ``key`` (the study UID) orders the pieces of a batch and, on PostgreSQL, says
+        which stores may share one. Raises what ``work`` raised, or what the commit
+        raised.
         """
         item: _Item[T] = _Item(work, key)
-        if not self.batching:
-            self._run_batch([item])  # type: ignore[list-item]
-        else:
-            self._wait_for_batch(item)  # type: ignore[arg-type]
+        self._wait_for_batch(item, "" if self.one_lane else key)  # type: ignore[arg-type]
         if item.error is not None:
             raise item.error
         return item.result  # type: ignore[return-value]
 
-    def _wait_for_batch(self, item: _Item[object]) -> None:
-        """Queue ``item``; lead a batch whenever none runs, until ``item``'s has run."""
+    def waiting(self) -> int:
+        """Stores queued for a batch (not yet in one)."""
         with self._cond:
-            self._queue.append(item)
-            while not item.finished:
-                if self._busy:
-                    self._cond.wait()
-                    continue
-                self._busy = True
-                batch, self._queue = self._queue[:_MAX_BATCH], self._queue[_MAX_BATCH:]
-                self._cond.release()
-                try:
-                    self._run_batch(batch)
-                finally:
-                    self._cond.acquire()
-                    self._busy = False
-                    self._cond.notify_all()
+            return sum(len(lane.queue) for lane in self._lanes.values())
+
+    def _wait_for_batch(self, item: _Item[object], lane_key: str) -> None:
+        """Queue ``item`` in its lane; lead a batch of that lane whenever none runs,
+        until ``item``'s has run."""
+        with self._cond:
+            lane = self._lanes.get(lane_key)
+            if lane is None:
+                lane = self._lanes[lane_key] = _Lane()
+            lane.queue.append(item)
+            try:
+                while not item.finished:
+                    if lane.busy:
+                        self._cond.wait()
+                        continue
+                    lane.busy = True
+                    batch, lane.queue = lane.queue[:_MAX_BATCH], lane.queue[_MAX_BATCH:]
+                    self._cond.release()
+                    try:
+                        self._run_batch(batch)
+                    finally:
+                        self._cond.acquire()
+                        lane.busy = False
+                        self._cond.notify_all()
+            finally:
+                # The last one out forgets the lane (a lane per study on PostgreSQL).
+                if not lane.busy and not lane.queue and self._lanes.get(lane_key) is lane:
+                    del self._lanes[lane_key]
 
     def _run_batch(self, batch: list[_Item[object]]) -> None:
         """Commit ``batch`` in one transaction. If a piece raises, the transaction
@@ -157,10 +183,10 @@ class GroupCommit:
     def _transaction(self) -> Iterator[Session]:
         """A session in a transaction that commits when the block ends without an error.
 
-        Batching, it runs on the batches' own connection (opened again if it was
-        invalidated); otherwise each caller gets a pooled one, as sessions do.
+        On SQLite it runs on the batches' own connection (opened again if it was
+        invalidated); on PostgreSQL each batch gets a pooled one, as sessions do.
         """
-        if not self.batching:
+        if not self.one_lane:
             with self.sessions.begin() as session:
                 yield session
             return
