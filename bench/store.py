@@ -4,10 +4,11 @@
 What the receive path costs in Python (validate, write, fsync, index), apart from
 any DICOM network library: bench/make_study.py's 1000 small instances are read
 into memory and stored with ``receive_instance`` into a fresh data folder and
-SQLite index, from one thread and from four (group commit shares transactions
-between them). Prints the median instances/s of ``--runs`` runs each.
+SQLite index (or a PostgreSQL database on a server started for the run), from one
+thread and from four (group commit shares transactions between them). Prints the
+median instances/s of ``--runs`` runs each.
 
-Usage: .venv/bin/python bench/store.py [--runs 3] [--threads 1,4]
+Usage: .venv/bin/python bench/store.py [--runs 3] [--threads 1,4] [--database sqlite]
 """
 
 from __future__ import annotations
@@ -28,8 +29,15 @@ from pynetdicom.dsutils import split_dataset  # noqa: E402
 
 from core.config import DuplicatePolicy  # noqa: E402
 from node.receive import ReceiveDeps, receive_instance  # noqa: E402
-from storage.db import create_sqlite_engine, make_sessionmaker, migrate  # noqa: E402
+from storage.db import (  # noqa: E402
+    DatabaseConfig,
+    create_sqlite_engine,
+    make_sessionmaker,
+    migrate,
+    open_engine,
+)
 from storage.spool import Spool  # noqa: E402
+from tests.pg import PostgresServer  # noqa: E402  (the tests' own server harness)
 
 Item = tuple[bytes, str, str, str]
 
@@ -46,9 +54,12 @@ def _items(folder: Path) -> list[Item]:
     return items
 
 
-def _run(items: list[Item], threads: int, work: Path) -> float:
+def _run(items: list[Item], threads: int, work: Path, database_url: str | None) -> float:
     work.mkdir(parents=True)
-    engine = create_sqlite_engine(work / "index.sqlite3")
+    if database_url is None:
+        engine = create_sqlite_engine(work / "index.sqlite3")
+    else:
+        engine = open_engine(DatabaseConfig(url=database_url), work / "unused.sqlite3")
     migrate(engine)
     spool = Spool(work / "data")
     spool.prepare()
@@ -87,28 +98,47 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--threads", default="1,4")
+    ap.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="ainode-store-") as tmp:
-        data = Path(tmp) / "study"
-        subprocess.run(
-            [sys.executable, str(ROOT / "bench" / "make_study.py"), "--out", str(data),
-             "--ct-slices", "0", "--small-count", "1000"],
-            check=True, capture_output=True,
-        )  # fmt: skip
-        items = _items(data / "small")
-        for threads in (int(t) for t in args.threads.split(",")):
-            # Every run in a folder of its own, all deleted at the end: on ext4 without a
-            # journal, files made right after a thousand were deleted cost ~20x more to
-            # create (bench/ingest.py says why).
-            rates = [
-                _run(items, threads, Path(tmp) / f"node-{threads}-{n}") for n in range(args.runs)
-            ]
-            runs = ", ".join(f"{r:.0f}" for r in rates)
-            print(
-                f"{len(items)} small instances, {threads} thread(s): "
-                f"{statistics.median(rates):.0f} instances/s (median of {runs})"
-            )
+        server = None
+        if args.database == "postgresql":
+            Path(tmp).chmod(0o755)  # the server runs as the postgres user
+            server = PostgresServer(Path(tmp) / "pg").start()
+        try:
+            _bench(args, Path(tmp), server)
+        finally:
+            if server is not None:
+                server.stop()
     return 0
+
+
+def _bench(args: argparse.Namespace, tmp: Path, server: PostgresServer | None) -> None:
+    data = tmp / "study"
+    subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "make_study.py"), "--out", str(data),
+         "--ct-slices", "0", "--small-count", "1000"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    items = _items(data / "small")
+    for threads in (int(t) for t in args.threads.split(",")):
+        # Every run in a folder of its own (and on PostgreSQL a database of its own), all
+        # deleted at the end: on ext4 without a journal, files made right after a thousand
+        # were deleted cost ~20x more to create (bench/ingest.py says why).
+        rates = [
+            _run(
+                items,
+                threads,
+                tmp / f"node-{threads}-{n}",
+                None if server is None else server.new_database(),
+            )
+            for n in range(args.runs)
+        ]
+        runs = ", ".join(f"{r:.0f}" for r in rates)
+        print(
+            f"{len(items)} small instances, {threads} thread(s), {args.database}: "
+            f"{statistics.median(rates):.0f} instances/s (median of {runs})"
+        )
 
 
 if __name__ == "__main__":

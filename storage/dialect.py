@@ -26,8 +26,9 @@ from typing import Any
 
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.sql.base import Executable
 
-__all__ = ["JobWaiter", "notify_job", "only_one", "serialize"]
+__all__ = ["JobWaiter", "notify_job", "only_one", "serialize", "serialize_steps"]
 
 logger = logging.getLogger(__name__)
 _CHANNEL = "ainode_jobs"
@@ -41,6 +42,16 @@ def serialize(session: Session, key: str) -> None:
     """Until this transaction ends, no other transaction serialising ``key`` runs past here."""
     if session.get_bind().dialect.name == "postgresql":
         session.execute(_LOCK, {"key": key})
+
+
+def serialize_steps(dialect_name: str, key: str) -> list[tuple[Executable, dict[str, str]]]:
+    """:func:`serialize` as statements to run first (``storage.fastsql.execute_all``).
+
+    For a caller that sends the lock and its first reads in one round trip: the
+    server still runs each statement with a snapshot taken when it starts, so
+    the reads after the lock see what the lock's previous holder committed.
+    """
+    return [(_LOCK, {"key": key})] if dialect_name == "postgresql" else []
 
 
 @contextmanager

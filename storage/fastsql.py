@@ -1,11 +1,11 @@
-"""Core statements run straight on SQLite's DBAPI cursor, for the C-STORE path.
+"""Core statements run straight on the DBAPI connection, for the C-STORE path.
 
 Each C-STORE runs the same few index statements (``storage.index``). Through
 SQLAlchemy each execution costs 40-75 µs of Python for 2-3 µs in SQLite
 itself (an execution context, parameter processing, a result object), about a
 fifth of a small instance's whole store. :func:`execute` runs such a statement
-with SQLAlchemy's own compiled SQL on the session's DBAPI connection, inside
-the same transaction:
+with SQLAlchemy's own compiled SQL on the session's DBAPI connection (sqlite3
+or psycopg), inside the same transaction:
 
 - compiled once per statement, dialect and set of parameter names;
 - every parameter converted by its type's own bind processor (an aware UTC
@@ -16,8 +16,14 @@ the same transaction:
   to a Python function, are refused when prepared, not run wrong.
 
 Rows come back as named tuples behind ``first()``, ``one()`` and ``scalar_one()``
-like SQLAlchemy's. Other dialects (PostgreSQL) run the statement through
-SQLAlchemy as before.
+like SQLAlchemy's.
+
+On PostgreSQL every statement is also a round trip to the server (~90 µs on
+loopback here, more across a network), and a store runs about ten of them.
+:func:`execute_all` sends several statements whose parameters do not depend on
+each other's results in one round trip (psycopg's pipeline mode: the server
+still runs them one after the other, each with its own snapshot, and stops at
+the first error); on SQLite it runs them in turn.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from sqlalchemy.engine.interfaces import Dialect
 from sqlalchemy.exc import DBAPIError, MultipleResultsFound, NoResultFound
 from sqlalchemy.sql.base import Executable
 
-__all__ = ["Rows", "execute"]
+__all__ = ["Rows", "execute", "execute_all"]
 
 
 class Rows:
@@ -65,9 +71,11 @@ class _Prepared:
 
     def __init__(self, stmt: Executable, dialect: Dialect, keys: frozenset[str]) -> None:
         compiled = stmt.compile(dialect=dialect, column_keys=sorted(keys))  # type: ignore[attr-defined]
-        order = compiled.positiontup
+        # sqlite3 takes positional parameters (qmark), psycopg named ones (pyformat).
+        self.positional = dialect.positional
+        order = compiled.positiontup if self.positional else list(compiled.binds)
         if order is None or compiled.escaped_bind_names:
-            raise ValueError(f"not a positional statement with plain names: {compiled}")
+            raise ValueError(f"not a statement with plain parameter names: {compiled}")
         self.sql = str(compiled)
         fixed: dict[str, Any] = {}
         for name, bind in compiled.binds.items():
@@ -93,41 +101,31 @@ class _Prepared:
                 raise ValueError(f"{column} needs result processing: {self.sql}")
         self.row: Any = None  # a named tuple type, from the first execution's description
 
-    def run(self, dbapi: Any, dialect: Dialect, params: Mapping[str, Any]) -> Rows:
+    def values(self, params: Mapping[str, Any]) -> Any:
+        """The DBAPI parameters: a list in the statement's order, or a dict by name."""
         fixed = self.fixed
         values = []
         for name, process in self.params:
             value = params[name] if name in params else fixed[name]
             values.append(value if process is None else process(value))
-        cursor = dbapi.cursor()
-        try:
-            cursor.execute(self.sql, values)
-            if cursor.description is None:
-                return Rows(())
-            if self.row is None:
-                self.row = namedtuple("Row", [d[0] for d in cursor.description], rename=True)  # type: ignore[misc]
-            return Rows([self.row._make(r) for r in cursor.fetchall()])
-        except dialect.loaded_dbapi.Error as exc:
-            # As SQLAlchemy raises it (OperationalError, IntegrityError, ... with .orig).
-            raise DBAPIError.instance(self.sql, values, exc, dialect.loaded_dbapi.Error) from exc
-        finally:
-            cursor.close()
+        if self.positional:
+            return values
+        return dict(zip((name for name, _ in self.params), values, strict=True))
+
+    def rows(self, cursor: Any) -> Rows:
+        """The executed statement's rows."""
+        if cursor.description is None:
+            return Rows(())
+        if self.row is None:
+            self.row = namedtuple("Row", [d[0] for d in cursor.description], rename=True)  # type: ignore[misc]
+        return Rows([self.row._make(r) for r in cursor.fetchall()])
 
 
 _prepared: dict[tuple[int, str, frozenset[str]], tuple[Executable, _Prepared]] = {}
 _lock = threading.Lock()
 
 
-def execute(conn: Connection, stmt: Executable, params: Mapping[str, Any]) -> Any:
-    """Run ``stmt`` with ``params`` in ``conn``'s transaction; its rows.
-
-    ``stmt`` must be a module-level statement (prepared statements are kept for
-    the life of the process). On SQLite it runs on the DBAPI cursor (above);
-    elsewhere through SQLAlchemy.
-    """
-    dialect = conn.dialect
-    if dialect.name != "sqlite":
-        return conn.execute(stmt, params)
+def _prepare(stmt: Executable, dialect: Dialect, params: Mapping[str, Any]) -> _Prepared:
     key = (id(stmt), dialect.name, frozenset(params))
     entry = _prepared.get(key)
     if entry is None:
@@ -135,4 +133,56 @@ def execute(conn: Connection, stmt: Executable, params: Mapping[str, Any]) -> An
             entry = _prepared.get(key)
             if entry is None:
                 entry = _prepared[key] = (stmt, _Prepared(stmt, dialect, key[2]))
-    return entry[1].run(conn.connection.driver_connection, dialect, params)
+    return entry[1]
+
+
+def execute(conn: Connection, stmt: Executable, params: Mapping[str, Any]) -> Rows:
+    """Run ``stmt`` with ``params`` in ``conn``'s transaction; its rows.
+
+    ``stmt`` must be a module-level statement (prepared statements are kept for
+    the life of the process).
+    """
+    return execute_all(conn, [(stmt, params)])[0]
+
+
+def execute_all(
+    conn: Connection, steps: Sequence[tuple[Executable, Mapping[str, Any]]]
+) -> list[Rows]:
+    """Run each ``(statement, params)`` in order in ``conn``'s transaction; their rows.
+
+    On PostgreSQL in one round trip; the first error stops the rest, and is
+    raised as SQLAlchemy raises it (``IntegrityError``, ``OperationalError``, ...
+    with ``.orig``). A lost connection is invalidated, as SQLAlchemy does.
+    """
+    dialect = conn.dialect
+    prepared = [(_prepare(stmt, dialect, params), params) for stmt, params in steps]
+    dbapi: Any = conn.connection.driver_connection
+    Error = dialect.loaded_dbapi.Error
+    cursors: list[Any] = []
+    sql, values = "", None
+    try:
+        if dialect.name == "sqlite" or len(prepared) == 1:
+            rows = []
+            for p, params in prepared:
+                sql, values = p.sql, p.values(params)
+                cursor = dbapi.cursor()
+                cursors.append(cursor)
+                cursor.execute(sql, values)
+                rows.append(p.rows(cursor))
+            return rows
+        with dbapi.pipeline():
+            for p, params in prepared:
+                sql, values = p.sql, p.values(params)
+                cursor = dbapi.cursor()
+                cursors.append(cursor)
+                cursor.execute(sql, values)
+            # Any of them may be the one that failed: the error names them all.
+            sql, values = "; ".join(p.sql for p, _ in prepared), None
+        return [p.rows(cursor) for (p, _), cursor in zip(prepared, cursors, strict=True)]
+    except Error as exc:
+        if dialect.is_disconnect(exc, dbapi, None):
+            conn.invalidate(exc)
+        raise DBAPIError.instance(sql, values, exc, Error) from exc
+    finally:
+        for cursor in cursors:
+            cursor.close()

@@ -13,9 +13,10 @@ from typing import cast
 
 from sqlalchemy import Connection, Table, and_, bindparam, delete, func, insert, select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.base import Executable
 
-from storage.dialect import serialize
-from storage.fastsql import execute
+from storage.dialect import serialize_steps
+from storage.fastsql import execute, execute_all
 from storage.models import ExpectedSeries, Instance, ReceiveState, Series, Study
 from storage.records import IndexOutcome, IndexResult, InstanceHeader, StoredInstance
 
@@ -177,6 +178,8 @@ def _merge_modalities(current: str, modality: str) -> str:
 
 # Statements are built once: the per-instance path runs them on the session's
 # connection (Core), which costs a fraction of ORM unit-of-work flushes.
+Step = tuple[Executable, dict[str, object]]
+
 _studies = cast(Table, Study.__table__)
 _series = cast(Table, Series.__table__)
 _instances = cast(Table, Instance.__table__)
@@ -262,41 +265,24 @@ def _receiving(now: datetime, added: int) -> dict[str, object]:
     }
 
 
-def _upsert_study(
-    conn: Connection, h: InstanceHeader, now: datetime, added: int, *, retrieved: bool
-) -> tuple[bool, bool]:
-    """Insert or touch the study row; (created, a complete study re-opened)."""
-    row = execute(conn, _FIND_STUDY, {"uid": h.study_instance_uid}).first()
-    if row is None:
-        execute(
-            conn,
-            _INSERT_STUDY,
+def _study_steps(h: InstanceHeader, placement: Placement, now: datetime, added: int, *,
+                 retrieved: bool) -> list[Step]:  # fmt: skip
+    """Touch the known study row (the new one is inserted by :func:`_insert_new_rows`)."""
+    if placement.study_id is None:
+        return []
+    return [
+        (
+            _TOUCH_STUDY,
             {
-                "study_instance_uid": h.study_instance_uid,
-                "patient_id": h.patient_id,
-                "accession_number": h.accession_number,
-                "study_date": h.study_date,
-                "study_description": h.study_description,
-                "modalities": h.modality,
+                "row_id": placement.study_id,
+                "added": added,
+                "now": now,
+                "reopened": int(placement.study_complete),
+                "modalities": _merge_modalities(placement.study_modalities, h.modality),
                 "retrieved": retrieved,
-                **_receiving(now, added),
             },
         )
-        return True, False
-    reopened: bool = row.state == ReceiveState.COMPLETE
-    execute(
-        conn,
-        _TOUCH_STUDY,
-        {
-            "row_id": row.id,
-            "added": added,
-            "now": now,
-            "reopened": int(reopened),
-            "modalities": _merge_modalities(row.modalities, h.modality),
-            "retrieved": retrieved,
-        },
-    )
-    return False, reopened
+    ]
 
 
 class StudyConflict(Exception):
@@ -327,23 +313,36 @@ class Placement:
     instance_series_id: int | None = None
     series_id: int | None = None
     series_complete: bool = False
+    study_id: int | None = None
+    study_complete: bool = False
+    study_modalities: str = ""
 
 
 def locate(session: Session, header: InstanceHeader) -> Placement:
-    """Look up the instance's row and its series' row, refusing study conflicts.
+    """Look up the instance's, its series' and its study's rows, refusing study conflicts.
 
     The study is serialised first (:mod:`storage.dialect`): two associations
-    storing into one study never both insert its row.
+    storing into one study never both insert its row. On PostgreSQL the lock
+    and the three look-ups are one round trip.
 
     Raises
     ------
     StudyConflict
         The Series or SOP Instance UID is indexed under another study.
     """
-    serialize(session, f"study {header.study_instance_uid}")
     conn = session.connection()
     study = header.study_instance_uid
-    series = execute(conn, _LOCATE_SERIES, {"uid": header.series_instance_uid}).first()
+    lock = serialize_steps(conn.dialect.name, f"study {study}")
+    *_, series_rows, instance_rows, study_rows = execute_all(
+        conn,
+        [
+            *lock,
+            (_LOCATE_SERIES, {"uid": header.series_instance_uid}),
+            (_LOCATE_INSTANCE, {"uid": header.sop_instance_uid}),
+            (_FIND_STUDY, {"uid": study}),
+        ],
+    )
+    series = series_rows.first()
     if series is not None and series.study_instance_uid != study:
         raise StudyConflict(
             what="series",
@@ -351,7 +350,7 @@ def locate(session: Session, header: InstanceHeader) -> Placement:
             stored_study=series.study_instance_uid,
             new_study=study,
         )
-    instance = execute(conn, _LOCATE_INSTANCE, {"uid": header.sop_instance_uid}).first()
+    instance = instance_rows.first()
     if instance is not None and instance.study_instance_uid != study:
         raise StudyConflict(
             what="instance",
@@ -359,47 +358,82 @@ def locate(session: Session, header: InstanceHeader) -> Placement:
             stored_study=instance.study_instance_uid,
             new_study=study,
         )
+    found = study_rows.first()
     return Placement(
         instance_id=None if instance is None else instance.id,
         instance_path=None if instance is None else Path(instance.path),
         instance_series_id=None if instance is None else instance.series_id,
         series_id=None if series is None else series.id,
         series_complete=series is not None and series.state == ReceiveState.COMPLETE,
+        study_id=None if found is None else found.id,
+        study_complete=found is not None and found.state == ReceiveState.COMPLETE,
+        study_modalities="" if found is None else found.modalities,
     )
 
 
-def _upsert_series(
-    conn: Connection, h: InstanceHeader, placement: Placement, now: datetime, added: int
+def _insert_new_rows(
+    conn: Connection, h: InstanceHeader, placement: Placement, now: datetime, *, retrieved: bool
 ) -> int:
-    if placement.series_id is None:
-        study_id = execute(conn, _FIND_STUDY, {"uid": h.study_instance_uid}).one().id
-        new_id: int = execute(
+    """Insert the study's and the series' rows where they are new; the series' row id.
+
+    A round trip each, before the rest of the store's writes (which need the ids):
+    once per new series, not per instance.
+    """
+    study_id = placement.study_id
+    if study_id is None:
+        study_id = execute(
             conn,
-            _INSERT_SERIES,
+            _INSERT_STUDY,
             {
-                "series_instance_uid": h.series_instance_uid,
-                "expected_uid": h.series_instance_uid,
-                "study_id": study_id,
-                "modality": h.modality,
-                "body_part_examined": h.body_part_examined,
-                "series_description": h.series_description,
-                "series_number": h.series_number,
-                **_receiving(now, added),
+                "study_instance_uid": h.study_instance_uid,
+                "patient_id": h.patient_id,
+                "accession_number": h.accession_number,
+                "study_date": h.study_date,
+                "study_description": h.study_description,
+                "modalities": h.modality,
+                "retrieved": retrieved,
+                **_receiving(now, 1),
             },
         ).scalar_one()
-        execute(conn, _FORGET_EXPECTED, {"expected_uid": h.series_instance_uid})
-        return new_id
-    execute(
-        conn,
-        _TOUCH_SERIES,
-        {
-            "row_id": placement.series_id,
-            "added": added,
-            "now": now,
-            "reopened": int(placement.series_complete),
-        },
-    )
-    return placement.series_id
+    series_id = placement.series_id
+    if series_id is None:
+        series_id = execute_all(
+            conn,
+            [
+                (
+                    _INSERT_SERIES,
+                    {
+                        "series_instance_uid": h.series_instance_uid,
+                        "expected_uid": h.series_instance_uid,
+                        "study_id": study_id,
+                        "modality": h.modality,
+                        "body_part_examined": h.body_part_examined,
+                        "series_description": h.series_description,
+                        "series_number": h.series_number,
+                        **_receiving(now, 1),
+                    },
+                ),
+                (_FORGET_EXPECTED, {"expected_uid": h.series_instance_uid}),
+            ],
+        )[0].scalar_one()
+    return int(series_id)
+
+
+def _series_steps(placement: Placement, now: datetime, added: int) -> list[Step]:
+    """Touch the known series row (a new one was inserted with its count)."""
+    if placement.series_id is None:
+        return []
+    return [
+        (
+            _TOUCH_SERIES,
+            {
+                "row_id": placement.series_id,
+                "added": added,
+                "now": now,
+                "reopened": int(placement.series_complete),
+            },
+        )
+    ]
 
 
 def index_instance(
@@ -410,7 +444,8 @@ def index_instance(
     A SOP Instance UID already indexed is never a second row: with
     ``replace`` the row points at the new file (and the previous path is
     returned so the caller can delete it once committed), otherwise the
-    existing row is kept untouched.
+    existing row is kept untouched. The writes of an instance into a known
+    series are one round trip on PostgreSQL.
     """
     h = stored.header
     conn = session.connection()
@@ -418,14 +453,17 @@ def index_instance(
         return IndexResult(outcome=IndexOutcome.KEPT_EXISTING)
     replacing = placement.instance_id is not None
     now = stored.received_at
-    created, reopened = _upsert_study(
-        conn, h, now, 0 if replacing else 1, retrieved=stored.retrieved
-    )
+    created = placement.study_id is None
+    reopened = placement.study_complete
     # A replaced instance that moves to another series of its study counts there.
     moved = replacing and placement.instance_series_id != placement.series_id
-    series_id = _upsert_series(conn, h, placement, now, 0 if replacing and not moved else 1)
+    series_id = _insert_new_rows(conn, h, placement, now, retrieved=stored.retrieved)
+    steps = [
+        *_study_steps(h, placement, now, 0 if replacing else 1, retrieved=stored.retrieved),
+        *_series_steps(placement, now, 0 if replacing and not moved else 1),
+    ]
     if moved:
-        execute(conn, _UNCOUNT_SERIES, {"row_id": placement.instance_series_id})
+        steps.append((_UNCOUNT_SERIES, {"row_id": placement.instance_series_id}))
     values = {
         "series_id": series_id,
         "sop_class_uid": h.sop_class_uid,
@@ -437,9 +475,11 @@ def index_instance(
         "received_at": now,
     }
     if not replacing:
-        execute(conn, _INSERT_INSTANCE, {"sop_instance_uid": h.sop_instance_uid, **values})
+        steps.append((_INSERT_INSTANCE, {"sop_instance_uid": h.sop_instance_uid, **values}))
+        execute_all(conn, steps)
         return IndexResult(outcome=IndexOutcome.NEW, study_reopened=reopened, study_created=created)
-    execute(conn, _REPLACE_INSTANCE, {"row_id": placement.instance_id, **values})
+    steps.append((_REPLACE_INSTANCE, {"row_id": placement.instance_id, **values}))
+    execute_all(conn, steps)
     previous = placement.instance_path
     return IndexResult(
         outcome=IndexOutcome.REPLACED,

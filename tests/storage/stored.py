@@ -23,28 +23,31 @@ def store(
     patient_id: str = "",
     study_date: str = "",
     retrieved: bool = False,
+    modality: str = "CT",
+    path: str = "",
+    replace: bool = False,
 ) -> IndexResult:
-    """Index instance ``sop`` (stored at ``/x/<sop>.dcm``) in one transaction."""
+    """Index instance ``sop`` (stored at ``path``, or ``/x/<sop>.dcm``) in one transaction."""
     header = InstanceHeader(
         sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
         sop_instance_uid=sop,
         study_instance_uid=study,
         series_instance_uid=series,
         transfer_syntax_uid="1.2.840.10008.1.2.1",
-        modality="CT",
+        modality=modality,
         patient_id=patient_id,
         study_date=study_date,
     )
     stored = StoredInstance(
         header=header,
-        path=Path(f"/x/{sop}.dcm"),
+        path=Path(path or f"/x/{sop}.dcm"),
         size_bytes=1,
         calling_ae_title="CT",
         received_at=at,
         retrieved=retrieved,
     )
     with sessions.begin() as s:
-        return index_instance(s, stored, locate(s, stored.header), replace=False)
+        return index_instance(s, stored, locate(s, stored.header), replace=replace)
 
 
 def files_in(folder: Path) -> list[Path]:

@@ -1,4 +1,7 @@
-"""storage.fastsql: index statements on SQLite's DBAPI cursor store what SQLAlchemy stores."""
+"""storage.fastsql: index statements on the DBAPI cursor store what SQLAlchemy stores.
+
+The tests taking ``sessions`` run on SQLite and on a real PostgreSQL server.
+"""
 
 from __future__ import annotations
 
@@ -22,9 +25,11 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session, sessionmaker
 
-from storage.db import create_sqlite_engine, make_sessionmaker, migrate
-from storage.fastsql import execute
+from core.config import DatabaseConfig
+from storage.db import create_sqlite_engine, make_sessionmaker, migrate, open_engine
+from storage.fastsql import execute, execute_all
 from storage.models import Instance, Series, Study
+from tests.pg import PostgresServer
 
 _studies = cast(Table, Study.__table__)
 _series = cast(Table, Series.__table__)
@@ -197,3 +202,80 @@ def test_python_side_defaults_are_filled_in_or_refused(tmp_path: Path) -> None:
         with pytest.raises(ValueError, match="needs a value or a constant default"):
             execute(conn, update(toy).where(toy.c.id == bindparam("row")), {"row": 1, "kind": "x"})
     engine.dispose()
+
+
+_COUNT = select(_series.c.instance_count).where(_series.c.id == bindparam("row_id"))
+
+
+def test_statements_sent_together_run_in_order_and_return_their_rows(
+    sessions: sessionmaker[Session],
+) -> None:
+    with sessions.begin() as s:
+        series = _tree(s, via_fastsql=True, n=1)
+        conn = s.connection()
+        before, _, after, missing, found = execute_all(
+            conn,
+            [
+                (_COUNT, {"row_id": series}),
+                (_TOUCH_SERIES, {"row_id": series, "added": 4}),
+                (_COUNT, {"row_id": series}),
+                (_FIND, {"uid": "nope"}),
+                (_FIND, {"uid": "1.2.1.fast.1.0"}),
+            ],
+        )
+        assert (before.scalar_one(), after.scalar_one()) == (1, 5)
+        assert missing.first() is None and found.one().path == "/data/fast/0.dcm"
+        assert execute_all(conn, []) == []
+
+
+def test_the_first_failing_statement_stops_the_rest_and_is_raised_as_sqlalchemy_raises_it(
+    sessions: sessionmaker[Session],
+) -> None:
+    with sessions.begin() as s:
+        series = _tree(s, via_fastsql=True, n=1)
+    with sessions() as s:
+        conn = s.connection()
+        duplicate = {
+            "sop_instance_uid": "1.2.1.fast.1.0",  # already indexed: a unique constraint
+            "series_id": series,
+            "sop_class_uid": "1.2",
+            "transfer_syntax_uid": "1.2",
+            "size_bytes": 1,
+            "path": "/x",
+            "calling_ae_title": "CT1",
+            "received_at": WHEN,
+        }
+        with pytest.raises(sqlalchemy.exc.IntegrityError) as caught:
+            execute_all(
+                conn,
+                [
+                    (_TOUCH_SERIES, {"row_id": series, "added": 10}),
+                    (_INSERT_INSTANCE, duplicate),
+                    (_TOUCH_SERIES, {"row_id": series, "added": 100}),
+                ],
+            )
+        assert "sop_instance_uid" in str(caught.value.orig)
+        s.rollback()
+        # After the failure the transaction is rolled back: not one of them counted.
+        assert execute(s.connection(), _COUNT, {"row_id": series}).scalar_one() == 1
+
+
+def test_a_lost_server_connection_is_invalidated_and_the_next_session_reconnects(
+    postgres: PostgresServer,
+) -> None:
+    engine = open_engine(DatabaseConfig(url=postgres.new_database()), Path("unused"))
+    migrate(engine)
+    sessions = make_sessionmaker(engine)
+    try:
+        with sessions() as s:
+            conn = s.connection()
+            pid = s.execute(text("SELECT pg_backend_pid()")).scalar_one()
+            with postgres.admin() as admin:  # the server ends this connection
+                admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            with pytest.raises(sqlalchemy.exc.OperationalError):
+                execute_all(conn, [(_FIND, {"uid": "1"}), (_FIND, {"uid": "2"})])
+            assert conn.invalidated
+        with sessions.begin() as s:
+            assert execute(s.connection(), _FIND, {"uid": "1"}).first() is None
+    finally:
+        engine.dispose()
