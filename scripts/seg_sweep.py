@@ -15,7 +15,7 @@ Stages (each writes under OUT as it finishes, so a lease that ends early still r
    a timed probe and recorded), then its operating point (threshold, lesion volume floor)
    chosen on the validation scans through the worker's own path.
 4. the best variant on validation: exported as a package, evaluated on both test sets
-   through the worker's path (``training.recipes.evaluate``), its domain built from
+   through the worker's path (``training.evaluation.evaluate``), its domain built from
    training and ordinary validation scans and its acceptance of the test sets measured,
    as long as ``--budget`` lasts.
 """
@@ -251,7 +251,7 @@ def run_variant(name: str, out: Path, shm: Path, seconds: float, n_train: int) -
 
     from inference.architectures import build
     from training.patch_seg import PatchSchedule, train_patches
-    from training.recipes import _loaded
+    from training.recipes import as_worker_model
 
     deterministic()
     torch.set_num_threads(int(os.environ.get("SEG_SWEEP_THREADS", "4")))
@@ -304,7 +304,7 @@ def run_variant(name: str, out: Path, shm: Path, seconds: float, n_train: int) -
     train_s = time.perf_counter() - t0
     torch.save(module.state_dict(), folder / "weights.pt")
     del scans
-    model = _loaded(recipe_for(v), module)
+    model = as_worker_model(recipe_for(v), module)
     val = load(shm, VAL_SEED, N_VAL) + load(shm, VAL_SHIFT_SEED, N_VAL)
     t0 = time.perf_counter()
     table, lesions = operating_points(model, val, "val")
@@ -398,18 +398,19 @@ def _cases(shm: Path, seed: int) -> list[Any]:
 
 
 def evaluate_part(out: Path, shm: Path, names: list[str], seed: int) -> None:
-    """One held-out set through the worker's path (``training.recipes.evaluate``), written
+    """One held-out set through the worker's path (``training.evaluation.evaluate``), written
     to ``OUT/<set>.json``; the sets run in parallel processes."""
     import torch
 
-    from training.recipes import evaluate
+    from training.evaluation import evaluate
+    from training.recipes import as_worker_model
 
     chosen = best_variant(out, names)
     assert chosen is not None
     best, recipe = chosen
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     module = _module(out, best, recipe).to(device).eval()
-    rep = evaluate(recipe, module, _cases(shm, seed))
+    rep = evaluate(recipe, as_worker_model(recipe, module), _cases(shm, seed))
     rep.pop("dice_all", None)
     rep[f"ms_per_case_{device.type}"] = rep.pop("ms_per_case_cpu")  # timed where it ran
     (out / f"{TEST_NAMES[seed]}.json").write_text(json.dumps(rep, indent=1, default=str))

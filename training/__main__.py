@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from inference.package import LoadedModel
+from training.domain import FeatureWatch
+from training.evaluation import evaluate
 from training.folders import (
     GENERATORS,
     generate,
@@ -26,7 +28,6 @@ from training.recipes import (
     RECIPES,
     Case,
     Recipe,
-    evaluate,
     export,
     train_recipe,
     with_lesion_floor,
@@ -151,10 +152,12 @@ def _evaluate(
         loaded, recipe = found
         if recipe.name not in cases:
             cases[recipe.name] = load_cases(recipe, data, split)
-        report = evaluate(recipe, loaded.module, cases[recipe.name])
+        # The domain check's features come from the evaluation's own forward passes.
+        seen = FeatureWatch(loaded)
+        report = evaluate(recipe, loaded, cases[recipe.name], seen.watch)
         # The metrics count every case (as if the worker analysed them all); beside
         # them, how many the worker would analyse at all, and why it declines the rest.
-        accepts = worker_acceptance(loaded, cases[recipe.name])
+        accepts = worker_acceptance(loaded, cases[recipe.name], seen.vectors)
         report.update(accepts)
         folder = report_dir if role == "model" else report_dir / "baseline"
         write_report(folder, recipe.name, report, list(recipe.classes))

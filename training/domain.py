@@ -12,7 +12,8 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -30,12 +31,13 @@ from inference.domain import (
     intensity_stats,
 )
 from inference.execute import classify, segment
-from inference.features import features_of
+from inference.features import feature_probe, features_of
 from inference.package import LoadedModel
 from inference.spec import sha256_file, verify_package
 
 __all__ = [
     "FEATURE_LAYERS",
+    "FeatureWatch",
     "acceptance",
     "build_domain",
     "card_section",
@@ -76,6 +78,34 @@ def feature_vector(model: LoadedModel, volume: Volume) -> npt.NDArray[np.float64
     if layer is None or model.spec.task not in ("segmentation", "classification"):
         return None
     return features_of(model.module, layer, lambda: _run(model, volume))
+
+
+class FeatureWatch:
+    """Keeps each case's features from a forward pass run for something else.
+
+    ``watch(i)`` around case ``i``'s pass (``training.evaluation.evaluate``'s
+    hook); ``vectors`` then holds what :func:`feature_vector` would compute by
+    running the network again — the same windows through the same layer.
+    """
+
+    def __init__(self, model: LoadedModel) -> None:
+        self.module = model.module
+        self.layer = (
+            FEATURE_LAYERS.get(model.spec.architecture)
+            if model.spec.task in ("segmentation", "classification")
+            else None
+        )
+        self.vectors: dict[int, npt.NDArray[np.float64] | None] = {}
+
+    @contextmanager
+    def watch(self, i: int) -> Iterator[None]:
+        if self.layer is None:
+            self.vectors[i] = None
+            yield
+            return
+        with feature_probe(self.module, self.layer) as probe:
+            yield
+        self.vectors[i] = probe.vector()
 
 
 def _range(key: str, values: Sequence[float], floor: float) -> tuple[float, float]:
@@ -157,16 +187,24 @@ def write_domain(folder: Path, domain: Domain) -> Path:
 
 
 def acceptance(
-    model: LoadedModel, domain: Domain, volumes: Iterable[Volume]
+    model: LoadedModel,
+    domain: Domain,
+    volumes: Iterable[Volume],
+    features: Mapping[int, npt.NDArray[np.float64] | None] | None = None,
 ) -> tuple[int, int, Counter[str]]:
-    """How many of ``volumes`` the domain accepts: (accepted, total, reasons of the rest)."""
+    """How many of ``volumes`` the domain accepts: (accepted, total, reasons of the rest).
+
+    ``features``: volume ``i``'s features as its own forward pass already gave them
+    (:class:`FeatureWatch`); else the network runs on each volume the rules accept.
+    """
     accepted = total = 0
     reasons: Counter[str] = Counter()
-    for volume in volumes:
+    for i, volume in enumerate(volumes):
         total += 1
         why = check_volume(domain, volume)
         if why is None:
-            why = check_features(domain, feature_vector(model, volume))
+            vector = features[i] if features is not None else feature_vector(model, volume)
+            why = check_features(domain, vector)
         if why is None:
             accepted += 1
         else:

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import sys
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+import numpy.typing as npt
 
 from inference.domain import Domain
 from inference.package import LoadedModel
@@ -84,13 +87,26 @@ def headline(recipe: Recipe, report: dict[str, Any]) -> dict[str, float]:
     return {k: round(float(report[k]), 4) for k in keys if report.get(k) is not None}
 
 
-def worker_acceptance(loaded: LoadedModel, cases: Sequence[object]) -> dict[str, Any]:
+def worker_acceptance(
+    loaded: LoadedModel,
+    cases: Sequence[object],
+    features: Mapping[int, npt.NDArray[np.float64] | None] | None = None,
+) -> dict[str, Any]:
     """What the worker does with these cases before any metric counts: how many the
     package's validated input domain accepts, and why it declines the rest (the
-    reason's first words); {} for a package without a domain."""
+    reason's first words); {} for a package without a domain.
+
+    ``features``: case ``i``'s features from a forward pass already run
+    (``FeatureWatch``), so the network does not run a second time."""
     if loaded.spec.domain is None:
         return {}
-    accepted, total, reasons = acceptance(loaded, loaded.spec.domain.domain, domain_volumes(cases))
+    indexed = [(i, v) for i, case in enumerate(cases) for v in domain_volumes([case])]
+    accepted, total, reasons = acceptance(
+        loaded,
+        loaded.spec.domain.domain,
+        [v for _, v in indexed],
+        None if features is None else {k: features[i] for k, (i, _) in enumerate(indexed)},
+    )
     return {
         "domain_accepted": accepted,
         "domain_checked": total,

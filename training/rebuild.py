@@ -7,12 +7,13 @@ import json
 import sys
 from pathlib import Path
 
+from training.evaluation import evaluate
 from training.folders import generate, headline, load_cases, record_domain
 from training.recipes import (
     RECIPES,
     Case,
     Recipe,
-    evaluate,
+    as_worker_model,
     export,
     train_recipe,
     with_lesion_floor,
@@ -123,7 +124,9 @@ def rebuild(out: Path, work: Path, only: list[str]) -> int:
             seed=train_seed,
             calibration=calibration_cases or None,
         )
-        report = evaluate(recipe, module, load_cases(recipe, folders["test"]))
+        report = evaluate(
+            recipe, as_worker_model(recipe, module), load_cases(recipe, folders["test"])
+        )
         write_report(out.parent / "reports" / name, name, report, list(recipe.classes))
         figures = headline(recipe, report)
         card = _CARD.format(

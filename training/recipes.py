@@ -1,5 +1,5 @@
-"""Training the recipes (``training.catalog``): data, loss, validation, calibration,
-evaluation and export.
+"""Training the recipes (``training.catalog``): data, loss, validation, calibration
+and export (held-out evaluation: ``training.evaluation``).
 
 Each recipe trains on cases read by the node's loaders and validates through
 the worker's own execution path (``inference.execute``), so a model is judged
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,22 +23,23 @@ from torch.nn import functional as F
 from inference.architectures import PriorsFusion, build
 from inference.execute import classify, predict_change, predict_sequence, segment
 from inference.package import LoadedModel
-from inference.postprocess import label_lesions
 from inference.preprocess import prepare_history, prepare_waveform, window
 from inference.spec import read_spec
 from training.calibration import Calibration, fit_temperature, fit_vector, fold_into_last_layer
-from training.catalog import RECIPES, REPORT_FROM_MM, Recipe
+from training.catalog import RECIPES, Recipe
 from training.data import CtCase, EcgCase, HistoryCase
 from training.export import export_package
-from training.metrics import classification_report, detected_lesions, dice, iou
+from training.metrics import classification_report, dice
 from training.trainer import TrainConfig, fit
 
 __all__ = [
     "RECIPES",
     "Calibration",
+    "Case",
     "Recipe",
+    "as_worker_model",
     "calibrate",
-    "evaluate",
+    "predict_probs",
     "train_recipe",
     "with_lesion_floor",
 ]
@@ -48,7 +48,7 @@ __all__ = [
 Case = CtCase | EcgCase | HistoryCase
 
 
-def _loaded(recipe: Recipe, module: nn.Module, folder: Path | None = None) -> LoadedModel:
+def as_worker_model(recipe: Recipe, module: nn.Module, folder: Path | None = None) -> LoadedModel:
     """Wrap a module in training as the worker would see it (spec from the recipe)."""
     from inference.spec import InputSpec, LabelSpec, ModelSpec
 
@@ -118,7 +118,7 @@ def _soft_dice_loss(logits: Tensor, target: Tensor) -> Tensor:
     return (1 - (2 * inter + 1) / (total + 1)).mean()
 
 
-def _predict_probs(recipe: Recipe, model: LoadedModel, case: Case) -> np.ndarray:
+def predict_probs(recipe: Recipe, model: LoadedModel, case: Case) -> np.ndarray:
     if isinstance(case, HistoryCase):
         return predict_change(model, case.volumes, case.days_before, amp=False)
     if isinstance(case, EcgCase):
@@ -179,7 +179,7 @@ def train_recipe(
             return F.binary_cross_entropy_with_logits(logits, y) + _soft_dice_loss(logits, y)
 
         def validate(m: nn.Module) -> float:
-            model = _loaded(recipe, m)
+            model = as_worker_model(recipe, m)
             scores = [
                 dice(segment(model, c.volume, batch_size=4, amp=False)[0] >= 0.5, c.mask)  # type: ignore[arg-type]
                 for c in val
@@ -187,7 +187,7 @@ def train_recipe(
             ]
             return float(np.mean(scores))
     else:
-        spec = _loaded(recipe, module).spec.input
+        spec = as_worker_model(recipe, module).spec.input
         if recipe.kind == "ecg":
             items = [
                 (prepare_waveform(c.waveform, spec)[0], c.label)
@@ -227,8 +227,8 @@ def train_recipe(
             return F.cross_entropy(logits, y)
 
         def validate(m: nn.Module) -> float:
-            model = _loaded(recipe, m)
-            probs = np.stack([_predict_probs(recipe, model, c) for c in val])
+            model = as_worker_model(recipe, m)
+            probs = np.stack([predict_probs(recipe, model, c) for c in val])
             report = classification_report([c.label for c in val], probs, list(recipe.classes))
             key = "macro_f1" if recipe.kind != "ct" else "macro_auroc"
             value = report[key]
@@ -246,9 +246,11 @@ def _logits(recipe: Recipe, module: nn.Module, case: Case) -> Tensor:
     device = next(module.parameters()).device
     inputs: tuple[Tensor, ...]
     if isinstance(case, HistoryCase):
-        inputs = prepare_history(case.volumes, case.days_before, _loaded(recipe, module).spec.input)
+        inputs = prepare_history(
+            case.volumes, case.days_before, as_worker_model(recipe, module).spec.input
+        )
     elif isinstance(case, EcgCase):
-        inputs = (prepare_waveform(case.waveform, _loaded(recipe, module).spec.input),)
+        inputs = (prepare_waveform(case.waveform, as_worker_model(recipe, module).spec.input),)
     else:
         inputs = (_ct_input(recipe, case)[None],)
     with torch.inference_mode():
@@ -283,64 +285,6 @@ def calibrate(recipe: Recipe, module: nn.Module, cases: Sequence[Case]) -> Calib
         shift=tuple(float(v) for v in shift),
         cases=len(cases),
     )
-
-
-def evaluate(recipe: Recipe, module: nn.Module, cases: Sequence[Case]) -> dict[str, Any]:
-    """Held-out metrics through the worker's execution path, plus size and cost."""
-    model = _loaded(recipe, module)
-    params = sum(p.numel() for p in module.parameters())
-    report: dict[str, Any] = {
-        "n": len(cases),
-        "parameters": params,
-        "size_mb": round(params * 4 / 1e6, 3),
-    }
-    started = time.perf_counter()
-    if recipe.task == "segmentation":
-        dices, ious, truth_n, found_n, fp_n = [], [], 0, 0, 0
-        sized_n, sized_found, free, free_clean = 0, 0, 0, 0
-        for c in cases:
-            assert isinstance(c, CtCase) and c.mask is not None
-            # The worker's post-processing (threshold, lesion volume floor), not a second one.
-            prob = segment(model, c.volume, batch_size=4, amp=False)[0]
-            pred = label_lesions(prob, c.volume, model.spec.labels[0])[1] > 0
-            if c.mask.any() or pred.any():
-                dices.append(dice(pred, c.mask))
-                ious.append(iou(pred, c.mask))
-            diameters, found, n_fp = detected_lesions(
-                pred, c.mask, voxel_mm3=c.volume.voxel_volume_mm3
-            )
-            sized = diameters >= REPORT_FROM_MM
-            truth_n, found_n, fp_n = truth_n + len(found), found_n + int(found.sum()), fp_n + n_fp
-            sized_n += int(sized.sum())
-            sized_found += int((found & sized).sum())
-            if not c.mask.any():
-                free, free_clean = free + 1, free_clean + (n_fp == 0)
-        report.update(
-            {
-                "dice_mean": float(np.mean(dices)),
-                "dice_sd": float(np.std(dices)),
-                "dice_all": [round(d, 4) for d in dices],
-                "iou_mean": float(np.mean(ious)),
-                "lesion_sensitivity": found_n / max(1, truth_n),
-                "false_positives_per_scan": fp_n / max(1, len(cases)),
-                "lesions": truth_n,
-                # The targets' terms: lesions from 5 mm (diameter of a sphere of their
-                # volume), and lesion-free scans without a single false positive.
-                f"lesion_sensitivity_from_{REPORT_FROM_MM:g}mm": sized_found / sized_n
-                if sized_n
-                else None,
-                f"lesions_from_{REPORT_FROM_MM:g}mm": sized_n,
-                "lesion_free_scans": free,
-                "lesion_free_scans_clean": free_clean / free if free else None,
-            }
-        )
-    else:
-        probs = np.stack([_predict_probs(recipe, model, c) for c in cases])
-        report.update(classification_report([c.label for c in cases], probs, list(recipe.classes)))
-        report["probabilities"] = probs.round(4).tolist()
-        report["labels"] = [c.label for c in cases]
-    report["ms_per_case_cpu"] = round(1000 * (time.perf_counter() - started) / len(cases), 1)
-    return report
 
 
 def with_lesion_floor(recipe: Recipe, train: Sequence[Case]) -> Recipe:

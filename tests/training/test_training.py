@@ -16,7 +16,7 @@ from inference.execute import classify, predict_change, predict_sequence, segmen
 from inference.package import load_package
 from tests.dicomcheck import validate
 from training.data import load_ct_cases, load_ecg_cases, load_history_cases
-from training.recipes import RECIPES, _loaded, export, train_recipe
+from training.recipes import RECIPES, as_worker_model, export, train_recipe
 from training.synthetic import (
     CHANGE_LABELS,
     CT_LABELS,
@@ -82,7 +82,7 @@ def test_segmentation_loss_falls_export_loads_same_predictions(
     )
     loaded = load_package(package, torch.device("cpu"))  # the worker's own loader
     volume = cases[5].volume
-    ours = segment(_loaded(TINY_SEG, module), volume, batch_size=2, amp=False)
+    ours = segment(as_worker_model(TINY_SEG, module), volume, batch_size=2, amp=False)
     theirs = segment(loaded, volume, batch_size=2, amp=False)
     assert np.array_equal(ours, theirs)
     assert (package / "MODEL_CARD.md").read_text() == "# test\n"
@@ -125,7 +125,7 @@ def test_ct_classifier_trains_and_runs_through_the_worker_loader(
     loaded = load_package(package, torch.device("cpu"))
     for case in cases[4:]:
         probs, attention = classify(loaded, case.volume, amp=False)
-        ours, _ = classify(_loaded(recipe, module), case.volume, amp=False)
+        ours, _ = classify(as_worker_model(recipe, module), case.volume, amp=False)
         assert np.allclose(probs, ours) and abs(float(probs.sum()) - 1) < 1e-5
         assert (attention is None) == (architecture == "cnn_classifier")
 
@@ -306,7 +306,7 @@ def test_ecg_model_trains_and_runs_through_the_worker_loader(tmp_path: Path) -> 
     for case in val:
         assert np.allclose(
             predict_sequence(loaded, case.waveform, amp=False),
-            predict_sequence(_loaded(TINY_ECG, module), case.waveform, amp=False),
+            predict_sequence(as_worker_model(TINY_ECG, module), case.waveform, amp=False),
         )
 
 
@@ -391,7 +391,7 @@ def test_progression_model_trains_and_runs_through_the_worker_loader(tmp_path: P
     for case in val:
         theirs = predict_change(loaded, case.volumes, case.days_before, amp=False)
         ours = predict_change(
-            _loaded(TINY_CHANGE, module), case.volumes, case.days_before, amp=False
+            as_worker_model(TINY_CHANGE, module), case.volumes, case.days_before, amp=False
         )
         assert np.allclose(theirs, ours) and abs(float(theirs.sum()) - 1) < 1e-5
 
@@ -501,3 +501,51 @@ def test_evaluate_reports_what_the_worker_would_analyse(
     assert "domain_declined" in (tmp_path / "report-anatomy" / "report.md").read_text()
     printed = capsys.readouterr().out
     assert '"domain_accepted": 0' in printed and '"domain_accepted": 2' in printed
+    # The package is judged with its own model.toml (the shipped lesion-seg's lesion
+    # volume floor), as the worker runs it, not with its recipe's settings.
+    from inference.trial import load_and_try
+    from training.evaluation import evaluate
+    from training.folders import load_cases
+
+    loaded = load_and_try(root / "models" / "lesion-seg", torch.device("cpu"))
+    recipe = RECIPES["lesion-seg"]
+    cases = load_cases(recipe, tmp_path / "anatomy")
+    as_package = evaluate(recipe, loaded, cases)["false_positives_per_scan"]
+    as_recipe = evaluate(recipe, as_worker_model(recipe, loaded.module), cases)
+    assert anatomy["false_positives_per_scan"] == as_package
+    assert as_package < as_recipe["false_positives_per_scan"]
+
+
+@pytest.mark.parametrize("name", ["lesion-seg", "lesion-class"])
+def test_evaluate_checks_the_domain_with_the_features_of_its_own_forward_pass(
+    ct_data: Path, name: str
+) -> None:
+    """The domain check's features are kept from the evaluation's forward pass: the same
+    vectors as a pass of their own would give, the same verdicts, and the network runs
+    once per case instead of twice."""
+    from inference.trial import load_and_try
+    from training.domain import FeatureWatch, feature_vector
+    from training.evaluation import evaluate
+    from training.folders import load_cases, worker_acceptance
+
+    root = Path(__file__).resolve().parents[2]
+    loaded = load_and_try(root / "models" / name, torch.device("cpu"))
+    recipe = RECIPES[name]
+    cases = load_cases(recipe, ct_data)[:3]
+    calls = []
+    hook = loaded.module.register_forward_pre_hook(lambda *_: calls.append(1))
+    try:
+        seen = FeatureWatch(loaded)
+        evaluate(recipe, loaded, cases, seen.watch)
+        passes = len(calls)
+        kept = worker_acceptance(loaded, cases, seen.vectors)
+        assert len(calls) == passes  # no second pass
+        again = worker_acceptance(loaded, cases)
+        assert len(calls) > passes  # a pass of its own for each case the rules accept
+    finally:
+        hook.remove()
+    assert kept == again and kept["domain_checked"] == 3 and kept["domain_accepted"] > 0
+    for i, case in enumerate(cases):
+        vector = seen.vectors[i]
+        assert vector is not None
+        assert np.array_equal(vector, feature_vector(loaded, case.volume))  # type: ignore[union-attr]

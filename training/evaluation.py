@@ -1,0 +1,101 @@
+"""Held-out evaluation of a recipe's network through the worker's execution path.
+
+Segmentation: Dice and IoU per scan, lesions found and false positives per scan
+(after the worker's own post-processing), the targets' terms (lesions from
+``REPORT_FROM_MM``, lesion-free scans without a false positive); classification:
+``training.metrics.classification_report``. Size and CPU time per case beside them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
+
+import numpy as np
+
+from inference.execute import segment
+from inference.package import LoadedModel
+from inference.postprocess import label_lesions
+from training.catalog import REPORT_FROM_MM, Recipe
+from training.data import CtCase
+from training.metrics import classification_report, detected_lesions, dice, iou
+from training.recipes import Case, predict_probs
+
+__all__ = ["evaluate"]
+
+
+def evaluate(
+    recipe: Recipe,
+    model: LoadedModel,
+    cases: Sequence[Case],
+    watch: Callable[[int], AbstractContextManager[object]] = lambda _i: nullcontext(),
+) -> dict[str, Any]:
+    """Held-out metrics of ``model`` through the worker's execution path, plus size and cost.
+
+    ``model``: a package as the worker loads it, or a network in training as
+    :func:`training.recipes.as_worker_model` wraps it with its recipe's spec.
+
+    ``watch(i)`` is entered around case ``i``'s forward pass: what else needs that
+    pass (the domain check's features, :mod:`training.folders`) takes it from there
+    instead of running the network again.
+    """
+    params = sum(p.numel() for p in model.module.parameters())
+    report: dict[str, Any] = {
+        "n": len(cases),
+        "parameters": params,
+        "size_mb": round(params * 4 / 1e6, 3),
+    }
+    started = time.perf_counter()
+    if recipe.task == "segmentation":
+        dices, ious, truth_n, found_n, fp_n = [], [], 0, 0, 0
+        sized_n, sized_found, free, free_clean = 0, 0, 0, 0
+        for i, c in enumerate(cases):
+            assert isinstance(c, CtCase) and c.mask is not None
+            # The worker's post-processing (threshold, lesion volume floor), not a second one.
+            with watch(i):
+                prob = segment(model, c.volume, batch_size=4, amp=False)[0]
+            pred = label_lesions(prob, c.volume, model.spec.labels[0])[1] > 0
+            if c.mask.any() or pred.any():
+                dices.append(dice(pred, c.mask))
+                ious.append(iou(pred, c.mask))
+            diameters, found, n_fp = detected_lesions(
+                pred, c.mask, voxel_mm3=c.volume.voxel_volume_mm3
+            )
+            sized = diameters >= REPORT_FROM_MM
+            truth_n, found_n, fp_n = truth_n + len(found), found_n + int(found.sum()), fp_n + n_fp
+            sized_n += int(sized.sum())
+            sized_found += int((found & sized).sum())
+            if not c.mask.any():
+                free, free_clean = free + 1, free_clean + (n_fp == 0)
+        report.update(
+            {
+                "dice_mean": float(np.mean(dices)),
+                "dice_sd": float(np.std(dices)),
+                "dice_all": [round(d, 4) for d in dices],
+                "iou_mean": float(np.mean(ious)),
+                "lesion_sensitivity": found_n / max(1, truth_n),
+                "false_positives_per_scan": fp_n / max(1, len(cases)),
+                "lesions": truth_n,
+                # The targets' terms: lesions from 5 mm (diameter of a sphere of their
+                # volume), and lesion-free scans without a single false positive.
+                f"lesion_sensitivity_from_{REPORT_FROM_MM:g}mm": sized_found / sized_n
+                if sized_n
+                else None,
+                f"lesions_from_{REPORT_FROM_MM:g}mm": sized_n,
+                "lesion_free_scans": free,
+                "lesion_free_scans_clean": free_clean / free if free else None,
+            }
+        )
+    else:
+        predicted = []
+        for i, c in enumerate(cases):
+            with watch(i):
+                predicted.append(predict_probs(recipe, model, c))
+        probs = np.stack(predicted)
+        report.update(classification_report([c.label for c in cases], probs, list(recipe.classes)))
+        report["probabilities"] = probs.round(4).tolist()
+        report["labels"] = [c.label for c in cases]
+    report["ms_per_case_cpu"] = round(1000 * (time.perf_counter() - started) / len(cases), 1)
+    return report
