@@ -28,6 +28,7 @@ the first error); on SQLite it runs them in turn.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections import namedtuple
 from collections.abc import Callable, Mapping, Sequence
@@ -136,6 +137,14 @@ def _prepare(stmt: Executable, dialect: Dialect, params: Mapping[str, Any]) -> _
     return entry[1]
 
 
+@functools.cache
+def pipeline_supported() -> bool:
+    """Whether psycopg's libpq has pipeline mode (libpq 14 and later); else one by one."""
+    import psycopg
+
+    return bool(psycopg.Pipeline.is_supported())
+
+
 def execute(conn: Connection, stmt: Executable, params: Mapping[str, Any]) -> Rows:
     """Run ``stmt`` with ``params`` in ``conn``'s transaction; its rows.
 
@@ -161,7 +170,7 @@ def execute_all(
     cursors: list[Any] = []
     sql, values = "", None
     try:
-        if dialect.name == "sqlite" or len(prepared) == 1:
+        if dialect.name != "postgresql" or len(prepared) == 1 or not pipeline_supported():
             rows = []
             for p, params in prepared:
                 sql, values = p.sql, p.values(params)

@@ -26,6 +26,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.config import DatabaseConfig
+from storage import fastsql
 from storage.db import create_sqlite_engine, make_sessionmaker, migrate, open_engine
 from storage.fastsql import execute, execute_all
 from storage.models import Instance, Series, Study
@@ -207,9 +208,12 @@ def test_python_side_defaults_are_filled_in_or_refused(tmp_path: Path) -> None:
 _COUNT = select(_series.c.instance_count).where(_series.c.id == bindparam("row_id"))
 
 
+@pytest.mark.parametrize("pipeline", [True, False], ids=["pipeline", "libpq-without-pipeline"])
 def test_statements_sent_together_run_in_order_and_return_their_rows(
-    sessions: sessionmaker[Session],
+    sessions: sessionmaker[Session], pipeline: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # A libpq older than 14 has no pipeline mode: the statements then go one by one.
+    monkeypatch.setattr(fastsql, "pipeline_supported", lambda: pipeline)
     with sessions.begin() as s:
         series = _tree(s, via_fastsql=True, n=1)
         conn = s.connection()
