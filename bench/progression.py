@@ -30,7 +30,7 @@ from dicomio.volume_in import scan_studies  # noqa: E402
 from inference.execute import pick_device  # noqa: E402
 from inference.package import load_package  # noqa: E402
 from inference.pipeline import run_pipeline  # noqa: E402
-from storage.index import PatientHistory, PriorStudy  # noqa: E402
+from storage.lookup import PatientHistory, PriorStudy  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

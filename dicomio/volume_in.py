@@ -22,7 +22,7 @@ from pydicom.errors import InvalidDicomError
 from dicomio.errors import InconsistentSeries, MissingData, UnsupportedInput
 from dicomio.leads import lead_key
 from dicomio.records import Volume, Waveform
-from storage.index import SeriesInfo
+from storage.lookup import SeriesInfo
 
 __all__ = [
     "SeriesScan",

@@ -23,7 +23,7 @@ from inference.execute import pick_device
 from inference.package import LoadedModel
 from inference.pipeline import run_pipeline
 from inference.trial import load_and_try
-from storage.index import PatientHistory, PriorStudy, SeriesInfo
+from storage.lookup import PatientHistory, PriorStudy, SeriesInfo
 
 __all__ = ["AnalyzeError", "analyze", "scanned_histories"]
 

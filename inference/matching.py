@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from core.config import SeriesRule
 from dicomio.volume_in import is_axial, series_orientation
 from inference.package import LoadedModel
-from storage.index import SeriesInfo
+from storage.lookup import SeriesInfo
 
 __all__ = ["matches", "model_takes", "select_series", "takes_kind"]
 

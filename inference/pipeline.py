@@ -40,7 +40,7 @@ from inference.package import LoadedModel, check_outputs
 from inference.postprocess import findings, label_lesions
 from inference.preprocess import days_between, prepare_volume
 from inference.spec import ModelSpec
-from storage.index import PatientHistory, SeriesInfo
+from storage.lookup import PatientHistory, SeriesInfo
 
 __all__ = ["PipelineRun", "run_pipeline"]
 

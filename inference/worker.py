@@ -38,7 +38,7 @@ from inference.trial import load_and_try
 from storage import queue, workers
 from storage.deliveries import record_result
 from storage.dialect import JobWaiter
-from storage.index import patient_history, study_series
+from storage.lookup import patient_history, study_series
 from storage.outcomes import record_outcome
 from storage.prefetches import prefetch_of
 from storage.records import JobRecord

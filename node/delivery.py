@@ -31,7 +31,7 @@ from node.send import AssociationFailed, SendItem, SendOutcome, send_files
 from storage import deliveries
 from storage.deliveries import DeliveryRecord
 from storage.dialect import only_one
-from storage.index import patient_ids
+from storage.lookup import patient_ids
 
 __all__ = ["deliver_due"]
 

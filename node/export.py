@@ -38,7 +38,7 @@ from dicomio.deid import METHOD, OPTION_CODES, PROFILE_TABLE, Deidentifier
 from dicomio.deid_file import Deidentified, NotExported, deidentify_file
 from storage.export_filter import StudyFilter
 from storage.export_select import result_paths, select_studies, silver_labels
-from storage.index import patient_ids, study_series
+from storage.lookup import patient_ids, study_series
 
 __all__ = [
     "ExportError",

@@ -45,7 +45,7 @@ from node.query import (
 from node.receive import ReceiveDeps
 from storage import prefetches
 from storage.dialect import only_one
-from storage.index import held_instances
+from storage.lookup import held_instances
 from storage.prefetches import PrefetchRecord
 from storage.records import IndexResult, InstanceHeader
 

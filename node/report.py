@@ -6,7 +6,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core.clock import utc_now
 from storage import deliveries, prefetches, queue, workers
-from storage.index import study_counts
+from storage.lookup import study_counts
 from storage.outcomes import declined_outcomes
 
 __all__ = ["status_report"]

@@ -40,7 +40,7 @@ from node.audit import Auditor
 from node.retention import purge_by_admin
 from node.web.metrics import exposition
 from storage import deliveries, overview, queue, workers
-from storage.index import study_counts
+from storage.lookup import study_counts
 from storage.outcomes import list_outcomes
 
 __all__ = ["WebContext", "WebServer", "build_app"]

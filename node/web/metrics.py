@@ -19,7 +19,7 @@ from core.clock import utc_now
 from core.metrics import MULTIPROC_ENV
 from storage import overview, queue
 from storage.deliveries import delivery_counts
-from storage.index import study_counts
+from storage.lookup import study_counts
 
 __all__ = ["NodeCollector", "exposition"]
 

@@ -120,7 +120,7 @@ def test_fresh_scans_of_the_training_kind_are_accepted(tmp_path: Path) -> None:
     from core.config import SeriesRule
     from inference.pipeline import run_pipeline
     from inference.trial import load_and_try
-    from storage.index import SeriesInfo
+    from storage.lookup import SeriesInfo
 
     models = [load_and_try(MODELS / m, torch.device("cpu")) for m in ("lesion-seg", "lesion-class")]
     generate_ct(tmp_path / "plain", 10, 9501)

@@ -19,7 +19,7 @@ from inference.matching import select_series
 from inference.package import LoadedModel, load_package
 from inference.pipeline import run_pipeline
 from inference.spec import LabelSpec
-from storage.index import SeriesInfo
+from storage.lookup import SeriesInfo
 from tests.dicomgen import write_lesion_ct
 from tests.inference.test_models import _volume
 from tests.packages import threshold_segmenter
@@ -114,7 +114,7 @@ def test_progression_passes_over_priors_it_cannot_use(tmp_path: Path) -> None:
     from dataclasses import replace
 
     from dicomio.volume_in import scan_studies
-    from storage.index import PatientHistory, PriorStudy
+    from storage.lookup import PatientHistory, PriorStudy
     from training.synthetic import generate_longitudinal
 
     labels = generate_longitudinal(tmp_path, 1, seed=7403)

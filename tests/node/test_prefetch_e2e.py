@@ -222,7 +222,7 @@ def test_a_node_killed_during_a_retrieve_finishes_it_after_restart(
 ) -> None:
     """kill -9 while C-MOVE sub-operations arrive: after restart the prior is complete, once."""
     from bench.make_study import make_ct
-    from storage.index import held_instances
+    from storage.lookup import held_instances
 
     def study(folder: Path, slices: int, seed: int, date: str) -> list[Path]:
         files = make_ct(folder, slices, seed)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from storage.index import patient_history
+from storage.lookup import patient_history
 from tests.storage.stored import store
 
 
