@@ -40,8 +40,8 @@ _UNLOCK = text("SELECT pg_advisory_unlock(hashtextextended(:key, 0))")
 
 def serialize(session: Session, key: str) -> None:
     """Until this transaction ends, no other transaction serialising ``key`` runs past here."""
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(_LOCK, {"key": key})
+    for stmt, params in serialize_steps(session.get_bind().dialect.name, key):
+        session.execute(stmt, params)
 
 
 def serialize_steps(dialect_name: str, key: str) -> list[tuple[Executable, dict[str, str]]]:

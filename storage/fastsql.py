@@ -32,6 +32,7 @@ import functools
 import threading
 from collections import namedtuple
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
 from typing import Any
 
 from sqlalchemy import Connection
@@ -168,26 +169,23 @@ def execute_all(
     dbapi: Any = conn.connection.driver_connection
     Error = dialect.loaded_dbapi.Error
     cursors: list[Any] = []
+    rows: list[Rows] = []
     sql, values = "", None
+    pipelined = dialect.name == "postgresql" and len(prepared) > 1 and pipeline_supported()
     try:
-        if dialect.name != "postgresql" or len(prepared) == 1 or not pipeline_supported():
-            rows = []
+        with dbapi.pipeline() if pipelined else nullcontext():
             for p, params in prepared:
                 sql, values = p.sql, p.values(params)
                 cursor = dbapi.cursor()
                 cursors.append(cursor)
                 cursor.execute(sql, values)
-                rows.append(p.rows(cursor))
-            return rows
-        with dbapi.pipeline():
-            for p, params in prepared:
-                sql, values = p.sql, p.values(params)
-                cursor = dbapi.cursor()
-                cursors.append(cursor)
-                cursor.execute(sql, values)
-            # Any of them may be the one that failed: the error names them all.
-            sql, values = "; ".join(p.sql for p, _ in prepared), None
-        return [p.rows(cursor) for (p, _), cursor in zip(prepared, cursors, strict=True)]
+                if not pipelined:  # its rows now, before the next statement runs
+                    rows.append(p.rows(cursor))
+            if pipelined:  # any of them may be the one that failed: the error names them all
+                sql, values = "; ".join(p.sql for p, _ in prepared), None
+        if pipelined:
+            rows = [p.rows(cursor) for (p, _), cursor in zip(prepared, cursors, strict=True)]
+        return rows
     except Error as exc:
         if dialect.is_disconnect(exc, dbapi, None):
             conn.invalidate(exc)

@@ -118,8 +118,9 @@ def _receiving(now: datetime, added: int) -> dict[str, object]:
     }
 
 
-def _study_steps(h: InstanceHeader, placement: Placement, now: datetime, added: int, *,
-                 retrieved: bool) -> list[Step]:  # fmt: skip
+def _study_steps(
+    h: InstanceHeader, placement: Placement, now: datetime, added: int, *, retrieved: bool
+) -> list[Step]:
     """Touch the known study row (the new one is inserted by :func:`_insert_new_rows`)."""
     if placement.study_id is None:
         return []

@@ -73,9 +73,16 @@ def _run(model: LoadedModel, volume: Volume) -> None:
         classify(model, volume, amp=False)
 
 
+def _feature_layer(model: LoadedModel) -> str | None:
+    """The layer whose features the domain check compares; None: the check has none."""
+    if model.spec.task not in ("segmentation", "classification"):
+        return None
+    return FEATURE_LAYERS.get(model.spec.architecture)
+
+
 def feature_vector(model: LoadedModel, volume: Volume) -> npt.NDArray[np.float64] | None:
-    layer = FEATURE_LAYERS.get(model.spec.architecture)
-    if layer is None or model.spec.task not in ("segmentation", "classification"):
+    layer = _feature_layer(model)
+    if layer is None:
         return None
     return features_of(model.module, layer, lambda: _run(model, volume))
 
@@ -90,19 +97,12 @@ class FeatureWatch:
 
     def __init__(self, model: LoadedModel) -> None:
         self.module = model.module
-        self.layer = (
-            FEATURE_LAYERS.get(model.spec.architecture)
-            if model.spec.task in ("segmentation", "classification")
-            else None
-        )
+        self.layer = _feature_layer(model)
         self.vectors: dict[int, npt.NDArray[np.float64] | None] = {}
 
     @contextmanager
     def watch(self, i: int) -> Iterator[None]:
-        if self.layer is None:
-            self.vectors[i] = None
-            yield
-            return
+        # Without a layer the probe sees nothing and its vector is None.
         with feature_probe(self.module, self.layer) as probe:
             yield
         self.vectors[i] = probe.vector()
