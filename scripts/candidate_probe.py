@@ -1,0 +1,355 @@
+"""Can a lesion detector for the anatomy scans be trained on a CPU? Candidates + a small CNN.
+
+    python scripts/candidate_probe.py --out OUT [--train 300] [--steps 2500] [--workers 2]
+        [--rounds 2 --mined 30] [--start WEIGHTS] [--keep 900] [--organ 150] [--test]
+
+1. Training set (seed 1201, the seg sweep's): each scan regridded to 1.25 mm, its blob
+   candidates found (``training.candidates``); positives are the candidates inside a lesion
+   and up to ``--extra`` more points near each lesion's centre, negatives the strongest
+   ``--hard`` candidates outside every lesion and ``--easy`` more drawn at random.
+2. ``training.candidate_net`` trained on them (CPU, fixed seed); each round after the first
+   (or each round, from ``--start``'s weights) first scores every candidate of the training
+   scans with the current weights and adds the ``--mined`` highest-scoring non-lesions of
+   each scan to the hard negatives (a quarter of each batch), then goes on training.
+3. Validation (32 ordinary scans, seed 1202; 32 shifted, seed 1203) and, with ``--test``, the
+   held-out sets (100 shifted, seed 2201; 60 ordinary, seed 2202): every candidate of a scan
+   scored, one detection per place (5 mm suppression), then for each threshold the
+   sensitivity for lesions >= 5 mm (diameter of the sphere of their volume, as
+   ``training.metrics``), false positives per scan (a detection inside no lesion; inside a
+   lesion < 5 mm counts neither way) and the share of lesion-free scans with none. The
+   threshold for 0.25 false positives per scan is chosen on validation and applied to the
+   test sets. Everything is written to OUT as it finishes (``probe.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+FP_POINTS = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+SIZES = ((0, 5), (5, 7), (7, 10), (10, 15), (15, 99))
+T0 = time.time()
+
+
+def log(*a: object) -> None:
+    print(f"[{time.time() - T0:7.1f}s]", *a, flush=True)
+
+
+KEEP = {"bright": 600, "dark": 200, "organ": 0}
+
+
+def _scan(seed: int, index: int, shift: bool) -> tuple[Any, Any, Any, Any]:
+    """Regridded HU, regridded lesion labels, each lesion's diameter (mm), its candidates."""
+    import torch
+
+    from training.anatomy import indexed_scan
+    from training.candidates import find_candidates, regrid
+
+    torch.set_num_threads(1)
+    scan = indexed_scan(seed, index, shift=shift)
+    labels, n = ndimage.label(scan.mask, structure=np.ones((3, 3, 3), bool))
+    voxel = float(np.prod(scan.spacing))
+    volumes = np.bincount(labels.ravel(), minlength=n + 1)[1:] * voxel
+    diameters = np.cbrt(6 * volumes / np.pi)
+    hu = regrid(scan.hu, scan.spacing)
+    lab = np.asarray(ndimage.zoom(labels, [s / 1.25 for s in scan.spacing], order=0), np.int32)
+    lab = lab[: hu.shape[0], : hu.shape[1], : hu.shape[2]]
+    return (
+        hu,
+        lab,
+        diameters,
+        find_candidates(
+            hu, bright_keep=KEEP["bright"], dark_keep=KEEP["dark"], organ_keep=KEEP["organ"]
+        ),
+    )
+
+
+def _train_part(args: tuple[int, int, int, int, int, str, dict[str, int]]) -> tuple[Any, Any, int]:
+    from training.candidates import patches
+
+    index, seed, extra, hard, easy, cache, keep = args
+    KEEP.update(keep)
+    rng = np.random.default_rng([seed, index, 7])
+    hu, lab, diameters, cand = _scan(seed, index, False)
+    at = lab[tuple(cand.points.T)]
+    near = ndimage.binary_dilation(lab > 0, iterations=2)[tuple(cand.points.T)]
+    np.savez(
+        Path(cache) / f"{seed}-{index}.npz",
+        hu=np.clip(np.round(hu), -1024, 3071).astype(np.int16),
+        points=cand.points[~near],
+    )
+    pos = [cand.points[at > 0]]
+    for k in range(1, len(diameters) + 1):
+        inside = np.argwhere(lab == k)
+        if len(inside) == 0:
+            continue
+        centre = inside.mean(axis=0)
+        dist = np.linalg.norm(inside - centre, axis=1)
+        core = inside[dist <= max(1.0, 0.35 * dist.max())]
+        pos.append(core[rng.choice(len(core), min(extra, len(core)), replace=False)])
+    outside = np.flatnonzero(~near)
+    chosen = list(outside[:hard])
+    rest = outside[hard:]
+    if len(rest):
+        chosen += list(rng.choice(rest, min(easy, len(rest)), replace=False))
+    return (
+        patches(hu, np.concatenate(pos)),
+        patches(hu, cand.points[np.asarray(chosen, int)]),
+        len(diameters),
+    )
+
+
+def _load(weights: str) -> Any:
+    import torch
+
+    from training.candidate_net import CandidateNet
+
+    torch.set_num_threads(1)
+    net = CandidateNet()
+    net.load_state_dict(torch.load(weights, weights_only=True))
+    return net.eval()
+
+
+def _mine_part(args: tuple[str, int, int, str, int]) -> Any:
+    """The ``k`` negatives of a cached training scan the current model scores highest."""
+    from training.candidate_net import score
+    from training.candidates import patches
+
+    cache, seed, index, weights, k = args
+    data = np.load(Path(cache) / f"{seed}-{index}.npz")
+    hu, points = data["hu"].astype(np.float32), data["points"]
+    x = patches(hu, points)
+    s = score(_load(weights), x)
+    return x[np.argsort(-s, kind="stable")[:k]], float(np.sort(s)[-k:].mean()) if len(
+        s
+    ) >= k else 0.0
+
+
+def _eval_part(args: tuple[int, int, bool, str, dict[str, int]]) -> dict[str, Any]:
+    from training.candidate_net import score
+    from training.candidates import patches, suppress
+
+    index, seed, shift, weights, keep = args
+    KEEP.update(keep)
+    hu, lab, diameters, cand = _scan(seed, index, shift)
+    s = score(_load(weights), patches(hu, cand.points))
+    kept = suppress(cand.points, s, radius=5.0 / 1.25)
+    grown = ndimage.grey_dilation(lab, size=3)
+    hit = grown[tuple(cand.points[kept].T)] if len(kept) else np.zeros(0, np.int32)
+    return {
+        "seed": seed,
+        "index": index,
+        "diameters": [float(d) for d in diameters],
+        "scores": [float(x) for x in s[kept]],
+        "lesion": [int(x) for x in hit],  # 0: in no lesion; k: in lesion k (1-based)
+        "candidates": len(cand),
+        "best_in_lesion": [
+            float(s[lab[tuple(cand.points.T)] == k].max(initial=0.0))
+            for k in range(1, len(diameters) + 1)
+        ],
+    }
+
+
+def at_threshold(scans: list[dict[str, Any]], t: float) -> dict[str, float]:
+    lesions = found = fp = clean = free = 0
+    for sc in scans:
+        d = np.asarray(sc["diameters"])
+        hits = {k for k, sco in zip(sc["lesion"], sc["scores"], strict=True) if sco >= t and k > 0}
+        counted = d >= 5.0
+        lesions += int(counted.sum())
+        found += sum(1 for k in hits if counted[k - 1])
+        n_fp = sum(
+            1 for k, sco in zip(sc["lesion"], sc["scores"], strict=True) if sco >= t and k == 0
+        )
+        fp += n_fp
+        if len(d) == 0:
+            free += 1
+            clean += n_fp == 0
+    return {
+        "threshold": t,
+        "sensitivity_5mm": found / max(lesions, 1),
+        "fp_per_scan": fp / max(len(scans), 1),
+        "lesion_free_clean": clean / max(free, 1),
+        "lesions_5mm": lesions,
+        "lesion_free": free,
+    }
+
+
+def froc(scans: list[dict[str, Any]]) -> list[dict[str, float]]:
+    """The best sensitivity at each false-positive rate of ``FP_POINTS``."""
+    thresholds = sorted({s for sc in scans for s in sc["scores"]}, reverse=True)
+    rows = []
+    for target in FP_POINTS:
+        best = at_threshold(scans, 1.01)
+        lo, hi = 0, len(thresholds) - 1
+        while lo <= hi:  # false positives grow as the threshold falls
+            mid = (lo + hi) // 2
+            r = at_threshold(scans, thresholds[mid])
+            if r["fp_per_scan"] <= target:
+                best, lo = r, mid + 1
+            else:
+                hi = mid - 1
+        rows.append({"fp_target": target, **best})
+    return rows
+
+
+def by_size(scans: list[dict[str, Any]], t: float) -> dict[str, str]:
+    out = {}
+    for lo, hi in SIZES:
+        n = k = 0
+        for sc in scans:
+            hits = {h for h, s in zip(sc["lesion"], sc["scores"], strict=True) if s >= t and h > 0}
+            for i, d in enumerate(sc["diameters"]):
+                if lo <= d < hi:
+                    n += 1
+                    k += (i + 1) in hits
+        out[f"{lo}-{hi} mm"] = f"{k}/{n}"
+    return out
+
+
+def covered(scans: list[dict[str, Any]]) -> str:
+    """Lesions >= 5 mm with a candidate inside them, of all."""
+    pairs = [
+        (d, b) for s in scans for d, b in zip(s["diameters"], s["best_in_lesion"], strict=True)
+    ]
+    return f"{sum(1 for d, b in pairs if d >= 5 and b > 0)}/{sum(1 for d, _ in pairs if d >= 5)}"
+
+
+def evaluate(
+    pool: ProcessPoolExecutor, weights: Path, sets: list[tuple[int, int, bool]]
+) -> list[dict[str, Any]]:
+    jobs = [(i, seed, shift, str(weights), KEEP) for seed, n, shift in sets for i in range(n)]
+    return list(pool.map(_eval_part, jobs))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--train", type=int, default=300)
+    ap.add_argument("--steps", type=int, default=2500)
+    ap.add_argument("--extra", type=int, default=6)
+    ap.add_argument("--hard", type=int, default=70)
+    ap.add_argument("--easy", type=int, default=30)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument(
+        "--start", type=Path, default=None, help="weights to mine with first, then go on"
+    )
+    ap.add_argument("--finetune-lr", type=float, default=5e-4, help="learning rate when going on")
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="training rounds; each after the first adds mined false positives",
+    )
+    ap.add_argument(
+        "--mined", type=int, default=30, help="false positives mined per training scan and round"
+    )
+    ap.add_argument(
+        "--keep", type=int, default=600, help="bright candidates per scan (dark: a third)"
+    )
+    ap.add_argument(
+        "--cache", type=Path, default=None, help="training scans' volumes (default OUT/cache)"
+    )
+    ap.add_argument("--organ", type=int, default=0, help="blobs per scan inside solid organs")
+    ap.add_argument("--val", type=int, default=32, help="scans of each validation set")
+    ap.add_argument(
+        "--test", action="store_true", help="also the held-out sets (100 shifted, 60 ordinary)"
+    )
+    a = ap.parse_args()
+    import torch
+
+    from training.candidate_net import CandidateSchedule, train_candidates
+
+    a.out.mkdir(parents=True, exist_ok=True)
+    cache = a.cache or a.out / "cache"
+    cache.mkdir(exist_ok=True)
+    KEEP.update(bright=a.keep, dark=a.keep // 3, organ=a.organ)
+    result: dict[str, Any] = {"args": {k: str(v) for k, v in vars(a).items()}}
+
+    def save() -> None:
+        (a.out / "probe.json").write_text(json.dumps(result, indent=1))
+
+    with ProcessPoolExecutor(a.workers) as pool:
+        jobs = [(i, 1201, a.extra, a.hard, a.easy, str(cache), KEEP) for i in range(a.train)]
+        parts = list(pool.map(_train_part, jobs))
+        pos = np.concatenate([p for p, _, _ in parts])
+        neg = np.concatenate([q for _, q, _ in parts])
+        result["training"] = {
+            "scans": a.train,
+            "lesions": sum(n for *_, n in parts),
+            "positives": len(pos),
+            "negatives": len(neg),
+            "seconds": time.time() - T0,
+        }
+        log("training set", result["training"])
+        del parts
+        save()
+        torch.set_num_threads(a.workers)
+        t = time.time()
+        weights = a.out / "candidate_net.pt"
+        net = _load(str(a.start)) if a.start else None
+        hard, rounds = None, []
+        for r in range(a.rounds):
+            if net is not None:  # its false positives on the training scans join the negatives
+                torch.set_num_threads(a.workers)
+                torch.save(net.state_dict(), weights)
+                mine = [(str(cache), 1201, i, str(weights), a.mined) for i in range(a.train)]
+                found = list(pool.map(_mine_part, mine))
+                new = np.concatenate([x for x, _ in found])
+                hard = new if hard is None else np.concatenate([hard, new])
+                rounds.append(
+                    {
+                        "before_round": r + 1,
+                        "mined": len(new),
+                        "mean_top_score": float(np.mean([m for _, m in found])),
+                    }
+                )
+                log("mined", rounds[-1])
+            lr = 1e-3 if net is None else a.finetune_lr
+            net = train_candidates(
+                pos, neg, CandidateSchedule(steps=a.steps, lr=lr), seed=1 + r, hard=hard, start=net
+            )
+            torch.save(net.state_dict(), weights)
+        result["training"]["rounds"] = rounds
+        result["training"]["train_seconds"] = time.time() - t
+        del pos, neg, hard
+        log("trained", result["training"]["train_seconds"])
+        val = evaluate(pool, weights, [(1202, a.val, False), (1203, a.val, True)])
+        rows = froc(val)
+        point = next(r for r in rows if r["fp_target"] == 0.25)
+        result["validation"] = {
+            "froc": rows,
+            "chosen": point,
+            "by_size": by_size(val, point["threshold"]),
+            "candidates_per_scan": float(np.mean([s["candidates"] for s in val])),
+            "lesions_with_a_candidate_5mm": covered(val),
+            "scans": val,
+        }
+        log("validation", json.dumps(rows, indent=0), result["validation"]["by_size"])
+        save()
+        if a.test:
+            for name, sets in (("shifted", [(2201, 100, True)]), ("ordinary", [(2202, 60, False)])):
+                scans = evaluate(pool, weights, sets)
+                result[name] = {
+                    "at_chosen": at_threshold(scans, point["threshold"]),
+                    "by_size": by_size(scans, point["threshold"]),
+                    "froc": froc(scans),
+                    "scans": scans,
+                }
+                log(name, result[name]["at_chosen"], result[name]["by_size"])
+                save()
+
+
+if __name__ == "__main__":
+    main()
