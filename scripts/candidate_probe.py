@@ -233,6 +233,39 @@ def evaluate(
     return list(pool.map(_eval_part, jobs))
 
 
+def _coverage_part(args: tuple[int, int, bool, dict[str, int]]) -> list[tuple[str, float, int]]:
+    """Per lesion of a scan: its section, diameter and the first candidate family that
+    reaches it (``Candidates.family``; -1 none)."""
+    from training.anatomy import indexed_scan
+
+    index, seed, shift, keep = args
+    KEEP.update(keep)
+    _, lab, diameters, cand = _scan(seed, index, shift)
+    at = lab[tuple(cand.points.T)]
+    section = indexed_scan(seed, index, shift=shift).section
+    out = []
+    for k in range(1, len(diameters) + 1):
+        hits = np.flatnonzero(at == k)
+        family = int(cand.family[hits].min()) if len(hits) else -1
+        out.append((section, float(diameters[k - 1]), family))
+    return out
+
+
+def coverage(pool: ProcessPoolExecutor, sets: list[tuple[int, int, bool]]) -> dict[str, Any]:
+    """Lesions >= 5 mm with a candidate inside them: all, and by section and family."""
+    jobs = [(i, seed, shift, KEEP) for seed, n, shift in sets for i in range(n)]
+    rows = [r for part in pool.map(_coverage_part, jobs) for r in part if r[1] >= 5.0]
+    out: dict[str, Any] = {
+        "lesions_5mm": len(rows),
+        "with_a_candidate": sum(f >= 0 for *_, f in rows),
+    }
+    for section in ("chest", "abdomen"):
+        mine = [f for sec, _, f in rows if sec == section]
+        out[section] = f"{sum(f >= 0 for f in mine)}/{len(mine)}"
+    out["only_in_an_organ_family"] = sum(f >= 2 for *_, f in rows)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, required=True)
@@ -262,6 +295,13 @@ def main() -> None:
         "--cache", type=Path, default=None, help="training scans' volumes (default OUT/cache)"
     )
     ap.add_argument("--organ", type=int, default=0, help="blobs per scan inside solid organs")
+    ap.add_argument(
+        "--coverage",
+        type=int,
+        default=0,
+        metavar="N",
+        help="only count the lesions with a candidate in the first N scans of each test set",
+    )
     ap.add_argument("--val", type=int, default=32, help="scans of each validation set")
     ap.add_argument(
         "--test", action="store_true", help="also the held-out sets (100 shifted, 60 ordinary)"
@@ -281,6 +321,15 @@ def main() -> None:
         (a.out / "probe.json").write_text(json.dumps(result, indent=1))
 
     with ProcessPoolExecutor(a.workers) as pool:
+        if a.coverage:
+            for name, sets in (
+                ("ordinary", [(2202, min(a.coverage, 60), False)]),
+                ("shifted", [(2201, min(a.coverage, 100), True)]),
+            ):
+                result[f"coverage_{name}"] = coverage(pool, sets)
+                log(name, result[f"coverage_{name}"])
+                save()
+            return
         jobs = [(i, 1201, a.extra, a.hard, a.easy, str(cache), KEEP) for i in range(a.train)]
         parts = list(pool.map(_train_part, jobs))
         pos = np.concatenate([p for p, _, _ in parts])

@@ -52,14 +52,19 @@ ORGAN = (-20.0, 250.0)
 
 @dataclass(frozen=True, slots=True)
 class Candidates:
-    """Candidate places on the ``regrid`` grid, strongest first within each sign."""
+    """Candidate places on the ``regrid`` grid, strongest first within each family."""
 
     points: npt.NDArray[np.int64]  # (n, 3) voxel indices (z, y, x)
     response: npt.NDArray[np.float32]  # (n,) blob response (HU-like)
-    bright: npt.NDArray[np.bool_]  # (n,) True: brighter than around, False: darker
+    family: npt.NDArray[np.uint8]  # (n,) 0 bright, 1 dark, 2 bright in an organ, 3 dark in one
 
     def __len__(self) -> int:
         return len(self.points)
+
+    @property
+    def bright(self) -> npt.NDArray[np.bool_]:
+        """True where the blob is brighter than around it."""
+        return np.asarray(self.family % 2 == 0)
 
 
 def regrid(
@@ -108,8 +113,8 @@ def find_candidates(
     bright, dark = _responses(hu)
     in_body = hu > -990
     soft = ndimage.uniform_filter(hu, 5) > -300
-    families = [(bright, _peaks(bright, in_body, bright_keep), True)]
-    families.append((dark, _peaks(dark, in_body & soft, dark_keep), False))
+    families = [(bright, _peaks(bright, in_body, bright_keep))]
+    families.append((dark, _peaks(dark, in_body & soft, dark_keep)))
     if organ_keep:
         clipped = np.clip(hu, *ORGAN)
         o_bright, o_dark = _responses(clipped)
@@ -117,12 +122,12 @@ def find_candidates(
         solid = (ndimage.minimum_filter(hu, 3) > ORGAN[0]) & (
             ndimage.maximum_filter(hu, 3) < ORGAN[1]
         )
-        families.append((o_bright, _peaks(o_bright, solid, organ_keep), True))
-        families.append((o_dark, _peaks(o_dark, solid, organ_keep), False))
-    points = np.concatenate([p for _, p, _ in families]).reshape(-1, 3)
-    response = np.concatenate([r[tuple(p.T)] for r, p, _ in families]).astype(np.float32)
-    sign = np.concatenate([np.full(len(p), b) for _, p, b in families]).astype(bool)
-    return Candidates(points=points, response=response, bright=sign)
+        families.append((o_bright, _peaks(o_bright, solid, organ_keep)))
+        families.append((o_dark, _peaks(o_dark, solid, organ_keep)))
+    points = np.concatenate([p for _, p in families]).reshape(-1, 3)
+    response = np.concatenate([r[tuple(p.T)] for r, p in families]).astype(np.float32)
+    family = np.concatenate([np.full(len(p), k, np.uint8) for k, (_, p) in enumerate(families)])
+    return Candidates(points=points, response=response, family=family)
 
 
 def windowed(hu: npt.NDArray[np.floating], window: tuple[float, float]) -> npt.NDArray[np.float32]:

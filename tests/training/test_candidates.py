@@ -124,3 +124,5 @@ def test_a_faint_organ_lesion_is_a_candidate_among_strong_edges() -> None:
 
     assert not near(plain.points[~plain.bright])
     assert near(found.points[~found.bright])
+    at_lesion = np.abs(found.points - (20, 30, 30)).max(axis=1) <= 1
+    assert set(found.family[at_lesion].tolist()) == {3}  # dark, inside an organ
