@@ -29,7 +29,7 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from scipy import ndimage
@@ -49,30 +49,30 @@ def log(*a: object) -> None:
 KEEP = {"bright": 600, "dark": 200, "organ": 0}
 
 
-def _scan(seed: int, index: int, shift: bool) -> tuple[Any, Any, Any, Any]:
-    """Regridded HU, regridded lesion labels, each lesion's diameter (mm), its candidates."""
+class Scan(NamedTuple):
+    hu: Any  # on the candidates' isotropic grid
+    lab: Any  # lesion labels 1..n on that grid
+    diameters: Any  # each lesion's diameter (mm), from its volume on the scan's own grid
+    cand: Any  # its candidates (training.candidates.Candidates)
+    section: str
+
+
+def _scan(seed: int, index: int, shift: bool) -> Scan:
     import torch
 
     from training.anatomy import indexed_scan
     from training.candidates import find_candidates, regrid
+    from training.metrics import labelled_lesions
 
     torch.set_num_threads(1)
     scan = indexed_scan(seed, index, shift=shift)
-    labels, n = ndimage.label(scan.mask, structure=np.ones((3, 3, 3), bool))
-    voxel = float(np.prod(scan.spacing))
-    volumes = np.bincount(labels.ravel(), minlength=n + 1)[1:] * voxel
-    diameters = np.cbrt(6 * volumes / np.pi)
+    labels, diameters = labelled_lesions(scan.mask, voxel_mm3=float(np.prod(scan.spacing)))
     hu = regrid(scan.hu, scan.spacing)
-    lab = np.asarray(ndimage.zoom(labels, [s / 1.25 for s in scan.spacing], order=0), np.int32)
-    lab = lab[: hu.shape[0], : hu.shape[1], : hu.shape[2]]
-    return (
-        hu,
-        lab,
-        diameters,
-        find_candidates(
-            hu, bright_keep=KEEP["bright"], dark_keep=KEEP["dark"], organ_keep=KEEP["organ"]
-        ),
+    cand = find_candidates(
+        hu, bright_keep=KEEP["bright"], dark_keep=KEEP["dark"], organ_keep=KEEP["organ"]
     )
+    lab = regrid(labels, scan.spacing, order=0).astype(np.int32)
+    return Scan(hu, lab, diameters, cand, scan.section)
 
 
 def _train_part(args: tuple[int, int, int, int, int, str, dict[str, int]]) -> tuple[Any, Any, int]:
@@ -81,7 +81,7 @@ def _train_part(args: tuple[int, int, int, int, int, str, dict[str, int]]) -> tu
     index, seed, extra, hard, easy, cache, keep = args
     KEEP.update(keep)
     rng = np.random.default_rng([seed, index, 7])
-    hu, lab, diameters, cand = _scan(seed, index, False)
+    hu, lab, diameters, cand, _ = _scan(seed, index, False)
     at = lab[tuple(cand.points.T)]
     near = ndimage.binary_dilation(lab > 0, iterations=2)[tuple(cand.points.T)]
     np.savez(
@@ -131,20 +131,20 @@ def _mine_part(args: tuple[str, int, int, str, int]) -> Any:
     hu, points = data["hu"].astype(np.float32), data["points"]
     x = patches(hu, points)
     s = score(_load(weights), x)
-    return x[np.argsort(-s, kind="stable")[:k]], float(np.sort(s)[-k:].mean()) if len(
-        s
-    ) >= k else 0.0
+    top = np.argsort(-s, kind="stable")[:k]
+    return x[top], float(s[top].mean()) if len(s) >= k else 0.0
 
 
 def _eval_part(args: tuple[int, int, bool, str, dict[str, int]]) -> dict[str, Any]:
     from training.candidate_net import score
-    from training.candidates import patches, suppress
+    from training.candidates import ISO_MM, patches, suppress
 
     index, seed, shift, weights, keep = args
     KEEP.update(keep)
-    hu, lab, diameters, cand = _scan(seed, index, shift)
+    hu, lab, diameters, cand, _ = _scan(seed, index, shift)
     s = score(_load(weights), patches(hu, cand.points))
-    kept = suppress(cand.points, s, radius=5.0 / 1.25)
+    at = lab[tuple(cand.points.T)]
+    kept = suppress(cand.points, s, radius=5.0 / ISO_MM)
     grown = ndimage.grey_dilation(lab, size=3)
     hit = grown[tuple(cand.points[kept].T)] if len(kept) else np.zeros(0, np.int32)
     return {
@@ -155,8 +155,7 @@ def _eval_part(args: tuple[int, int, bool, str, dict[str, int]]) -> dict[str, An
         "lesion": [int(x) for x in hit],  # 0: in no lesion; k: in lesion k (1-based)
         "candidates": len(cand),
         "best_in_lesion": [
-            float(s[lab[tuple(cand.points.T)] == k].max(initial=0.0))
-            for k in range(1, len(diameters) + 1)
+            float(s[at == k].max(initial=0.0)) for k in range(1, len(diameters) + 1)
         ],
     }
 
@@ -236,13 +235,10 @@ def evaluate(
 def _coverage_part(args: tuple[int, int, bool, dict[str, int]]) -> list[tuple[str, float, int]]:
     """Per lesion of a scan: its section, diameter and the first candidate family that
     reaches it (``Candidates.family``; -1 none)."""
-    from training.anatomy import indexed_scan
-
     index, seed, shift, keep = args
     KEEP.update(keep)
-    _, lab, diameters, cand = _scan(seed, index, shift)
+    _, lab, diameters, cand, section = _scan(seed, index, shift)
     at = lab[tuple(cand.points.T)]
-    section = indexed_scan(seed, index, shift=shift).section
     out = []
     for k in range(1, len(diameters) + 1):
         hits = np.flatnonzero(at == k)
@@ -312,8 +308,6 @@ def main() -> None:
     from training.candidate_net import CandidateSchedule, train_candidates
 
     a.out.mkdir(parents=True, exist_ok=True)
-    cache = a.cache or a.out / "cache"
-    cache.mkdir(exist_ok=True)
     KEEP.update(bright=a.keep, dark=a.keep // 3, organ=a.organ)
     result: dict[str, Any] = {"args": {k: str(v) for k, v in vars(a).items()}}
 
@@ -330,6 +324,8 @@ def main() -> None:
                 log(name, result[f"coverage_{name}"])
                 save()
             return
+        cache = a.cache or a.out / "cache"
+        cache.mkdir(exist_ok=True)
         jobs = [(i, 1201, a.extra, a.hard, a.easy, str(cache), KEEP) for i in range(a.train)]
         parts = list(pool.map(_train_part, jobs))
         pos = np.concatenate([p for p, _, _ in parts])

@@ -183,6 +183,7 @@ def operating_points(
     from scipy import ndimage
 
     from inference.execute import segment
+    from training.metrics import labelled_lesions
 
     cube = np.ones((3, 3, 3), bool)
     rows: dict[tuple[float, float], list[tuple[int, int, int, bool, float]]] = {}
@@ -191,8 +192,7 @@ def operating_points(
         vol = volume_of(s, f"{tag}{k}")
         prob = segment(model, vol, batch_size=8, amp=True)[0]
         mask = s["mask"]
-        truth, _ = ndimage.label(mask, structure=cube)
-        diam = np.cbrt(6 * np.bincount(truth.ravel())[1:] * vol.voxel_volume_mm3 / np.pi)
+        truth, diam = labelled_lesions(mask, voxel_mm3=vol.voxel_volume_mm3)
         big = {i + 1 for i, d in enumerate(diam) if d >= 5}
         peaks = ndimage.maximum(prob, truth, index=np.arange(1, len(diam) + 1))
         lesions += [

@@ -99,6 +99,7 @@ def train_candidates(
     n_hard = round(schedule.batch * schedule.hard_share) if mined is not None else 0
     n_neg = schedule.batch - n_pos - n_hard
     running = 0.0
+    net.train()
     for step in range(schedule.steps):
         lr = schedule.lr * min(1.0, (step + 1) / schedule.warmup)
         lr *= 0.5 * (1 + math.cos(math.pi * step / schedule.steps))
@@ -111,7 +112,6 @@ def train_candidates(
             parts.append(mined[torch.randint(len(mined), (n_hard,), generator=gen)])
         x = _augment(torch.cat(parts).float(), gen, schedule.noise)
         y = torch.cat([torch.ones(n_pos), torch.zeros(schedule.batch - n_pos)])
-        net.train()
         loss = F.binary_cross_entropy_with_logits(
             net(x.contiguous(memory_format=torch.channels_last_3d)), y
         )

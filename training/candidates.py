@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -68,9 +69,10 @@ class Candidates:
 
 
 def regrid(
-    volume: npt.NDArray[np.floating], spacing: Sequence[float], *, order: int = 1
+    volume: npt.NDArray[np.number[Any]], spacing: Sequence[float], *, order: int = 1
 ) -> npt.NDArray[np.float32]:
-    """``volume`` with voxels of ``spacing`` (z, y, x mm) resampled to ``ISO_MM`` cubes."""
+    """``volume`` with voxels of ``spacing`` (z, y, x mm) resampled to ``ISO_MM`` cubes
+    (``order=0``: nearest voxel, for labels)."""
     factors = [float(s) / ISO_MM for s in spacing]
     return np.asarray(ndimage.zoom(volume.astype(np.float32), factors, order=order), np.float32)
 

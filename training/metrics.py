@@ -142,18 +142,30 @@ def iou(pred: npt.ArrayLike, truth: npt.ArrayLike) -> float:
     return 1.0 if union == 0 else int((a & b).sum()) / union
 
 
+def labelled_lesions(
+    truth: npt.ArrayLike, *, voxel_mm3: float = 1.0
+) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.float64]]:
+    """The lesions of a mask as labels 1..n (voxels touching at faces, edges or corners
+    are one lesion) and each one's diameter (mm, of the sphere of its volume)."""
+    structure = np.ones((3,) * np.asarray(truth).ndim, dtype=bool)
+    labels, n = ndimage.label(np.asarray(truth, dtype=bool), structure=structure)
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:] * voxel_mm3
+    return labels, np.cbrt(6 * sizes / np.pi)
+
+
 def detected_lesions(
     pred: npt.ArrayLike, truth: npt.ArrayLike, *, voxel_mm3: float = 1.0
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.bool_], int]:
     """Each true lesion's diameter (mm, of the sphere of its volume) and whether the
     prediction touches it, and the number of predicted components touching none."""
+    truth_lab, diameters = labelled_lesions(truth, voxel_mm3=voxel_mm3)
     structure = np.ones((3,) * np.asarray(truth).ndim, dtype=bool)
-    truth_lab, n_true = ndimage.label(np.asarray(truth, dtype=bool), structure=structure)
     pred_lab, n_pred = ndimage.label(np.asarray(pred, dtype=bool), structure=structure)
-    sizes = np.bincount(truth_lab.ravel(), minlength=n_true + 1)[1:] * voxel_mm3
-    found = np.array([(pred_lab[truth_lab == t] > 0).any() for t in range(1, n_true + 1)], bool)
+    found = np.array(
+        [(pred_lab[truth_lab == t] > 0).any() for t in range(1, len(diameters) + 1)], bool
+    )
     false_pos = sum(1 for q in range(1, n_pred + 1) if not (truth_lab[pred_lab == q] > 0).any())
-    return np.cbrt(6 * sizes / np.pi), found, int(false_pos)
+    return diameters, found, int(false_pos)
 
 
 def lesion_detection(

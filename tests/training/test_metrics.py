@@ -13,6 +13,7 @@ from training.metrics import (
     expected_calibration_error,
     grouped_kfold,
     iou,
+    labelled_lesions,
     lesion_detection,
     precision_recall_f1,
 )
@@ -110,3 +111,13 @@ def test_lesion_detection_counts_only_lesions_from_a_size() -> None:
     assert lesion_detection(pred, truth, voxel_mm3=1.0, min_diameter_mm=4.9) == (1, 0, 0)
     assert lesion_detection(pred, truth, voxel_mm3=1.0, min_diameter_mm=5.0) == (0, 0, 0)
     assert lesion_detection(pred, truth, voxel_mm3=8.0, min_diameter_mm=5.0) == (1, 0, 0)
+
+
+def test_labelled_lesions_join_corners_and_measure_by_volume() -> None:
+    truth = np.zeros((10, 10, 10), bool)
+    truth[1:3, 1:3, 1:3] = True  # 8 voxels
+    truth[3, 3, 3] = True  # touches the first at a corner only: the same lesion
+    truth[7:9, 7:9, 7] = True  # 4 voxels, apart
+    labels, diameters = labelled_lesions(truth, voxel_mm3=2.0)
+    assert labels.max() == 2 and labels[3, 3, 3] == labels[1, 1, 1]
+    np.testing.assert_allclose(diameters, np.cbrt(6 * np.array([18.0, 8.0]) / np.pi))
