@@ -11,6 +11,8 @@
 - ``fusion_head``: combines an image feature vector with a sequence (LSTM/GRU).
 - ``priors_fusion``: a study and the patient's prior studies -> change since
   the priors (a shared CNN per study, the fusion head over the priors).
+- ``candidate_net``: a small 3-D CNN that scores one blob candidate's patches as
+  lesion or not (``inference.detect``; trained by ``training.candidate_net``).
 
 Segmentation models return logits ``(N, C, D, H, W)``; classifiers return
 ``(logits, attention)`` where attention is ``(N, 1, D, H, W)`` or None.
@@ -29,6 +31,7 @@ __all__ = [
     "ARCHITECTURES",
     "AttentionCNN",
     "CNNClassifier",
+    "CandidateNet",
     "FusionHead",
     "PriorsFusion",
     "SequenceRNN",
@@ -288,6 +291,36 @@ class PriorsFusion(nn.Module):
         return self.fuse(features, years), None
 
 
+def _bn_block(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv3d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm3d(cout), nn.ReLU(inplace=True)
+    )
+
+
+class CandidateNet(nn.Module):
+    """A candidate's patches (``channels`` of 24³, ``inference.candidates.patches``) → one
+    logit: lesion at the centre or not. 209 k parameters with the defaults."""
+
+    def __init__(self, channels: int = 3, base: int = 16) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            _bn_block(channels, base),
+            nn.MaxPool3d(2),
+            _bn_block(base, 2 * base),
+            _bn_block(2 * base, 2 * base),
+            nn.MaxPool3d(2),
+            _bn_block(2 * base, 4 * base),
+            _bn_block(4 * base, 4 * base),
+            nn.AdaptiveAvgPool3d(1),
+            nn.Flatten(),
+        )
+        self.head = nn.Linear(4 * base, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out: Tensor = self.head(self.features(x))
+        return out[:, 0]
+
+
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "voxel_logistic": VoxelLogistic,
     "unet3d": UNet3D,
@@ -296,6 +329,7 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "sequence_rnn": SequenceRNN,
     "fusion_head": FusionHead,
     "priors_fusion": PriorsFusion,
+    "candidate_net": CandidateNet,
 }
 
 

@@ -35,6 +35,10 @@ class InputSpec:
     # oriented so before the model; target_spacing and patch are then in that
     # (X, Y, Z) order. "": ainode's own (D, H, W) layout.
     axcodes: str = ""
+    # Detection: blob candidates per scan (bright, dark, inside solid organs) and the
+    # distance (mm) within which only the best-scored one is kept.
+    candidates: tuple[int, int, int] = (0, 0, 0)
+    suppress_mm: float = 5.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -20,6 +20,7 @@ from core.config import FleischnerConfig, SeriesRule
 from dicomio.errors import InputError, UnsupportedInput
 from dicomio.records import Lesion, Outcome, SeriesResult, Volume
 from dicomio.volume_in import load_volume, load_waveform
+from inference.detect import detect
 from inference.domain import (
     Domain,
     check_features,
@@ -255,10 +256,12 @@ def _run_model(
     if domain is not None and (why := check_volume(domain, volume)):
         return _declined(spec, series, why)
     layer = domain.features.layer if domain is not None and domain.features else None
-    if spec.task == "segmentation":
+    if spec.task in ("segmentation", "detection"):
         with feature_probe(model.module, layer) as probe:
             prob = with_oom_fallback(
-                lambda m, b: segment(m, volume, batch_size=b, amp=amp), model, batch_size
+                lambda m, b: _voxel_probabilities(m, volume, batch_size=b, amp=amp),
+                model,
+                batch_size,
             )
         t = _timed(timings, "forward", t)
         if domain is not None and (why := check_features(domain, probe.vector())):
@@ -317,6 +320,17 @@ def _run_model(
         source_headers=volume.headers,
         attention=attention,
     )
+
+
+def _voxel_probabilities(
+    model: LoadedModel, volume: Volume, *, batch_size: int, amp: bool
+) -> npt.NDArray[np.float32]:
+    """``(labels, D, H, W)`` on the volume's grid: a segmentation model's probabilities, or
+    a detection model's score inside each detection's outline (0 elsewhere)."""
+    if model.spec.task == "detection":
+        # a batch of the detector is 64 small patches per segmentation patch
+        return detect(model, volume, batch=64 * batch_size).probability
+    return segment(model, volume, batch_size=batch_size, amp=amp)
 
 
 def _peak(attention: npt.NDArray[np.float32]) -> tuple[int, int, int]:

@@ -5,7 +5,8 @@
     [model]
     name = "lesion-seg"            # letters, digits, - _ .
     version = "1.0.0"
-    task = "segmentation"          # classification | segmentation | sequence | progression
+    task = "segmentation"          # classification | segmentation | detection | sequence
+                                   #   | progression
     architecture = "unet3d"        # inference.architectures registry, or
     format = "state_dict"          #   "torchscript" or "onnx" (then no architecture)
     weights = "weights.pt"
@@ -24,12 +25,16 @@
     sampling_hz = 500.0            # sequence: resample to this rate
     samples = 5000                 # sequence: crop or pad to this length
     max_priors = 2                 # progression: the newest prior studies it compares with
+    candidates = [900, 300, 150]   # detection: blob candidates per scan, bright, dark and
+                                   #   inside solid organs (inference.candidates)
+    suppress_mm = 5.0              # detection: one detection within this distance
 
     [[output.labels]]
     name = "lesion"
     code = ["52988006", "SCT", "Lesion"]   # value, scheme, meaning
     threshold = 0.5
-    min_volume_mm3 = 0.0           # segmentation: smaller components are not lesions
+    min_volume_mm3 = 0.0           # segmentation, detection: smaller components are not
+                                   #   lesions (detection: exactly one label)
 
     [provenance]
     training_data = "..."
@@ -58,7 +63,8 @@ from inference.modelspec import DomainFile, InputSpec, LabelSpec, ModelSpec, sha
 
 __all__ = ["InputSpec", "LabelSpec", "ModelSpec", "read_spec", "sha256_file", "verify_package"]
 
-TASKS = ("classification", "segmentation", "sequence", "progression")
+TASKS = ("classification", "segmentation", "detection", "sequence", "progression")
+_MASK_TASKS = ("segmentation", "detection")
 _IMAGE_TASKS = ("classification", "segmentation", "progression")
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
@@ -99,6 +105,8 @@ def _model(table: Table, folder: Path) -> dict[str, Any]:
         raise table.fail("architecture", 'is required with format = "state_dict"')
     if fmt != "state_dict" and architecture:
         raise table.fail("architecture", f'must not be set with format = "{fmt}"')
+    if task == "detection" and fmt == "onnx":
+        raise table.fail("format", 'a detection model is "state_dict" or "torchscript"')
     weights, sha = _file_and_digest(table, "weights")
     parameters = table.raw("parameters")
     if parameters is None:
@@ -133,6 +141,7 @@ def _input(table: Table, task: str) -> InputSpec:
     only = {
         "sequence": ("leads", "sampling_hz", "samples"),
         "progression": ("max_priors",),
+        "detection": ("candidates", "suppress_mm"),
         "image": ("window", "target_spacing", "size", "patch"),
     }
     for group, keys in only.items():
@@ -148,6 +157,10 @@ def _input(table: Table, task: str) -> InputSpec:
     if task == "progression" and not table.has("max_priors"):
         raise table.fail("max_priors", "is required for a progression model: an integer >= 1")
     samples = table.integer("samples", 0, 1, 10**8) if table.has("samples") else None
+    if task == "detection" and not table.has("candidates"):
+        raise table.fail(
+            "candidates", "is required for a detection model: [bright, dark, organ] blobs per scan"
+        )
     spec = InputSpec(
         modalities=tuple(m.upper() for m in table.strings("modality")),
         window=None if window is None else (window[0], window[1]),
@@ -161,9 +174,23 @@ def _input(table: Table, task: str) -> InputSpec:
         samples=samples,
         max_priors=table.integer("max_priors", 1, 1, 100) if table.has("max_priors") else 0,
         axcodes=_axcodes(table),
+        candidates=_candidates(table),
+        suppress_mm=table.number("suppress_mm", 5.0, 0.5, 100.0),
     )
     table.finish()
     return spec
+
+
+def _candidates(table: Table) -> tuple[int, int, int]:
+    values = table.numbers("candidates", 3, 0, 100_000)
+    if values is None:
+        return (0, 0, 0)
+    if not all(v == int(v) for v in values) or values[0] + values[1] < 1:
+        raise table.fail(
+            "candidates",
+            f"must be whole numbers [bright, dark, organ], bright + dark >= 1 (got {list(values)})",
+        )
+    return (int(values[0]), int(values[1]), int(values[2]))
 
 
 def _axcodes(table: Table) -> str:
@@ -207,8 +234,10 @@ def _labels(raw: object, where: str, task: str) -> tuple[LabelSpec, ...]:
             or not all(isinstance(c, str) and c for c in code)
         ):
             raise table.fail("code", "must be [value, scheme, meaning], three non-empty strings")
-        if table.has("min_volume_mm3") and task != "segmentation":
-            raise table.fail("min_volume_mm3", f"only for task segmentation (this is {task})")
+        if table.has("min_volume_mm3") and task not in _MASK_TASKS:
+            raise table.fail(
+                "min_volume_mm3", f"only for tasks segmentation and detection (this is {task})"
+            )
         labels.append(
             LabelSpec(
                 name=name,
@@ -220,6 +249,11 @@ def _labels(raw: object, where: str, task: str) -> tuple[LabelSpec, ...]:
         table.finish()
     if not labels:
         raise ModelPackageError(f"{where} [[output.labels]]: at least one label is required")
+    if task == "detection" and len(labels) != 1:
+        raise ModelPackageError(
+            f"{where} [[output.labels]]: a detection model has exactly one label "
+            f"(got {len(labels)})"
+        )
     return tuple(labels)
 
 

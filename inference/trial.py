@@ -16,6 +16,8 @@ import numpy as np
 import torch
 
 from dicomio.records import Volume, Waveform
+from inference.candidates import PATCH
+from inference.detect import detect, score
 from inference.errors import ModelPackageError
 from inference.execute import classify, predict_change, predict_sequence, segment
 from inference.package import LoadedModel, check_outputs, load_package
@@ -74,6 +76,12 @@ def trial_run(model: LoadedModel) -> float:
     try:
         if task == "segmentation":
             channels = segment(model, _volume(model), batch_size=1, amp=False).shape[0]
+        elif task == "detection":
+            detect(model, _volume(model))  # the whole path (a featureless volume: no blob)
+            one = score(model.module, np.zeros((1, 3, PATCH, PATCH, PATCH), np.float16))
+            if one.shape != (1,):
+                raise ValueError(f"one score per candidate expected, got shape {one.shape[1:]}")
+            channels = 1
         elif task == "classification":
             channels = classify(model, _volume(model), amp=False)[0].shape[0]
         elif task == "sequence":

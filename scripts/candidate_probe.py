@@ -2,9 +2,12 @@
 
     python scripts/candidate_probe.py --out OUT [--train 300] [--steps 2500] [--workers 2]
         [--rounds 2 --mined 30] [--start WEIGHTS] [--keep 900] [--organ 150] [--test]
+        [--package DIR]
+    python scripts/candidate_probe.py --out OUT --from-run [--reevaluate] [--test]
+        [--package DIR]
 
 1. Training set (seed 1201, the seg sweep's): each scan regridded to 1.25 mm, its blob
-   candidates found (``training.candidates``); positives are the candidates inside a lesion
+   candidates found (``inference.candidates``); positives are the candidates inside a lesion
    and up to ``--extra`` more points near each lesion's centre, negatives the strongest
    ``--hard`` candidates outside every lesion and ``--easy`` more drawn at random.
 2. ``training.candidate_net`` trained on them (CPU, fixed seed); each round after the first
@@ -19,6 +22,10 @@
    lesion < 5 mm counts neither way) and the share of lesion-free scans with none. The
    threshold for 0.25 false positives per scan is chosen on validation and applied to the
    test sets. Everything is written to OUT as it finishes (``probe.json``).
+4. With ``--package DIR`` (and ``--test``): the weights become the model package the worker
+   runs (``training.detector_package``: threshold, figures, model card, input domain);
+   ``--from-run`` packages what an earlier run left in OUT instead of training again
+   (``--reevaluate``: evaluates its weights again first, with this version's figures).
 """
 
 from __future__ import annotations
@@ -60,8 +67,8 @@ class Scan(NamedTuple):
 def _scan(seed: int, index: int, shift: bool) -> Scan:
     import torch
 
+    from inference.candidates import find_candidates, regrid
     from training.anatomy import indexed_scan
-    from training.candidates import find_candidates, regrid
     from training.metrics import labelled_lesions
 
     torch.set_num_threads(1)
@@ -76,7 +83,7 @@ def _scan(seed: int, index: int, shift: bool) -> Scan:
 
 
 def _train_part(args: tuple[int, int, int, int, int, str, dict[str, int]]) -> tuple[Any, Any, int]:
-    from training.candidates import patches
+    from inference.candidates import patches
 
     index, seed, extra, hard, easy, cache, keep = args
     KEEP.update(keep)
@@ -113,7 +120,7 @@ def _train_part(args: tuple[int, int, int, int, int, str, dict[str, int]]) -> tu
 def _load(weights: str) -> Any:
     import torch
 
-    from training.candidate_net import CandidateNet
+    from inference.architectures import CandidateNet
 
     torch.set_num_threads(1)
     net = CandidateNet()
@@ -123,8 +130,8 @@ def _load(weights: str) -> Any:
 
 def _mine_part(args: tuple[str, int, int, str, int]) -> Any:
     """The ``k`` negatives of a cached training scan the current model scores highest."""
-    from training.candidate_net import score
-    from training.candidates import patches
+    from inference.candidates import patches
+    from inference.detect import score
 
     cache, seed, index, weights, k = args
     data = np.load(Path(cache) / f"{seed}-{index}.npz")
@@ -136,8 +143,8 @@ def _mine_part(args: tuple[str, int, int, str, int]) -> Any:
 
 
 def _eval_part(args: tuple[int, int, bool, str, dict[str, int]]) -> dict[str, Any]:
-    from training.candidate_net import score
-    from training.candidates import ISO_MM, patches, suppress
+    from inference.candidates import ISO_MM, outline, patches, suppress
+    from inference.detect import score
 
     index, seed, shift, weights, keep = args
     KEEP.update(keep)
@@ -147,12 +154,24 @@ def _eval_part(args: tuple[int, int, bool, str, dict[str, int]]) -> dict[str, An
     kept = suppress(cand.points, s, radius=5.0 / ISO_MM)
     grown = ndimage.grey_dilation(lab, size=3)
     hit = grown[tuple(cand.points[kept].T)] if len(kept) else np.zeros(0, np.int32)
+    sizes = np.bincount(lab.ravel(), minlength=len(diameters) + 1)
+    dice = []  # of each detection's outline with the lesion it is in (-1: in none)
+    for i, k in zip(kept, hit, strict=True):
+        if k == 0:
+            dice.append(-1.0)
+            continue
+        where, mask = outline(
+            hu, cand.points[i], float(cand.diameter_mm[i]), bright=bool(cand.bright[i])
+        )
+        both = int(np.count_nonzero(mask & (lab[where] == k)))
+        dice.append(2 * both / (int(mask.sum()) + int(sizes[k])))
     return {
         "seed": seed,
         "index": index,
         "diameters": [float(d) for d in diameters],
         "scores": [float(x) for x in s[kept]],
         "lesion": [int(x) for x in hit],  # 0: in no lesion; k: in lesion k (1-based)
+        "outline_dice": [round(d, 4) for d in dice],
         "candidates": len(cand),
         "best_in_lesion": [
             float(s[at == k].max(initial=0.0)) for k in range(1, len(diameters) + 1)
@@ -215,6 +234,19 @@ def by_size(scans: list[dict[str, Any]], t: float) -> dict[str, str]:
                     k += (i + 1) in hits
         out[f"{lo}-{hi} mm"] = f"{k}/{n}"
     return out
+
+
+def outline_dice(scans: list[dict[str, Any]], t: float) -> dict[str, float]:
+    """Mean Dice of the outline of each lesion >= 5 mm found at ``t`` (that of its
+    best-scored detection, ``inference.candidates.outline``)."""
+    found: list[float] = []
+    for sc in scans:
+        best: dict[int, tuple[float, float]] = {}
+        for k, sco, d in zip(sc["lesion"], sc["scores"], sc.get("outline_dice", []), strict=True):
+            if k > 0 and sco >= t and sc["diameters"][k - 1] >= 5 and sco > best.get(k, (-1, 0))[0]:
+                best[k] = (sco, d)
+        found += [d for _, d in best.values()]
+    return {"lesions": len(found), "mean_dice": float(np.mean(found)) if found else 0.0}
 
 
 def covered(scans: list[dict[str, Any]]) -> str:
@@ -299,6 +331,15 @@ def main() -> None:
         help="only count the lesions with a candidate in the first N scans of each test set",
     )
     ap.add_argument("--val", type=int, default=32, help="scans of each validation set")
+    ap.add_argument("--package", type=Path, default=None, help="write the model package here")
+    ap.add_argument(
+        "--from-run", action="store_true", help="package OUT's weights and figures, no training"
+    )
+    ap.add_argument(
+        "--reevaluate",
+        action="store_true",
+        help="with --from-run: evaluate OUT's weights again (then package, with --package)",
+    )
     ap.add_argument(
         "--test", action="store_true", help="also the held-out sets (100 shifted, 60 ordinary)"
     )
@@ -307,6 +348,26 @@ def main() -> None:
 
     from training.candidate_net import CandidateSchedule, train_candidates
 
+    if a.package and not a.test and not (a.from_run and not a.reevaluate):
+        ap.error("--package needs the held-out figures: add --test")
+    if a.from_run:
+        if not (a.package or a.reevaluate):
+            ap.error("--from-run needs --package DIR or --reevaluate")
+        earlier = json.loads((a.out / "probe.json").read_text())
+        KEEP.update(bright=a.keep, dark=a.keep // 3, organ=a.organ)
+        if a.reevaluate:  # the same weights and candidates, this version's evaluation
+            keep = earlier["args"]
+            KEEP.update(bright=int(keep["keep"]), dark=int(keep["keep"]) // 3)
+            KEEP.update(organ=int(keep["organ"]))
+
+            def resave() -> None:
+                (a.out / "probe.json").write_text(json.dumps(earlier, indent=1))
+
+            with ProcessPoolExecutor(a.workers) as pool:
+                _evaluate_all(pool, a.out / "candidate_net.pt", earlier, a, resave)
+        elif a.package:
+            _package(a.out / "candidate_net.pt", earlier, a)
+        return
     a.out.mkdir(parents=True, exist_ok=True)
     KEEP.update(bright=a.keep, dark=a.keep // 3, organ=a.organ)
     result: dict[str, Any] = {"args": {k: str(v) for k, v in vars(a).items()}}
@@ -370,30 +431,54 @@ def main() -> None:
         result["training"]["train_seconds"] = time.time() - t
         del pos, neg, hard
         log("trained", result["training"]["train_seconds"])
-        val = evaluate(pool, weights, [(1202, a.val, False), (1203, a.val, True)])
-        rows = froc(val)
-        point = next(r for r in rows if r["fp_target"] == 0.25)
-        result["validation"] = {
-            "froc": rows,
-            "chosen": point,
-            "by_size": by_size(val, point["threshold"]),
-            "candidates_per_scan": float(np.mean([s["candidates"] for s in val])),
-            "lesions_with_a_candidate_5mm": covered(val),
-            "scans": val,
-        }
-        log("validation", json.dumps(rows, indent=0), result["validation"]["by_size"])
-        save()
-        if a.test:
-            for name, sets in (("shifted", [(2201, 100, True)]), ("ordinary", [(2202, 60, False)])):
-                scans = evaluate(pool, weights, sets)
-                result[name] = {
-                    "at_chosen": at_threshold(scans, point["threshold"]),
-                    "by_size": by_size(scans, point["threshold"]),
-                    "froc": froc(scans),
-                    "scans": scans,
-                }
-                log(name, result[name]["at_chosen"], result[name]["by_size"])
-                save()
+        _evaluate_all(pool, weights, result, a, save)
+
+
+def _evaluate_all(
+    pool: ProcessPoolExecutor,
+    weights: Path,
+    result: dict[str, Any],
+    a: argparse.Namespace,
+    save: Any,
+) -> None:
+    """Validation (the threshold for 0.25 false positives per scan), then, with ``--test``,
+    the held-out sets at that threshold; with ``--package``, the package."""
+    val = evaluate(pool, weights, [(1202, a.val, False), (1203, a.val, True)])
+    rows = froc(val)
+    point = next(r for r in rows if r["fp_target"] == 0.25)
+    result["validation"] = {
+        "froc": rows,
+        "chosen": point,
+        "outline_dice": outline_dice(val, point["threshold"]),
+        "by_size": by_size(val, point["threshold"]),
+        "candidates_per_scan": float(np.mean([s["candidates"] for s in val])),
+        "lesions_with_a_candidate_5mm": covered(val),
+        "scans": val,
+    }
+    log("validation", json.dumps(rows, indent=0), result["validation"]["by_size"])
+    save()
+    if a.test:
+        for name, sets in (("shifted", [(2201, 100, True)]), ("ordinary", [(2202, 60, False)])):
+            scans = evaluate(pool, weights, sets)
+            result[name] = {
+                "at_chosen": at_threshold(scans, point["threshold"]),
+                "outline_dice": outline_dice(scans, point["threshold"]),
+                "by_size": by_size(scans, point["threshold"]),
+                "froc": froc(scans),
+                "scans": scans,
+            }
+            log(name, result[name]["at_chosen"], result[name]["by_size"])
+            log(name, "outlines", result[name]["outline_dice"])
+            save()
+        if a.package:
+            _package(weights, result, a)
+
+
+def _package(weights: Path, result: dict[str, Any], a: argparse.Namespace) -> None:
+    from training.detector_package import package_detector
+
+    package_detector(weights, result, a.package)
+    log("packaged", a.package)
 
 
 if __name__ == "__main__":

@@ -30,24 +30,39 @@ def noise_ct(shape: tuple[int, int, int], seed: int = 0) -> Array:
     return np.random.default_rng(seed).uniform(-1024, 976, shape)
 
 
+def chest_vessels(seed: int = 0) -> list[tuple[float, float, float]]:
+    """Where ``chest_phantom``'s lung vessels run (along z): (x, y, radius) in mm from the
+    volume's centre, six in each lung."""
+    rng = np.random.default_rng([seed, 1])
+    return [
+        (side * 75 + rng.uniform(-35, 35), rng.uniform(-45, 40), rng.uniform(2, 5))
+        for side in (-1, 1)
+        for _ in range(6)
+    ]
+
+
 def chest_phantom(
     shape: tuple[int, int, int], spacing: tuple[float, float, float], seed: int = 0
 ) -> Array:
-    """Air, an elliptic trunk (skin, fat, muscle), two lungs with vessels, a spine, a nodule."""
+    """Air, an elliptic trunk (skin, fat, muscle), ribs, two lungs with vessels, a spine, a
+    nodule."""
     rng = np.random.default_rng(seed)
     z, y, x = _grid(shape, spacing)
     hu = np.full(shape, -1000.0)
     trunk = (x / 160) ** 2 + (y / 110) ** 2
     hu[trunk <= 1.0] = -100.0  # fat
     hu[trunk <= 0.8] = 50.0  # muscle and mediastinum
+    lungs = np.zeros(shape, bool)
     for side in (-1, 1):
-        lung = ((x - side * 75) / 55) ** 2 + ((y + 5) / 70) ** 2 <= 1.0
-        hu[lung] = -850.0
-        for _ in range(6):  # vessels: thin tubes running along z
-            cx, cy = side * 75 + rng.uniform(-35, 35), rng.uniform(-45, 40)
-            vessel = lung & ((x - cx) ** 2 + (y - cy) ** 2 <= rng.uniform(2, 5) ** 2)
-            hu[vessel] = 40.0
+        lungs |= ((x - side * 75) / 55) ** 2 + ((y + 5) / 70) ** 2 <= 1.0
+    hu[lungs] = -850.0
+    for cx, cy, r in chest_vessels(seed):  # thin tubes running along z
+        hu[lungs & ((x - cx) ** 2 + (y - cy) ** 2 <= r**2)] = 40.0
     hu[((x / 18) ** 2 + ((y - 80) / 18) ** 2) <= 1.0] = 700.0  # a vertebral body
+    # ribs: bands of bone in the chest wall every 25 mm along z, open at the sternum
+    wall = (trunk > 0.74) & (trunk <= 0.8)
+    for z0 in np.arange(-200.0, 201.0, 25.0):
+        hu[wall & (np.abs(z - z0) <= 5.0) & ((np.abs(x) > 25) | (y > 0))] = 450.0
     nodule = (x - 70) ** 2 + (y + 10) ** 2 + z**2 <= 6.0**2
     hu[nodule] = 30.0
     return hu + rng.normal(0, 12, shape)

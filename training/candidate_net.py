@@ -1,6 +1,7 @@
-"""The second stage of the candidate detector: a small 3-D CNN that scores each candidate's
-patches (``training.candidates.patches``) as lesion or not. 209 k parameters; a step of 64
-patches takes about 0.25 s on two CPU cores, so it trains where the U-Net cannot."""
+"""Training the second stage of the candidate detector: the small 3-D CNN
+(``inference.architectures.CandidateNet``) that scores each candidate's patches
+(``inference.candidates.patches``) as lesion or not. 209 k parameters; a step of 64 patches
+takes about 0.25 s on two CPU cores, so it trains where the U-Net cannot."""
 
 from __future__ import annotations
 
@@ -10,39 +11,12 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.nn import functional as F
 
-__all__ = ["CandidateNet", "CandidateSchedule", "score", "train_candidates"]
+from inference.architectures import CandidateNet
 
-
-def _block(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv3d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm3d(cout), nn.ReLU(inplace=True)
-    )
-
-
-class CandidateNet(nn.Module):
-    """Three input channels of 24³ → one logit (lesion at the centre or not)."""
-
-    def __init__(self, channels: int = 3, base: int = 16) -> None:
-        super().__init__()
-        self.features = nn.Sequential(
-            _block(channels, base),
-            nn.MaxPool3d(2),
-            _block(base, 2 * base),
-            _block(2 * base, 2 * base),
-            nn.MaxPool3d(2),
-            _block(2 * base, 4 * base),
-            _block(4 * base, 4 * base),
-            nn.AdaptiveAvgPool3d(1),
-            nn.Flatten(),
-        )
-        self.head = nn.Linear(4 * base, 1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        out: Tensor = self.head(self.features(x))
-        return out[:, 0]
+__all__ = ["CandidateSchedule", "train_candidates"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,19 +98,3 @@ def train_candidates(
             print(f"step {step + 1}/{schedule.steps} loss {running:.4f} lr {lr:.2e}", flush=True)
     net.eval()
     return net
-
-
-@torch.inference_mode()
-def score(
-    net: CandidateNet, x: npt.NDArray[np.float16], *, batch: int = 256
-) -> npt.NDArray[np.float32]:
-    """Lesion probability of each candidate's patches."""
-    out = []
-    for k in range(0, len(x), batch):
-        chunk = (
-            torch.from_numpy(x[k : k + batch])
-            .float()
-            .contiguous(memory_format=torch.channels_last_3d)
-        )
-        out.append(torch.sigmoid(net(chunk)).numpy())
-    return np.concatenate(out).astype(np.float32) if out else np.zeros(0, np.float32)

@@ -215,7 +215,13 @@ def acceptance(
 _CARD_HEADING = "## Validated input domain"
 
 
-def card_section(folder: Path, domain: Domain, checks: Sequence[tuple[str, int, int]]) -> None:
+def card_section(
+    folder: Path,
+    domain: Domain,
+    checks: Sequence[tuple[str, int, int]],
+    *,
+    command: str = "ainode train domain",
+) -> None:
     """Write (or replace) the model card's domain section: what it accepts, and who it turned away.
 
     ``checks``: (held-out set, accepted, total) as :func:`acceptance` measured them.
@@ -231,7 +237,7 @@ def card_section(folder: Path, domain: Domain, checks: Sequence[tuple[str, int, 
         _CARD_HEADING,
         "",
         "A series outside it is not analysed: the outcome says why and no findings are reported",
-        f"(`domain.json`, built by `ainode train domain` from {domain.built_from}).",
+        f"(`domain.json`, built by `{command}` from {domain.built_from}).",
         "",
         f"- Modality {', '.join(domain.modalities)}; body part "
         f"{', '.join(domain.body_parts) or 'not recorded'}; spacing {spacing}.",

@@ -191,7 +191,8 @@ def _guidance(results: Sequence[SeriesResult], pipeline: PipelineConfig) -> list
     for result in results:
         outcome = result.outcome
         algo = algorithm_of(outcome)
-        if outcome.task == "segmentation" and not outcome.lesions and not outcome.declined:
+        looked = outcome.task in ("segmentation", "detection") and not outcome.declined
+        if looked and not outcome.lesions:
             notes.append(
                 NoteEntry(
                     algorithm=algo,

@@ -1,12 +1,13 @@
-"""Blob candidates and the candidate CNN (training.candidates, training.candidate_net)."""
+"""Blob candidates and the candidate CNN: finding, cutting, training, scoring."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from training.candidate_net import CandidateSchedule, score, train_candidates
-from training.candidates import LUNG, PATCH, find_candidates, patches, regrid, suppress, windowed
+from inference.candidates import LUNG, PATCH, find_candidates, patches, regrid, suppress, windowed
+from inference.detect import score
+from training.candidate_net import CandidateSchedule, train_candidates
 
 
 def _ball(shape: tuple[int, int, int], centre: tuple[float, ...], radius: float) -> np.ndarray:

@@ -1,10 +1,12 @@
-"""Lesion candidates and their patches: the first stage of a detector that trains on a CPU.
+"""Lesion candidates, their patches and outlines: the first and last stage of the detector.
 
 The U-Net of ``training.patch_seg`` needs a GPU (a step of 8 patches of 32 x 96 x 96 takes
 8-10 s on two CPU cores) and, after its first lease, still missed every nodule under 7 mm.
 This is the classical alternative for small nodules (the LUNA16 pipeline): a blob filter
 proposes a few hundred places per scan, and a small 3-D CNN looks at each one and tells
-lesion from vessel seen end-on, airway wall or rib tip (``training.candidate_net``).
+lesion from vessel seen end-on, airway wall or rib tip (``inference.architectures.CandidateNet``,
+trained by ``training.candidate_net``, run by ``inference.detect``). Numpy and scipy only:
+training and the worker cut the same patches.
 
 - ``regrid``: the scan on an isotropic grid of ``ISO_MM``.
 - ``find_candidates``: local maxima of the scale-normalised Laplacian of Gaussian
@@ -16,6 +18,8 @@ lesion from vessel seen end-on, airway wall or rib tip (``training.candidate_net
 - ``patches``: each candidate as three 24³ channels: lung window and soft-tissue window at
   ``ISO_MM`` (30 mm across) and the lung window at twice that (60 mm, the context).
 - ``suppress``: one detection per place (non-maximum suppression by distance).
+- ``outline``: a detection's voxels: the part of its blob brighter (darker) than halfway
+  to its surroundings, connected to its centre, within 1.5 times the blob's radius.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ __all__ = [
     "PATCH",
     "Candidates",
     "find_candidates",
+    "outline",
     "patches",
     "regrid",
     "suppress",
@@ -58,6 +63,7 @@ class Candidates:
     points: npt.NDArray[np.int64]  # (n, 3) voxel indices (z, y, x)
     response: npt.NDArray[np.float32]  # (n,) blob response (HU-like)
     family: npt.NDArray[np.uint8]  # (n,) 0 bright, 1 dark, 2 bright in an organ, 3 dark in one
+    diameter_mm: npt.NDArray[np.float32]  # (n,) the sphere the strongest scale matches
 
     def __len__(self) -> int:
         return len(self.points)
@@ -77,17 +83,25 @@ def regrid(
     return np.asarray(ndimage.zoom(volume.astype(np.float32), factors, order=order), np.float32)
 
 
-def _responses(
-    hu: npt.NDArray[np.floating],
-) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
-    """Strongest bright and dark scale-normalised LoG response over ``SCALES_MM``."""
-    bright = np.full(hu.shape, -np.inf, np.float32)
-    dark = np.full(hu.shape, -np.inf, np.float32)
-    for scale in SCALES_MM:
+@dataclass(frozen=True, slots=True)
+class _Response:
+    """Strongest scale-normalised LoG response over ``SCALES_MM`` and the scale that gave it."""
+
+    value: npt.NDArray[np.float32]
+    scale: npt.NDArray[np.int8]  # index into SCALES_MM
+
+
+def _responses(hu: npt.NDArray[np.floating]) -> tuple[_Response, _Response]:
+    """Bright and dark blob responses of ``hu``."""
+    bright = _Response(np.full(hu.shape, -np.inf, np.float32), np.zeros(hu.shape, np.int8))
+    dark = _Response(np.full(hu.shape, -np.inf, np.float32), np.zeros(hu.shape, np.int8))
+    for k, scale in enumerate(SCALES_MM):
         sigma = scale / ISO_MM
         r = np.asarray(-(sigma**2) * ndimage.gaussian_laplace(hu, sigma), np.float32)
-        np.maximum(bright, r, out=bright)
-        np.maximum(dark, -r, out=dark)
+        for out, signed in ((bright, r), (dark, -r)):
+            stronger = signed > out.value
+            out.value[stronger] = signed[stronger]
+            out.scale[stronger] = k
     return bright, dark
 
 
@@ -115,8 +129,8 @@ def find_candidates(
     bright, dark = _responses(hu)
     in_body = hu > -990
     soft = ndimage.uniform_filter(hu, 5) > -300
-    families = [(bright, _peaks(bright, in_body, bright_keep))]
-    families.append((dark, _peaks(dark, in_body & soft, dark_keep)))
+    families = [(bright, _peaks(bright.value, in_body, bright_keep))]
+    families.append((dark, _peaks(dark.value, in_body & soft, dark_keep)))
     if organ_keep:
         clipped = np.clip(hu, *ORGAN)
         o_bright, o_dark = _responses(clipped)
@@ -124,12 +138,17 @@ def find_candidates(
         solid = (ndimage.minimum_filter(hu, 3) > ORGAN[0]) & (
             ndimage.maximum_filter(hu, 3) < ORGAN[1]
         )
-        families.append((o_bright, _peaks(o_bright, solid, organ_keep)))
-        families.append((o_dark, _peaks(o_dark, solid, organ_keep)))
+        families.append((o_bright, _peaks(o_bright.value, solid, organ_keep)))
+        families.append((o_dark, _peaks(o_dark.value, solid, organ_keep)))
     points = np.concatenate([p for _, p in families]).reshape(-1, 3)
-    response = np.concatenate([r[tuple(p.T)] for r, p in families]).astype(np.float32)
+    response = np.concatenate([r.value[tuple(p.T)] for r, p in families]).astype(np.float32)
     family = np.concatenate([np.full(len(p), k, np.uint8) for k, (_, p) in enumerate(families)])
-    return Candidates(points=points, response=response, family=family)
+    scale = np.concatenate([r.scale[tuple(p.T)] for r, p in families]).astype(np.intp)
+    # a sphere of diameter d answers most at sigma = d / (2 sqrt 3)
+    diameter = (2 * np.sqrt(3) * np.asarray(SCALES_MM, np.float32))[scale]
+    return Candidates(
+        points=points, response=response, family=family, diameter_mm=diameter.astype(np.float32)
+    )
 
 
 def windowed(hu: npt.NDArray[np.floating], window: tuple[float, float]) -> npt.NDArray[np.float32]:
@@ -182,3 +201,36 @@ def suppress(
         kept[len(index)] = points[i]
         index.append(int(i))
     return np.asarray(index, np.int64)
+
+
+def outline(
+    hu: npt.NDArray[np.float32],
+    centre: npt.NDArray[np.int64],
+    diameter_mm: float,
+    *,
+    bright: bool,
+) -> tuple[tuple[slice, slice, slice], npt.NDArray[np.bool_]]:
+    """A detection's voxels on the ``regrid`` grid, as (where, mask): the lightly smoothed
+    volume thresholded halfway between the blob's centre (mean of 3³) and the median of a
+    shell at 1.5-2 radii around it, the part connected to the centre, within 1.5 radii
+    (``diameter_mm``: the blob's, ``Candidates.diameter_mm``). A centre that falls outside
+    its own threshold (noise) gets the sphere of the blob's diameter."""
+    r = max(diameter_mm / 2 / ISO_MM, 1.0)
+    reach = int(np.ceil(2 * r)) + 2
+    where = tuple(
+        slice(max(0, int(p) - reach), min(n, int(p) + reach + 1))
+        for p, n in zip(centre, hu.shape, strict=True)
+    )
+    sub = ndimage.gaussian_filter(hu[where].astype(np.float32), 0.7)
+    at = tuple(int(p) - w.start for p, w in zip(centre, where, strict=True))
+    zz, yy, xx = np.ogrid[tuple(slice(-a, n - a) for a, n in zip(at, sub.shape, strict=True))]
+    dist = np.sqrt(zz**2 + yy**2 + xx**2)
+    core = sub[tuple(slice(max(0, a - 1), a + 2) for a in at)].mean()
+    shell = (dist >= 1.5 * r) & (dist <= 2 * r + 1)
+    around = float(np.median(sub[shell])) if shell.any() else -1000.0
+    level = (core + around) / 2
+    region = ((sub > level) if bright else (sub < level)) & (dist <= 1.5 * r)
+    labels, _ = ndimage.label(region)
+    mine = labels[at]
+    mask = labels == mine if mine else dist <= r
+    return (where[0], where[1], where[2]), np.asarray(mask, np.bool_)

@@ -1,0 +1,226 @@
+"""The detection task: a candidate detector package run by the worker's pipeline.
+
+The package's network is trained here (60 small steps), on patches of balls (lesions)
+against tubes (vessels, some ending at the scan's edge) and plain lung; the tests check
+what the detection stage makes of it on a whole volume: where the detections are, their
+outlines on the volume's own grid, the lesions the pipeline reports.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from core.config import SeriesRule
+from dicomio.records import Volume
+from inference.candidates import LUNG, PATCH, SOFT, find_candidates, outline, windowed
+from inference.detect import detect
+from inference.errors import ModelPackageError
+from inference.package import LoadedModel
+from inference.pipeline import run_pipeline
+from inference.spec import read_spec
+from inference.trial import load_and_try
+from storage.lookup import SeriesInfo
+from tests.packages import make_package
+from tests.phantoms import write_series
+from training.candidate_net import CandidateSchedule, train_candidates
+
+SPACING = (2.5, 0.8, 0.8)
+NODULE = (50.0, 40.0, 40.0)  # mm (z, y, x)
+NODULE_R = 5.0
+VESSEL = (40.0, 90.0)  # mm (y, x) of a tube along z
+LESION = ["52988006", "SCT", "Lesion"]
+
+
+def _package(folder: Path, state: dict[str, torch.Tensor] | None = None, **inp: object) -> Path:
+    return make_package(
+        folder,
+        name="toy-detect",
+        task="detection",
+        architecture="candidate_net",
+        parameters={"channels": 3, "base": 16},
+        state=state,
+        input_spec={"modality": ["CT"], "candidates": [20, 0, 0], **inp},
+        labels=[{"name": "lesion", "code": LESION, "threshold": 0.5}],
+    )
+
+
+def _toy(rng: np.random.Generator, n: int, kind: str) -> np.ndarray:
+    """Patches as ``inference.candidates.patches`` cuts them (fine and coarse view) of a ball
+    ("ball"), a tube along z ("tube", some ending at the scan's edge) or lung ("lung")."""
+    out = np.empty((n, 3, PATCH, PATCH, PATCH), np.float16)
+    z, y, x = np.indices((2 * PATCH,) * 3)
+    c, q = PATCH, PATCH // 2
+    for i in range(n):
+        r = rng.uniform(2, 5)
+        oy, ox = rng.integers(-1, 2, 2)
+        if kind == "ball":
+            shape = (z - c) ** 2 + (y - c - oy) ** 2 + (x - c - ox) ** 2 <= r * r
+        elif kind == "tube":
+            shape = (y - c - oy) ** 2 + (x - c - ox) ** 2 <= r * r
+        else:
+            shape = np.zeros(z.shape, bool)
+        hu = np.where(shape, 40.0, -850.0) + rng.normal(0, rng.uniform(5, 30), shape.shape)
+        if kind == "tube" and rng.random() < 0.3:
+            hu[z < c - 2] = -1000.0  # beyond the scan
+        fine = hu[q : q + PATCH, q : q + PATCH, q : q + PATCH]
+        out[i, 0] = windowed(fine, LUNG)
+        out[i, 1] = windowed(fine, SOFT)
+        out[i, 2] = windowed(ndimage.zoom(hu, 0.5, order=1), LUNG)
+    return out
+
+
+@pytest.fixture(scope="module")
+def detector(tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
+    rng = np.random.default_rng(3)
+    torch.set_num_threads(1)
+    balls = _toy(rng, 48, "ball")
+    others = np.concatenate([_toy(rng, 48, "tube"), _toy(rng, 16, "lung")])
+    schedule = CandidateSchedule(steps=60, batch=16, lr=3e-3, warmup=5)
+    net = train_candidates(balls, others, schedule, seed=5, log_every=0)
+    folder = _package(tmp_path_factory.mktemp("detector"), net.state_dict())
+    return load_and_try(folder, torch.device("cpu"))  # the trial run included
+
+
+def _lung() -> tuple[np.ndarray, np.ndarray]:
+    """Lung (-850 HU) on an anisotropic grid, a 10 mm nodule and a 5 mm vessel along z."""
+    shape = (40, 128, 128)
+    z, y, x = np.indices(shape).astype(np.float64) * np.asarray(SPACING)[:, None, None, None]
+    nodule = (z - NODULE[0]) ** 2 + (y - NODULE[1]) ** 2 + (x - NODULE[2]) ** 2 <= NODULE_R**2
+    vessel = (y - VESSEL[0]) ** 2 + (x - VESSEL[1]) ** 2 <= 2.5**2
+    hu = np.where(nodule | vessel, 40.0, -850.0)
+    hu = hu + np.random.default_rng(0).normal(0, 10, shape)
+    return hu.astype(np.float32), nodule
+
+
+def _volume(hu: np.ndarray) -> Volume:
+    return Volume(
+        array=hu,
+        spacing=SPACING,
+        origin=(0.0, 0.0, 0.0),
+        row_direction=(1.0, 0.0, 0.0),
+        column_direction=(0.0, 1.0, 0.0),
+        normal=(0.0, 0.0, 1.0),
+        study_instance_uid="2.25.10",
+        series_instance_uid="2.25.11",
+        frame_of_reference_uid="2.25.12",
+        sop_instance_uids=tuple(f"2.25.13.{k}" for k in range(hu.shape[0])),
+        modality="CT",
+    )
+
+
+def test_the_nodule_is_detected_and_outlined_on_the_volumes_grid_the_vessel_is_not(
+    detector: LoadedModel,
+) -> None:
+    hu, nodule = _lung()
+    found = detect(detector, _volume(hu))
+    assert found.candidates > 1  # the vessel's blobs were candidates too
+    (only,) = found.detections
+    centre = np.asarray(only.centre_kji) * SPACING
+    assert np.abs(centre - NODULE).max() <= 2.5
+    assert found.probability.shape == (1, *hu.shape)
+    outlined = found.probability[0] >= 0.5
+    dice = 2 * (outlined & nodule).sum() / (outlined.sum() + nodule.sum())
+    assert dice >= 0.7, dice
+    _, y, x = np.nonzero(outlined)
+    assert (np.hypot(y * SPACING[1] - VESSEL[0], x * SPACING[2] - VESSEL[1]) > 10).all()
+
+
+def test_the_pipeline_reports_the_nodule_as_a_lesion(tmp_path: Path, detector: LoadedModel) -> None:
+    hu, nodule = _lung()
+    files = write_series(tmp_path / "ct", hu.astype(np.float64), SPACING)
+    series = SeriesInfo(
+        series_instance_uid="2.25.20",
+        modality="CT",
+        body_part_examined="CHEST",
+        series_description="",
+        sop_class_uids=("1.2.840.10008.5.1.4.1.1.2",),
+        paths=tuple(files),
+    )
+    run = run_pipeline(
+        [series], SeriesRule(modalities=("CT",)), [detector], batch_size=2, amp=False
+    )
+    (result,) = run.results
+    (lesion,) = result.outcome.lesions
+    truth_mm3 = nodule.sum() * float(np.prod(SPACING))
+    assert lesion.volume_mm3 == pytest.approx(truth_mm3, rel=0.3)
+    assert result.lesion_labels is not None and result.lesion_labels.shape == hu.shape
+    assert result.outcome.task == "detection"
+
+
+@pytest.mark.parametrize(
+    ("inp", "key", "rule"),
+    [
+        ({"candidates": [0, 0, 5]}, "candidates", "bright + dark >= 1"),
+        ({"candidates": [10.5, 2, 0]}, "candidates", "whole numbers"),
+        ({"candidates": [10, 2, 0], "window": [-1000.0, 400.0]}, "window", "only for an image"),
+        ({"candidates": [10, 2, 0], "suppress_mm": 0.1}, "suppress_mm", ""),
+    ],
+)
+def test_a_detection_packages_input_is_checked(
+    tmp_path: Path, inp: dict[str, object], key: str, rule: str
+) -> None:
+    folder = _package(tmp_path / "p")
+    text = (folder / "model.toml").read_text().replace("candidates = [20, 0, 0]\n", "")
+    lines = "".join(f"{k} = {v!r}\n".replace("'", '"') for k, v in inp.items())
+    (folder / "model.toml").write_text(text.replace("[input]\n", "[input]\n" + lines))
+    with pytest.raises(ModelPackageError, match=rf"\[input\] {key}.*{re.escape(rule)}"):
+        read_spec(folder)
+
+
+def test_detection_needs_its_candidates_and_one_label(tmp_path: Path) -> None:
+    folder = _package(tmp_path / "p")
+    toml = folder / "model.toml"
+    good = toml.read_text()
+    toml.write_text(good.replace("candidates = [20, 0, 0]\n", ""))
+    with pytest.raises(ModelPackageError, match=r"\[input\] candidates: is required"):
+        read_spec(folder)
+    toml.write_text(good + '[[output.labels]]\nname = "cyst"\ncode = ["1", "99X", "cyst"]\n')
+    with pytest.raises(ModelPackageError, match="exactly one label"):
+        read_spec(folder)
+    onnx = good.replace('architecture = "candidate_net"', 'format = "onnx"')
+    toml.write_text(onnx.split("[model.parameters]")[0] + "[input]" + onnx.split("[input]")[1])
+    with pytest.raises(ModelPackageError, match=r"\[model\] format: a detection model is"):
+        read_spec(folder)
+    seg = good.replace('task = "detection"', 'task = "segmentation"')
+    toml.write_text(seg)
+    with pytest.raises(ModelPackageError, match=r"candidates: only for task detection"):
+        read_spec(folder)
+
+
+def _ball(shape: tuple[int, ...], centre: tuple[int, ...], r: float) -> np.ndarray:
+    z, y, x = np.indices(shape)
+    return np.asarray((z - centre[0]) ** 2 + (y - centre[1]) ** 2 + (x - centre[2]) ** 2 <= r * r)
+
+
+def test_an_outline_keeps_to_its_blob_where_a_vessel_touches_it() -> None:
+    shape = (48, 48, 48)
+    ball = _ball(shape, (24, 24, 24), 6.0)
+    _, y, x = np.indices(shape)
+    tube = (y - 24) ** 2 + (x - 31) ** 2 <= 2.0**2  # touches the ball's side, runs along z
+    hu = np.where(ball | tube, 40.0, -850.0).astype(np.float32)
+    hu += np.random.default_rng(1).normal(0, 15, shape).astype(np.float32)
+    found = find_candidates(hu, bright_keep=3, dark_keep=0)
+    where, mask = outline(hu, found.points[0], float(found.diameter_mm[0]), bright=True)
+    drawn = np.zeros(shape, bool)
+    drawn[where] = mask
+    assert 2 * (drawn & ball).sum() / (drawn.sum() + ball.sum()) >= 0.8
+    z = np.nonzero(drawn)[0]
+    assert z.min() >= 24 - 10 and z.max() <= 24 + 10  # not along the vessel
+
+
+def test_a_dark_lesion_in_the_liver_is_outlined() -> None:
+    shape = (40, 40, 40)
+    lesion = _ball(shape, (20, 20, 20), 5.0)
+    hu = np.where(lesion, 20.0, 60.0).astype(np.float32)
+    hu += np.random.default_rng(2).normal(0, 5, shape).astype(np.float32)
+    found = find_candidates(hu, bright_keep=0, dark_keep=3)
+    where, mask = outline(hu, found.points[0], float(found.diameter_mm[0]), bright=False)
+    drawn = np.zeros(shape, bool)
+    drawn[where] = mask
+    assert 2 * (drawn & lesion).sum() / (drawn.sum() + lesion.sum()) >= 0.8

@@ -1,0 +1,200 @@
+"""The candidate detector as a model package the worker runs (``task = "detection"``).
+
+``scripts/candidate_probe.py --package DIR`` calls :func:`package_detector` with the weights
+it trained and the figures it measured (``probe.json``): the package gets those weights,
+the threshold chosen on validation, the held-out figures in ``[provenance.metrics]`` and
+the model card, and a validated input domain built from anatomy scans it was trained and
+calibrated on (``inference.domain``), with how many held-out scans and plain-noise CTs the
+domain accepts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dicomio.records import Volume
+from inference.architectures import CandidateNet
+from inference.candidates import ISO_MM, PATCH
+from inference.package import load_package
+from training.anatomy import indexed_scan
+from training.domain import acceptance, build_domain, card_section, write_domain
+from training.export import export_package
+
+__all__ = ["anatomy_volume", "package_detector"]
+
+LESION = ["52988006", "SCT", "Lesion"]
+#: Training scans (seed 1201) and shifted validation scans (1203) the domain is built from.
+DOMAIN_SCANS = 40
+
+
+def anatomy_volume(seed: int, index: int, *, shift: bool = False) -> Volume:
+    """Anatomy scan ``index`` of stream ``seed`` as a volume (axial, identity geometry)."""
+    scan = indexed_scan(seed, index, shift=shift)
+    return _volume(scan.hu, scan.spacing, f"2.25.{seed}{index:05d}")
+
+
+def _volume(hu: np.ndarray, spacing: tuple[float, float, float], uid: str) -> Volume:
+    return Volume(
+        array=np.asarray(hu, np.float32),
+        spacing=spacing,
+        origin=(0.0, 0.0, 0.0),
+        row_direction=(1.0, 0.0, 0.0),
+        column_direction=(0.0, 1.0, 0.0),
+        normal=(0.0, 0.0, 1.0),
+        study_instance_uid=uid + ".1",
+        series_instance_uid=uid + ".2",
+        frame_of_reference_uid=uid + ".3",
+        sop_instance_uids=tuple(f"{uid}.4.{k}" for k in range(hu.shape[0])),
+        modality="CT",
+    )
+
+
+def _noise_cts(n: int) -> Iterator[Volume]:
+    for k in range(n):
+        rng = np.random.default_rng([77, k])
+        hu = rng.uniform(-1024, 976, (60, 256, 256)).astype(np.float32)
+        yield _volume(hu, (2.5, 0.8, 0.8), f"2.25.77{k:05d}")
+
+
+def _metrics(probe: dict[str, Any]) -> dict[str, float]:
+    out = {"validation_sensitivity_5mm": probe["validation"]["chosen"]["sensitivity_5mm"]}
+    out["validation_fp_per_scan"] = probe["validation"]["chosen"]["fp_per_scan"]
+    for name in ("shifted", "ordinary"):
+        chosen = probe[name]["at_chosen"]
+        out[f"{name}_outline_dice"] = probe[name]["outline_dice"]["mean_dice"]
+        out[f"{name}_sensitivity_5mm"] = chosen["sensitivity_5mm"]
+        out[f"{name}_fp_per_scan"] = chosen["fp_per_scan"]
+        out[f"{name}_lesion_free_clean"] = chosen["lesion_free_clean"]
+    return {k: round(float(v), 4) for k, v in out.items()}
+
+
+def _card(probe: dict[str, Any], keep: tuple[int, int, int], threshold: float) -> str:
+    args, training = probe["args"], probe["training"]
+    rows = []
+    for name, what in (
+        ("shifted", "100 shifted scans (seed 2201: sharp kernel, more noise, other spacing)"),
+        ("ordinary", "60 ordinary scans (seed 2202)"),
+    ):
+        c = probe[name]["at_chosen"]
+        sizes = ", ".join(f"{k}: {v}" for k, v in probe[name]["by_size"].items())
+        rows.append(
+            f"| {what} | {c['sensitivity_5mm']:.2f} ({c['lesions_5mm']} lesions) | "
+            f"{c['fp_per_scan']:.2f} | {c['lesion_free_clean']:.2f} | {sizes} |"
+        )
+    v = probe["validation"]["chosen"]
+    return "\n".join(
+        [
+            "# lesion-detect — model card",
+            "",
+            "Research use only; trained on generated anatomy CT (`training/anatomy.py`), never on",
+            "patient data. NOT for clinical use.",
+            "",
+            "- Task: detection (`inference.detect`): blob candidates on a 1.25 mm grid "
+            f"({keep[0]} bright, {keep[1]} dark, {keep[2]} inside solid organs per scan), each "
+            f"scored by `candidate_net` (3 channels of {PATCH}³ voxels of {ISO_MM} mm: lung and "
+            "soft-tissue window, lung window at twice the voxel size), one detection within 5 mm,",
+            f"  threshold {threshold:.4f} (0.25 false positives per scan on validation); each",
+            "  detection outlined by a half-way threshold within 1.5 radii of its blob.",
+            f"- Trained by `python scripts/candidate_probe.py {_command(args)}` on "
+            f"{training['scans']} anatomy scans (seed 1201; {training['lesions']} lesions; "
+            f"{training['positives']} lesion and {training['negatives']} other patches), "
+            f"{int(args['rounds'])} rounds of {int(args['steps'])} steps, the false positives of "
+            "each round mined on the training scans and added to the next.",
+            f"- Validation (64 scans, seeds 1202 ordinary, 1203 shifted): sensitivity "
+            f"{v['sensitivity_5mm']:.2f} for lesions >= 5 mm at {v['fp_per_scan']:.2f} false "
+            "positives per scan.",
+            "",
+            "## Held-out figures (scans never seen in training or validation)",
+            "",
+            "Sensitivity: lesions >= 5 mm (diameter of the sphere of their volume) with a",
+            "detection inside; a false positive is a detection inside no lesion; clean: the share",
+            "of lesion-free scans without one.",
+            "",
+            "| set | sensitivity >= 5 mm | false positives / scan | lesion-free clean | "
+            "found by size |",
+            "|---|---|---|---|---|",
+            *rows,
+            "",
+            "Outlines come from a threshold half-way between the blob and its surroundings, not",
+            "from a segmentation network; mean Dice of the outline of each lesion >= 5 mm found:",
+            *(
+                f"- {name}: {probe[name]['outline_dice']['mean_dice']:.2f} "
+                f"({probe[name]['outline_dice']['lesions']} lesions)"
+                for name in ("shifted", "ordinary")
+            ),
+            "",
+            "So volumes and diameters in the SR are approximate (the target for a segmentation",
+            "model, Dice >= 0.85, is not met).",
+            "",
+        ]
+    )
+
+
+def _command(args: dict[str, str]) -> str:
+    return (
+        f"--out OUT --train {args['train']} --steps {args['steps']} --rounds {args['rounds']} "
+        f"--keep {args['keep']} --organ {args['organ']} --test --package DIR"
+    )
+
+
+def package_detector(
+    weights: Path,
+    probe: dict[str, Any],
+    folder: Path,
+    *,
+    domain_scans: int = DOMAIN_SCANS,
+    check_scans: int = 30,
+) -> Path:
+    """Write the detector package into ``folder`` from a probe run's weights and figures;
+    its domain from ``domain_scans`` training and half as many shifted validation scans,
+    checked on ``check_scans`` of each held-out set and 5 plain-noise CTs."""
+    args = probe["args"]
+    keep = (int(args["keep"]), int(args["keep"]) // 3, int(args["organ"]))
+    threshold = float(probe["validation"]["chosen"]["threshold"])
+    net = CandidateNet()
+    net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    export_package(
+        net,
+        folder,
+        name="lesion-detect",
+        version="0.1.0",
+        task="detection",
+        architecture="candidate_net",
+        parameters={"channels": 3, "base": 16},
+        input_spec={"modality": ["CT"], "candidates": list(keep), "suppress_mm": 5.0},
+        labels=[{"name": "lesion", "code": LESION, "threshold": threshold}],
+        training_data="generated anatomy CT (training/anatomy.py), seed 1201; "
+        "threshold on seeds 1202/1203",
+        metrics=_metrics(probe),
+        card=_card(probe, keep, threshold),
+    )
+    model = load_package(folder, torch.device("cpu"))
+    sources = [anatomy_volume(1201, i) for i in range(domain_scans)]
+    sources += [anatomy_volume(1203, i, shift=True) for i in range(domain_scans // 2)]
+    domain = build_domain(
+        model,
+        sources,
+        body_parts=("CHEST", "ABDOMEN"),
+        built_from=f"anatomy scans: training (seed 1201, {domain_scans}) and shifted "
+        f"validation (seed 1203, {domain_scans // 2})",
+    )
+    del sources
+    write_domain(folder, domain)
+    checks = []
+    for name, volumes in (
+        (
+            "shifted anatomy (seed 2201)",
+            (anatomy_volume(2201, i, shift=True) for i in range(check_scans)),
+        ),
+        ("ordinary anatomy (seed 2202)", (anatomy_volume(2202, i) for i in range(check_scans))),
+        ("plain-noise CT", _noise_cts(5)),
+    ):
+        accepted, total, _ = acceptance(model, domain, volumes)
+        checks.append((name, accepted, total))
+    card_section(folder, domain, checks, command="scripts/candidate_probe.py --package")
+    return folder
