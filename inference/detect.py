@@ -93,8 +93,8 @@ def detect(model: LoadedModel, volume: Volume, *, batch: int = 256) -> Detected:
     found = find_candidates(hu, bright_keep=bright_keep, dark_keep=dark_keep, organ_keep=organ_keep)
     scores = score(model.module, patches(hu, found.points), device=model.device, batch=batch)
     kept = suppress(found.points, scores, radius=spec.input.suppress_mm / ISO_MM)
-    floor = min(label.threshold for label in spec.labels)
-    kept = kept[scores[kept] >= floor]
+    (label,) = spec.labels  # a detection package has one (inference.spec)
+    kept = kept[scores[kept] >= label.threshold]
     iso = np.zeros(hu.shape, np.float32)
     for i in kept[::-1]:  # the strongest last: where outlines meet, it keeps its score
         where, mask = outline(

@@ -354,7 +354,6 @@ def main() -> None:
         if not (a.package or a.reevaluate):
             ap.error("--from-run needs --package DIR or --reevaluate")
         earlier = json.loads((a.out / "probe.json").read_text())
-        KEEP.update(bright=a.keep, dark=a.keep // 3, organ=a.organ)
         if a.reevaluate:  # the same weights and candidates, this version's evaluation
             keep = earlier["args"]
             KEEP.update(bright=int(keep["keep"]), dark=int(keep["keep"]) // 3)
