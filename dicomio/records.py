@@ -12,7 +12,7 @@ from pydicom.dataset import Dataset
 
 from dicomio.leads import name_key
 
-__all__ = ["Finding", "Lesion", "Outcome", "SeriesResult", "Volume", "Waveform"]
+__all__ = ["Finding", "Lesion", "Outcome", "SeriesResult", "Volume", "Waveform", "axial_volume"]
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -62,6 +62,28 @@ class Volume:
     @property
     def voxel_volume_mm3(self) -> float:
         return float(np.prod(self.spacing))
+
+
+def axial_volume(
+    array: npt.ArrayLike, spacing: tuple[float, float, float], uid: str, *, modality: str = ""
+) -> Volume:
+    """A volume that no file gave: axial, its first voxel at the origin, UIDs made under
+    ``uid`` (study .1, series .2, frame of reference .3, slice k .4.k). For dummy inputs and
+    generated scans."""
+    values = np.asarray(array, np.float32)
+    return Volume(
+        array=values,
+        spacing=spacing,
+        origin=(0.0, 0.0, 0.0),
+        row_direction=(1.0, 0.0, 0.0),
+        column_direction=(0.0, 1.0, 0.0),
+        normal=(0.0, 0.0, 1.0),
+        study_instance_uid=f"{uid}.1",
+        series_instance_uid=f"{uid}.2",
+        frame_of_reference_uid=f"{uid}.3",
+        sop_instance_uids=tuple(f"{uid}.4.{k}" for k in range(values.shape[0])),
+        modality=modality,
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dicomio.records import Volume, Waveform
+from dicomio.records import Volume, Waveform, axial_volume
 from inference.candidates import PATCH
 from inference.detect import detect, score
 from inference.errors import ModelPackageError
@@ -34,19 +34,7 @@ def _volume(model: LoadedModel) -> Volume:
     grid = spec.patch or spec.size or _DEFAULT_GRID
     spacing = spec.target_spacing or (1.0, 1.0, 1.0)
     low, high = spec.window or (0.0, 1.0)
-    array = np.full(grid, (low + high) / 2, dtype=np.float32)
-    return Volume(
-        array=array,
-        spacing=spacing,
-        origin=(0.0, 0.0, 0.0),
-        row_direction=(1.0, 0.0, 0.0),
-        column_direction=(0.0, 1.0, 0.0),
-        normal=(0.0, 0.0, 1.0),
-        study_instance_uid="2.25.0",
-        series_instance_uid="2.25.1",
-        frame_of_reference_uid="2.25.2",
-        sop_instance_uids=tuple(f"2.25.3.{k}" for k in range(grid[0])),
-    )
+    return axial_volume(np.full(grid, (low + high) / 2, dtype=np.float32), spacing, "2.25")
 
 
 def _waveform(model: LoadedModel) -> Waveform:

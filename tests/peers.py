@@ -6,6 +6,7 @@ started it.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -18,6 +19,8 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from pydicom import Dataset, dcmread
 
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
 
@@ -340,6 +343,16 @@ class Orthanc:
             "modality": series["MainDicomTags"].get("Modality", ""),
             "copies": str(len(found)),
         }
+
+    def read_instance(self, sop_instance_uid: str) -> Dataset:
+        """The instance Orthanc holds with that SOP Instance UID, as stored (its file)."""
+        found = self.post(
+            "/tools/find", {"Level": "Instance", "Query": {"SOPInstanceUID": sop_instance_uid}}
+        )
+        assert found, f"Orthanc holds no instance {sop_instance_uid}"
+        url = f"http://127.0.0.1:{self.http_port}/instances/{found[0]}/file"
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return dcmread(io.BytesIO(r.read()))
 
     def new_instance_events(self) -> int:
         """How many times Orthanc stored a new instance (its change log)."""

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dicomio.records import Volume
+from dicomio.records import Volume, axial_volume
 from inference.architectures import CandidateNet
 from inference.candidates import ISO_MM, PATCH
 from inference.package import load_package
@@ -35,30 +35,14 @@ DOMAIN_SCANS = 40
 def anatomy_volume(seed: int, index: int, *, shift: bool = False) -> Volume:
     """Anatomy scan ``index`` of stream ``seed`` as a volume (axial, identity geometry)."""
     scan = indexed_scan(seed, index, shift=shift)
-    return _volume(scan.hu, scan.spacing, f"2.25.{seed}{index:05d}")
-
-
-def _volume(hu: np.ndarray, spacing: tuple[float, float, float], uid: str) -> Volume:
-    return Volume(
-        array=np.asarray(hu, np.float32),
-        spacing=spacing,
-        origin=(0.0, 0.0, 0.0),
-        row_direction=(1.0, 0.0, 0.0),
-        column_direction=(0.0, 1.0, 0.0),
-        normal=(0.0, 0.0, 1.0),
-        study_instance_uid=uid + ".1",
-        series_instance_uid=uid + ".2",
-        frame_of_reference_uid=uid + ".3",
-        sop_instance_uids=tuple(f"{uid}.4.{k}" for k in range(hu.shape[0])),
-        modality="CT",
-    )
+    return axial_volume(scan.hu, scan.spacing, f"2.25.{seed}{index:05d}", modality="CT")
 
 
 def _noise_cts(n: int) -> Iterator[Volume]:
     for k in range(n):
         rng = np.random.default_rng([77, k])
         hu = rng.uniform(-1024, 976, (60, 256, 256)).astype(np.float32)
-        yield _volume(hu, (2.5, 0.8, 0.8), f"2.25.77{k:05d}")
+        yield axial_volume(hu, (2.5, 0.8, 0.8), f"2.25.77{k:05d}", modality="CT")
 
 
 def _metrics(probe: dict[str, Any]) -> dict[str, float]:

@@ -17,7 +17,6 @@ import torch
 from scipy import ndimage
 
 from core.config import SeriesRule
-from dicomio.records import Volume
 from inference.candidates import LUNG, PATCH, SOFT, find_candidates, outline, windowed
 from inference.detect import detect
 from inference.errors import ModelPackageError
@@ -26,9 +25,12 @@ from inference.pipeline import run_pipeline
 from inference.spec import read_spec
 from inference.trial import load_and_try
 from storage.lookup import SeriesInfo
+from tests.inference.test_models import _volume
 from tests.packages import make_package
 from tests.phantoms import write_series
+from tests.training.test_candidates import _ball
 from training.candidate_net import CandidateSchedule, train_candidates
+from training.metrics import dice
 
 SPACING = (2.5, 0.8, 0.8)
 NODULE = (50.0, 40.0, 40.0)  # mm (z, y, x)
@@ -98,35 +100,18 @@ def _lung() -> tuple[np.ndarray, np.ndarray]:
     return hu.astype(np.float32), nodule
 
 
-def _volume(hu: np.ndarray) -> Volume:
-    return Volume(
-        array=hu,
-        spacing=SPACING,
-        origin=(0.0, 0.0, 0.0),
-        row_direction=(1.0, 0.0, 0.0),
-        column_direction=(0.0, 1.0, 0.0),
-        normal=(0.0, 0.0, 1.0),
-        study_instance_uid="2.25.10",
-        series_instance_uid="2.25.11",
-        frame_of_reference_uid="2.25.12",
-        sop_instance_uids=tuple(f"2.25.13.{k}" for k in range(hu.shape[0])),
-        modality="CT",
-    )
-
-
 def test_the_nodule_is_detected_and_outlined_on_the_volumes_grid_the_vessel_is_not(
     detector: LoadedModel,
 ) -> None:
     hu, nodule = _lung()
-    found = detect(detector, _volume(hu))
+    found = detect(detector, _volume(hu, SPACING))
     assert found.candidates > 1  # the vessel's blobs were candidates too
     (only,) = found.detections
     centre = np.asarray(only.centre_kji) * SPACING
     assert np.abs(centre - NODULE).max() <= 2.5
     assert found.probability.shape == (1, *hu.shape)
     outlined = found.probability[0] >= 0.5
-    dice = 2 * (outlined & nodule).sum() / (outlined.sum() + nodule.sum())
-    assert dice >= 0.7, dice
+    assert dice(outlined, nodule) >= 0.7, dice(outlined, nodule)
     _, y, x = np.nonzero(outlined)
     assert (np.hypot(y * SPACING[1] - VESSEL[0], x * SPACING[2] - VESSEL[1]) > 10).all()
 
@@ -193,9 +178,13 @@ def test_detection_needs_its_candidates_and_one_label(tmp_path: Path) -> None:
         read_spec(folder)
 
 
-def _ball(shape: tuple[int, ...], centre: tuple[int, ...], r: float) -> np.ndarray:
-    z, y, x = np.indices(shape)
-    return np.asarray((z - centre[0]) ** 2 + (y - centre[1]) ** 2 + (x - centre[2]) ** 2 <= r * r)
+def _outlined(hu: np.ndarray, *, bright: bool) -> np.ndarray:
+    """The outline of the strongest candidate of its kind, on the whole grid."""
+    found = find_candidates(hu, bright_keep=3 if bright else 0, dark_keep=0 if bright else 3)
+    where, mask = outline(hu, found.points[0], float(found.diameter_mm[0]), bright=bright)
+    drawn = np.zeros(hu.shape, bool)
+    drawn[where] = mask
+    return drawn
 
 
 def test_an_outline_keeps_to_its_blob_where_a_vessel_touches_it() -> None:
@@ -205,11 +194,8 @@ def test_an_outline_keeps_to_its_blob_where_a_vessel_touches_it() -> None:
     tube = (y - 24) ** 2 + (x - 31) ** 2 <= 2.0**2  # touches the ball's side, runs along z
     hu = np.where(ball | tube, 40.0, -850.0).astype(np.float32)
     hu += np.random.default_rng(1).normal(0, 15, shape).astype(np.float32)
-    found = find_candidates(hu, bright_keep=3, dark_keep=0)
-    where, mask = outline(hu, found.points[0], float(found.diameter_mm[0]), bright=True)
-    drawn = np.zeros(shape, bool)
-    drawn[where] = mask
-    assert 2 * (drawn & ball).sum() / (drawn.sum() + ball.sum()) >= 0.8
+    drawn = _outlined(hu, bright=True)
+    assert dice(drawn, ball) >= 0.8
     z = np.nonzero(drawn)[0]
     assert z.min() >= 24 - 10 and z.max() <= 24 + 10  # not along the vessel
 
@@ -219,8 +205,4 @@ def test_a_dark_lesion_in_the_liver_is_outlined() -> None:
     lesion = _ball(shape, (20, 20, 20), 5.0)
     hu = np.where(lesion, 20.0, 60.0).astype(np.float32)
     hu += np.random.default_rng(2).normal(0, 5, shape).astype(np.float32)
-    found = find_candidates(hu, bright_keep=0, dark_keep=3)
-    where, mask = outline(hu, found.points[0], float(found.diameter_mm[0]), bright=False)
-    drawn = np.zeros(shape, bool)
-    drawn[where] = mask
-    assert 2 * (drawn & lesion).sum() / (drawn.sum() + lesion.sum()) >= 0.8
+    assert dice(_outlined(hu, bright=False), lesion) >= 0.8

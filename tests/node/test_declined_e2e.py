@@ -1,19 +1,17 @@
 """The worker end to end on a series the models were not made for: storescu -> job -> Orthanc.
 
 A noise CT goes to ``ainode serve`` whose CT pipeline runs the shipped
-lesion-seg and lesion-class with ``report_declined = true``. Both models
-decline it; the only object that reaches the PACS (a real Orthanc) is an SR
-saying so and why; ``ainode jobs`` and ``ainode status`` show the reason.
+lesion-seg, lesion-class and lesion-detect with ``report_declined = true``. All
+three decline it; the only object that reaches the PACS (a real Orthanc) is an
+SR saying so and why; ``ainode jobs`` and ``ainode status`` show the reason.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -57,7 +55,11 @@ def test_a_noise_ct_is_declined_and_the_pacs_gets_an_sr_saying_why(
 {orthanc.toml_table("destinations")}
 [[pipelines]]
 name = "ct"
-models = ["{ROOT / "models" / "lesion-seg"}", "{ROOT / "models" / "lesion-class"}"]
+models = [
+    "{ROOT / "models" / "lesion-seg"}",
+    "{ROOT / "models" / "lesion-class"}",
+    "{ROOT / "models" / "lesion-detect"}",
+]
 destinations = ["pacs"]
 report_declined = true
 [pipelines.match]
@@ -83,15 +85,9 @@ modality = "CT"
     assert [r.result.kind for r in rows] == ["SR"]  # no SEG, no heat map, no findings
     where = orthanc.find_instance(rows[0].result.sop_instance_uid)
     assert where is not None and where["study"] == study
-    found = orthanc.post(
-        "/tools/find",
-        {"Level": "Instance", "Query": {"SOPInstanceUID": rows[0].result.sop_instance_uid}},
-    )
-    url = f"http://127.0.0.1:{orthanc.http_port}/instances/{found[0]}/file"
-    with urllib.request.urlopen(url, timeout=10) as r:
-        sr = dcmread(io.BytesIO(r.read()))
+    sr = orthanc.read_instance(rows[0].result.sop_instance_uid)
     content = json.dumps(sr.to_json_dict())
-    for model in ("lesion-seg", "lesion-class"):
+    for model in ("lesion-seg", "lesion-class", "lesion-detect"):
         assert f"Not analysed: outside the validated input of {model} (" in content
     assert "below -500 HU" in content
 
@@ -99,4 +95,4 @@ modality = "CT"
     jobs = _ainode(config_path, "jobs")
     assert "not analysed: outside the validated input of lesion-seg (" in jobs
     status = _ainode(config_path, "status")
-    assert "series not analysed:   2 (outside a model's validated input)" in status
+    assert "series not analysed:   3 (outside a model's validated input)" in status
