@@ -138,3 +138,34 @@ def write_lesion_ct(
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths, [4.0 / 3.0 * np.pi * r**3 for _, r in spheres]
+
+
+def manual_seg(sources: list[Dataset], mask: np.ndarray, *, series_number: int = 99) -> Dataset:
+    """A one-segment BINARY SEG of ``mask`` (one frame per source, in order), as an
+    annotator's tool writes it: MANUAL, no ainode provenance."""
+    import highdicom as hd
+
+    return hd.seg.Segmentation(
+        source_images=sources,
+        pixel_array=mask.astype(np.uint8),
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=[
+            hd.seg.SegmentDescription(
+                segment_number=1,
+                segment_label="lesion",
+                segmented_property_category=hd.sr.CodedConcept(
+                    "49755003", "SCT", "Morphologically abnormal structure"
+                ),
+                segmented_property_type=hd.sr.CodedConcept("52988006", "SCT", "Lesion"),
+                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
+            )
+        ],
+        series_instance_uid=hd.UID(),
+        series_number=series_number,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="annotator",
+        manufacturer_model_name="test",
+        software_versions="1",
+        device_serial_number="1",
+    )

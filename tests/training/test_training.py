@@ -208,10 +208,10 @@ def test_dicom_seg_ground_truth_equals_the_arrays(ct_data: Path, tmp_path: Path)
     """A hospital's ground truth as DICOM SEG: placed by source image, same mask as the array."""
     import shutil
 
-    import highdicom as hd
     import pydicom
 
     from dicomio.volume_in import load_volume, series_files
+    from tests.dicomgen import manual_seg
 
     data = tmp_path / "data"
     shutil.copytree(ct_data, data)
@@ -223,30 +223,7 @@ def test_dicom_seg_ground_truth_equals_the_arrays(ct_data: Path, tmp_path: Path)
             continue  # lesion-free scans keep their array: both kinds in one set
         volume = load_volume(paths)
         by_uid = {str(d.SOPInstanceUID): d for d in map(pydicom.dcmread, paths)}
-        seg = hd.seg.Segmentation(
-            source_images=[by_uid[u] for u in volume.sop_instance_uids],
-            pixel_array=mask.astype(np.uint8),
-            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-            segment_descriptions=[
-                hd.seg.SegmentDescription(
-                    segment_number=1,
-                    segment_label="lesion",
-                    segmented_property_category=hd.sr.CodedConcept(
-                        "49755003", "SCT", "Morphologically abnormal structure"
-                    ),
-                    segmented_property_type=hd.sr.CodedConcept("52988006", "SCT", "Lesion"),
-                    algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
-                )
-            ],
-            series_instance_uid=hd.UID(),
-            series_number=99,
-            sop_instance_uid=hd.UID(),
-            instance_number=1,
-            manufacturer="annotator",
-            manufacturer_model_name="test",
-            software_versions="1",
-            device_serial_number="1",
-        )
+        seg = manual_seg([by_uid[u] for u in volume.sop_instance_uids], mask)
         seg.save_as(data / f"seg-{len(with_seg)}.dcm")
         (data / "masks" / f"{uid}.npy").unlink()
         with_seg.append(uid)
