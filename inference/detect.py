@@ -23,9 +23,10 @@ from torch import nn
 
 from dicomio.records import Volume
 from inference.candidates import ISO_MM, find_candidates, outline, patches, regrid, suppress
+from inference.execute import segment
 from inference.package import LoadedModel
 
-__all__ = ["Detected", "Detection", "detect", "score"]
+__all__ = ["Detected", "Detection", "detect", "score", "voxel_probabilities"]
 
 logger = logging.getLogger(__name__)
 
@@ -119,3 +120,15 @@ def detect(model: LoadedModel, volume: Volume, *, batch: int = 256) -> Detected:
         volume.series_instance_uid,
     )
     return Detected(probability=probability, detections=detections, candidates=len(found))
+
+
+def voxel_probabilities(
+    model: LoadedModel, volume: Volume, *, batch_size: int, amp: bool
+) -> npt.NDArray[np.float32]:
+    """``(labels, D, H, W)`` on the volume's grid: a segmentation model's probabilities, or
+    a detection model's score inside each detection's outline (0 elsewhere). What the
+    worker's pipeline and ``ainode train evaluate`` both turn into lesions."""
+    if model.spec.task == "detection":
+        # a batch of the detector is 64 small patches per segmentation patch
+        return detect(model, volume, batch=64 * batch_size).probability
+    return segment(model, volume, batch_size=batch_size, amp=amp)

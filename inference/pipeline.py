@@ -20,7 +20,7 @@ from core.config import FleischnerConfig, SeriesRule
 from dicomio.errors import InputError, UnsupportedInput
 from dicomio.records import Lesion, Outcome, SeriesResult, Volume
 from dicomio.volume_in import load_volume, load_waveform
-from inference.detect import detect
+from inference.detect import voxel_probabilities
 from inference.domain import (
     Domain,
     check_features,
@@ -31,7 +31,6 @@ from inference.execute import (
     classify,
     predict_change,
     predict_sequence,
-    segment,
     with_oom_fallback,
 )
 from inference.features import feature_probe
@@ -259,7 +258,7 @@ def _run_model(
     if spec.task in ("segmentation", "detection"):
         with feature_probe(model.module, layer) as probe:
             prob = with_oom_fallback(
-                lambda m, b: _voxel_probabilities(m, volume, batch_size=b, amp=amp),
+                lambda m, b: voxel_probabilities(m, volume, batch_size=b, amp=amp),
                 model,
                 batch_size,
             )
@@ -320,17 +319,6 @@ def _run_model(
         source_headers=volume.headers,
         attention=attention,
     )
-
-
-def _voxel_probabilities(
-    model: LoadedModel, volume: Volume, *, batch_size: int, amp: bool
-) -> npt.NDArray[np.float32]:
-    """``(labels, D, H, W)`` on the volume's grid: a segmentation model's probabilities, or
-    a detection model's score inside each detection's outline (0 elsewhere)."""
-    if model.spec.task == "detection":
-        # a batch of the detector is 64 small patches per segmentation patch
-        return detect(model, volume, batch=64 * batch_size).probability
-    return segment(model, volume, batch_size=batch_size, amp=amp)
 
 
 def _peak(attention: npt.NDArray[np.float32]) -> tuple[int, int, int]:

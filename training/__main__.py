@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from inference.package import LoadedModel
+from training.catalog import EVALUATED_ONLY
 from training.domain import FeatureWatch
 from training.evaluation import evaluate
 from training.folders import (
@@ -49,10 +50,13 @@ def _package_and_recipe(package: Path, command: str) -> tuple[LoadedModel, Recip
     except ModelPackageError as exc:
         print(f"ainode train {command}: {exc}", file=sys.stderr)
         return None
-    if loaded.spec.name not in RECIPES:
+    recipe = RECIPES.get(loaded.spec.name)
+    if recipe is None and command == "evaluate":
+        recipe = EVALUATED_ONLY.get(loaded.spec.name)
+    if recipe is None:
         print(f"no recipe named {loaded.spec.name!r}", file=sys.stderr)
         return None
-    return loaded, RECIPES[loaded.spec.name]
+    return loaded, recipe
 
 
 def _domain(

@@ -12,7 +12,7 @@ from typing import Any
 from training.synthetic import CHANGE_LABELS, CT_LABELS, ECG_LABELS, LEADS
 from training.trainer import TrainConfig
 
-__all__ = ["RECIPES", "REPORT_FROM_MM", "Recipe"]
+__all__ = ["EVALUATED_ONLY", "LESION_TASKS", "RECIPES", "REPORT_FROM_MM", "Recipe"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -33,6 +33,10 @@ class Recipe:
 
 #: Segmentation reports count lesions from this diameter (mm) separately (the targets' size).
 REPORT_FROM_MM = 5.0
+
+#: Tasks whose output is lesions (masks on the series' grid): evaluated on CT cases with
+#: masks, reported as Dice, lesions found and false positives per scan.
+LESION_TASKS = ("segmentation", "detection")
 
 RECIPES = {
     r.name: r
@@ -144,5 +148,23 @@ RECIPES = {
             train=TrainConfig(epochs=30, batch_size=8, lr=1e-3, patience=10),
             calibration="vector",
         ),
+    )
+}
+
+#: Packages made outside the recipes that ``ainode train evaluate`` still reads: the
+#: lesion detector is trained and packaged by ``scripts/candidate_probe.py``
+#: (``training.detector_package``); this names the cases it is evaluated on (CT with masks)
+#: and how its report reads (lesion figures, as for a segmentation model).
+EVALUATED_ONLY = {
+    "lesion-detect": Recipe(
+        name="lesion-detect",
+        task="detection",
+        kind="ct",
+        architecture="candidate_net",
+        parameters={},
+        input_spec={"modality": ["CT"]},
+        labels=[{"name": "lesion", "code": ["52988006", "SCT", "Lesion"], "threshold": 0.5}],
+        classes=CT_LABELS,
+        train=TrainConfig(),
     )
 }

@@ -1,6 +1,6 @@
 """Held-out evaluation of a recipe's network through the worker's execution path.
 
-Segmentation: Dice and IoU per scan, lesions found and false positives per scan
+Segmentation and detection: Dice and IoU per scan, lesions found and false positives per scan
 (after the worker's own post-processing), the targets' terms (lesions from
 ``REPORT_FROM_MM``, lesion-free scans without a false positive); classification:
 ``training.metrics.classification_report``. Size and CPU time per case beside them.
@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from inference.execute import segment
+from inference.detect import voxel_probabilities
 from inference.package import LoadedModel
 from inference.postprocess import label_lesions
-from training.catalog import REPORT_FROM_MM, Recipe
+from training.catalog import LESION_TASKS, REPORT_FROM_MM, Recipe
 from training.data import CtCase
 from training.metrics import classification_report, detected_lesions, dice, iou
 from training.recipes import Case, predict_probs
@@ -48,14 +48,14 @@ def evaluate(
         "size_mb": round(params * 4 / 1e6, 3),
     }
     started = time.perf_counter()
-    if recipe.task == "segmentation":
+    if recipe.task in LESION_TASKS:
         dices, ious, truth_n, found_n, fp_n = [], [], 0, 0, 0
         sized_n, sized_found, free, free_clean = 0, 0, 0, 0
         for i, c in enumerate(cases):
             assert isinstance(c, CtCase) and c.mask is not None
             # The worker's post-processing (threshold, lesion volume floor), not a second one.
             with watch(i):
-                prob = segment(model, c.volume, batch_size=4, amp=False)[0]
+                prob = voxel_probabilities(model, c.volume, batch_size=4, amp=False)[0]
             pred = label_lesions(prob, c.volume, model.spec.labels[0])[1] > 0
             if c.mask.any() or pred.any():
                 dices.append(dice(pred, c.mask))

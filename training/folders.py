@@ -16,6 +16,7 @@ from inference.domain import Domain
 from inference.package import LoadedModel
 from training.anatomy import generate_anatomical_ct
 from training.anatomy_followup import generate_anatomical_longitudinal
+from training.catalog import LESION_TASKS
 from training.data import load_ct_cases, load_ecg_cases, load_history_cases
 from training.domain import acceptance, build_domain, card_section, domain_volumes, write_domain
 from training.recipes import Case, Recipe
@@ -69,7 +70,7 @@ def load_cases(recipe: Recipe, folder: Path, split: str | None = None) -> list[C
         cases = list(history)
     else:
         ct, report = load_ct_cases(
-            folder, labels, recipe.classes, masks=recipe.task == "segmentation", split=split
+            folder, labels, recipe.classes, masks=recipe.task in LESION_TASKS, split=split
         )
         cases = list(ct)
     for what, why in report.skipped:
@@ -80,7 +81,7 @@ def load_cases(recipe: Recipe, folder: Path, split: str | None = None) -> list[C
 
 
 def headline(recipe: Recipe, report: dict[str, Any]) -> dict[str, float]:
-    if recipe.task == "segmentation":
+    if recipe.task in LESION_TASKS:
         keys = ["dice_mean", "iou_mean", "lesion_sensitivity", "false_positives_per_scan"]
     else:
         keys = ["accuracy", "macro_f1", "macro_auroc", "ece"]

@@ -493,6 +493,34 @@ def test_evaluate_reports_what_the_worker_would_analyse(
     assert as_package < as_recipe["false_positives_per_scan"]
 
 
+def test_evaluate_reads_the_detector_package_as_the_worker_runs_it(tmp_path: Path) -> None:
+    """``lesion-detect`` has no recipe (``scripts/candidate_probe.py`` trains it), yet
+    ``evaluate`` reports it like a segmentation model: its outlines at its own threshold
+    are the lesions, anatomy is accepted by its domain and first-generation phantoms
+    declined."""
+    import json
+
+    from training.__main__ import main
+    from training.anatomy import generate_anatomical_ct
+
+    root = Path(__file__).resolve().parents[2]
+    generate_anatomical_ct(tmp_path / "anatomy", 2, seed=2201, shift=True)
+    generate_ct(tmp_path / "ct", 2, seed=2002)
+    reports = {}
+    for data in ("anatomy", "ct"):
+        args = ["evaluate", str(root / "models" / "lesion-detect"), "--data", str(tmp_path / data)]
+        assert main([*args, "--report", str(tmp_path / data / "report")]) == 0
+        reports[data] = json.loads((tmp_path / data / "report" / "report.json").read_text())
+    anatomy, ct = reports["anatomy"], reports["ct"]
+    assert (anatomy["domain_accepted"], anatomy["domain_checked"]) == (2, 2)
+    assert (ct["domain_accepted"], ct["domain_checked"]) == (0, 2)
+    assert anatomy["lesions"] >= 1 and 0 < anatomy["lesion_sensitivity"] <= 1
+    assert (tmp_path / "anatomy" / "report" / "dice.png").is_file()
+    # the recipe-less package is known to evaluate only: training it by name is refused
+    with pytest.raises(SystemExit):
+        main(["train", "lesion-detect", "--data", str(tmp_path / "ct"), "--out", str(tmp_path)])
+
+
 @pytest.mark.parametrize("name", ["lesion-seg", "lesion-class"])
 def test_evaluate_checks_the_domain_with_the_features_of_its_own_forward_pass(
     ct_data: Path, name: str
