@@ -42,6 +42,7 @@ __all__ = [
     "build_domain",
     "card_section",
     "domain_volumes",
+    "reason_kind",
     "write_domain",
 ]
 
@@ -186,6 +187,20 @@ def write_domain(folder: Path, domain: Domain) -> Path:
     return path
 
 
+_NUMBER = re.compile(r"[-+]?\d[\d.]*(-[\d.]+)?")
+
+
+def reason_kind(why: str) -> str:
+    """What a decline is about: its words before the first number ("row spacing 1.87 mm;
+    validated ..." -> "row spacing"; "99th percentile 774 HU; ..." -> "99th percentile")."""
+    words = []
+    for word in why.split():
+        if _NUMBER.fullmatch(word.rstrip(";,")):
+            break
+        words.append(word)
+    return " ".join(words).rstrip(";:,") or why
+
+
 def acceptance(
     model: LoadedModel,
     domain: Domain,
@@ -208,7 +223,7 @@ def acceptance(
         if why is None:
             accepted += 1
         else:
-            reasons[re.split(r"[-\d]", why, maxsplit=1)[0].strip()] += 1
+            reasons[reason_kind(why)] += 1
     return accepted, total, reasons
 
 

@@ -554,3 +554,21 @@ def test_evaluate_checks_the_domain_with_the_features_of_its_own_forward_pass(
         vector = seen.vectors[i]
         assert vector is not None
         assert np.array_equal(vector, feature_vector(loaded, case.volume))  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("why", "kind"),
+    [
+        ("row spacing 1.87 mm; validated 0.904-1.65 mm", "row spacing"),
+        ("99th percentile 774 HU; validated 182 HU to 756 HU", "99th percentile"),
+        (
+            "share of voxels below -500 HU (air, lung) 0; validated 0.446 to 0.787",
+            "share of voxels below",
+        ),
+        ("modality MR; validated CT", "modality MR; validated CT"),
+    ],
+)
+def test_a_decline_is_counted_under_the_words_before_its_first_number(why: str, kind: str) -> None:
+    from training.domain import reason_kind
+
+    assert reason_kind(why) == kind
