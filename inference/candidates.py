@@ -14,7 +14,8 @@ training and the worker cut the same patches.
   in the body (nodules, hyperdense liver lesions) and dark blobs in soft tissue (hypodense
   liver lesions), the strongest ``bright_keep`` and ``dark_keep`` of each; with
   ``organ_keep``, also the strongest blobs of the volume clipped to solid-organ values,
-  inside solid organs (faint liver lesions, which every fat, air and bone edge outranks).
+  inside solid organs (faint liver lesions, which every fat, air and bone edge outranks);
+  with ``ground_glass_keep``, faint blobs in the lungs once the vessels are opened away.
 - ``patches``: each candidate as three 24³ channels: lung window and soft-tissue window at
   ``ISO_MM`` (30 mm across) and the lung window at twice that (60 mm, the context).
 - ``suppress``: one detection per place (non-maximum suppression by distance).
@@ -55,6 +56,10 @@ SCALES_MM = (1.0, 1.5, 2.2, 3.2, 4.6, 6.5, 9.0)
 LUNG, SOFT = (-1000.0, 400.0), (-160.0, 240.0)
 #: HU range of solid organs (liver, spleen, kidneys, with or without contrast).
 ORGAN = (-20.0, 250.0)
+#: HU range of ground glass over lung: what the ground-glass stream sees.
+GROUND_GLASS = (-850.0, -400.0)
+#: Radius (voxels) of the ball that opens the vessels away before it (5 mm across).
+_OPEN_RADIUS = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +68,8 @@ class Candidates:
 
     points: npt.NDArray[np.int64]  # (n, 3) voxel indices (z, y, x)
     response: npt.NDArray[np.float32]  # (n,) blob response (HU-like)
-    family: npt.NDArray[np.uint8]  # (n,) 0 bright, 1 dark, 2 bright in an organ, 3 dark in one
+    # (n,) 0 bright, 1 dark, 2 bright in an organ, 3 dark in one, 4 ground glass in a lung
+    family: npt.NDArray[np.uint8]
     diameter_mm: npt.NDArray[np.float32]  # (n,) the sphere the strongest scale matches
 
     def __len__(self) -> int:
@@ -121,17 +127,22 @@ def find_candidates(
     bright_keep: int = 600,
     dark_keep: int = 200,
     organ_keep: int = 0,
+    ground_glass_keep: int = 0,
 ) -> Candidates:
     """Blob candidates of an isotropic HU volume (``regrid``): bright ones anywhere but the
     air around the body, dark ones in soft tissue only (-300 HU and up around them), and,
     with ``organ_keep``, the strongest bright and dark blobs of the volume clipped to
     ``ORGAN`` inside solid organs: there a liver lesion 20-50 HU off its liver is not
-    outranked by every edge between fat, air and bone."""
+    outranked by every edge between fat, air and bone; with ``ground_glass_keep``, the
+    strongest blobs of the lungs clipped to ``GROUND_GLASS`` after a grey opening with a
+    5 mm ball: there a ground-glass nodule (-650 to -350 HU) is not outranked by every
+    vessel, which the opening removes (thinner than the ball) and the clipping flattens."""
     bright, dark = _responses(hu)
     in_body = hu > -990
     soft = ndimage.uniform_filter(hu, 5) > -300
-    families = [(bright, _peaks(bright.value, in_body, bright_keep))]
-    families.append((dark, _peaks(dark.value, in_body & soft, dark_keep)))
+    # (family code, response, points): the codes of ``Candidates.family``
+    families = [(0, bright, _peaks(bright.value, in_body, bright_keep))]
+    families.append((1, dark, _peaks(dark.value, in_body & soft, dark_keep)))
     if organ_keep:
         clipped = np.clip(hu, *ORGAN)
         o_bright, o_dark = _responses(clipped)
@@ -139,17 +150,31 @@ def find_candidates(
         solid = (ndimage.minimum_filter(hu, 3) > ORGAN[0]) & (
             ndimage.maximum_filter(hu, 3) < ORGAN[1]
         )
-        families.append((o_bright, _peaks(o_bright.value, solid, organ_keep)))
-        families.append((o_dark, _peaks(o_dark.value, solid, organ_keep)))
-    points = np.concatenate([p for _, p in families]).reshape(-1, 3)
-    response = np.concatenate([r.value[tuple(p.T)] for r, p in families]).astype(np.float32)
-    family = np.concatenate([np.full(len(p), k, np.uint8) for k, (_, p) in enumerate(families)])
-    scale = np.concatenate([r.scale[tuple(p.T)] for r, p in families]).astype(np.intp)
+        families.append((2, o_bright, _peaks(o_bright.value, solid, organ_keep)))
+        families.append((3, o_dark, _peaks(o_dark.value, solid, organ_keep)))
+    if ground_glass_keep:
+        families.append((4, *_ground_glass(hu, ground_glass_keep)))
+    points = np.concatenate([p for _, _, p in families]).reshape(-1, 3)
+    response = np.concatenate([r.value[tuple(p.T)] for _, r, p in families]).astype(np.float32)
+    family = np.concatenate([np.full(len(p), k, np.uint8) for k, _, p in families])
+    scale = np.concatenate([r.scale[tuple(p.T)] for _, r, p in families]).astype(np.intp)
     # a sphere of diameter d answers most at sigma = d / (2 sqrt 3)
     diameter = (2 * np.sqrt(3) * np.asarray(SCALES_MM, np.float32))[scale]
     return Candidates(
         points=points, response=response, family=family, diameter_mm=diameter.astype(np.float32)
     )
+
+
+def _ground_glass(
+    hu: npt.NDArray[np.float32], keep: int
+) -> tuple[_Response, npt.NDArray[np.int64]]:
+    """The ground-glass family: bright blobs of the opened, clipped lungs."""
+    z, y, x = np.ogrid[tuple(slice(-_OPEN_RADIUS, _OPEN_RADIUS + 1) for _ in range(3))]
+    ball = z**2 + y**2 + x**2 <= _OPEN_RADIUS**2
+    opened = ndimage.grey_opening(np.clip(hu, *GROUND_GLASS), footprint=ball)
+    response, _ = _responses(opened)
+    lung = ndimage.uniform_filter(hu, 9) < -500
+    return response, _peaks(response.value, lung, keep)
 
 
 def windowed(hu: npt.NDArray[np.floating], window: tuple[float, float]) -> npt.NDArray[np.float32]:

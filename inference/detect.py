@@ -91,7 +91,13 @@ def detect(model: LoadedModel, volume: Volume, *, batch: int = 256) -> Detected:
     spec = model.spec
     bright_keep, dark_keep, organ_keep = spec.input.candidates
     hu = regrid(volume.array, volume.spacing)
-    found = find_candidates(hu, bright_keep=bright_keep, dark_keep=dark_keep, organ_keep=organ_keep)
+    found = find_candidates(
+        hu,
+        bright_keep=bright_keep,
+        dark_keep=dark_keep,
+        organ_keep=organ_keep,
+        ground_glass_keep=spec.input.ground_glass,
+    )
     scores = score(model.module, patches(hu, found.points), device=model.device, batch=batch)
     kept = suppress(found.points, scores, radius=spec.input.suppress_mm / ISO_MM)
     (label,) = spec.labels  # a detection package has one (inference.spec)

@@ -38,6 +38,8 @@ class InputSpec:
     # Detection: blob candidates per scan (bright, dark, inside solid organs) and the
     # distance (mm) within which only the best-scored one is kept.
     candidates: tuple[int, int, int] = (0, 0, 0)
+    # ... and faint blobs in the lungs with the vessels opened away (ground-glass nodules)
+    ground_glass: int = 0
     suppress_mm: float = 5.0
 
 

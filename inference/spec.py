@@ -27,6 +27,7 @@
     max_priors = 2                 # progression: the newest prior studies it compares with
     candidates = [900, 300, 150]   # detection: blob candidates per scan, bright, dark and
                                    #   inside solid organs (inference.candidates)
+    ground_glass = 0               # detection: faint lung blobs per scan (ground glass)
     suppress_mm = 5.0              # detection: one detection within this distance
 
     [[output.labels]]
@@ -141,7 +142,7 @@ def _input(table: Table, task: str) -> InputSpec:
     only = {
         "sequence": ("leads", "sampling_hz", "samples"),
         "progression": ("max_priors",),
-        "detection": ("candidates", "suppress_mm"),
+        "detection": ("candidates", "ground_glass", "suppress_mm"),
         "image": ("window", "target_spacing", "size", "patch"),
     }
     for group, keys in only.items():
@@ -175,6 +176,7 @@ def _input(table: Table, task: str) -> InputSpec:
         max_priors=table.integer("max_priors", 1, 1, 100) if table.has("max_priors") else 0,
         axcodes=_axcodes(table),
         candidates=_candidates(table),
+        ground_glass=table.integer("ground_glass", 0, 0, 100_000),
         suppress_mm=table.number("suppress_mm", 5.0, 0.5, 100.0),
     )
     table.finish()

@@ -53,7 +53,7 @@ def log(*a: object) -> None:
     print(f"[{time.time() - T0:7.1f}s]", *a, flush=True)
 
 
-KEEP = {"bright": 600, "dark": 200, "organ": 0}
+KEEP = {"bright": 600, "dark": 200, "organ": 0, "ground_glass": 0}
 
 
 class Scan(NamedTuple):
@@ -76,7 +76,11 @@ def _scan(seed: int, index: int, shift: bool) -> Scan:
     labels, diameters = labelled_lesions(scan.mask, voxel_mm3=float(np.prod(scan.spacing)))
     hu = regrid(scan.hu, scan.spacing)
     cand = find_candidates(
-        hu, bright_keep=KEEP["bright"], dark_keep=KEEP["dark"], organ_keep=KEEP["organ"]
+        hu,
+        bright_keep=KEEP["bright"],
+        dark_keep=KEEP["dark"],
+        organ_keep=KEEP["organ"],
+        ground_glass_keep=KEEP["ground_glass"],
     )
     lab = regrid(labels, scan.spacing, order=0).astype(np.int32)
     return Scan(hu, lab, diameters, cand, scan.section)
@@ -324,6 +328,9 @@ def main() -> None:
     )
     ap.add_argument("--organ", type=int, default=0, help="blobs per scan inside solid organs")
     ap.add_argument(
+        "--ground-glass", type=int, default=0, help="faint lung blobs per scan (ground glass)"
+    )
+    ap.add_argument(
         "--coverage",
         type=int,
         default=0,
@@ -357,7 +364,7 @@ def main() -> None:
         if a.reevaluate:  # the same weights and candidates, this version's evaluation
             keep = earlier["args"]
             KEEP.update(bright=int(keep["keep"]), dark=int(keep["keep"]) // 3)
-            KEEP.update(organ=int(keep["organ"]))
+            KEEP.update(organ=int(keep["organ"]), ground_glass=int(keep.get("ground_glass", 0)))
 
             def resave() -> None:
                 (a.out / "probe.json").write_text(json.dumps(earlier, indent=1))
@@ -368,7 +375,7 @@ def main() -> None:
             _package(a.out / "candidate_net.pt", earlier, a)
         return
     a.out.mkdir(parents=True, exist_ok=True)
-    KEEP.update(bright=a.keep, dark=a.keep // 3, organ=a.organ)
+    KEEP.update(bright=a.keep, dark=a.keep // 3, organ=a.organ, ground_glass=a.ground_glass)
     result: dict[str, Any] = {"args": {k: str(v) for k, v in vars(a).items()}}
 
     def save() -> None:

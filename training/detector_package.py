@@ -59,6 +59,7 @@ def _metrics(probe: dict[str, Any]) -> dict[str, float]:
 
 def _card(probe: dict[str, Any], keep: tuple[int, int, int], threshold: float) -> str:
     args, training = probe["args"], probe["training"]
+    ground_glass = int(args.get("ground_glass", 0))
     rows = []
     for name, what in (
         ("shifted", "100 shifted scans (seed 2201: sharp kernel, more noise, other spacing)"),
@@ -79,7 +80,9 @@ def _card(probe: dict[str, Any], keep: tuple[int, int, int], threshold: float) -
             "patient data. NOT for clinical use.",
             "",
             "- Task: detection (`inference.detect`): blob candidates on a 1.25 mm grid "
-            f"({keep[0]} bright, {keep[1]} dark, {keep[2]} inside solid organs per scan), each "
+            f"({keep[0]} bright, {keep[1]} dark, {keep[2]} inside solid organs"
+            + (f", {ground_glass} ground glass in the lungs" if ground_glass else "")
+            + " per scan), each "
             f"scored by `candidate_net` (3 channels of {PATCH}³ voxels of {ISO_MM} mm: lung and "
             "soft-tissue window, lung window at twice the voxel size), one detection within 5 mm,",
             f"  threshold {threshold:.4f} (0.25 false positives per scan on validation); each",
@@ -120,9 +123,12 @@ def _card(probe: dict[str, Any], keep: tuple[int, int, int], threshold: float) -
 
 
 def _command(args: dict[str, str]) -> str:
+    ground_glass = int(args.get("ground_glass", 0))
     return (
         f"--out OUT --train {args['train']} --steps {args['steps']} --rounds {args['rounds']} "
-        f"--keep {args['keep']} --organ {args['organ']} --test --package DIR"
+        f"--keep {args['keep']} --organ {args['organ']} "
+        + (f"--ground-glass {ground_glass} " if ground_glass else "")
+        + "--test --package DIR"
     )
 
 
@@ -139,6 +145,7 @@ def package_detector(
     checked on ``check_scans`` of each held-out set and 5 plain-noise CTs."""
     args = probe["args"]
     keep = (int(args["keep"]), int(args["keep"]) // 3, int(args["organ"]))
+    ground_glass = int(args.get("ground_glass", 0))
     threshold = float(probe["validation"]["chosen"]["threshold"])
     net = CandidateNet()
     net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
@@ -150,7 +157,13 @@ def package_detector(
         task="detection",
         architecture="candidate_net",
         parameters={"channels": 3, "base": 16},
-        input_spec={"modality": ["CT"], "candidates": list(keep), "suppress_mm": 5.0},
+        input_spec={
+            "modality": ["CT"],
+            "candidates": list(keep),
+            # absent when 0: a package without the stream reads as before
+            **({"ground_glass": ground_glass} if ground_glass else {}),
+            "suppress_mm": 5.0,
+        },
         labels=[{"name": "lesion", "code": LESION, "threshold": threshold}],
         training_data="generated anatomy CT (training/anatomy.py), seed 1201; "
         "threshold on seeds 1202/1203",

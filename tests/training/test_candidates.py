@@ -38,6 +38,27 @@ def test_the_nodule_outranks_a_vessel_of_its_width() -> None:
     assert on_vessel and max(on_vessel) < cand.response[0]
 
 
+def test_a_ground_glass_nodule_gets_a_candidate_among_vessels_only_from_its_stream() -> None:
+    """Lung with 16 vessels (40 HU, 3 voxels = 3.75 mm wide, along z) and a ground-glass
+    nodule (-550 HU, 12.5 mm): every bright candidate of the usual stream lies on a vessel;
+    the ground-glass stream (vessels thinner than its 5 mm ball opened away, lungs clipped
+    to ground-glass values) puts its strongest in the nodule."""
+    hu = np.full((40, 80, 80), -850.0, np.float32)
+    _, y, x = np.indices(hu.shape)
+    for cy in (10, 30, 50, 70):
+        for cx in (10, 30, 50, 70):
+            hu[(y - cy) ** 2 + (x - cx) ** 2 <= 1.5**2] = 40.0
+    nodule = _ball(hu.shape, (20, 40, 40), 5.0)
+    hu[nodule] = -550.0
+    hu += np.random.default_rng(4).normal(0, 20, hu.shape).astype(np.float32)
+    usual = find_candidates(hu, bright_keep=30, dark_keep=0)
+    assert not nodule[tuple(usual.points.T)].any()
+    both = find_candidates(hu, bright_keep=30, dark_keep=0, ground_glass_keep=3)
+    glass = both.points[both.family == 4]
+    assert len(glass) == 3 and nodule[tuple(glass[0])]
+    assert both.bright[both.family == 4].all()
+
+
 def test_dark_blobs_only_in_soft_tissue() -> None:
     hu = np.full((40, 60, 60), 60.0, np.float32)  # liver-like block
     hu[_ball(hu.shape, (20, 20, 20), 4.0)] = 20.0  # a hypodense lesion
