@@ -86,7 +86,8 @@ def _card(probe: dict[str, Any], keep: tuple[int, int, int], threshold: float) -
             f"scored by `candidate_net` (3 channels of {PATCH}³ voxels of {ISO_MM} mm: lung and "
             "soft-tissue window, lung window at twice the voxel size), one detection within 5 mm,",
             f"  threshold {threshold:.4f} (0.25 false positives per scan on validation); each",
-            "  detection outlined by a half-way threshold within 1.5 radii of its blob.",
+            "  detection outlined by a half-way threshold within 1.5 radii of its blob",
+            "  (`inference.candidates.outline`).",
             f"- Trained by `python scripts/candidate_probe.py {_command(args)}` on "
             f"{training['scans']} anatomy scans (seed 1201; {training['lesions']} lesions; "
             f"{training['positives']} lesion and {training['negatives']} other patches), "
@@ -107,8 +108,9 @@ def _card(probe: dict[str, Any], keep: tuple[int, int, int], threshold: float) -
             "|---|---|---|---|---|",
             *rows,
             "",
-            "Outlines come from a threshold half-way between the blob and its surroundings, not",
-            "from a segmentation network; mean Dice of the outline of each lesion >= 5 mm found:",
+            "Outlines come from a threshold half-way between the blob's inside and its",
+            "surroundings, not from a segmentation network; mean Dice of the outline of each",
+            "lesion >= 5 mm found:",
             *(
                 f"- {name}: {probe[name]['outline_dice']['mean_dice']:.2f} "
                 f"({probe[name]['outline_dice']['lesions']} lesions)"
