@@ -1,7 +1,8 @@
 """The candidate detector at work (``task = "detection"``): a CT volume → its lesions' voxels.
 
 1. The volume is regridded to 1.25 mm cubes (``inference.candidates.regrid``) and its blob
-   candidates found (``[input] candidates``: how many bright, dark and solid-organ blobs).
+   candidates found (``[input] candidates``: how many bright, dark and solid-organ blobs;
+   ``[input] ground_glass``: how many faint lung blobs, 0 unless the CNN was trained so).
 2. Each candidate's patches are scored by the package's ``CandidateNet``.
 3. One detection per place (``[input] suppress_mm``), those at or above the label's
    threshold kept; each is outlined (``inference.candidates.outline``) and its voxels carry
