@@ -294,7 +294,8 @@ def coverage(pool: ProcessPoolExecutor, sets: list[tuple[int, int, bool]]) -> di
     for section in ("chest", "abdomen"):
         mine = [f for sec, _, f in rows if sec == section]
         out[section] = f"{sum(f >= 0 for f in mine)}/{len(mine)}"
-    out["only_in_an_organ_family"] = sum(f >= 2 for *_, f in rows)
+    out["only_in_an_organ_family"] = sum(f in (2, 3) for *_, f in rows)
+    out["only_in_the_ground_glass_family"] = sum(f == 4 for *_, f in rows)
     return out
 
 
