@@ -110,22 +110,10 @@ def load(shm: Path, seed: int, n: int) -> list[dict[str, Any]]:
 
 
 def volume_of(scan: dict[str, Any], tag: str) -> Any:
-    from dicomio.records import Volume
+    from dicomio.records import axial_volume
 
     sz, sy, sx = (float(v) for v in scan["spacing"])
-    return Volume(
-        array=scan["hu"].astype(np.float32),
-        spacing=(sz, sy, sx),
-        origin=(0.0, 0.0, 0.0),
-        row_direction=(1.0, 0.0, 0.0),
-        column_direction=(0.0, 1.0, 0.0),
-        normal=(0.0, 0.0, 1.0),
-        study_instance_uid=f"2.25.{tag}",
-        series_instance_uid=f"2.25.{tag}.1",
-        frame_of_reference_uid=f"2.25.{tag}.2",
-        sop_instance_uids=tuple(f"2.25.{tag}.3.{k}" for k in range(scan["hu"].shape[0])),
-        modality="CT",
-    )
+    return axial_volume(scan["hu"], (sz, sy, sx), f"2.25.{tag}", modality="CT")
 
 
 def recipe_for(v: dict[str, Any], threshold: float = 0.5, floor: float = 33.0) -> Any:

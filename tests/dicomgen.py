@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+from storage.lookup import SeriesInfo
 
 
 def ct_slice(
@@ -168,4 +171,16 @@ def manual_seg(sources: list[Dataset], mask: np.ndarray, *, series_number: int =
         manufacturer_model_name="test",
         software_versions="1",
         device_serial_number="1",
+    )
+
+
+def ct_series_info(uid: str, paths: Sequence[Path], *, body: str = "CHEST") -> SeriesInfo:
+    """A CT series as the store lists it to the pipeline (CT Image Storage files)."""
+    return SeriesInfo(
+        series_instance_uid=uid,
+        modality="CT",
+        body_part_examined=body,
+        series_description="",
+        sop_class_uids=(str(CTImageStorage),),
+        paths=tuple(paths),
     )

@@ -19,32 +19,17 @@ import numpy as np
 import pydicom
 import pytest
 
-from core.config import ResultsConfig
-from dicomio.records import Lesion
 from dicomio.results.identity import Algorithm
 from dicomio.results.seg import PALETTE_RGB, encode_segmentation
 from dicomio.results.sources import SourceSeries
 from dicomio.seg_in import load_seg_mask
 from dicomio.volume_in import load_volume
 from tests.dicomgen import manual_seg
+from tests.dicomio.test_results import CFG, _lesion
 from tests.peers import Orthanc
 from tests.phantoms import write_series
 
-CFG = ResultsConfig(manufacturer="ainode tests", device_serial_number="T-1")
 ALGORITHM = Algorithm(name="m", version="1", sha256="0" * 64, device_uid="1.2.3")
-
-
-def _lesion() -> Lesion:
-    return Lesion(
-        label="lesion",
-        code=("52988006", "SCT", "Lesion"),
-        voxel_count=1,
-        volume_mm3=1.0,
-        centroid_mm=(0.0, 0.0, 0.0),
-        longest_diameter_mm=1.0,
-        bbox_kji=((0, 0, 0), (0, 0, 0)),
-        mean_probability=0.9,
-    )
 
 
 def _case(tmp_path: Path, size: int) -> tuple[list[Path], np.ndarray, pydicom.Dataset]:
@@ -57,7 +42,7 @@ def _case(tmp_path: Path, size: int) -> tuple[list[Path], np.ndarray, pydicom.Da
     seg = encode_segmentation(
         sources,
         labels,
-        [_lesion(), _lesion()],
+        [_lesion(((1, 10, 12), (3, 19, 20)), 270), _lesion(((2, 40, 30), (3, 46, 32)), 42)],
         [pydicom.uid.generate_uid(), pydicom.uid.generate_uid()],
         ALGORITHM,
         CFG,

@@ -24,7 +24,7 @@ from inference.package import LoadedModel
 from inference.pipeline import run_pipeline
 from inference.spec import read_spec
 from inference.trial import load_and_try
-from storage.lookup import SeriesInfo
+from tests.dicomgen import ct_series_info
 from tests.inference.test_models import _volume
 from tests.packages import make_package
 from tests.phantoms import write_series
@@ -119,14 +119,7 @@ def test_the_nodule_is_detected_and_outlined_on_the_volumes_grid_the_vessel_is_n
 def test_the_pipeline_reports_the_nodule_as_a_lesion(tmp_path: Path, detector: LoadedModel) -> None:
     hu, nodule = _lung()
     files = write_series(tmp_path / "ct", hu.astype(np.float64), SPACING)
-    series = SeriesInfo(
-        series_instance_uid="2.25.20",
-        modality="CT",
-        body_part_examined="CHEST",
-        series_description="",
-        sop_class_uids=("1.2.840.10008.5.1.4.1.1.2",),
-        paths=tuple(files),
-    )
+    series = ct_series_info("2.25.20", files)
     run = run_pipeline(
         [series], SeriesRule(modalities=("CT",)), [detector], batch_size=2, amp=False
     )

@@ -120,7 +120,7 @@ def test_fresh_scans_of_the_training_kind_are_accepted(tmp_path: Path) -> None:
     from core.config import SeriesRule
     from inference.pipeline import run_pipeline
     from inference.trial import load_and_try
-    from storage.lookup import SeriesInfo
+    from tests.dicomgen import ct_series_info
 
     models = [load_and_try(MODELS / m, torch.device("cpu")) for m in ("lesion-seg", "lesion-class")]
     generate_ct(tmp_path / "plain", 10, 9501)
@@ -133,14 +133,7 @@ def test_fresh_scans_of_the_training_kind_are_accepted(tmp_path: Path) -> None:
     assert len(series) == 20
     declined = []
     for uid, paths in series.items():
-        info = SeriesInfo(
-            series_instance_uid=uid,
-            modality="CT",
-            body_part_examined="CHEST",
-            series_description="",
-            sop_class_uids=("1.2.840.10008.5.1.4.1.1.2",),
-            paths=tuple(paths),
-        )
+        info = ct_series_info(uid, paths)
         run = run_pipeline([info], SeriesRule(), models, batch_size=4, amp=False)
         declined += [o.declined for o in run.outcomes if o.declined]
     assert declined == []

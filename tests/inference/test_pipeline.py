@@ -20,7 +20,7 @@ from inference.package import LoadedModel, load_package
 from inference.pipeline import run_pipeline
 from inference.spec import LabelSpec
 from storage.lookup import SeriesInfo
-from tests.dicomgen import write_lesion_ct
+from tests.dicomgen import ct_series_info, write_lesion_ct
 from tests.inference.test_models import _volume
 from tests.packages import threshold_segmenter
 
@@ -64,14 +64,7 @@ def test_study_matching_no_series_is_recorded_as_skipped(tmp_path: Path) -> None
 def test_pipeline_runs_the_model_on_the_matching_series(tmp_path: Path) -> None:
     model = load_package(threshold_segmenter(tmp_path / "pkg"), torch.device("cpu"))
     files, truth = write_lesion_ct(tmp_path / "ct")
-    info = SeriesInfo(
-        series_instance_uid="9",
-        modality="CT",
-        body_part_examined="CHEST",
-        series_description="",
-        sop_class_uids=("1.2.840.10008.5.1.4.1.1.2",),
-        paths=tuple(files),
-    )
+    info = ct_series_info("9", files)
     run = run_pipeline([info], SeriesRule(modalities=("CT",)), [model], batch_size=2, amp=False)
     (outcome,) = run.outcomes
     measured = sorted(lesion.volume_mm3 for lesion in outcome.lesions)
@@ -211,14 +204,7 @@ def test_labels_not_matching_the_outputs_at_run_time_is_permanent(tmp_path: Path
     spec = dataclasses.replace(base.spec, labels=(*base.spec.labels, two))
     model = LoadedModel(spec=spec, module=base.module, device=base.device)
     files, _ = write_lesion_ct(tmp_path / "ct", shape=(8, 32, 32))
-    series = SeriesInfo(
-        series_instance_uid="1.2.3",
-        modality="CT",
-        body_part_examined="",
-        series_description="",
-        sop_class_uids=("1.2.840.10008.5.1.4.1.1.2",),
-        paths=tuple(files),
-    )
+    series = ct_series_info("1.2.3", files, body="")
     with pytest.raises(OutputMismatch, match=r"gives 1 output channel\(s\); .* names 2") as info:
         run_pipeline([series], SeriesRule(), [model], batch_size=2, amp=False)
     assert not RetryPolicy().retryable(info.value)
