@@ -98,6 +98,7 @@ def detect(model: LoadedModel, volume: Volume, *, batch: int = 256) -> Detected:
         dark_keep=dark_keep,
         organ_keep=organ_keep,
         ground_glass_keep=spec.input.ground_glass,
+        organ_snr_keep=spec.input.organ_snr,
     )
     scores = score(model.module, patches(hu, found.points), device=model.device, batch=batch)
     kept = suppress(found.points, scores, radius=spec.input.suppress_mm / ISO_MM)

@@ -40,6 +40,8 @@ class InputSpec:
     candidates: tuple[int, int, int] = (0, 0, 0)
     # ... and faint blobs in the lungs with the vessels opened away (ground-glass nodules)
     ground_glass: int = 0
+    # ... and blobs inside solid organs by their contrast to the organ's noise (each sign)
+    organ_snr: int = 0
     suppress_mm: float = 5.0
 
 

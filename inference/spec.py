@@ -28,6 +28,8 @@
     candidates = [900, 300, 150]   # detection: blob candidates per scan, bright, dark and
                                    #   inside solid organs (inference.candidates)
     ground_glass = 0               # detection: faint lung blobs per scan (ground glass)
+    organ_snr = 0                  # detection: blobs per scan and sign inside solid organs,
+                                   #   ranked by contrast to the organ's noise
     suppress_mm = 5.0              # detection: one detection within this distance
 
     [[output.labels]]
@@ -142,7 +144,7 @@ def _input(table: Table, task: str) -> InputSpec:
     only = {
         "sequence": ("leads", "sampling_hz", "samples"),
         "progression": ("max_priors",),
-        "detection": ("candidates", "ground_glass", "suppress_mm"),
+        "detection": ("candidates", "ground_glass", "organ_snr", "suppress_mm"),
         "image": ("window", "target_spacing", "size", "patch"),
     }
     for group, keys in only.items():
@@ -177,6 +179,7 @@ def _input(table: Table, task: str) -> InputSpec:
         axcodes=_axcodes(table),
         candidates=_candidates(table),
         ground_glass=table.integer("ground_glass", 0, 0, 100_000),
+        organ_snr=table.integer("organ_snr", 0, 0, 100_000),
         suppress_mm=table.number("suppress_mm", 5.0, 0.5, 100.0),
     )
     table.finish()

@@ -53,7 +53,7 @@ def log(*a: object) -> None:
     print(f"[{time.time() - T0:7.1f}s]", *a, flush=True)
 
 
-KEEP = {"bright": 600, "dark": 200, "organ": 0, "ground_glass": 0}
+KEEP = {"bright": 600, "dark": 200, "organ": 0, "ground_glass": 0, "organ_snr": 0}
 
 
 class Scan(NamedTuple):
@@ -81,6 +81,7 @@ def _scan(seed: int, index: int, shift: bool) -> Scan:
         dark_keep=KEEP["dark"],
         organ_keep=KEEP["organ"],
         ground_glass_keep=KEEP["ground_glass"],
+        organ_snr_keep=KEEP["organ_snr"],
     )
     lab = regrid(labels, scan.spacing, order=0).astype(np.int32)
     return Scan(hu, lab, diameters, cand, scan.section)
@@ -296,6 +297,7 @@ def coverage(pool: ProcessPoolExecutor, sets: list[tuple[int, int, bool]]) -> di
         out[section] = f"{sum(f >= 0 for f in mine)}/{len(mine)}"
     out["only_in_an_organ_family"] = sum(f in (2, 3) for *_, f in rows)
     out["only_in_the_ground_glass_family"] = sum(f == 4 for *_, f in rows)
+    out["only_in_the_organ_snr_family"] = sum(f in (5, 6) for *_, f in rows)
     return out
 
 
@@ -332,6 +334,12 @@ def main() -> None:
         "--ground-glass", type=int, default=0, help="faint lung blobs per scan (ground glass)"
     )
     ap.add_argument(
+        "--organ-snr",
+        type=int,
+        default=0,
+        help="blobs per scan and sign inside solid organs, by contrast to the organ's noise",
+    )
+    ap.add_argument(
         "--coverage",
         type=int,
         default=0,
@@ -366,6 +374,7 @@ def main() -> None:
             keep = earlier["args"]
             KEEP.update(bright=int(keep["keep"]), dark=int(keep["keep"]) // 3)
             KEEP.update(organ=int(keep["organ"]), ground_glass=int(keep.get("ground_glass", 0)))
+            KEEP.update(organ_snr=int(keep.get("organ_snr", 0)))
 
             def resave() -> None:
                 (a.out / "probe.json").write_text(json.dumps(earlier, indent=1))
@@ -377,6 +386,7 @@ def main() -> None:
         return
     a.out.mkdir(parents=True, exist_ok=True)
     KEEP.update(bright=a.keep, dark=a.keep // 3, organ=a.organ, ground_glass=a.ground_glass)
+    KEEP.update(organ_snr=a.organ_snr)
     result: dict[str, Any] = {"args": {k: str(v) for k, v in vars(a).items()}}
 
     def save() -> None:

@@ -57,9 +57,21 @@ def _metrics(probe: dict[str, Any]) -> dict[str, float]:
     return {k: round(float(v), 4) for k, v in out.items()}
 
 
+#: The optional candidate streams: ``[input]`` key, ``candidate_probe.py`` option, card text.
+_STREAMS = (
+    ("ground_glass", "--ground-glass", "ground glass in the lungs"),
+    ("organ_snr", "--organ-snr", "of each sign inside solid organs against their noise"),
+)
+
+
+def _streams(args: dict[str, str]) -> dict[str, int]:
+    """The optional streams a probe run used (absent or 0 in older runs: not used)."""
+    return {key: int(args[key]) for key, *_ in _STREAMS if int(args.get(key, 0))}
+
+
 def _card(probe: dict[str, Any], keep: tuple[int, int, int], threshold: float) -> str:
     args, training = probe["args"], probe["training"]
-    ground_glass = int(args.get("ground_glass", 0))
+    streams = _streams(args)
     rows = []
     for name, what in (
         ("shifted", "100 shifted scans (seed 2201: sharp kernel, more noise, other spacing)"),
@@ -81,7 +93,7 @@ def _card(probe: dict[str, Any], keep: tuple[int, int, int], threshold: float) -
             "",
             "- Task: detection (`inference.detect`): blob candidates on a 1.25 mm grid "
             f"({keep[0]} bright, {keep[1]} dark, {keep[2]} inside solid organs"
-            + (f", {ground_glass} ground glass in the lungs" if ground_glass else "")
+            + "".join(f", {streams[k]} {text}" for k, _, text in _STREAMS if k in streams)
             + " per scan), each "
             f"scored by `candidate_net` (3 channels of {PATCH}³ voxels of {ISO_MM} mm: lung and "
             "soft-tissue window, lung window at twice the voxel size), one detection within 5 mm,",
@@ -125,11 +137,11 @@ def _card(probe: dict[str, Any], keep: tuple[int, int, int], threshold: float) -
 
 
 def _command(args: dict[str, str]) -> str:
-    ground_glass = int(args.get("ground_glass", 0))
+    streams = _streams(args)
     return (
         f"--out OUT --train {args['train']} --steps {args['steps']} --rounds {args['rounds']} "
         f"--keep {args['keep']} --organ {args['organ']} "
-        + (f"--ground-glass {ground_glass} " if ground_glass else "")
+        + "".join(f"{option} {streams[k]} " for k, option, _ in _STREAMS if k in streams)
         + "--test --package DIR"
     )
 
@@ -147,7 +159,6 @@ def package_detector(
     checked on ``check_scans`` of each held-out set and 5 plain-noise CTs."""
     args = probe["args"]
     keep = (int(args["keep"]), int(args["keep"]) // 3, int(args["organ"]))
-    ground_glass = int(args.get("ground_glass", 0))
     threshold = float(probe["validation"]["chosen"]["threshold"])
     net = CandidateNet()
     net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
@@ -162,8 +173,8 @@ def package_detector(
         input_spec={
             "modality": ["CT"],
             "candidates": list(keep),
-            # absent when 0: a package without the stream reads as before
-            **({"ground_glass": ground_glass} if ground_glass else {}),
+            # absent when 0: a package without the streams reads as before
+            **_streams(args),
             "suppress_mm": 5.0,
         },
         labels=[{"name": "lesion", "code": LESION, "threshold": threshold}],
