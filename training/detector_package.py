@@ -10,6 +10,7 @@ domain accepts.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,8 @@ from training.export import export_package
 __all__ = ["anatomy_volume", "package_detector"]
 
 LESION = ["52988006", "SCT", "Lesion"]
+#: 0.1.0: candidates [900, 300, 150]; 0.2.0: the ground-glass and organ_snr streams too.
+VERSION = "0.2.0"
 #: Training scans (seed 1201) and shifted validation scans (1203) the domain is built from.
 DOMAIN_SCANS = 40
 
@@ -69,9 +72,42 @@ def _streams(args: dict[str, str]) -> dict[str, int]:
     return {key: int(args[key]) for key, *_ in _STREAMS if int(args.get(key, 0))}
 
 
-def _card(probe: dict[str, Any], keep: tuple[int, int, int], threshold: float) -> str:
+def _rounds(args: dict[str, str]) -> str:
+    rounds, steps = int(args["rounds"]), int(args["steps"])
+    text = f"{rounds} round{'s' if rounds > 1 else ''} of {steps} steps"
+    if args.get("start", "None") != "None":
+        return text + ", each after mining the false positives of the weights so far"
+    return (
+        text
+        + ", the false positives of each round mined on the training scans and added to the next"
+    )
+
+
+def _start_sha256(args: dict[str, str]) -> str | None:
+    """The SHA-256 of the weights a run went on from (``--start``), None for a run from
+    scratch; an error if they are no longer where the run read them."""
+    start = args.get("start", "None")
+    if start == "None":
+        return None
+    return hashlib.sha256(Path(start).read_bytes()).hexdigest()
+
+
+def _card(
+    probe: dict[str, Any], keep: tuple[int, int, int], threshold: float, start: str | None
+) -> str:
     args, training = probe["args"], probe["training"]
     streams = _streams(args)
+    went_on = (
+        []
+        if start is None
+        else [
+            f"- Went on from weights with SHA-256 {start} (`--start`; lesion-detect 0.1.0's, "
+            "trained from scratch by the command in its model card, in git history): they "
+            f"mined {int(args['mined'])} false positives per training scan with the new "
+            "candidates, then trained on at a learning rate of "
+            f"{float(args['finetune_lr']):g}.",
+        ]
+    )
     rows = []
     for name, what in (
         ("shifted", "100 shifted scans (seed 2201: sharp kernel, more noise, other spacing)"),
@@ -103,8 +139,8 @@ def _card(probe: dict[str, Any], keep: tuple[int, int, int], threshold: float) -
             f"- Trained by `python scripts/candidate_probe.py {_command(args)}` on "
             f"{training['scans']} anatomy scans (seed 1201; {training['lesions']} lesions; "
             f"{training['positives']} lesion and {training['negatives']} other patches), "
-            f"{int(args['rounds'])} rounds of {int(args['steps'])} steps, the false positives of "
-            "each round mined on the training scans and added to the next.",
+            f"{_rounds(args)}.",
+            *went_on,
             f"- Validation (64 scans, seeds 1202 ordinary, 1203 shifted): sensitivity "
             f"{v['sensitivity_5mm']:.2f} for lesions >= 5 mm at {v['fp_per_scan']:.2f} false "
             "positives per scan.",
@@ -142,6 +178,7 @@ def _command(args: dict[str, str]) -> str:
         f"--out OUT --train {args['train']} --steps {args['steps']} --rounds {args['rounds']} "
         f"--keep {args['keep']} --organ {args['organ']} "
         + "".join(f"{option} {streams[k]} " for k, option, _ in _STREAMS if k in streams)
+        + ("" if args.get("start", "None") == "None" else "--start PREVIOUS/weights.pt ")
         + "--test --package DIR"
     )
 
@@ -166,7 +203,7 @@ def package_detector(
         net,
         folder,
         name="lesion-detect",
-        version="0.1.0",
+        version=VERSION,
         task="detection",
         architecture="candidate_net",
         parameters={"channels": 3, "base": 16},
@@ -181,7 +218,7 @@ def package_detector(
         training_data="generated anatomy CT (training/anatomy.py), seed 1201; "
         "threshold on seeds 1202/1203",
         metrics=_metrics(probe),
-        card=_card(probe, keep, threshold),
+        card=_card(probe, keep, threshold, _start_sha256(args)),
     )
     model = load_package(folder, torch.device("cpu"))
     sources = [anatomy_volume(1201, i) for i in range(domain_scans)]

@@ -139,6 +139,7 @@ def test_the_pipeline_reports_the_nodule_as_a_lesion(tmp_path: Path, detector: L
         ({"candidates": [10, 2, 0], "window": [-1000.0, 400.0]}, "window", "only for an image"),
         ({"candidates": [10, 2, 0], "suppress_mm": 0.1}, "suppress_mm", ""),
         ({"candidates": [10, 2, 0], "ground_glass": -1}, "ground_glass", ""),
+        ({"candidates": [10, 2, 0], "organ_snr": 2.5}, "organ_snr", ""),
     ],
 )
 def test_a_detection_packages_input_is_checked(
@@ -174,6 +175,11 @@ def test_detection_needs_its_candidates_and_one_label(tmp_path: Path) -> None:
     assert read_spec(folder).input.ground_glass == 100
     toml.write_text(seg.replace("candidates = [20, 0, 0]\n", "ground_glass = 100\n"))
     with pytest.raises(ModelPackageError, match=r"ground_glass: only for task detection"):
+        read_spec(folder)
+    toml.write_text(good.replace("[input]\n", "[input]\norgan_snr = 300\n"))
+    assert read_spec(folder).input.organ_snr == 300
+    toml.write_text(seg.replace("candidates = [20, 0, 0]\n", "organ_snr = 300\n"))
+    with pytest.raises(ModelPackageError, match=r"organ_snr: only for task detection"):
         read_spec(folder)
 
 

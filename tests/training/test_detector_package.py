@@ -1,0 +1,37 @@
+"""The detector package's record of how it was trained: the command that remakes it."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from training.detector_package import _command, _rounds, _start_sha256, _streams
+
+_RUN = {"train": "300", "steps": "2000", "rounds": "3", "keep": "900", "organ": "150"}
+
+
+def test_the_command_names_the_optional_streams_a_run_used_and_only_those() -> None:
+    older = dict(_RUN)  # a run from before the optional streams: no keys for them
+    assert _streams(older) == {}
+    assert "--ground-glass" not in _command(older) and "--organ-snr" not in _command(older)
+    newer = dict(_RUN, ground_glass="100", organ_snr="300")
+    assert _streams(newer) == {"ground_glass": 100, "organ_snr": 300}
+    assert _command(newer) == (
+        "--out OUT --train 300 --steps 2000 --rounds 3 --keep 900 --organ 150 "
+        "--ground-glass 100 --organ-snr 300 --test --package DIR"
+    )
+    assert _streams(dict(_RUN, ground_glass="0", organ_snr="300")) == {"organ_snr": 300}
+
+
+def test_a_run_that_went_on_from_earlier_weights_says_so(tmp_path: Path) -> None:
+    weights = tmp_path / "start.pt"
+    weights.write_bytes(b"earlier weights")
+    went_on = dict(_RUN, start=str(weights), rounds="1")
+    assert _command(went_on).endswith("--start PREVIOUS/weights.pt --test --package DIR")
+    assert _start_sha256(went_on) == hashlib.sha256(b"earlier weights").hexdigest()
+    assert _rounds(went_on) == (
+        "1 round of 2000 steps, each after mining the false positives of the weights so far"
+    )
+    fresh = dict(_RUN, start="None")
+    assert _start_sha256(fresh) is None and "--start" not in _command(fresh)
+    assert _rounds(fresh).startswith("3 rounds of 2000 steps, the false positives of each")
