@@ -101,8 +101,9 @@ def _card(
         []
         if start is None
         else [
-            f"- Went on from weights with SHA-256 {start} (`--start`; lesion-detect 0.1.0's, "
-            "trained from scratch by the command in its model card, in git history): they "
+            f"- Went on from weights with SHA-256 {start} (`--start`; the earlier package "
+            "whose `model.toml` gives that `sha256` is in git history, with the command that "
+            "trained it from scratch in its card): they "
             f"mined {int(args['mined'])} false positives per training scan with the new "
             "candidates, then trained on at a learning rate of "
             f"{float(args['finetune_lr']):g}.",
