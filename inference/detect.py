@@ -2,7 +2,9 @@
 
 1. The volume is regridded to 1.25 mm cubes (``inference.candidates.regrid``) and its blob
    candidates found (``[input] candidates``: how many bright, dark and solid-organ blobs;
-   ``[input] ground_glass``: how many faint lung blobs, 0 unless the CNN was trained so).
+   ``[input] ground_glass``: how many faint lung blobs, ``[input] organ_snr``: how many
+   blobs of each sign inside solid organs by contrast to noise; each 0 unless the CNN was
+   trained so).
 2. Each candidate's patches are scored by the package's ``CandidateNet``.
 3. One detection per place (``[input] suppress_mm``), those at or above the label's
    threshold kept; each is outlined (``inference.candidates.outline``) and its voxels carry
