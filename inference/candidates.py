@@ -184,7 +184,7 @@ def find_candidates(
         families.append((2, o_bright, _peaks(o_bright.value, solid, organ_keep)))
         families.append((3, o_dark, _peaks(o_dark.value, solid, organ_keep)))
     if ground_glass_keep:
-        families.append((4, *_ground_glass(hu, ground_glass_keep)))
+        families.extend(_ground_glass(hu, ground_glass_keep))
     if organ_snr_keep:
         families.extend(_organ_snr(hu, organ_snr_keep))
     points = np.concatenate([p for _, _, p in families]).reshape(-1, 3)
@@ -200,14 +200,14 @@ def find_candidates(
 
 def _ground_glass(
     hu: npt.NDArray[np.float32], keep: int
-) -> tuple[_Response, npt.NDArray[np.int64]]:
-    """The ground-glass family: bright blobs of the opened, clipped lungs."""
+) -> list[tuple[int, _Response, npt.NDArray[np.int64]]]:
+    """Family 4, ground glass: bright blobs of the opened, clipped lungs."""
     z, y, x = np.ogrid[tuple(slice(-_OPEN_RADIUS, _OPEN_RADIUS + 1) for _ in range(3))]
     ball = z**2 + y**2 + x**2 <= _OPEN_RADIUS**2
     opened = ndimage.grey_opening(np.clip(hu, *GROUND_GLASS), footprint=ball)
     response, _ = _responses(opened)
     lung = ndimage.uniform_filter(hu, 9) < -500
-    return response, _peaks(response.value, lung, keep)
+    return [(4, response, _peaks(response.value, lung, keep))]
 
 
 def _organ_snr(

@@ -56,6 +56,18 @@ def log(*a: object) -> None:
 KEEP = {"bright": 600, "dark": 200, "organ": 0, "ground_glass": 0, "organ_snr": 0}
 
 
+def _keep(args: dict[str, str]) -> dict[str, int]:
+    """``KEEP`` of a run from its arguments as ``probe.json`` records them (older runs lack
+    the optional streams: 0)."""
+    return {
+        "bright": int(args["keep"]),
+        "dark": int(args["keep"]) // 3,
+        "organ": int(args["organ"]),
+        "ground_glass": int(args.get("ground_glass", 0)),
+        "organ_snr": int(args.get("organ_snr", 0)),
+    }
+
+
 class Scan(NamedTuple):
     hu: Any  # on the candidates' isotropic grid
     lab: Any  # lesion labels 1..n on that grid
@@ -371,10 +383,7 @@ def main() -> None:
             ap.error("--from-run needs --package DIR or --reevaluate")
         earlier = json.loads((a.out / "probe.json").read_text())
         if a.reevaluate:  # the same weights and candidates, this version's evaluation
-            keep = earlier["args"]
-            KEEP.update(bright=int(keep["keep"]), dark=int(keep["keep"]) // 3)
-            KEEP.update(organ=int(keep["organ"]), ground_glass=int(keep.get("ground_glass", 0)))
-            KEEP.update(organ_snr=int(keep.get("organ_snr", 0)))
+            KEEP.update(_keep(earlier["args"]))
 
             def resave() -> None:
                 (a.out / "probe.json").write_text(json.dumps(earlier, indent=1))
@@ -385,9 +394,8 @@ def main() -> None:
             _package(a.out / "candidate_net.pt", earlier, a)
         return
     a.out.mkdir(parents=True, exist_ok=True)
-    KEEP.update(bright=a.keep, dark=a.keep // 3, organ=a.organ, ground_glass=a.ground_glass)
-    KEEP.update(organ_snr=a.organ_snr)
     result: dict[str, Any] = {"args": {k: str(v) for k, v in vars(a).items()}}
+    KEEP.update(_keep(result["args"]))
 
     def save() -> None:
         (a.out / "probe.json").write_text(json.dumps(result, indent=1))

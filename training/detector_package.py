@@ -72,10 +72,17 @@ def _streams(args: dict[str, str]) -> dict[str, int]:
     return {key: int(args[key]) for key, *_ in _STREAMS if int(args.get(key, 0))}
 
 
+def _start(args: dict[str, str]) -> Path | None:
+    """The weights a probe run went on from (``--start``); None for a run from scratch
+    (``args`` holds ``str(None)`` then, or no key in older runs)."""
+    start = args.get("start", "None")
+    return None if start == "None" else Path(start)
+
+
 def _rounds(args: dict[str, str]) -> str:
     rounds, steps = int(args["rounds"]), int(args["steps"])
     text = f"{rounds} round{'s' if rounds > 1 else ''} of {steps} steps"
-    if args.get("start", "None") != "None":
+    if _start(args) is not None:
         return text + ", each after mining the false positives of the weights so far"
     return (
         text
@@ -86,10 +93,8 @@ def _rounds(args: dict[str, str]) -> str:
 def _start_sha256(args: dict[str, str]) -> str | None:
     """The SHA-256 of the weights a run went on from (``--start``), None for a run from
     scratch; an error if they are no longer where the run read them."""
-    start = args.get("start", "None")
-    if start == "None":
-        return None
-    return hashlib.sha256(Path(start).read_bytes()).hexdigest()
+    start = _start(args)
+    return None if start is None else hashlib.sha256(start.read_bytes()).hexdigest()
 
 
 def _card(
@@ -179,7 +184,7 @@ def _command(args: dict[str, str]) -> str:
         f"--out OUT --train {args['train']} --steps {args['steps']} --rounds {args['rounds']} "
         f"--keep {args['keep']} --organ {args['organ']} "
         + "".join(f"{option} {streams[k]} " for k, option, _ in _STREAMS if k in streams)
-        + ("" if args.get("start", "None") == "None" else "--start PREVIOUS/weights.pt ")
+        + ("" if _start(args) is None else "--start PREVIOUS/weights.pt ")
         + "--test --package DIR"
     )
 
