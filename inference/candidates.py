@@ -24,6 +24,9 @@ training and the worker cut the same patches.
 - ``outline``: a detection's voxels: the part of its blob brighter (darker) than halfway
   between its inside and its surroundings, connected to its centre, within 1.5 times the
   blob's radius.
+- ``lesion_outline``: a detection outlined at its lesion's scale: where its own outline
+  runs into its bound, the largest candidate of the same sign that holds it gives the
+  outline.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ __all__ = [
     "PATCH",
     "Candidates",
     "find_candidates",
+    "lesion_outline",
     "outline",
     "patches",
     "regrid",
@@ -72,6 +76,8 @@ _FILL_SIGMA = 6.0
 _HOLE_PX = 600
 #: ``Candidates.family`` codes of blobs brighter than around them.
 BRIGHT_FAMILIES = (0, 2, 4, 5)
+#: Larger blobs ``lesion_outline`` tries, largest first.
+_LARGER = 6
 
 
 @dataclass(frozen=True, slots=True)
@@ -332,3 +338,52 @@ def outline(
     mine = labels[at]
     mask = labels == mine if mine else dist <= r
     return (where[0], where[1], where[2]), np.asarray(mask, np.bool_)
+
+
+def lesion_outline(
+    hu: npt.NDArray[np.float32], found: Candidates, i: int
+) -> tuple[tuple[slice, slice, slice], npt.NDArray[np.bool_]]:
+    """Detection ``i`` of ``found`` outlined at its lesion's scale, as ``outline`` returns it.
+
+    The best-scored candidate of a large lesion is often a small blob inside it (the noise
+    or texture of an 18 mm liver lesion answers at 5 mm), and ``outline`` at that blob's
+    scale keeps a sliver: its region runs into the 1.5 radii it may take. Where it does,
+    the larger candidates of the same sign whose sphere holds the detection's centre are
+    outlined, largest first (up to ``_LARGER``), and the first whose own outline holds that
+    centre too is the outline. An outline that closes within its bound is a whole object
+    (a nodule beside a vessel or the heart) and stays as it is. On the 64 validation
+    scans (seeds 1202 and 1203) the outline Dice of the 31 lesions >= 5 mm that
+    ``models/lesion-detect`` finds went 0.81 -> 0.85, the shifted ones' 0.76 -> 0.82; no
+    other rule tried did as well (docs/lesion-seg-anatomy.md)."""
+    centre = found.points[i]
+    bright = bool(found.bright[i])
+    diameter = float(found.diameter_mm[i])
+    where, mask = outline(hu, centre, diameter, bright=bright)
+    if not _reaches_bound(where, mask, centre, max(diameter / 2 / ISO_MM, 1.0)):
+        return where, mask
+    reach = np.linalg.norm((found.points - centre) * ISO_MM, axis=1)
+    larger = np.flatnonzero(
+        (found.bright == bright)
+        & (found.diameter_mm > diameter * 1.01)
+        & (reach <= found.diameter_mm / 2)
+    )
+    for j in larger[np.argsort(-found.diameter_mm[larger], kind="stable")][:_LARGER]:
+        big_where, big = outline(hu, found.points[j], float(found.diameter_mm[j]), bright=bright)
+        at = tuple(int(p) - w.start for p, w in zip(centre, big_where, strict=True))
+        if all(0 <= a < n for a, n in zip(at, big.shape, strict=True)) and big[at]:
+            return big_where, big
+    return where, mask
+
+
+def _reaches_bound(
+    where: tuple[slice, slice, slice],
+    mask: npt.NDArray[np.bool_],
+    centre: npt.NDArray[np.int64],
+    radius: float,
+) -> bool:
+    """Whether an ``outline`` of a blob of ``radius`` voxels comes within half a voxel of
+    the 1.5 radii it may take: the region goes on beyond it."""
+    at = [int(p) - w.start for p, w in zip(centre, where, strict=True)]
+    zz, yy, xx = np.ogrid[tuple(slice(-a, n - a) for a, n in zip(at, mask.shape, strict=True))]
+    rim = np.sqrt(zz**2 + yy**2 + xx**2) >= 1.5 * radius - 0.5
+    return bool((mask & rim).any())

@@ -7,8 +7,8 @@
    trained so).
 2. Each candidate's patches are scored by the package's ``CandidateNet``.
 3. One detection per place (``[input] suppress_mm``), those at or above the label's
-   threshold kept; each is outlined (``inference.candidates.outline``) and its voxels carry
-   its score.
+   threshold kept; each is outlined at its lesion's scale
+   (``inference.candidates.lesion_outline``) and its voxels carry its score.
 4. The map goes back to the volume's own grid (nearest voxel): ``(1, D, H, W)``, the score
    inside each detection and 0 elsewhere, so that lesions, measurements, SEG, SR and heat
    map are made from it exactly as from a segmentation model's probabilities.
@@ -25,7 +25,14 @@ import torch
 from torch import nn
 
 from dicomio.records import Volume
-from inference.candidates import ISO_MM, find_candidates, outline, patches, regrid, suppress
+from inference.candidates import (
+    ISO_MM,
+    find_candidates,
+    lesion_outline,
+    patches,
+    regrid,
+    suppress,
+)
 from inference.execute import segment
 from inference.package import LoadedModel
 
@@ -108,9 +115,7 @@ def detect(model: LoadedModel, volume: Volume, *, batch: int = 256) -> Detected:
     kept = kept[scores[kept] >= label.threshold]
     iso = np.zeros(hu.shape, np.float32)
     for i in kept[::-1]:  # the strongest last: where outlines meet, it keeps its score
-        where, mask = outline(
-            hu, found.points[i], float(found.diameter_mm[i]), bright=bool(found.bright[i])
-        )
+        where, mask = lesion_outline(hu, found, int(i))
         iso[where][mask] = scores[i]
     probability = _back(iso, volume.array.shape)[None]
     detections = tuple(

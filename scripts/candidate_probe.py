@@ -160,7 +160,7 @@ def _mine_part(args: tuple[str, int, int, str, int]) -> Any:
 
 
 def _eval_part(args: tuple[int, int, bool, str, dict[str, int]]) -> dict[str, Any]:
-    from inference.candidates import ISO_MM, outline, patches, suppress
+    from inference.candidates import ISO_MM, lesion_outline, outline, patches, suppress
     from inference.detect import score
 
     index, seed, shift, weights, keep = args
@@ -172,16 +172,26 @@ def _eval_part(args: tuple[int, int, bool, str, dict[str, int]]) -> dict[str, An
     grown = ndimage.grey_dilation(lab, size=3)
     hit = grown[tuple(cand.points[kept].T)] if len(kept) else np.zeros(0, np.int32)
     sizes = np.bincount(lab.ravel(), minlength=len(diameters) + 1)
-    dice = []  # of each detection's outline with the lesion it is in (-1: in none)
+    # of each detection's outline with the lesion it is in (-1: in none): as the worker
+    # outlines it (``lesion_outline``) and at its own blob's scale (``outline``)
+    dice: list[float] = []
+    blob_dice: list[float] = []
     for i, k in zip(kept, hit, strict=True):
         if k == 0:
             dice.append(-1.0)
+            blob_dice.append(-1.0)
             continue
-        where, mask = outline(
-            hu, cand.points[i], float(cand.diameter_mm[i]), bright=bool(cand.bright[i])
-        )
-        both = int(np.count_nonzero(mask & (lab[where] == k)))
-        dice.append(2 * both / (int(mask.sum()) + int(sizes[k])))
+        for out, (where, mask) in (
+            (dice, lesion_outline(hu, cand, int(i))),
+            (
+                blob_dice,
+                outline(
+                    hu, cand.points[i], float(cand.diameter_mm[i]), bright=bool(cand.bright[i])
+                ),
+            ),
+        ):
+            both = int(np.count_nonzero(mask & (lab[where] == k)))
+            out.append(2 * both / (int(mask.sum()) + int(sizes[k])))
     return {
         "seed": seed,
         "index": index,
@@ -189,6 +199,7 @@ def _eval_part(args: tuple[int, int, bool, str, dict[str, int]]) -> dict[str, An
         "scores": [float(x) for x in s[kept]],
         "lesion": [int(x) for x in hit],  # 0: in no lesion; k: in lesion k (1-based)
         "outline_dice": [round(d, 4) for d in dice],
+        "blob_outline_dice": [round(d, 4) for d in blob_dice],
         "candidates": len(cand),
         "best_in_lesion": [
             float(s[at == k].max(initial=0.0)) for k in range(1, len(diameters) + 1)
@@ -253,13 +264,16 @@ def by_size(scans: list[dict[str, Any]], t: float) -> dict[str, str]:
     return out
 
 
-def outline_dice(scans: list[dict[str, Any]], t: float) -> dict[str, float]:
+def outline_dice(
+    scans: list[dict[str, Any]], t: float, key: str = "outline_dice"
+) -> dict[str, float]:
     """Mean Dice of the outline of each lesion >= 5 mm found at ``t`` (that of its
-    best-scored detection, ``inference.candidates.outline``)."""
+    best-scored detection, ``inference.candidates.lesion_outline``; with ``key =
+    "blob_outline_dice"``, ``outline`` at the detection's own blob, as before 2026-12-06)."""
     found: list[float] = []
     for sc in scans:
         best: dict[int, tuple[float, float]] = {}
-        for k, sco, d in zip(sc["lesion"], sc["scores"], sc.get("outline_dice", []), strict=True):
+        for k, sco, d in zip(sc["lesion"], sc["scores"], sc.get(key, []), strict=True):
             if k > 0 and sco >= t and sc["diameters"][k - 1] >= 5 and sco > best.get(k, (-1, 0))[0]:
                 best[k] = (sco, d)
         found += [d for _, d in best.values()]
@@ -475,12 +489,14 @@ def _evaluate_all(
         "froc": rows,
         "chosen": point,
         "outline_dice": outline_dice(val, point["threshold"]),
+        "blob_outline_dice": outline_dice(val, point["threshold"], "blob_outline_dice"),
         "by_size": by_size(val, point["threshold"]),
         "candidates_per_scan": float(np.mean([s["candidates"] for s in val])),
         "lesions_with_a_candidate_5mm": covered(val),
         "scans": val,
     }
     log("validation", json.dumps(rows, indent=0), result["validation"]["by_size"])
+    log("validation outlines", result["validation"]["outline_dice"])
     save()
     if a.test:
         for name, sets in (("shifted", [(2201, 100, True)]), ("ordinary", [(2202, 60, False)])):
@@ -488,12 +504,13 @@ def _evaluate_all(
             result[name] = {
                 "at_chosen": at_threshold(scans, point["threshold"]),
                 "outline_dice": outline_dice(scans, point["threshold"]),
+                "blob_outline_dice": outline_dice(scans, point["threshold"], "blob_outline_dice"),
                 "by_size": by_size(scans, point["threshold"]),
                 "froc": froc(scans),
                 "scans": scans,
             }
             log(name, result[name]["at_chosen"], result[name]["by_size"])
-            log(name, "outlines", result[name]["outline_dice"])
+            log(name, "outlines", result[name]["outline_dice"], result[name]["blob_outline_dice"])
             save()
         if a.package:
             _package(weights, result, a)

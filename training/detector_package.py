@@ -29,8 +29,10 @@ from training.export import export_package
 __all__ = ["anatomy_volume", "package_detector"]
 
 LESION = ["52988006", "SCT", "Lesion"]
-#: 0.1.0: candidates [900, 300, 150]; 0.2.0: the ground-glass and organ_snr streams too.
-VERSION = "0.2.0"
+#: 0.1.0: candidates [900, 300, 150]; 0.1.1: the same weights, each detection outlined at
+#: its lesion's scale (``inference.candidates.lesion_outline``). New weights or candidate
+#: streams: 0.2.0.
+VERSION = "0.1.1"
 #: Training scans (seed 1201) and shifted validation scans (1203) the domain is built from.
 DOMAIN_SCANS = 40
 
@@ -97,6 +99,12 @@ def _start_sha256(args: dict[str, str]) -> str | None:
     return None if start is None else hashlib.sha256(start.read_bytes()).hexdigest()
 
 
+def _blob_dice(figures: dict[str, Any]) -> str:
+    """The same lesions' Dice with each outline at its own blob's scale, where a run has it."""
+    blob = figures.get("blob_outline_dice")
+    return "" if blob is None else f"; at the detection's own blob's scale {blob['mean_dice']:.2f}"
+
+
 def _card(
     probe: dict[str, Any], keep: tuple[int, int, int], threshold: float, start: str | None
 ) -> str:
@@ -140,8 +148,9 @@ def _card(
             f"scored by `candidate_net` (3 channels of {PATCH}³ voxels of {ISO_MM} mm: lung and "
             "soft-tissue window, lung window at twice the voxel size), one detection within 5 mm,",
             f"  threshold {threshold:.4f} (0.25 false positives per scan on validation); each",
-            "  detection outlined by a half-way threshold within 1.5 radii of its blob",
-            "  (`inference.candidates.outline`).",
+            "  detection outlined by a half-way threshold within 1.5 radii of its blob or,",
+            "  where that outline runs into its bound, of the largest blob of its sign that",
+            "  holds it (`inference.candidates.lesion_outline`).",
             f"- Trained by `python scripts/candidate_probe.py {_command(args)}` on "
             f"{training['scans']} anatomy scans (seed 1201; {training['lesions']} lesions; "
             f"{training['positives']} lesion and {training['negatives']} other patches), "
@@ -167,7 +176,7 @@ def _card(
             "lesion >= 5 mm found:",
             *(
                 f"- {name}: {probe[name]['outline_dice']['mean_dice']:.2f} "
-                f"({probe[name]['outline_dice']['lesions']} lesions)"
+                f"({probe[name]['outline_dice']['lesions']} lesions)" + _blob_dice(probe[name])
                 for name in ("shifted", "ordinary")
             ),
             "",

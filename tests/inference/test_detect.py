@@ -17,7 +17,16 @@ import torch
 from scipy import ndimage
 
 from core.config import SeriesRule
-from inference.candidates import LUNG, PATCH, SOFT, find_candidates, outline, windowed
+from inference.candidates import (
+    LUNG,
+    PATCH,
+    SOFT,
+    Candidates,
+    find_candidates,
+    lesion_outline,
+    outline,
+    windowed,
+)
 from inference.detect import detect
 from inference.errors import ModelPackageError
 from inference.package import LoadedModel
@@ -225,3 +234,49 @@ def test_a_part_solid_nodule_is_outlined_with_its_ground_glass() -> None:
     hu += np.random.default_rng(3).normal(0, 15, shape).astype(np.float32)
     drawn = _outlined(hu, bright=True)
     assert dice(drawn, nodule) >= 0.9, dice(drawn, nodule)
+
+
+def _candidates(*blobs: tuple[tuple[int, int, int], float, int]) -> Candidates:
+    """Candidates by hand: (point, diameter mm, family) each (family 0 bright, 1 dark)."""
+    return Candidates(
+        points=np.array([p for p, _, _ in blobs], np.int64),
+        response=np.ones(len(blobs), np.float32),
+        family=np.array([f for _, _, f in blobs], np.uint8),
+        diameter_mm=np.array([d for _, d, _ in blobs], np.float32),
+    )
+
+
+def _drawn(shape: tuple[int, ...], where: tuple[slice, ...], mask: np.ndarray) -> np.ndarray:
+    out = np.zeros(shape, bool)
+    out[where] = mask
+    return out
+
+
+def test_a_small_blob_inside_a_large_lesion_is_outlined_at_the_lesions_scale() -> None:
+    """A 20 mm dark liver lesion whose best candidate is a 5 mm blob of its noise, off its
+    centre: the blob's own outline keeps a sliver; ``lesion_outline`` takes the larger
+    candidate of the same sign that holds it (not the even larger bright one there), and
+    the outline covers the lesion."""
+    shape = (48, 48, 48)
+    lesion = _ball(shape, (24, 24, 24), 8.0)  # 1.25 mm voxels: 20 mm across
+    hu = np.where(lesion, 20.0, 60.0).astype(np.float32)
+    hu += np.random.default_rng(4).normal(0, 5, shape).astype(np.float32)
+    found = _candidates(((24, 27, 23), 5.2, 1), ((24, 24, 24), 31.2, 0), ((24, 24, 24), 22.5, 1))
+    small = outline(hu, found.points[0], 5.2, bright=False)
+    assert dice(_drawn(shape, *small), lesion) < 0.3
+    assert dice(_drawn(shape, *lesion_outline(hu, found, 0)), lesion) >= 0.85
+
+
+def test_a_nodule_beside_a_larger_structure_keeps_its_own_outline() -> None:
+    """A 6 mm nodule 2 mm of lung away from a larger ball whose candidate reaches it and
+    whose outline would take it in: the nodule's own outline closes within its bound, so
+    it is the outline, without the ball."""
+    shape = (48, 48, 64)
+    ball = _ball(shape, (24, 24, 16), 7.0)
+    nodule = _ball(shape, (24, 24, 27), 2.5)
+    hu = np.where(ball | nodule, 40.0, -850.0).astype(np.float32)
+    hu += np.random.default_rng(5).normal(0, 15, shape).astype(np.float32)
+    found = _candidates(((24, 24, 27), 5.2, 0), ((24, 24, 16), 31.2, 0))
+    drawn = _drawn(shape, *lesion_outline(hu, found, 0))
+    assert dice(drawn, nodule) >= 0.7, dice(drawn, nodule)
+    assert not (drawn & ball).any()
