@@ -78,6 +78,8 @@ _HOLE_PX = 600
 BRIGHT_FAMILIES = (0, 2, 4, 5)
 #: Larger blobs ``lesion_outline`` tries, largest first.
 _LARGER = 6
+#: How far (blob radii) an ``outline`` may reach from its centre.
+_OUTLINE_REACH = 1.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,14 +320,14 @@ def outline(
     scans, seeds 9000-9119: outline Dice of the 11 part-solid nodules found 0.46 -> 0.58,
     the 58 solid 0.84 either way). A centre that falls outside its own threshold (noise)
     gets the sphere of the blob's diameter."""
-    r = max(diameter_mm / 2 / ISO_MM, 1.0)
+    r = _radius(diameter_mm)
     reach = int(np.ceil(2 * r)) + 2
     where = tuple(
         slice(max(0, int(p) - reach), min(n, int(p) + reach + 1))
         for p, n in zip(centre, hu.shape, strict=True)
     )
     sub = ndimage.gaussian_filter(hu[where].astype(np.float32), 0.7)
-    at = tuple(int(p) - w.start for p, w in zip(centre, where, strict=True))
+    at = _local(centre, where)
     zz, yy, xx = np.ogrid[tuple(slice(-a, n - a) for a, n in zip(at, sub.shape, strict=True))]
     dist = np.sqrt(zz**2 + yy**2 + xx**2)
     core = sub[tuple(slice(max(0, a - 1), a + 2) for a in at)].mean()
@@ -333,7 +335,7 @@ def outline(
     around = float(np.median(sub[shell])) if shell.any() else -1000.0
     inner = float(np.median(sub[dist <= 0.8 * r]))
     level = ((min(core, inner) if bright else max(core, inner)) + around) / 2
-    region = ((sub > level) if bright else (sub < level)) & (dist <= 1.5 * r)
+    region = ((sub > level) if bright else (sub < level)) & (dist <= _OUTLINE_REACH * r)
     labels, _ = ndimage.label(region)
     mine = labels[at]
     mask = labels == mine if mine else dist <= r
@@ -359,7 +361,7 @@ def lesion_outline(
     bright = bool(found.bright[i])
     diameter = float(found.diameter_mm[i])
     where, mask = outline(hu, centre, diameter, bright=bright)
-    if not _reaches_bound(where, mask, centre, max(diameter / 2 / ISO_MM, 1.0)):
+    if not _reaches_bound(where, mask, centre, _radius(diameter)):
         return where, mask
     reach = np.linalg.norm((found.points - centre) * ISO_MM, axis=1)
     larger = np.flatnonzero(
@@ -369,7 +371,7 @@ def lesion_outline(
     )
     for j in larger[np.argsort(-found.diameter_mm[larger], kind="stable")][:_LARGER]:
         big_where, big = outline(hu, found.points[j], float(found.diameter_mm[j]), bright=bright)
-        at = tuple(int(p) - w.start for p, w in zip(centre, big_where, strict=True))
+        at = _local(centre, big_where)
         if all(0 <= a < n for a, n in zip(at, big.shape, strict=True)) and big[at]:
             return big_where, big
     return where, mask
@@ -382,8 +384,19 @@ def _reaches_bound(
     radius: float,
 ) -> bool:
     """Whether an ``outline`` of a blob of ``radius`` voxels comes within half a voxel of
-    the 1.5 radii it may take: the region goes on beyond it."""
-    at = [int(p) - w.start for p, w in zip(centre, where, strict=True)]
+    the ``_OUTLINE_REACH`` radii it may take: the region goes on beyond it."""
+    at = _local(centre, where)
     zz, yy, xx = np.ogrid[tuple(slice(-a, n - a) for a, n in zip(at, mask.shape, strict=True))]
-    rim = np.sqrt(zz**2 + yy**2 + xx**2) >= 1.5 * radius - 0.5
+    rim = np.sqrt(zz**2 + yy**2 + xx**2) >= _OUTLINE_REACH * radius - 0.5
     return bool((mask & rim).any())
+
+
+def _radius(diameter_mm: float) -> float:
+    """A blob's radius in voxels of ``ISO_MM``, at least one: what ``outline`` works in."""
+    return max(diameter_mm / 2 / ISO_MM, 1.0)
+
+
+def _local(point: npt.NDArray[np.int64], where: tuple[slice, ...]) -> tuple[int, int, int]:
+    """``point`` of the whole grid as an index into the block ``where`` (may lie outside)."""
+    k, j, i = (int(p) - w.start for p, w in zip(point, where, strict=True))
+    return k, j, i

@@ -195,10 +195,9 @@ def test_detection_needs_its_candidates_and_one_label(tmp_path: Path) -> None:
 def _outlined(hu: np.ndarray, *, bright: bool) -> np.ndarray:
     """The outline of the strongest candidate of its kind, on the whole grid."""
     found = find_candidates(hu, bright_keep=3 if bright else 0, dark_keep=0 if bright else 3)
-    where, mask = outline(hu, found.points[0], float(found.diameter_mm[0]), bright=bright)
-    drawn = np.zeros(hu.shape, bool)
-    drawn[where] = mask
-    return drawn
+    return _drawn(
+        hu.shape, *outline(hu, found.points[0], float(found.diameter_mm[0]), bright=bright)
+    )
 
 
 def test_an_outline_keeps_to_its_blob_where_a_vessel_touches_it() -> None:
