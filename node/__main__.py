@@ -87,7 +87,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _cmd_serve(cfg: NodeConfig) -> int:
+    import faulthandler
     import os
+    import signal
 
     from core.metrics import MULTIPROC_ENV
 
@@ -97,6 +99,9 @@ def _cmd_serve(cfg: NodeConfig) -> int:
     from node.service import ServeError, serve
 
     configure_logging(cfg.logging)
+    # ``kill -USR1 PID`` writes every thread's stack to stderr: where a node that does not
+    # stop (or answer) is waiting, without stopping it.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         return serve(cfg)
     except ServeError as exc:

@@ -152,7 +152,15 @@ class NodeProcess:
         """SIGTERM and wait; return the exit code."""
         assert self.proc is not None
         self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(timeout)
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            # where it waits: serve writes every thread's stack on SIGUSR1 (faulthandler)
+            self.proc.send_signal(signal.SIGUSR1)
+            time.sleep(2)
+            raise AssertionError(
+                f"ainode did not exit within {timeout} s of SIGTERM:\n{self.output()[-20000:]}"
+            ) from None
         self._log_handle.close()
         return code
 

@@ -140,3 +140,21 @@ def test_sigterm_stops_a_busy_worker_within_the_grace_and_releases_its_job(
     assert (status, attempts, owner) == ("todo", 0, None)  # claimable at once, not counted
     assert "which was stopping" in (error or "")
     assert "released: this worker is stopping before it finished" in node.output()
+
+
+def test_sigusr1_writes_where_each_thread_waits_and_serve_goes_on(
+    node_factory, tmp_path: Path
+) -> None:
+    node, cfg = node_factory(node={"listener_processes": 2})
+    assert node.proc is not None
+    os.kill(node.proc.pid, signal.SIGUSR1)
+    deadline = time.monotonic() + 20
+    while "most recent call first" not in node.output():
+        assert time.monotonic() < deadline, "no stacks written after SIGUSR1"
+        time.sleep(0.1)
+    time.sleep(0.5)  # the rest of the dump
+    main = r"Current thread .*\n(  File .*\n)*  File .*service\.py.* in serve"
+    assert re.search(main, node.output())
+    assert node.proc.poll() is None  # it goes on: stores, then stops as usual
+    assert storescu(cfg.node.port, write_ct_series(tmp_path / "ct", count=1)).returncode == 0
+    assert node.terminate() == 0
