@@ -30,9 +30,10 @@ __all__ = ["anatomy_volume", "package_detector"]
 
 LESION = ["52988006", "SCT", "Lesion"]
 #: 0.1.0: candidates [900, 300, 150]; 0.1.1: the same weights, each detection outlined at
-#: its lesion's scale (``inference.candidates.lesion_outline``). New weights or candidate
-#: streams: 0.2.0.
-VERSION = "0.1.1"
+#: its lesion's scale (``inference.candidates.lesion_outline``); 0.1.2: the same weights, of
+#: the outlines at several scales the one with the steepest border. New weights or
+#: candidate streams: 0.2.0.
+VERSION = "0.1.2"
 #: Training scans (seed 1201) and shifted validation scans (1203) the domain is built from.
 DOMAIN_SCANS = 40
 

@@ -279,3 +279,20 @@ def test_a_nodule_beside_a_larger_structure_keeps_its_own_outline() -> None:
     drawn = _drawn(shape, *lesion_outline(hu, found, 0))
     assert dice(drawn, nodule) >= 0.7, dice(drawn, nodule)
     assert not (drawn & ball).any()
+
+
+def test_a_larger_outline_through_a_gentle_slope_loses_to_the_lesions_own_edge() -> None:
+    """A 25 mm dark lesion in tissue that brightens slowly away from it (5 HU a voxel): its
+    own candidate's outline is the lesion but touches its bound, so the larger candidate
+    there is outlined too; with that one's brighter surroundings its threshold lies on the
+    slope and its outline takes a rim of tissue in. The steeper border wins: the lesion's."""
+    shape = (56, 56, 56)
+    zz, yy, xx = np.ogrid[:56, :56, :56]
+    dist = np.sqrt((zz - 28) ** 2 + (yy - 28) ** 2 + (xx - 28) ** 2)
+    lesion = dist <= 10.0
+    hu = np.where(lesion, 20.0, np.clip(40.0 + 5.0 * (dist - 10.0), 40.0, 100.0))
+    hu = (hu + np.random.default_rng(6).normal(0, 3, shape)).astype(np.float32)
+    found = _candidates(((28, 28, 28), 17.0, 1), ((28, 28, 28), 31.2, 1))
+    larger = _drawn(shape, *outline(hu, found.points[1], 31.2, bright=False))
+    assert dice(larger, lesion) < 0.7  # the rim of tissue the larger scale takes
+    assert dice(_drawn(shape, *lesion_outline(hu, found, 0)), lesion) >= 0.9
