@@ -298,7 +298,7 @@ def _bn_block(cin: int, cout: int) -> nn.Sequential:
 
 
 class CandidateNet(nn.Module):
-    """A candidate's patches (``channels`` of 24³, ``inference.candidates.patches``) → one
+    """A candidate's patches (``channels`` of 24³, ``inference.patches.patches``) → one
     logit: lesion at the centre or not. 209 k parameters with the defaults."""
 
     def __init__(self, channels: int = 3, base: int = 16) -> None:

@@ -1,4 +1,4 @@
-"""Lesion candidates, their patches and outlines: the first and last stage of the detector.
+"""Lesion candidates and their outlines: the first and last stage of the detector.
 
 The U-Net of ``training.patch_seg`` needs a GPU (a step of 8 patches of 32 x 96 x 96 takes
 8-10 s on two CPU cores) and, after its first lease, still missed every nodule under 7 mm.
@@ -6,7 +6,7 @@ This is the classical alternative for small nodules (the LUNA16 pipeline): a blo
 proposes a few hundred places per scan, and a small 3-D CNN looks at each one and tells
 lesion from vessel seen end-on, airway wall or rib tip (``inference.architectures.CandidateNet``,
 trained by ``training.candidate_net``, run by ``inference.detect``). Numpy and scipy only:
-training and the worker cut the same patches.
+training and the worker find the same candidates (their patches: ``inference.patches``).
 
 - ``regrid``: the scan on an isotropic grid of ``ISO_MM``.
 - ``find_candidates``: local maxima of the scale-normalised Laplacian of Gaussian
@@ -18,8 +18,6 @@ training and the worker cut the same patches.
   with ``ground_glass_keep``, faint blobs in the lungs once the vessels are opened away;
   with ``organ_snr_keep``, blobs inside solid organs ranked by their contrast against the
   organ's own noise, the organ's surroundings filled in so its borders give none.
-- ``patches``: each candidate as three 24³ channels: lung window and soft-tissue window at
-  ``ISO_MM`` (30 mm across) and the lung window at twice that (60 mm, the context).
 - ``suppress``: one detection per place (non-maximum suppression by distance).
 - ``outline``: a detection's voxels: the part of its blob brighter (darker) than halfway
   between its inside and its surroundings, connected to its centre, within 1.5 times the
@@ -41,25 +39,18 @@ from scipy import ndimage
 
 __all__ = [
     "ISO_MM",
-    "PATCH",
     "Candidates",
     "find_candidates",
     "lesion_outline",
     "outline",
-    "patches",
     "regrid",
     "suppress",
-    "windowed",
 ]
 
 #: Voxel size (mm) of the grid candidates are found and cut on.
 ISO_MM = 1.25
-#: Patch edge in voxels (both scales).
-PATCH = 24
 #: Gaussian scales (mm): a sphere of diameter d answers most at sigma = d / (2 sqrt 3): 3-30 mm.
 SCALES_MM = (1.0, 1.5, 2.2, 3.2, 4.6, 6.5, 9.0)
-#: Windows (HU) of the channels: lung and soft tissue.
-LUNG, SOFT = (-1000.0, 400.0), (-160.0, 240.0)
 #: HU range of solid organs (liver, spleen, kidneys, with or without contrast).
 ORGAN = (-20.0, 250.0)
 #: HU range of ground glass over lung: what the ground-glass stream sees.
@@ -249,42 +240,6 @@ def _with_small_holes(mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
             small = np.bincount(labels.ravel()) <= _HOLE_PX
             small[0] = False
             out[z] |= small[labels]
-    return out
-
-
-def windowed(hu: npt.NDArray[np.floating], window: tuple[float, float]) -> npt.NDArray[np.float32]:
-    low, high = window
-    scaled = (np.asarray(hu, np.float32) - np.float32(low)) / np.float32(high - low)
-    return np.asarray(np.clip(scaled, 0.0, 1.0), np.float32)
-
-
-def _cut(
-    volume: npt.NDArray[np.float32], centre: npt.NDArray[np.int64], size: int, fill: float
-) -> npt.NDArray[np.float32]:
-    """A ``size``³ cube of ``volume`` centred on ``centre`` (its voxel ``size // 2``), ``fill``
-    outside the volume."""
-    out = np.full((size, size, size), fill, np.float32)
-    start = centre - size // 2
-    src = tuple(
-        slice(max(0, int(a)), min(n, int(a) + size))
-        for a, n in zip(start, volume.shape, strict=True)
-    )
-    dst = tuple(slice(s.start - int(a), s.stop - int(a)) for s, a in zip(src, start, strict=True))
-    if all(s.stop > s.start for s in src):
-        out[dst] = volume[src]
-    return out
-
-
-def patches(hu: npt.NDArray[np.float32], points: npt.NDArray[np.int64]) -> npt.NDArray[np.float16]:
-    """(n, 3, PATCH, PATCH, PATCH): lung and soft-tissue window at ``ISO_MM``, lung window
-    at twice ``ISO_MM``, each centred on its point (air outside the scan)."""
-    coarse = ndimage.zoom(hu, 0.5, order=1) if len(points) else hu
-    out = np.empty((len(points), 3, PATCH, PATCH, PATCH), np.float16)
-    for i, p in enumerate(points):
-        fine = _cut(hu, p, PATCH, -1000.0)
-        out[i, 0] = windowed(fine, LUNG)
-        out[i, 1] = windowed(fine, SOFT)
-        out[i, 2] = windowed(_cut(coarse, p // 2, PATCH, -1000.0), LUNG)
     return out
 
 

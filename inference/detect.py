@@ -5,7 +5,8 @@
    ``[input] ground_glass``: how many faint lung blobs, ``[input] organ_snr``: how many
    blobs of each sign inside solid organs by contrast to noise; each 0 unless the CNN was
    trained so).
-2. Each candidate's patches are scored by the package's ``CandidateNet``.
+2. Each candidate's patches (``inference.patches``, the views ``[input] patch_channels``
+   names) are scored by the package's ``CandidateNet``.
 3. One detection per place (``[input] suppress_mm``), those at or above the label's
    threshold kept; each is outlined at its lesion's scale
    (``inference.candidates.lesion_outline``) and its voxels carry its score.
@@ -29,12 +30,12 @@ from inference.candidates import (
     ISO_MM,
     find_candidates,
     lesion_outline,
-    patches,
     regrid,
     suppress,
 )
 from inference.execute import segment
 from inference.package import LoadedModel
+from inference.patches import patches
 
 __all__ = ["Detected", "Detection", "detect", "score", "voxel_probabilities"]
 
@@ -64,7 +65,7 @@ def score(
     device: torch.device | None = None,
     batch: int = 256,
 ) -> npt.NDArray[np.float32]:
-    """Lesion probability of each candidate's patches ``(n, 3, 24, 24, 24)``."""
+    """Lesion probability of each candidate's patches ``(n, channels, 24, 24, 24)``."""
     out = []
     for k in range(0, len(x), batch):
         chunk = torch.from_numpy(x[k : k + batch]).float()
@@ -109,7 +110,8 @@ def detect(model: LoadedModel, volume: Volume, *, batch: int = 256) -> Detected:
         ground_glass_keep=spec.input.ground_glass,
         organ_snr_keep=spec.input.organ_snr,
     )
-    scores = score(model.module, patches(hu, found.points), device=model.device, batch=batch)
+    x = patches(hu, found.points, spec.input.patch_channels)
+    scores = score(model.module, x, device=model.device, batch=batch)
     kept = suppress(found.points, scores, radius=spec.input.suppress_mm / ISO_MM)
     (label,) = spec.labels  # a detection package has one (inference.spec)
     kept = kept[scores[kept] >= label.threshold]

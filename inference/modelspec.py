@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from inference.domain import Domain
+from inference.patches import DEFAULT_CHANNELS
 
 __all__ = ["DomainFile", "InputSpec", "LabelSpec", "ModelSpec", "sha256_file"]
 
@@ -42,6 +43,8 @@ class InputSpec:
     ground_glass: int = 0
     # ... and blobs inside solid organs by their contrast to the organ's noise (each sign)
     organ_snr: int = 0
+    # the views of each candidate the CNN sees (inference.patches.CHANNELS), in its order
+    patch_channels: tuple[str, ...] = DEFAULT_CHANNELS
     suppress_mm: float = 5.0
 
 

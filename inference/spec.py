@@ -30,6 +30,8 @@
     ground_glass = 0               # detection: faint lung blobs per scan (ground glass)
     organ_snr = 0                  # detection: blobs per scan and sign inside solid organs,
                                    #   ranked by contrast to the organ's noise
+    patch_channels = ["lung", "soft_tissue", "lung_coarse"]  # detection: the views of each
+                                   #   candidate the CNN sees, in its order (inference.patches)
     suppress_mm = 5.0              # detection: one detection within this distance
 
     [[output.labels]]
@@ -63,6 +65,7 @@ from inference.bundle import is_bundle, read_bundle
 from inference.domain import read_domain
 from inference.errors import ModelPackageError
 from inference.modelspec import DomainFile, InputSpec, LabelSpec, ModelSpec, sha256_file
+from inference.patches import CHANNELS, DEFAULT_CHANNELS
 
 __all__ = ["InputSpec", "LabelSpec", "ModelSpec", "read_spec", "sha256_file", "verify_package"]
 
@@ -144,7 +147,7 @@ def _input(table: Table, task: str) -> InputSpec:
     only = {
         "sequence": ("leads", "sampling_hz", "samples"),
         "progression": ("max_priors",),
-        "detection": ("candidates", "ground_glass", "organ_snr", "suppress_mm"),
+        "detection": ("candidates", "ground_glass", "organ_snr", "patch_channels", "suppress_mm"),
         "image": ("window", "target_spacing", "size", "patch"),
     }
     for group, keys in only.items():
@@ -180,10 +183,24 @@ def _input(table: Table, task: str) -> InputSpec:
         candidates=_candidates(table),
         ground_glass=table.integer("ground_glass", 0, 0, 100_000),
         organ_snr=table.integer("organ_snr", 0, 0, 100_000),
+        patch_channels=_patch_channels(table),
         suppress_mm=table.number("suppress_mm", 5.0, 0.5, 100.0),
     )
     table.finish()
     return spec
+
+
+def _patch_channels(table: Table) -> tuple[str, ...]:
+    if not table.has("patch_channels"):
+        return DEFAULT_CHANNELS
+    names = table.strings("patch_channels")
+    unknown = [n for n in names if n not in CHANNELS]
+    if unknown or not names or len(set(names)) < len(names):
+        raise table.fail(
+            "patch_channels",
+            f"must name each view once, of {', '.join(CHANNELS)} (got {list(names)})",
+        )
+    return names
 
 
 def _candidates(table: Table) -> tuple[int, int, int]:
@@ -300,6 +317,12 @@ def read_spec(folder: Path) -> ModelSpec:
     top = _table(data, where)
     model = _model(_table(top.raw("model") or {}, f"{where} [model]"), folder)
     inp = _input(_table(top.raw("input") or {}, f"{where} [input]"), model["task"])
+    views = model["parameters"].get("channels", 3)
+    if model.get("architecture") == "candidate_net" and views != len(inp.patch_channels):
+        raise ModelPackageError(
+            f"{where} [input] patch_channels: {len(inp.patch_channels)} view(s), but "
+            f"[model.parameters] channels = {views}: the network takes one view a channel"
+        )
     output = _table(top.raw("output") or {}, f"{where} [output]")
     labels = _labels(output.raw("labels"), where, model["task"])
     activation, background = _activation(output, len(labels), model["task"])

@@ -16,11 +16,11 @@ import numpy as np
 import torch
 
 from dicomio.records import Volume, Waveform, axial_volume
-from inference.candidates import PATCH
 from inference.detect import detect, score
 from inference.errors import ModelPackageError
 from inference.execute import classify, predict_change, predict_sequence, segment
 from inference.package import LoadedModel, check_outputs, load_package
+from inference.patches import PATCH
 
 __all__ = ["check_package", "load_and_try", "trial_run"]
 
@@ -66,7 +66,8 @@ def trial_run(model: LoadedModel) -> float:
             channels = segment(model, _volume(model), batch_size=1, amp=False).shape[0]
         elif task == "detection":
             detect(model, _volume(model))  # the whole path (a featureless volume: no blob)
-            one = score(model.module, np.zeros((1, 3, PATCH, PATCH, PATCH), np.float16))
+            views = len(model.spec.input.patch_channels)
+            one = score(model.module, np.zeros((1, views, PATCH, PATCH, PATCH), np.float16))
             if one.shape != (1,):
                 raise ValueError(f"one score per candidate expected, got shape {one.shape[1:]}")
             channels = 1

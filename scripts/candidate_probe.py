@@ -1,13 +1,15 @@
 """Can a lesion detector for the anatomy scans be trained on a CPU? Candidates + a small CNN.
 
     python scripts/candidate_probe.py --out OUT [--train 300] [--steps 2500] [--workers 2]
-        [--rounds 2 --mined 30] [--start WEIGHTS] [--keep 900] [--organ 150] [--test]
-        [--package DIR]
+        [--rounds 2 --mined 30] [--start WEIGHTS] [--keep 900] [--organ 150]
+        [--channels lung,soft_tissue,lung_coarse[,organ_smooth]] [--test] [--package DIR]
     python scripts/candidate_probe.py --out OUT --from-run [--reevaluate] [--test]
         [--package DIR]
 
 1. Training set (seed 1201, the seg sweep's): each scan regridded to 1.25 mm, its blob
-   candidates found (``inference.candidates``); positives are the candidates inside a lesion
+   candidates found (``inference.candidates``) and cut into the views ``--channels`` names
+   (``inference.patches``; a view ``--start``'s weights lack starts at zero weight);
+   positives are the candidates inside a lesion
    and up to ``--extra`` more points near each lesion's centre, negatives the strongest
    ``--hard`` candidates outside every lesion and ``--easy`` more drawn at random.
 2. ``training.candidate_net`` trained on them (CPU, fixed seed); each round after the first
@@ -54,6 +56,10 @@ def log(*a: object) -> None:
 
 
 KEEP = {"bright": 600, "dark": 200, "organ": 0, "ground_glass": 0, "organ_snr": 0}
+#: The patch views the CNN sees (``inference.patches.CHANNELS``), set from ``--channels``;
+#: runs before it and ``--start`` weights without it: the three of 0.1.
+FIRST_VIEWS = ("lung", "soft_tissue", "lung_coarse")
+VIEWS = list(FIRST_VIEWS)
 
 
 def _keep(args: dict[str, str]) -> dict[str, int]:
@@ -66,6 +72,11 @@ def _keep(args: dict[str, str]) -> dict[str, int]:
         "ground_glass": int(args.get("ground_glass", 0)),
         "organ_snr": int(args.get("organ_snr", 0)),
     }
+
+
+def _views(args: dict[str, str]) -> list[str]:
+    """``VIEWS`` of a run from its arguments."""
+    return args.get("channels", ",".join(FIRST_VIEWS)).split(",")
 
 
 class Scan(NamedTuple):
@@ -99,10 +110,12 @@ def _scan(seed: int, index: int, shift: bool) -> Scan:
     return Scan(hu, lab, diameters, cand, scan.section)
 
 
-def _train_part(args: tuple[int, int, int, int, int, str, dict[str, int]]) -> tuple[Any, Any, int]:
-    from inference.candidates import patches
+def _train_part(
+    args: tuple[int, int, int, int, int, str, dict[str, int], list[str]],
+) -> tuple[Any, Any, int]:
+    from inference.patches import patches
 
-    index, seed, extra, hard, easy, cache, keep = args
+    index, seed, extra, hard, easy, cache, keep, views = args
     KEEP.update(keep)
     rng = np.random.default_rng([seed, index, 7])
     hu, lab, diameters, cand, _ = _scan(seed, index, False)
@@ -128,45 +141,46 @@ def _train_part(args: tuple[int, int, int, int, int, str, dict[str, int]]) -> tu
     if len(rest):
         chosen += list(rng.choice(rest, min(easy, len(rest)), replace=False))
     return (
-        patches(hu, np.concatenate(pos)),
-        patches(hu, cand.points[np.asarray(chosen, int)]),
+        patches(hu, np.concatenate(pos), views),
+        patches(hu, cand.points[np.asarray(chosen, int)], views),
         len(diameters),
     )
 
 
-def _load(weights: str) -> Any:
+def _load(weights: str, channels: int = 3) -> Any:
     import torch
 
     from inference.architectures import CandidateNet
 
     torch.set_num_threads(1)
-    net = CandidateNet()
+    net = CandidateNet(channels=channels)
     net.load_state_dict(torch.load(weights, weights_only=True))
     return net.eval()
 
 
-def _mine_part(args: tuple[str, int, int, str, int]) -> Any:
+def _mine_part(args: tuple[str, int, int, str, int, list[str]]) -> Any:
     """The ``k`` negatives of a cached training scan the current model scores highest."""
-    from inference.candidates import patches
     from inference.detect import score
+    from inference.patches import patches
 
-    cache, seed, index, weights, k = args
+    cache, seed, index, weights, k, views = args
     data = np.load(Path(cache) / f"{seed}-{index}.npz")
     hu, points = data["hu"].astype(np.float32), data["points"]
-    x = patches(hu, points)
-    s = score(_load(weights), x)
+    x = patches(hu, points, views)
+    s = score(_load(weights, len(views)), x)
     top = np.argsort(-s, kind="stable")[:k]
     return x[top], float(s[top].mean()) if len(s) >= k else 0.0
 
 
-def _eval_part(args: tuple[int, int, bool, str, dict[str, int]]) -> dict[str, Any]:
-    from inference.candidates import ISO_MM, lesion_outline, outline, patches, suppress
+def _eval_part(args: tuple[int, int, bool, str, dict[str, int], list[str]]) -> dict[str, Any]:
+    from inference.candidates import ISO_MM, lesion_outline, outline, suppress
     from inference.detect import score
+    from inference.patches import patches
 
-    index, seed, shift, weights, keep = args
+    index, seed, shift, weights, keep, views = args
     KEEP.update(keep)
     hu, lab, diameters, cand, _ = _scan(seed, index, shift)
-    s = score(_load(weights), patches(hu, cand.points))
+    s = score(_load(weights, len(views)), patches(hu, cand.points, views))
     at = lab[tuple(cand.points.T)]
     kept = suppress(cand.points, s, radius=5.0 / ISO_MM)
     grown = ndimage.grey_dilation(lab, size=3)
@@ -291,7 +305,9 @@ def covered(scans: list[dict[str, Any]]) -> str:
 def evaluate(
     pool: ProcessPoolExecutor, weights: Path, sets: list[tuple[int, int, bool]]
 ) -> list[dict[str, Any]]:
-    jobs = [(i, seed, shift, str(weights), KEEP) for seed, n, shift in sets for i in range(n)]
+    jobs = [
+        (i, seed, shift, str(weights), KEEP, VIEWS) for seed, n, shift in sets for i in range(n)
+    ]
     return list(pool.map(_eval_part, jobs))
 
 
@@ -366,6 +382,11 @@ def main() -> None:
         help="blobs per scan and sign inside solid organs, by contrast to the organ's noise",
     )
     ap.add_argument(
+        "--channels",
+        default=",".join(FIRST_VIEWS),
+        help="the patch views the CNN sees, comma-separated (inference.patches.CHANNELS)",
+    )
+    ap.add_argument(
         "--coverage",
         type=int,
         default=0,
@@ -388,7 +409,12 @@ def main() -> None:
     a = ap.parse_args()
     import torch
 
-    from training.candidate_net import CandidateSchedule, train_candidates
+    from inference.patches import CHANNELS
+    from training.candidate_net import CandidateSchedule, train_candidates, widened
+
+    unknown = [v for v in a.channels.split(",") if v not in CHANNELS]
+    if unknown:
+        ap.error(f"--channels: unknown view(s) {unknown} (known: {', '.join(CHANNELS)})")
 
     if a.package and not a.test and not (a.from_run and not a.reevaluate):
         ap.error("--package needs the held-out figures: add --test")
@@ -398,6 +424,7 @@ def main() -> None:
         earlier = json.loads((a.out / "probe.json").read_text())
         if a.reevaluate:  # the same weights and candidates, this version's evaluation
             KEEP.update(_keep(earlier["args"]))
+            VIEWS[:] = _views(earlier["args"])
 
             def resave() -> None:
                 (a.out / "probe.json").write_text(json.dumps(earlier, indent=1))
@@ -410,6 +437,7 @@ def main() -> None:
     a.out.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {"args": {k: str(v) for k, v in vars(a).items()}}
     KEEP.update(_keep(result["args"]))
+    VIEWS[:] = _views(result["args"])
 
     def save() -> None:
         (a.out / "probe.json").write_text(json.dumps(result, indent=1))
@@ -426,7 +454,7 @@ def main() -> None:
             return
         cache = a.cache or a.out / "cache"
         cache.mkdir(exist_ok=True)
-        jobs = [(i, 1201, a.extra, a.hard, a.easy, str(cache), KEEP) for i in range(a.train)]
+        jobs = [(i, 1201, a.extra, a.hard, a.easy, str(cache), KEEP, VIEWS) for i in range(a.train)]
         parts = list(pool.map(_train_part, jobs))
         pos = np.concatenate([p for p, _, _ in parts])
         neg = np.concatenate([q for _, q, _ in parts])
@@ -444,12 +472,14 @@ def main() -> None:
         t = time.time()
         weights = a.out / "candidate_net.pt"
         net = _load(str(a.start)) if a.start else None
+        if net is not None and VIEWS != list(FIRST_VIEWS):  # new views start at zero weight
+            net = widened(net, FIRST_VIEWS, VIEWS)
         hard, rounds = None, []
         for r in range(a.rounds):
             if net is not None:  # its false positives on the training scans join the negatives
                 torch.set_num_threads(a.workers)
                 torch.save(net.state_dict(), weights)
-                mine = [(str(cache), 1201, i, str(weights), a.mined) for i in range(a.train)]
+                mine = [(str(cache), 1201, i, str(weights), a.mined, VIEWS) for i in range(a.train)]
                 found = list(pool.map(_mine_part, mine))
                 new = np.concatenate([x for x, _ in found])
                 hard = new if hard is None else np.concatenate([hard, new])

@@ -1,11 +1,12 @@
 """Training the second stage of the candidate detector: the small 3-D CNN
 (``inference.architectures.CandidateNet``) that scores each candidate's patches
-(``inference.candidates.patches``) as lesion or not. 209 k parameters; a step of 64 patches
+(``inference.patches.patches``) as lesion or not. 209 k parameters; a step of 64 patches
 takes about 0.25 s on two CPU cores, so it trains where the U-Net cannot."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,7 +17,7 @@ from torch.nn import functional as F
 
 from inference.architectures import CandidateNet
 
-__all__ = ["CandidateSchedule", "train_candidates"]
+__all__ = ["CandidateSchedule", "train_candidates", "widened"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +63,7 @@ def train_candidates(
     those. AdamW, linear warm-up then cosine decay; CPU."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    net = CandidateNet()
+    net = CandidateNet(channels=positives.shape[1])
     if start is not None:
         net.load_state_dict(start.state_dict())
     net.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
@@ -98,3 +99,22 @@ def train_candidates(
             print(f"step {step + 1}/{schedule.steps} loss {running:.4f} lr {lr:.2e}", flush=True)
     net.eval()
     return net
+
+
+def widened(net: CandidateNet, have: Sequence[str], want: Sequence[str]) -> CandidateNet:
+    """``net``, trained on the patch views ``have`` (``inference.patches.CHANNELS``), taking
+    the views ``want``: each view it had keeps its first layer's weights, each new one starts
+    at zero, so it scores exactly as before until training moves them."""
+    dropped = [v for v in have if v not in want]
+    if dropped:
+        raise ValueError(f"widened: {dropped} would be dropped (want {list(want)})")
+    state = net.state_dict()
+    first = next(k for k, v in state.items() if v.ndim == 5)  # the first convolution
+    old = state[first]
+    new = torch.zeros((old.shape[0], len(want), *old.shape[2:]), dtype=old.dtype)
+    for i, view in enumerate(have):
+        new[:, list(want).index(view)] = old[:, i]
+    state[first] = new
+    wide = CandidateNet(channels=len(want), base=old.shape[0])
+    wide.load_state_dict(state)
+    return wide.eval()

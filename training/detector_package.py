@@ -20,8 +20,9 @@ import torch
 
 from dicomio.records import Volume, axial_volume
 from inference.architectures import CandidateNet
-from inference.candidates import ISO_MM, PATCH
+from inference.candidates import ISO_MM
 from inference.package import load_package
+from inference.patches import CHANNELS, DEFAULT_CHANNELS, PATCH
 from training.anatomy import indexed_scan
 from training.domain import acceptance, build_domain, card_section, write_domain
 from training.export import export_package
@@ -146,12 +147,12 @@ def _card(
             f"({keep[0]} bright, {keep[1]} dark, {keep[2]} inside solid organs"
             + "".join(f", {streams[k]} {text}" for k, _, text in _STREAMS if k in streams)
             + " per scan), each "
-            f"scored by `candidate_net` (3 channels of {PATCH}³ voxels of {ISO_MM} mm: lung and "
-            "soft-tissue window, lung window at twice the voxel size), one detection within 5 mm,",
+            f"scored by `candidate_net` ({len(_views(args))} channels of {PATCH}³ voxels of "
+            f"{ISO_MM} mm: {_view_text(_views(args))}), one detection within 5 mm,",
             f"  threshold {threshold:.4f} (0.25 false positives per scan on validation); each",
             "  detection outlined by a half-way threshold within 1.5 radii of its blob or,",
-            "  where that outline runs into its bound, of the largest blob of its sign that",
-            "  holds it (`inference.candidates.lesion_outline`).",
+            "  where that outline runs into its bound, of the blob of its sign that holds it",
+            "  whose outline has the steepest border (`inference.candidates.lesion_outline`).",
             f"- Trained by `python scripts/candidate_probe.py {_command(args)}` on "
             f"{training['scans']} anatomy scans (seed 1201; {training['lesions']} lesions; "
             f"{training['positives']} lesion and {training['negatives']} other patches), "
@@ -188,12 +189,29 @@ def _card(
     )
 
 
+def _views(args: dict[str, str]) -> tuple[str, ...]:
+    """The patch views a run trained with (``--channels``; older runs: the default)."""
+    return tuple(args.get("channels", ",".join(DEFAULT_CHANNELS)).split(","))
+
+
+def _view_text(views: tuple[str, ...]) -> str:
+    said = {
+        "lung": "lung window",
+        "soft_tissue": "soft-tissue window",
+        "lung_coarse": "lung window at twice the voxel size",
+        "organ_smooth": "smoothed organ window",
+    }
+    return ", ".join(said.get(v, v) for v in views if v in CHANNELS)
+
+
 def _command(args: dict[str, str]) -> str:
     streams = _streams(args)
+    views = _views(args)
     return (
         f"--out OUT --train {args['train']} --steps {args['steps']} --rounds {args['rounds']} "
         f"--keep {args['keep']} --organ {args['organ']} "
         + "".join(f"{option} {streams[k]} " for k, option, _ in _STREAMS if k in streams)
+        + ("" if views == DEFAULT_CHANNELS else f"--channels {','.join(views)} ")
         + ("" if _start(args) is None else "--start PREVIOUS/weights.pt ")
         + "--test --package DIR"
     )
@@ -213,7 +231,8 @@ def package_detector(
     args = probe["args"]
     keep = (int(args["keep"]), int(args["keep"]) // 3, int(args["organ"]))
     threshold = float(probe["validation"]["chosen"]["threshold"])
-    net = CandidateNet()
+    views = _views(args)
+    net = CandidateNet(channels=len(views))
     net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     export_package(
         net,
@@ -222,12 +241,14 @@ def package_detector(
         version=VERSION,
         task="detection",
         architecture="candidate_net",
-        parameters={"channels": 3, "base": 16},
+        parameters={"channels": len(views), "base": 16},
         input_spec={
             "modality": ["CT"],
             "candidates": list(keep),
             # absent when 0: a package without the streams reads as before
             **_streams(args),
+            # absent when the default: a package of 0.1 reads as before
+            **({} if views == DEFAULT_CHANNELS else {"patch_channels": list(views)}),
             "suppress_mm": 5.0,
         },
         labels=[{"name": "lesion", "code": LESION, "threshold": threshold}],

@@ -17,19 +17,12 @@ import torch
 from scipy import ndimage
 
 from core.config import SeriesRule
-from inference.candidates import (
-    LUNG,
-    PATCH,
-    SOFT,
-    Candidates,
-    find_candidates,
-    lesion_outline,
-    outline,
-    windowed,
-)
+from inference.architectures import CandidateNet
+from inference.candidates import Candidates, find_candidates, lesion_outline, outline
 from inference.detect import detect
 from inference.errors import ModelPackageError
 from inference.package import LoadedModel
+from inference.patches import DEFAULT_CHANNELS, LUNG, PATCH, SOFT, windowed
 from inference.pipeline import run_pipeline
 from inference.spec import read_spec
 from inference.trial import load_and_try
@@ -38,7 +31,7 @@ from tests.inference.test_models import _volume
 from tests.packages import make_package
 from tests.phantoms import write_series
 from tests.training.test_candidates import _ball
-from training.candidate_net import CandidateSchedule, train_candidates
+from training.candidate_net import CandidateSchedule, train_candidates, widened
 from training.metrics import dice
 
 SPACING = (2.5, 0.8, 0.8)
@@ -48,13 +41,15 @@ VESSEL = (40.0, 90.0)  # mm (y, x) of a tube along z
 LESION = ["52988006", "SCT", "Lesion"]
 
 
-def _package(folder: Path, state: dict[str, torch.Tensor] | None = None, **inp: object) -> Path:
+def _package(
+    folder: Path, state: dict[str, torch.Tensor] | None = None, channels: int = 3, **inp: object
+) -> Path:
     return make_package(
         folder,
         name="toy-detect",
         task="detection",
         architecture="candidate_net",
-        parameters={"channels": 3, "base": 16},
+        parameters={"channels": channels, "base": 16},
         state=state,
         input_spec={"modality": ["CT"], "candidates": [20, 0, 0], **inp},
         labels=[{"name": "lesion", "code": LESION, "threshold": 0.5}],
@@ -62,7 +57,7 @@ def _package(folder: Path, state: dict[str, torch.Tensor] | None = None, **inp: 
 
 
 def _toy(rng: np.random.Generator, n: int, kind: str) -> np.ndarray:
-    """Patches as ``inference.candidates.patches`` cuts them (fine and coarse view) of a ball
+    """Patches as ``inference.patches.patches`` cuts them (fine and coarse view) of a ball
     ("ball"), a tube along z ("tube", some ending at the scan's edge) or lung ("lung")."""
     out = np.empty((n, 3, PATCH, PATCH, PATCH), np.float16)
     z, y, x = np.indices((2 * PATCH,) * 3)
@@ -149,6 +144,21 @@ def test_the_pipeline_reports_the_nodule_as_a_lesion(tmp_path: Path, detector: L
         ({"candidates": [10, 2, 0], "suppress_mm": 0.1}, "suppress_mm", ""),
         ({"candidates": [10, 2, 0], "ground_glass": -1}, "ground_glass", ""),
         ({"candidates": [10, 2, 0], "organ_snr": 2.5}, "organ_snr", ""),
+        (
+            {"candidates": [10, 2, 0], "patch_channels": ["lung", "liver", "lung_coarse"]},
+            "patch_channels",
+            "must name each view once, of lung, soft_tissue, lung_coarse, organ_smooth",
+        ),
+        (
+            {"candidates": [10, 2, 0], "patch_channels": ["lung", "lung", "lung_coarse"]},
+            "patch_channels",
+            "must name each view once",
+        ),
+        (
+            {"candidates": [10, 2, 0], "patch_channels": ["lung", "soft_tissue"]},
+            "patch_channels",
+            "2 view(s), but [model.parameters] channels = 3",
+        ),
     ],
 )
 def test_a_detection_packages_input_is_checked(
@@ -160,6 +170,25 @@ def test_a_detection_packages_input_is_checked(
     (folder / "model.toml").write_text(text.replace("[input]\n", "[input]\n" + lines))
     with pytest.raises(ModelPackageError, match=rf"\[input\] {key}.*{re.escape(rule)}"):
         read_spec(folder)
+
+
+def test_a_detector_that_sees_another_view_is_run_with_it(
+    tmp_path: Path, detector: LoadedModel
+) -> None:
+    """``[input] patch_channels``: the worker cuts the views the package names, in its
+    order. The fixture's detector widened by the smoothed organ view (zero weights there)
+    passes its trial run and finds what it found before, as the package says."""
+    views = ("lung", "organ_smooth", "soft_tissue", "lung_coarse")
+    assert isinstance(detector.module, CandidateNet)
+    wide = widened(detector.module, DEFAULT_CHANNELS, views)
+    folder = _package(tmp_path / "p", wide.state_dict(), patch_channels=list(views), channels=4)
+    loaded = load_and_try(folder, torch.device("cpu"))
+    assert loaded.spec.input.patch_channels == views
+    hu, _ = _lung()
+    before = detect(detector, _volume(hu, SPACING))
+    after = detect(loaded, _volume(hu, SPACING))
+    assert [d.centre_kji for d in after.detections] == [d.centre_kji for d in before.detections]
+    assert np.allclose([d.score for d in after.detections], [d.score for d in before.detections])
 
 
 def test_detection_needs_its_candidates_and_one_label(tmp_path: Path) -> None:

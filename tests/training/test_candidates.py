@@ -6,8 +6,9 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from inference.candidates import LUNG, PATCH, find_candidates, patches, regrid, suppress, windowed
+from inference.candidates import find_candidates, regrid, suppress
 from inference.detect import score
+from inference.patches import LUNG, PATCH, patches, windowed
 from training.candidate_net import CandidateSchedule, train_candidates
 
 
