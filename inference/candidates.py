@@ -23,8 +23,8 @@ training and the worker find the same candidates (their patches: ``inference.pat
   between its inside and its surroundings, connected to its centre, within 1.5 times the
   blob's radius.
 - ``lesion_outline``: a detection outlined at its lesion's scale: where its own outline
-  runs into its bound, the largest candidate of the same sign that holds it gives the
-  outline.
+  runs into its bound, of it and the outlines of the larger candidates of the same sign
+  that hold it, the one with the steepest border.
 """
 
 from __future__ import annotations
