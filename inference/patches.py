@@ -35,16 +35,17 @@ LUNG, SOFT, ORGAN_SMOOTH = (-1000.0, 400.0), (-160.0, 240.0), (-40.0, 160.0)
 
 @dataclass(frozen=True, slots=True)
 class View:
+    said: str  # what a model card calls it
     window: tuple[float, float]  # HU, scaled to [0, 1] and clipped
     coarse: bool = False  # at twice the candidates' voxel size
     smooth_voxels: float = 0.0  # Gaussian sigma before windowing (0: none)
 
 
 CHANNELS: dict[str, View] = {
-    "lung": View(LUNG),
-    "soft_tissue": View(SOFT),
-    "lung_coarse": View(LUNG, coarse=True),
-    "organ_smooth": View(ORGAN_SMOOTH, smooth_voxels=1.5),
+    "lung": View("lung window", LUNG),
+    "soft_tissue": View("soft-tissue window", SOFT),
+    "lung_coarse": View("lung window at twice the voxel size", LUNG, coarse=True),
+    "organ_smooth": View("smoothed organ window", ORGAN_SMOOTH, smooth_voxels=1.5),
 }
 DEFAULT_CHANNELS = ("lung", "soft_tissue", "lung_coarse")
 
@@ -80,21 +81,18 @@ def patches(
     """(n, len(channels), PATCH, PATCH, PATCH): each point's views, in ``channels``' order
     (names of ``CHANNELS``)."""
     views = [CHANNELS[name] for name in channels]  # KeyError: inference.spec checks names
-    source: dict[tuple[bool, float], npt.NDArray[np.float32]] = {}
-    if len(points):
-        for view in views:
-            key = (view.coarse, view.smooth_voxels)
-            if key not in source:
-                base = ndimage.zoom(hu, 0.5, order=1) if view.coarse else hu
-                if view.smooth_voxels:
-                    base = ndimage.gaussian_filter(base.astype(np.float32), view.smooth_voxels)
-                source[key] = base
+    keys = [(v.coarse, v.smooth_voxels) for v in views]  # views that differ in window only
+    source = {k: _source(hu, *k) for k in dict.fromkeys(keys)} if len(points) else {}
     out = np.empty((len(points), len(views), PATCH, PATCH, PATCH), np.float16)
     for i, p in enumerate(points):
-        cut: dict[tuple[bool, float], npt.NDArray[np.float32]] = {}
-        for c, view in enumerate(views):
-            key = (view.coarse, view.smooth_voxels)
-            if key not in cut:
-                cut[key] = _cut(source[key], p // 2 if view.coarse else p, PATCH, -1000.0)
+        cut = {k: _cut(source[k], p // 2 if k[0] else p, PATCH, -1000.0) for k in source}
+        for c, (view, key) in enumerate(zip(views, keys, strict=True)):
             out[i, c] = windowed(cut[key], view.window)
     return out
+
+
+def _source(hu: npt.NDArray[np.float32], coarse: bool, sigma: float) -> npt.NDArray[np.float32]:
+    """The volume a view is cut from: at twice the voxel size if ``coarse``, smoothed by a
+    Gaussian of ``sigma`` voxels if any."""
+    base = ndimage.zoom(hu, 0.5, order=1) if coarse else hu
+    return ndimage.gaussian_filter(base.astype(np.float32), sigma) if sigma else base

@@ -46,6 +46,8 @@ from scipy import ndimage
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from inference.patches import CHANNELS, DEFAULT_CHANNELS  # noqa: E402 (ROOT on the path first)
+
 FP_POINTS = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 SIZES = ((0, 5), (5, 7), (7, 10), (10, 15), (15, 99))
 T0 = time.time()
@@ -57,9 +59,8 @@ def log(*a: object) -> None:
 
 KEEP = {"bright": 600, "dark": 200, "organ": 0, "ground_glass": 0, "organ_snr": 0}
 #: The patch views the CNN sees (``inference.patches.CHANNELS``), set from ``--channels``;
-#: runs before it and ``--start`` weights without it: the three of 0.1.
-FIRST_VIEWS = ("lung", "soft_tissue", "lung_coarse")
-VIEWS = list(FIRST_VIEWS)
+#: runs before it and ``--start`` weights: ``DEFAULT_CHANNELS``.
+VIEWS = list(DEFAULT_CHANNELS)
 
 
 def _keep(args: dict[str, str]) -> dict[str, int]:
@@ -72,11 +73,6 @@ def _keep(args: dict[str, str]) -> dict[str, int]:
         "ground_glass": int(args.get("ground_glass", 0)),
         "organ_snr": int(args.get("organ_snr", 0)),
     }
-
-
-def _views(args: dict[str, str]) -> list[str]:
-    """``VIEWS`` of a run from its arguments."""
-    return args.get("channels", ",".join(FIRST_VIEWS)).split(",")
 
 
 class Scan(NamedTuple):
@@ -383,7 +379,7 @@ def main() -> None:
     )
     ap.add_argument(
         "--channels",
-        default=",".join(FIRST_VIEWS),
+        default=",".join(DEFAULT_CHANNELS),
         help="the patch views the CNN sees, comma-separated (inference.patches.CHANNELS)",
     )
     ap.add_argument(
@@ -409,8 +405,8 @@ def main() -> None:
     a = ap.parse_args()
     import torch
 
-    from inference.patches import CHANNELS
     from training.candidate_net import CandidateSchedule, train_candidates, widened
+    from training.detector_package import run_views
 
     unknown = [v for v in a.channels.split(",") if v not in CHANNELS]
     if unknown:
@@ -424,7 +420,7 @@ def main() -> None:
         earlier = json.loads((a.out / "probe.json").read_text())
         if a.reevaluate:  # the same weights and candidates, this version's evaluation
             KEEP.update(_keep(earlier["args"]))
-            VIEWS[:] = _views(earlier["args"])
+            VIEWS[:] = run_views(earlier["args"])
 
             def resave() -> None:
                 (a.out / "probe.json").write_text(json.dumps(earlier, indent=1))
@@ -437,7 +433,7 @@ def main() -> None:
     a.out.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {"args": {k: str(v) for k, v in vars(a).items()}}
     KEEP.update(_keep(result["args"]))
-    VIEWS[:] = _views(result["args"])
+    VIEWS[:] = run_views(result["args"])
 
     def save() -> None:
         (a.out / "probe.json").write_text(json.dumps(result, indent=1))
@@ -472,8 +468,8 @@ def main() -> None:
         t = time.time()
         weights = a.out / "candidate_net.pt"
         net = _load(str(a.start)) if a.start else None
-        if net is not None and VIEWS != list(FIRST_VIEWS):  # new views start at zero weight
-            net = widened(net, FIRST_VIEWS, VIEWS)
+        if net is not None and VIEWS != list(DEFAULT_CHANNELS):  # new views: zero weight
+            net = widened(net, DEFAULT_CHANNELS, VIEWS)
         hard, rounds = None, []
         for r in range(a.rounds):
             if net is not None:  # its false positives on the training scans join the negatives

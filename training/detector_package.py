@@ -27,7 +27,7 @@ from training.anatomy import indexed_scan
 from training.domain import acceptance, build_domain, card_section, write_domain
 from training.export import export_package
 
-__all__ = ["anatomy_volume", "package_detector"]
+__all__ = ["anatomy_volume", "package_detector", "run_views"]
 
 LESION = ["52988006", "SCT", "Lesion"]
 #: 0.1.0: candidates [900, 300, 150]; 0.1.1: the same weights, each detection outlined at
@@ -147,8 +147,8 @@ def _card(
             f"({keep[0]} bright, {keep[1]} dark, {keep[2]} inside solid organs"
             + "".join(f", {streams[k]} {text}" for k, _, text in _STREAMS if k in streams)
             + " per scan), each "
-            f"scored by `candidate_net` ({len(_views(args))} channels of {PATCH}³ voxels of "
-            f"{ISO_MM} mm: {_view_text(_views(args))}), one detection within 5 mm,",
+            f"scored by `candidate_net` ({len(run_views(args))} channels of {PATCH}³ voxels of "
+            f"{ISO_MM} mm: {_view_text(run_views(args))}), one detection within 5 mm,",
             f"  threshold {threshold:.4f} (0.25 false positives per scan on validation); each",
             "  detection outlined by a half-way threshold within 1.5 radii of its blob or,",
             "  where that outline runs into its bound, of the blob of its sign that holds it",
@@ -189,24 +189,18 @@ def _card(
     )
 
 
-def _views(args: dict[str, str]) -> tuple[str, ...]:
+def run_views(args: dict[str, str]) -> tuple[str, ...]:
     """The patch views a run trained with (``--channels``; older runs: the default)."""
     return tuple(args.get("channels", ",".join(DEFAULT_CHANNELS)).split(","))
 
 
 def _view_text(views: tuple[str, ...]) -> str:
-    said = {
-        "lung": "lung window",
-        "soft_tissue": "soft-tissue window",
-        "lung_coarse": "lung window at twice the voxel size",
-        "organ_smooth": "smoothed organ window",
-    }
-    return ", ".join(said.get(v, v) for v in views if v in CHANNELS)
+    return ", ".join(CHANNELS[v].said for v in views)
 
 
 def _command(args: dict[str, str]) -> str:
     streams = _streams(args)
-    views = _views(args)
+    views = run_views(args)
     return (
         f"--out OUT --train {args['train']} --steps {args['steps']} --rounds {args['rounds']} "
         f"--keep {args['keep']} --organ {args['organ']} "
@@ -231,7 +225,7 @@ def package_detector(
     args = probe["args"]
     keep = (int(args["keep"]), int(args["keep"]) // 3, int(args["organ"]))
     threshold = float(probe["validation"]["chosen"]["threshold"])
-    views = _views(args)
+    views = run_views(args)
     net = CandidateNet(channels=len(views))
     net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     export_package(

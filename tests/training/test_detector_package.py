@@ -6,7 +6,14 @@ import hashlib
 from pathlib import Path
 
 from inference.patches import DEFAULT_CHANNELS
-from training.detector_package import _command, _rounds, _start_sha256, _streams, _view_text, _views
+from training.detector_package import (
+    _command,
+    _rounds,
+    _start_sha256,
+    _streams,
+    _view_text,
+    run_views,
+)
 
 _RUN = {"train": "300", "steps": "2000", "rounds": "3", "keep": "900", "organ": "150"}
 
@@ -39,12 +46,12 @@ def test_a_run_that_went_on_from_earlier_weights_says_so(tmp_path: Path) -> None
 
 
 def test_the_command_and_card_name_the_views_a_run_trained_with_if_not_the_default() -> None:
-    assert _views(_RUN) == DEFAULT_CHANNELS and "--channels" not in _command(_RUN)
+    assert run_views(_RUN) == DEFAULT_CHANNELS and "--channels" not in _command(_RUN)
     views = "lung,soft_tissue,lung_coarse,organ_smooth"
     wider = dict(_RUN, channels=views)
-    assert _views(wider) == tuple(views.split(","))
+    assert run_views(wider) == tuple(views.split(","))
     assert f"--organ 150 --channels {views} --test" in _command(wider)
-    assert _view_text(_views(wider)) == (
+    assert _view_text(run_views(wider)) == (
         "lung window, soft-tissue window, lung window at twice the voxel size, "
         "smoothed organ window"
     )
