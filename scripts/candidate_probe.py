@@ -175,7 +175,7 @@ def _eval_part(args: tuple[int, int, bool, str, dict[str, int], list[str]]) -> d
 
     index, seed, shift, weights, keep, views = args
     KEEP.update(keep)
-    hu, lab, diameters, cand, _ = _scan(seed, index, shift)
+    hu, lab, diameters, cand, section = _scan(seed, index, shift)
     s = score(_load(weights, len(views)), patches(hu, cand.points, views))
     at = lab[tuple(cand.points.T)]
     kept = suppress(cand.points, s, radius=5.0 / ISO_MM)
@@ -205,6 +205,7 @@ def _eval_part(args: tuple[int, int, bool, str, dict[str, int], list[str]]) -> d
     return {
         "seed": seed,
         "index": index,
+        "section": section,  # chest or abdomen (runs before 2026-12-06 lack it)
         "diameters": [float(d) for d in diameters],
         "scores": [float(x) for x in s[kept]],
         "lesion": [int(x) for x in hit],  # 0: in no lesion; k: in lesion k (1-based)
@@ -239,6 +240,19 @@ def at_threshold(scans: list[dict[str, Any]], t: float) -> dict[str, float]:
         "lesion_free_clean": clean / max(free, 1),
         "lesions_5mm": lesions,
         "lesion_free": free,
+    }
+
+
+def by_section(scans: list[dict[str, Any]], t: float) -> dict[str, dict[str, float]]:
+    """``at_threshold`` of the chest scans and of the abdominal ones apart (runs before
+    2026-12-06 did not record a scan's section: empty)."""
+    sections = sorted({sc["section"] for sc in scans if "section" in sc})
+    return {
+        name: {
+            "scans": sum(1 for sc in scans if sc.get("section") == name),
+            **at_threshold([sc for sc in scans if sc.get("section") == name], t),
+        }
+        for name in sections
     }
 
 
@@ -517,11 +531,13 @@ def _evaluate_all(
         "outline_dice": outline_dice(val, point["threshold"]),
         "blob_outline_dice": outline_dice(val, point["threshold"], "blob_outline_dice"),
         "by_size": by_size(val, point["threshold"]),
+        "by_section": by_section(val, point["threshold"]),
         "candidates_per_scan": float(np.mean([s["candidates"] for s in val])),
         "lesions_with_a_candidate_5mm": covered(val),
         "scans": val,
     }
     log("validation", json.dumps(rows, indent=0), result["validation"]["by_size"])
+    log("validation by section", result["validation"]["by_section"])
     log("validation outlines", result["validation"]["outline_dice"])
     save()
     if a.test:
@@ -532,10 +548,12 @@ def _evaluate_all(
                 "outline_dice": outline_dice(scans, point["threshold"]),
                 "blob_outline_dice": outline_dice(scans, point["threshold"], "blob_outline_dice"),
                 "by_size": by_size(scans, point["threshold"]),
+                "by_section": by_section(scans, point["threshold"]),
                 "froc": froc(scans),
                 "scans": scans,
             }
             log(name, result[name]["at_chosen"], result[name]["by_size"])
+            log(name, "by section", result[name]["by_section"])
             log(name, "outlines", result[name]["outline_dice"], result[name]["blob_outline_dice"])
             save()
         if a.package:
