@@ -11,9 +11,13 @@ it from the scans the package was fitted and calibrated on:
   by 10 %;
 - ``intensity``: per-scan statistics of the Hounsfield units — fractions of
   air/lung (< -500), fat (-200..-50) and bone/metal (>= 500), the 1st, 50th
-  and 99th percentiles, and the noise (robust SD of neighbouring-voxel
-  differences) — each the range seen, widened by 10 % of its width or a
-  floor (fractions 0.01, HU 30, noise 3 HU), whichever is larger;
+  and 99th percentiles, the noise (robust SD of neighbouring-voxel
+  differences) and, for a package that records it, the share of the body
+  that is lung or gas (``lung_fraction``: what tells a chest from an abdomen
+  when Body Part Examined is missing) — each the range seen, widened by 10 %
+  of its width or a floor (fractions 0.01, HU 30, noise 3 HU), whichever is
+  larger (the lung share's from its low end up to 1: more lung is a chest
+  still); a statistic the file does not name is not checked;
 - ``features``: the mean and precision (inverse covariance, shrunk) of the
   model's own features — the spatial mean of a named layer's output — over
   those scans, and a Mahalanobis distance threshold (the largest distance
@@ -42,6 +46,7 @@ from inference.errors import ModelPackageError
 
 __all__ = [
     "AXES",
+    "BASE_STATISTICS",
     "STATISTICS",
     "Domain",
     "FeatureReference",
@@ -62,7 +67,15 @@ STATISTICS: dict[str, tuple[str, str, float]] = {
     "hu_p50": ("median", " HU", 30.0),
     "hu_p99": ("99th percentile", " HU", 30.0),
     "noise_hu": ("noise (robust SD of neighbouring-voxel differences)", " HU", 3.0),
+    "lung_fraction": ("share of the body below -500 HU (lungs, gas)", "", 0.01),
 }
+#: What a domain built before ``lung_fraction`` records (``training.domain.build_domain``'s
+#: default, so those packages rebuild byte for byte).
+BASE_STATISTICS = tuple(k for k in STATISTICS if k != "lung_fraction")
+#: Checked before the others, so a declined abdomen is told so in those words.
+FIRST = frozenset({"lung_fraction"})
+#: Slices the body's outline is drawn on for ``lung_fraction`` (spread over the series).
+_OUTLINE_SLICES = 16
 AXES = ("slice", "row", "column")
 
 
@@ -197,7 +210,22 @@ def intensity_stats(volume: Volume) -> dict[str, float]:
         "hu_p50": float(p50),
         "hu_p99": float(p99),
         "noise_hu": 1.4826 * mad / math.sqrt(2.0),
+        "lung_fraction": lung_fraction(a, step),
     }
+
+
+def lung_fraction(array: npt.NDArray[Any], step: int = 1) -> float:
+    """The share of the body below -500 HU: on up to 16 slices spread over the series
+    (every ``step``-th pixel), the body is what is -500 HU or more with its holes filled
+    (the lungs, the bowel's gas), and the share is its part below -500 HU. A chest's lungs
+    are about a fifth to two fifths of it; an abdomen's gas a few hundredths."""
+    from scipy import ndimage  # here: serve reads domains without it
+
+    picked = np.linspace(0, array.shape[0] - 1, min(_OUTLINE_SLICES, array.shape[0]))
+    tissue = array[np.unique(picked.round().astype(int)), ::step, ::step] >= -500
+    body = np.stack([ndimage.binary_fill_holes(t) for t in tissue])
+    inside = int(np.count_nonzero(body))
+    return float(np.count_nonzero(body & ~tissue)) / inside if inside else 0.0
 
 
 def check_series(domain: Domain, modality: str, body_part: str) -> str | None:
@@ -219,7 +247,9 @@ def check_volume(domain: Domain, volume: Volume) -> str | None:
         if not lo <= value <= hi:
             return f"{axis} spacing {value:.3g} mm; validated {lo:.3g}-{hi:.3g} mm"
     stats = intensity_stats(volume)
-    for key, (lo, hi) in domain.intensity.items():
+    # What the body is before how it was scanned: the lung share's reason first.
+    ordered = sorted(domain.intensity.items(), key=lambda item: item[0] not in FIRST)
+    for key, (lo, hi) in ordered:
         what, unit, _floor = STATISTICS[key]
         if not lo <= stats[key] <= hi:
             return (

@@ -4,7 +4,7 @@
         [--rounds 2 --mined 30] [--start WEIGHTS] [--keep 900] [--organ 150]
         [--channels lung,soft_tissue,lung_coarse[,organ_smooth]] [--test] [--package DIR]
     python scripts/candidate_probe.py --out OUT --from-run [--reevaluate] [--test]
-        [--package DIR]
+        [--section chest] [--package DIR]
 
 1. Training set (seed 1201, the seg sweep's): each scan regridded to 1.25 mm, its blob
    candidates found (``inference.candidates``) and cut into the views ``--channels`` names
@@ -22,12 +22,18 @@
    sensitivity for lesions >= 5 mm (diameter of the sphere of their volume, as
    ``training.metrics``), false positives per scan (a detection inside no lesion; inside a
    lesion < 5 mm counts neither way) and the share of lesion-free scans with none. The
-   threshold for 0.25 false positives per scan is chosen on validation and applied to the
-   test sets. Everything is written to OUT as it finishes (``probe.json``).
+   threshold is chosen on validation and applied to the test sets: the best sensitivity
+   at <= 0.25 false positives per scan, at the highest threshold that reaches it; with
+   ``--section chest``, on the validation's chest scans, and every set's figures are its
+   chest scans' (the abdominal ones' beside them, ``by_section``).
+   Everything is written to OUT as it finishes (``probe.json``).
 4. With ``--package DIR`` (and ``--test``): the weights become the model package the worker
    runs (``training.detector_package``: threshold, figures, model card, input domain);
    ``--from-run`` packages what an earlier run left in OUT instead of training again
-   (``--reevaluate``: evaluates its weights again first, with this version's figures).
+   (``--reevaluate``: evaluates its weights again first, with this version's figures;
+   ``--section`` alone: the same scores summarised for that section, nothing scored again).
+   With ``--section chest`` the package is for chest CT: its domain is built from chest
+   scans and declines the abdomen (``[domain]`` body part and the body's lung share).
 """
 
 from __future__ import annotations
@@ -274,6 +280,20 @@ def froc(scans: list[dict[str, Any]]) -> list[dict[str, float]]:
     return rows
 
 
+def highest_at(scans: list[dict[str, Any]], point: dict[str, float]) -> dict[str, float]:
+    """The highest threshold with ``point``'s sensitivity (a :func:`froc` row): no false
+    positive is let through that finds no more lesions on these scans (from 2026-12-06,
+    lesion-detect 0.2.0; the row itself, ``froc``'s lowest threshold within its budget,
+    was the threshold before)."""
+    for t in sorted(
+        {s for sc in scans for s in sc["scores"] if s >= point["threshold"]}, reverse=True
+    ):
+        r = at_threshold(scans, t)
+        if r["sensitivity_5mm"] >= point["sensitivity_5mm"]:
+            return {"fp_target": point["fp_target"], **r}
+    return point
+
+
 def by_size(scans: list[dict[str, Any]], t: float) -> dict[str, str]:
     out = {}
     for lo, hi in SIZES:
@@ -404,6 +424,13 @@ def main() -> None:
         help="only count the lesions with a candidate in the first N scans of each test set",
     )
     ap.add_argument("--val", type=int, default=32, help="scans of each validation set")
+    ap.add_argument(
+        "--section",
+        choices=("chest", "abdomen"),
+        default=None,
+        help="a package for this section's scans: threshold and figures from them (the other "
+        "section's beside), its domain built from them",
+    )
     ap.add_argument("--package", type=Path, default=None, help="write the model package here")
     ap.add_argument(
         "--from-run", action="store_true", help="package OUT's weights and figures, no training"
@@ -442,6 +469,9 @@ def main() -> None:
             with ProcessPoolExecutor(a.workers) as pool:
                 _evaluate_all(pool, a.out / "candidate_net.pt", earlier, a, resave)
         elif a.package:
+            if a.section != earlier.get("section"):  # the same scans, another section's figures
+                summarise(earlier, a.section)
+                (a.out / "probe.json").write_text(json.dumps(earlier, indent=1))
             _package(a.out / "candidate_net.pt", earlier, a)
         return
     a.out.mkdir(parents=True, exist_ok=True)
@@ -513,6 +543,56 @@ def main() -> None:
         _evaluate_all(pool, weights, result, a, save)
 
 
+def _of(scans: list[dict[str, Any]], section: str | None) -> list[dict[str, Any]]:
+    """The scans of ``section`` (None: all)."""
+    return scans if section is None else [sc for sc in scans if sc.get("section") == section]
+
+
+def _figures(scans: list[dict[str, Any]], t: float, section: str | None) -> dict[str, Any]:
+    """A set's figures at threshold ``t``: over the scans of ``section`` (None: all), each
+    section apart beside them."""
+    mine = _of(scans, section)
+    return {
+        "at_chosen": at_threshold(mine, t),
+        "outline_dice": outline_dice(mine, t),
+        "blob_outline_dice": outline_dice(mine, t, "blob_outline_dice"),
+        "by_size": by_size(mine, t),
+        "by_section": by_section(scans, t),
+        "froc": froc(mine),
+    }
+
+
+def summarise(result: dict[str, Any], section: str | None) -> None:
+    """A run's figures from its scored scans (``result[set]["scans"]``): the threshold of
+    the best sensitivity at <= 0.25 false positives per scan on the validation scans (the
+    highest that reaches it) — of ``section`` only, where one is given (a package for that
+    section: ``--section``) — and every set's figures at it. The same scans give the same
+    figures, so an earlier run is summarised again without scoring anything."""
+    if section is not None and not any(
+        sc.get("section") == section for sc in result["validation"]["scans"]
+    ):
+        raise SystemExit(f"--section {section}: the run's scans do not record it (re-evaluate)")
+    result["section"] = section
+    val = result["validation"]["scans"]
+    mine = _of(val, section)
+    rows = froc(mine)
+    point = highest_at(mine, next(r for r in rows if r["fp_target"] == 0.25))
+    t = point["threshold"]
+    figures = _figures(val, t, section)
+    result["validation"].update(
+        {
+            **{k: v for k, v in figures.items() if k not in ("at_chosen", "froc")},
+            "froc": rows,
+            "chosen": point,
+            "candidates_per_scan": float(np.mean([s["candidates"] for s in mine])),
+            "lesions_with_a_candidate_5mm": covered(mine),
+        }
+    )
+    for name in ("shifted", "ordinary"):
+        if name in result:
+            result[name].update(_figures(result[name]["scans"], t, section))
+
+
 def _evaluate_all(
     pool: ProcessPoolExecutor,
     weights: Path,
@@ -520,38 +600,21 @@ def _evaluate_all(
     a: argparse.Namespace,
     save: Any,
 ) -> None:
-    """Validation (the threshold for 0.25 false positives per scan), then, with ``--test``,
+    """Validation (the threshold: :func:`summarise`), then, with ``--test``,
     the held-out sets at that threshold; with ``--package``, the package."""
-    val = evaluate(pool, weights, [(1202, a.val, False), (1203, a.val, True)])
-    rows = froc(val)
-    point = next(r for r in rows if r["fp_target"] == 0.25)
     result["validation"] = {
-        "froc": rows,
-        "chosen": point,
-        "outline_dice": outline_dice(val, point["threshold"]),
-        "blob_outline_dice": outline_dice(val, point["threshold"], "blob_outline_dice"),
-        "by_size": by_size(val, point["threshold"]),
-        "by_section": by_section(val, point["threshold"]),
-        "candidates_per_scan": float(np.mean([s["candidates"] for s in val])),
-        "lesions_with_a_candidate_5mm": covered(val),
-        "scans": val,
+        "scans": evaluate(pool, weights, [(1202, a.val, False), (1203, a.val, True)])
     }
-    log("validation", json.dumps(rows, indent=0), result["validation"]["by_size"])
-    log("validation by section", result["validation"]["by_section"])
-    log("validation outlines", result["validation"]["outline_dice"])
+    summarise(result, a.section)
+    v = result["validation"]
+    log("validation", json.dumps(v["froc"], indent=0), v["by_size"])
+    log("validation by section", v["by_section"])
+    log("validation outlines", v["outline_dice"])
     save()
     if a.test:
         for name, sets in (("shifted", [(2201, 100, True)]), ("ordinary", [(2202, 60, False)])):
-            scans = evaluate(pool, weights, sets)
-            result[name] = {
-                "at_chosen": at_threshold(scans, point["threshold"]),
-                "outline_dice": outline_dice(scans, point["threshold"]),
-                "blob_outline_dice": outline_dice(scans, point["threshold"], "blob_outline_dice"),
-                "by_size": by_size(scans, point["threshold"]),
-                "by_section": by_section(scans, point["threshold"]),
-                "froc": froc(scans),
-                "scans": scans,
-            }
+            result[name] = {"scans": evaluate(pool, weights, sets)}
+            summarise(result, a.section)
             log(name, result[name]["at_chosen"], result[name]["by_size"])
             log(name, "by section", result[name]["by_section"])
             log(name, "outlines", result[name]["outline_dice"], result[name]["blob_outline_dice"])
@@ -563,7 +626,7 @@ def _evaluate_all(
 def _package(weights: Path, result: dict[str, Any], a: argparse.Namespace) -> None:
     from training.detector_package import package_detector
 
-    package_detector(weights, result, a.package)
+    package_detector(weights, result, a.package, section=a.section)
     log("packaged", a.package)
 
 

@@ -11,17 +11,19 @@ from pathlib import Path
 
 import numpy as np
 
+from inference.domain import BASE_STATISTICS
 from inference.package import LoadedModel
 from training.catalog import EVALUATED_ONLY
 from training.domain import FeatureWatch
-from training.evaluation import evaluate
+from training.evaluation import evaluate, lesion_figures
 from training.folders import (
     GENERATORS,
+    accepted_summary,
     generate,
     headline,
     load_cases,
     record_domain,
-    worker_acceptance,
+    worker_decisions,
 )
 from training.metrics import grouped_kfold
 from training.rebuild import rebuild
@@ -65,6 +67,7 @@ def _domain(
     check: list[Path],
     body_parts: list[str],
     splits: tuple[str | None, str | None],
+    lung_share: bool = False,
 ) -> int:
     """``ainode train domain``: build, write, and measure the share of held-out scans accepted."""
     found = _package_and_recipe(package, "domain")
@@ -72,7 +75,10 @@ def _domain(
         return 2
     loaded, recipe = found
     try:
-        domain, checks = record_domain(loaded, recipe, package, data, check, body_parts, splits)
+        statistics = (*BASE_STATISTICS, "lung_fraction") if lung_share else BASE_STATISTICS
+        domain, checks = record_domain(
+            loaded, recipe, package, data, check, body_parts, splits, statistics
+        )
     except ValueError as exc:  # a split asked of a folder without a split column
         print(f"ainode train domain: {exc}", file=sys.stderr)
         return 2
@@ -160,9 +166,19 @@ def _evaluate(
         seen = FeatureWatch(loaded)
         report = evaluate(recipe, loaded, cases[recipe.name], seen.watch)
         # The metrics count every case (as if the worker analysed them all); beside
-        # them, how many the worker would analyse at all, and why it declines the rest.
-        accepts = worker_acceptance(loaded, cases[recipe.name], seen.vectors)
+        # them, how many the worker would analyse at all, why it declines the rest, and
+        # the lesion figures of the cases it analyses (what its SRs would say).
+        decided = worker_decisions(loaded, cases[recipe.name], seen.vectors)
+        accepts = accepted_summary(decided)
         report.update(accepts)
+        if decided is not None and "per_case" in report:
+            rows = report["per_case"]
+            for row, why in zip(rows, decided, strict=True):
+                row["declined"] = why
+            analysed = lesion_figures([r for r in rows if r["declined"] is None])
+            report["accepted_only"] = {k: v for k, v in analysed.items() if k != "dice_all"} | {
+                "n": accepts["domain_accepted"]
+            }
         folder = report_dir if role == "model" else report_dir / "baseline"
         write_report(folder, recipe.name, report, list(recipe.classes))
         figures[f"{role}: {path}"] = {
@@ -227,6 +243,12 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--body-part", nargs="*", default=[], help="Body Part Examined values")
     d.add_argument("--split", help="only this split of the --data folders (e.g. an export's train)")
     d.add_argument("--check-split", help="only this split of the --check folders (e.g. test)")
+    d.add_argument(
+        "--lung-share",
+        action="store_true",
+        help="also record the body's lung share from its low end (a chest model: declines an "
+        "abdomen that does not say its body part)",
+    )
     r = sub.add_parser("rebuild-models", help="rebuild every shipped model from scratch")
     r.add_argument("--out", type=Path, default=Path("models"))
     r.add_argument("--work", type=Path, help="where generated data goes (default: a temp dir)")
@@ -241,7 +263,9 @@ def main(argv: list[str] | None = None) -> int:
     if a.command == "evaluate":
         return _evaluate(a.package, a.data, a.report, a.split, a.baseline)
     if a.command == "domain":
-        return _domain(a.package, a.data, a.check, a.body_part, (a.split, a.check_split))
+        return _domain(
+            a.package, a.data, a.check, a.body_part, (a.split, a.check_split), a.lung_share
+        )
     if a.command == "cross-validate":
         recipe = RECIPES[a.recipe]
         cases = load_cases(recipe, a.data)

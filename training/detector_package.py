@@ -21,28 +21,50 @@ import torch
 from dicomio.records import Volume, axial_volume
 from inference.architectures import CandidateNet
 from inference.candidates import ISO_MM
+from inference.domain import BASE_STATISTICS, STATISTICS
 from inference.package import load_package
 from inference.patches import CHANNELS, DEFAULT_CHANNELS, PATCH
 from training.anatomy import indexed_scan
 from training.domain import acceptance, build_domain, card_section, write_domain
 from training.export import export_package
 
-__all__ = ["anatomy_volume", "package_detector", "run_views"]
+__all__ = ["anatomy_volume", "package_detector", "run_views", "section_volumes"]
 
 LESION = ["52988006", "SCT", "Lesion"]
 #: 0.1.0: candidates [900, 300, 150]; 0.1.1: the same weights, each detection outlined at
 #: its lesion's scale (``inference.candidates.lesion_outline``); 0.1.2: the same weights, of
-#: the outlines at several scales the one with the steepest border. New weights or
-#: candidate streams: 0.2.0.
-VERSION = "0.1.2"
-#: Training scans (seed 1201) and shifted validation scans (1203) the domain is built from.
-DOMAIN_SCANS = 40
+#: the outlines at several scales the one with the steepest border; 0.2.0: the same
+#: weights for chest CT only (``--section chest``: threshold chosen on the chest validation
+#: scans, domain built from chest scans, the abdomen declined). New weights or candidate
+#: streams: 0.3.0.
+VERSION = "0.2.0"
+#: What a package for a section declines the other by: its body part, and the body's lung
+#: share for a series that does not say (``inference.domain.lung_fraction``).
+BODY_PARTS = {"chest": ("CHEST",), "abdomen": ("ABDOMEN",), None: ("CHEST", "ABDOMEN")}
+#: Training scans (seed 1201; and half as many shifted validation scans, 1203) the domain
+#: is built from: 120 from 0.2.0 (40 before; of chest scans alone, 40 + 20 turned away 1 in
+#: 30 held-out chest scans by ranges too narrow, 120 + 60 none).
+DOMAIN_SCANS = 120
 
 
 def anatomy_volume(seed: int, index: int, *, shift: bool = False) -> Volume:
     """Anatomy scan ``index`` of stream ``seed`` as a volume (axial, identity geometry)."""
     scan = indexed_scan(seed, index, shift=shift)
     return axial_volume(scan.hu, scan.spacing, f"2.25.{seed}{index:05d}", modality="CT")
+
+
+def section_volumes(
+    seed: int, count: int, section: str | None, *, shift: bool = False, other: bool = False
+) -> Iterator[Volume]:
+    """The first ``count`` scans of stream ``seed`` of ``section`` (None: any; ``other``:
+    of any section but it), as volumes."""
+    index = found = 0
+    while found < count and index < 50 * count:
+        scan = indexed_scan(seed, index, shift=shift)
+        index += 1
+        if section is None or (scan.section == section) != other:
+            found += 1
+            yield axial_volume(scan.hu, scan.spacing, f"2.25.{seed}{index - 1:05d}", modality="CT")
 
 
 def _noise_cts(n: int) -> Iterator[Volume]:
@@ -61,6 +83,12 @@ def _metrics(probe: dict[str, Any]) -> dict[str, float]:
         out[f"{name}_sensitivity_5mm"] = chosen["sensitivity_5mm"]
         out[f"{name}_fp_per_scan"] = chosen["fp_per_scan"]
         out[f"{name}_lesion_free_clean"] = chosen["lesion_free_clean"]
+    section = probe.get("section")
+    for name in ("shifted", "ordinary"):
+        for other, figures in probe[name].get("by_section", {}).items():
+            if section is not None and other != section:  # what it would report, were it let
+                out[f"{name}_{other}_fp_per_scan"] = figures["fp_per_scan"]
+                out[f"{name}_{other}_sensitivity_5mm"] = figures["sensitivity_5mm"]
     return {k: round(float(v), 4) for k, v in out.items()}
 
 
@@ -124,11 +152,15 @@ def _card(
             f"{float(args['finetune_lr']):g}.",
         ]
     )
+    section = probe.get("section")
     rows = []
     for name, what in (
         ("shifted", "100 shifted scans (seed 2201: sharp kernel, more noise, other spacing)"),
         ("ordinary", "60 ordinary scans (seed 2202)"),
     ):
+        if section is not None:
+            n = probe[name]["by_section"][section]["scans"]
+            what = f"the {n} {section} scans of {what}"
         c = probe[name]["at_chosen"]
         sizes = ", ".join(f"{k}: {v}" for k, v in probe[name]["by_size"].items())
         rows.append(
@@ -149,18 +181,19 @@ def _card(
             + " per scan), each "
             f"scored by `candidate_net` ({len(run_views(args))} channels of {PATCH}³ voxels of "
             f"{ISO_MM} mm: {_view_text(run_views(args))}), one detection within 5 mm,",
-            f"  threshold {threshold:.4f} (0.25 false positives per scan on validation); each",
+            f"  threshold {threshold:.4f} ({_rule(probe)}); each",
             "  detection outlined by a half-way threshold within 1.5 radii of its blob or,",
             "  where that outline runs into its bound, of the blob of its sign that holds it",
             "  whose outline has the steepest border (`inference.candidates.lesion_outline`).",
-            f"- Trained by `python scripts/candidate_probe.py {_command(args)}` on "
+            f"- Trained by `python scripts/candidate_probe.py {_command(args, section)}` on "
             f"{training['scans']} anatomy scans (seed 1201; {training['lesions']} lesions; "
             f"{training['positives']} lesion and {training['negatives']} other patches), "
             f"{_rounds(args)}.",
             *went_on,
-            f"- Validation (64 scans, seeds 1202 ordinary, 1203 shifted): sensitivity "
-            f"{v['sensitivity_5mm']:.2f} for lesions >= 5 mm at {v['fp_per_scan']:.2f} false "
-            "positives per scan.",
+            f"- Validation ({_validation_scans(probe)}, seeds 1202 ordinary, 1203 shifted): "
+            f"sensitivity {v['sensitivity_5mm']:.2f} for lesions >= 5 mm at "
+            f"{v['fp_per_scan']:.2f} false positives per scan.",
+            *_section_lines(section),
             "",
             "## Held-out figures (scans never seen in training or validation)",
             "",
@@ -172,6 +205,7 @@ def _card(
             "found by size |",
             "|---|---|---|---|---|",
             *rows,
+            *_elsewhere(probe),
             "",
             "Outlines come from a threshold half-way between the blob's inside and its",
             "surroundings, not from a segmentation network; mean Dice of the outline of each",
@@ -189,6 +223,67 @@ def _card(
     )
 
 
+def _rule(probe: dict[str, Any]) -> str:
+    """How the run chose its threshold on validation."""
+    chosen = probe["validation"]["chosen"]
+    budget = next(r for r in probe["validation"]["froc"] if r["fp_target"] == 0.25)
+    if chosen["threshold"] == budget["threshold"]:
+        return "0.25 false positives per scan on validation"
+    return (
+        f"the highest that finds what validation's best at <= 0.25 false positives per scan "
+        f"finds: {chosen['fp_per_scan']:.2f} per scan there"
+    )
+
+
+def _validation_scans(probe: dict[str, Any]) -> str:
+    section = probe.get("section")
+    if section is None:
+        return "64 scans"
+    n = probe["validation"]["by_section"][section]["scans"]
+    return f"the {n} {section} scans of 64"
+
+
+def _section_lines(section: str | None) -> list[str]:
+    """What a package for one section says of the others (nothing for one for all)."""
+    if section is None:
+        return []
+    parts = ", ".join(BODY_PARTS[section])
+    return [
+        f"- **For {section} CT only.** Its domain records body part {parts} and the share of",
+        f"  the body that is lung or gas, both from its {section} training and validation scans: a",
+        "  series of another body part, or without Body Part Examined whose lung share is not",
+        f"  a {section}'s, is declined with the reason; the threshold is chosen on the "
+        f"validation's {section}",
+        "  scans. The figures below are its section's; what it would report elsewhere were it",
+        "  let through is printed after them.",
+    ]
+
+
+def _elsewhere(probe: dict[str, Any]) -> list[str]:
+    """The other sections' figures at the same threshold, for a package for one section."""
+    section = probe.get("section")
+    if section is None:
+        return []
+    lines = []
+    for name in ("shifted", "ordinary"):
+        for other, f in sorted(probe[name]["by_section"].items()):
+            if other == section:
+                continue
+            lines.append(
+                f"- {other}, the {f['scans']} {other} scans of the {name} set: sensitivity "
+                f"{f['sensitivity_5mm']:.2f} ({f['lesions_5mm']} lesions >= 5 mm), "
+                f"{f['fp_per_scan']:.2f} false positives per scan, lesion-free clean "
+                f"{f['lesion_free_clean']:.2f}"
+            )
+    if not lines:
+        return []
+    return [
+        "",
+        "What it would report where its domain declines the series, at the same threshold:",
+        *lines,
+    ]
+
+
 def run_views(args: dict[str, str]) -> tuple[str, ...]:
     """The patch views a run trained with (``--channels``; older runs: the default)."""
     return tuple(args.get("channels", ",".join(DEFAULT_CHANNELS)).split(","))
@@ -198,7 +293,7 @@ def _view_text(views: tuple[str, ...]) -> str:
     return ", ".join(CHANNELS[v].said for v in views)
 
 
-def _command(args: dict[str, str]) -> str:
+def _command(args: dict[str, str], section: str | None = None) -> str:
     streams = _streams(args)
     views = run_views(args)
     return (
@@ -207,7 +302,9 @@ def _command(args: dict[str, str]) -> str:
         + "".join(f"{option} {streams[k]} " for k, option, _ in _STREAMS if k in streams)
         + ("" if views == DEFAULT_CHANNELS else f"--channels {','.join(views)} ")
         + ("" if _start(args) is None else "--start PREVIOUS/weights.pt ")
-        + "--test --package DIR"
+        + "--test "
+        + ("" if section is None else f"--section {section} ")
+        + "--package DIR"
     )
 
 
@@ -216,18 +313,24 @@ def package_detector(
     probe: dict[str, Any],
     folder: Path,
     *,
+    section: str | None = None,
     domain_scans: int = DOMAIN_SCANS,
     check_scans: int = 30,
 ) -> Path:
     """Write the detector package into ``folder`` from a probe run's weights and figures;
-    its domain from ``domain_scans`` training and half as many shifted validation scans,
-    checked on ``check_scans`` of each held-out set and 5 plain-noise CTs."""
+    its domain from ``domain_scans`` training and half as many shifted validation scans
+    (of ``section`` only, where one is given: then it also records the body's lung share),
+    checked on ``check_scans`` of each held-out set (of the section; a third as many of
+    the other section beside) and 5 plain-noise CTs."""
     args = probe["args"]
+    if probe.get("section") != section:
+        raise ValueError(f"the run's figures are for section {probe.get('section')}, not {section}")
     keep = (int(args["keep"]), int(args["keep"]) // 3, int(args["organ"]))
     threshold = float(probe["validation"]["chosen"]["threshold"])
     views = run_views(args)
     net = CandidateNet(channels=len(views))
     net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    kind = "anatomy" if section is None else f"anatomy {section}"
     export_package(
         net,
         folder,
@@ -246,32 +349,44 @@ def package_detector(
             "suppress_mm": 5.0,
         },
         labels=[{"name": "lesion", "code": LESION, "threshold": threshold}],
-        training_data="generated anatomy CT (training/anatomy.py), seed 1201; "
-        "threshold on seeds 1202/1203",
+        training_data="generated anatomy CT (training/anatomy.py), seed 1201; threshold on "
+        + ("seeds 1202/1203" if section is None else f"the {section} scans of seeds 1202/1203"),
         metrics=_metrics(probe),
         card=_card(probe, keep, threshold, _start_sha256(args)),
     )
     model = load_package(folder, torch.device("cpu"))
-    sources = [anatomy_volume(1201, i) for i in range(domain_scans)]
-    sources += [anatomy_volume(1203, i, shift=True) for i in range(domain_scans // 2)]
+    sources = [
+        *section_volumes(1201, domain_scans, section),
+        *section_volumes(1203, domain_scans // 2, section, shift=True),
+    ]
     domain = build_domain(
         model,
         sources,
-        body_parts=("CHEST", "ABDOMEN"),
-        built_from=f"anatomy scans: training (seed 1201, {domain_scans}) and shifted "
+        body_parts=BODY_PARTS[section],
+        built_from=f"{kind} scans: training (seed 1201, {domain_scans}) and shifted "
         f"validation (seed 1203, {domain_scans // 2})",
+        statistics=BASE_STATISTICS if section is None else tuple(STATISTICS),
     )
     del sources
     write_domain(folder, domain)
-    checks = []
-    for name, volumes in (
+    sets: list[tuple[str, Iterator[Volume]]] = [
         (
-            "shifted anatomy (seed 2201)",
-            (anatomy_volume(2201, i, shift=True) for i in range(check_scans)),
+            f"shifted {kind} (seed 2201)",
+            section_volumes(2201, check_scans, section, shift=True),
         ),
-        ("ordinary anatomy (seed 2202)", (anatomy_volume(2202, i) for i in range(check_scans))),
-        ("plain-noise CT", _noise_cts(5)),
-    ):
+        (f"ordinary {kind} (seed 2202)", section_volumes(2202, check_scans, section)),
+    ]
+    if section is not None:
+        for seed, shift, name in ((2201, True, "shifted"), (2202, False, "ordinary")):
+            sets.append(
+                (
+                    f"{name} anatomy of the other section (seed {seed})",
+                    section_volumes(seed, check_scans // 3, section, shift=shift, other=True),
+                )
+            )
+    sets.append(("plain-noise CT", _noise_cts(5)))
+    checks = []
+    for name, volumes in sets:
         accepted, total, _ = acceptance(model, domain, volumes)
         checks.append((name, accepted, total))
     card_section(folder, domain, checks, command="scripts/candidate_probe.py --package")

@@ -22,6 +22,7 @@ import numpy.typing as npt
 from dicomio.records import Volume
 from inference.domain import (
     AXES,
+    BASE_STATISTICS,
     STATISTICS,
     Domain,
     FeatureReference,
@@ -41,6 +42,7 @@ __all__ = [
     "acceptance",
     "build_domain",
     "card_section",
+    "decisions",
     "domain_volumes",
     "reason_kind",
     "write_domain",
@@ -109,12 +111,18 @@ class FeatureWatch:
         self.vectors[i] = probe.vector()
 
 
+#: Statistics whose range is open above: the body's lung share tells a chest from an
+#: abdomen by its low end; a chest with more lung than the training scans' is a chest still
+#: (a thin patient, emphysema), and the air share and the features watch the rest.
+AT_LEAST = frozenset({"lung_fraction"})
+
+
 def _range(key: str, values: Sequence[float], floor: float) -> tuple[float, float]:
     lo, hi = float(min(values)), float(max(values))
     pad = max(0.1 * (hi - lo), floor)
     # A share or a noise level is never negative: the widened range stops at 0.
     least = 0.0 if key.endswith("_fraction") or key == "noise_hu" else -math.inf
-    return max(lo - pad, least), hi + pad
+    return max(lo - pad, least), 1.0 if key in AT_LEAST else hi + pad
 
 
 def build_domain(
@@ -123,8 +131,11 @@ def build_domain(
     *,
     body_parts: Sequence[str] = (),
     built_from: str,
+    statistics: Sequence[str] = BASE_STATISTICS,
 ) -> Domain:
-    """The domain of ``model`` over ``volumes`` (the scans it was fitted and calibrated on)."""
+    """The domain of ``model`` over ``volumes`` (the scans it was fitted and calibrated on),
+    recording the intensity ``statistics`` named (of :data:`inference.domain.STATISTICS`;
+    the default leaves out ``lung_fraction``, which packages built before it lack)."""
     spacings: list[tuple[float, float, float]] = []
     stats: list[dict[str, float]] = []
     vectors: list[npt.NDArray[np.float64]] = []
@@ -144,8 +155,7 @@ def build_domain(
         for a in range(3)
     )  # fmt: skip
     intensity = {
-        key: _range(key, [s[key] for s in stats], floor)
-        for key, (_w, _u, floor) in STATISTICS.items()
+        key: _range(key, [s[key] for s in stats], STATISTICS[key][2]) for key in statistics
     }
     features = None
     if vectors:
@@ -201,30 +211,38 @@ def reason_kind(why: str) -> str:
     return " ".join(words).rstrip(";:,") or why
 
 
+def decisions(
+    model: LoadedModel,
+    domain: Domain,
+    volumes: Iterable[Volume],
+    features: Mapping[int, npt.NDArray[np.float64] | None] | None = None,
+) -> list[str | None]:
+    """What the domain says of each of ``volumes``: None (accepted) or why it declines it.
+
+    ``features``: volume ``i``'s features as its own forward pass already gave them
+    (:class:`FeatureWatch`); else the network runs on each volume the rules accept.
+    """
+    out: list[str | None] = []
+    for i, volume in enumerate(volumes):
+        why = check_volume(domain, volume)
+        if why is None:
+            vector = features[i] if features is not None else feature_vector(model, volume)
+            why = check_features(domain, vector)
+        out.append(why)
+    return out
+
+
 def acceptance(
     model: LoadedModel,
     domain: Domain,
     volumes: Iterable[Volume],
     features: Mapping[int, npt.NDArray[np.float64] | None] | None = None,
 ) -> tuple[int, int, Counter[str]]:
-    """How many of ``volumes`` the domain accepts: (accepted, total, reasons of the rest).
-
-    ``features``: volume ``i``'s features as its own forward pass already gave them
-    (:class:`FeatureWatch`); else the network runs on each volume the rules accept.
-    """
-    accepted = total = 0
-    reasons: Counter[str] = Counter()
-    for i, volume in enumerate(volumes):
-        total += 1
-        why = check_volume(domain, volume)
-        if why is None:
-            vector = features[i] if features is not None else feature_vector(model, volume)
-            why = check_features(domain, vector)
-        if why is None:
-            accepted += 1
-        else:
-            reasons[reason_kind(why)] += 1
-    return accepted, total, reasons
+    """How many of ``volumes`` the domain accepts: (accepted, total, reasons of the rest),
+    as :func:`decisions` decides them."""
+    decided = decisions(model, domain, volumes, features)
+    reasons = Counter(reason_kind(why) for why in decided if why is not None)
+    return sum(why is None for why in decided), len(decided), reasons
 
 
 _CARD_HEADING = "## Validated input domain"

@@ -12,13 +12,21 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from inference.domain import Domain
+from inference.domain import BASE_STATISTICS, Domain
 from inference.package import LoadedModel
 from training.anatomy import generate_anatomical_ct
 from training.anatomy_followup import generate_anatomical_longitudinal
 from training.catalog import LESION_TASKS
 from training.data import load_ct_cases, load_ecg_cases, load_history_cases
-from training.domain import acceptance, build_domain, card_section, domain_volumes, write_domain
+from training.domain import (
+    acceptance,
+    build_domain,
+    card_section,
+    decisions,
+    domain_volumes,
+    reason_kind,
+    write_domain,
+)
 from training.recipes import Case, Recipe
 from training.synthetic import (
     generate_ct,
@@ -29,11 +37,13 @@ from training.synthetic import (
 
 __all__ = [
     "GENERATORS",
+    "accepted_summary",
     "generate",
     "headline",
     "load_cases",
     "record_domain",
     "worker_acceptance",
+    "worker_decisions",
 ]
 
 GENERATORS = {
@@ -99,20 +109,41 @@ def worker_acceptance(
 
     ``features``: case ``i``'s features from a forward pass already run
     (``FeatureWatch``), so the network does not run a second time."""
-    if loaded.spec.domain is None:
+    return accepted_summary(worker_decisions(loaded, cases, features))
+
+
+def accepted_summary(decided: Sequence[str | None] | None) -> dict[str, Any]:
+    """:func:`worker_acceptance`'s figures of decisions already made."""
+    if decided is None:
         return {}
+    reasons = Counter(reason_kind(why) for why in decided if why is not None)
+    return {
+        "domain_accepted": sum(why is None for why in decided),
+        "domain_checked": len(decided),
+        "domain_declined": dict(reasons.most_common()),
+    }
+
+
+def worker_decisions(
+    loaded: LoadedModel,
+    cases: Sequence[object],
+    features: Mapping[int, npt.NDArray[np.float64] | None] | None = None,
+) -> list[str | None] | None:
+    """Per case, None where the package's domain accepts it, else why it declines it (a
+    longitudinal case: its own study); None for a package without a domain."""
+    if loaded.spec.domain is None:
+        return None
     indexed = [(i, v) for i, case in enumerate(cases) for v in domain_volumes([case])]
-    accepted, total, reasons = acceptance(
+    decided = decisions(
         loaded,
         loaded.spec.domain.domain,
         [v for _, v in indexed],
         None if features is None else {k: features[i] for k, (i, _) in enumerate(indexed)},
     )
-    return {
-        "domain_accepted": accepted,
-        "domain_checked": total,
-        "domain_declined": dict(reasons.most_common()),
-    }
+    out: list[str | None] = [None] * len(cases)
+    for (i, _), why in zip(indexed, decided, strict=True):
+        out[i] = why
+    return out
 
 
 def record_domain(
@@ -123,11 +154,13 @@ def record_domain(
     check: Sequence[Path],
     body_parts: Sequence[str],
     splits: tuple[str | None, str | None] = (None, None),
+    statistics: Sequence[str] = BASE_STATISTICS,
 ) -> tuple[Domain, list[tuple[Path, int, int, Counter[str]]]]:
     """Build the domain from ``data``, write it and the model card's section; measure ``check``.
 
     ``splits``: only this split of the ``data`` and of the ``check`` folders (an export's
-    ``train`` and ``test``), None for all their cases.
+    ``train`` and ``test``), None for all their cases; ``statistics``: the intensity
+    statistics recorded (``--lung-share`` adds the body's lung share).
     """
     data_split, check_split = splits
     held_out = [  # read first: a folder that cannot be read leaves the package unchanged
@@ -137,6 +170,7 @@ def record_domain(
         loaded,
         (v for folder in data for v in domain_volumes(load_cases(recipe, folder, data_split))),
         body_parts=body_parts,
+        statistics=statistics,
         built_from=", ".join(
             folder.name + (f" ({data_split})" if data_split else "") for folder in data
         ),

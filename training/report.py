@@ -34,7 +34,7 @@ def write_report(folder: Path, name: str, report: dict[str, Any], classes: list[
     (folder / "report.json").write_text(json.dumps(report, indent=2))
     lines = [f"# {name}: held-out evaluation", ""]
     for key, value in report.items():
-        if key in ("probabilities", "labels", "dice_all", "reliability"):
+        if key in ("probabilities", "labels", "dice_all", "reliability", "per_case"):
             continue
         lines.append(f"- **{key}**: {json.dumps(value)}")
     (folder / "report.md").write_text("\n".join(lines) + "\n")

@@ -14,6 +14,7 @@ import json
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,14 @@ import pytest
 from pydicom import dcmread
 
 from dicomio.records import Volume
-from inference.domain import check_series, intensity_stats, read_domain
+from inference.domain import (
+    Domain,
+    check_series,
+    check_volume,
+    intensity_stats,
+    lung_fraction,
+    read_domain,
+)
 from inference.errors import ModelPackageError
 from inference.spec import verify_package
 from tests.dicomcheck import validate
@@ -185,11 +193,8 @@ def test_body_part_and_modality_rules() -> None:
     assert check_series(domain, "MR", "CHEST") == "modality MR; validated on CT"
 
 
-def test_intensity_statistics_measure_what_they_say() -> None:
-    array = np.full((10, 40, 40), 40.0, dtype=np.float32)
-    array[:, :10] = -1000.0  # a quarter air
-    array[:, 10:14] = 1000.0  # a tenth bone
-    volume = Volume(
+def _volume_of(array: np.ndarray) -> Volume:
+    return Volume(
         array=array,
         spacing=(1.0, 1.0, 1.0),
         origin=(0.0, 0.0, 0.0),
@@ -199,14 +204,21 @@ def test_intensity_statistics_measure_what_they_say() -> None:
         study_instance_uid="1",
         series_instance_uid="1.1",
         frame_of_reference_uid="1.2",
-        sop_instance_uids=tuple(f"1.1.{k}" for k in range(10)),
+        sop_instance_uids=tuple(f"1.1.{k}" for k in range(array.shape[0])),
     )
-    stats = intensity_stats(volume)
+
+
+def test_intensity_statistics_measure_what_they_say() -> None:
+    array = np.full((10, 40, 40), 40.0, dtype=np.float32)
+    array[:, :10] = -1000.0  # a quarter air
+    array[:, 10:14] = 1000.0  # a tenth bone
+    stats = intensity_stats(_volume_of(array))
     assert stats["air_fraction"] == pytest.approx(0.25)
     assert stats["bone_fraction"] == pytest.approx(0.10)
     assert stats["fat_fraction"] == 0.0
     assert stats["hu_p50"] == pytest.approx(40.0)
     assert stats["noise_hu"] == pytest.approx(0.0)
+    assert stats["lung_fraction"] == 0.0  # the air is outside the body
 
 
 def test_the_shipped_ct_models_decline_anatomical_scans(tmp_path: Path) -> None:
@@ -232,3 +244,72 @@ def test_the_shipped_ct_models_decline_anatomical_scans(tmp_path: Path) -> None:
         accepted, total, reasons = acceptance(model, model.spec.domain.domain, volumes)
         assert (accepted, total) == (0, 4), (name, reasons)
         assert sum(reasons.values()) == 4 and all(reasons), reasons
+
+
+def _trunk(lungs: bool, shape: tuple[int, int, int] = (12, 96, 96)) -> np.ndarray:
+    """Air around an elliptic trunk of soft tissue; with ``lungs``, two lungs of -850 HU
+    filling 36 % of it; without, three gas bubbles (an abdomen)."""
+    _, y, x = np.indices(shape).astype(np.float64) - np.asarray(shape)[:, None, None, None] / 2
+    hu = np.full(shape, -1000.0)
+    trunk = (x / 45) ** 2 + (y / 30) ** 2 <= 1.0
+    hu[trunk] = 40.0
+    if lungs:
+        for side in (-1, 1):
+            hu[((x - side * 22) / 18) ** 2 + (y / 18) ** 2 <= 1.0] = -850.0
+    else:
+        for cy, cx in ((-10, -20), (5, 10), (12, 25)):
+            hu[(x - cx) ** 2 + (y - cy) ** 2 <= 9] = -1000.0
+    return hu + np.random.default_rng(1).normal(0, 30, shape)
+
+
+def test_the_bodys_lung_share_tells_a_chest_from_an_abdomen() -> None:
+    """``lung_fraction``: the part of the body (inside its outline) below -500 HU. The air
+    around the body is not counted, the lungs inside it are; in 30 HU of noise too."""
+    chest = lung_fraction(_trunk(True))
+    assert chest == pytest.approx(2 * 18 * 18 / (45 * 30), abs=0.02)  # the lungs' share
+    assert lung_fraction(_trunk(False)) == pytest.approx(
+        3 * np.pi * 9 / (np.pi * 45 * 30), abs=0.01
+    )
+    assert lung_fraction(np.full((4, 32, 32), -1000.0)) == 0.0  # no body at all
+    # the independent chest phantom's lungs count, whatever the generator's are
+    phantom = lung_fraction(chest_phantom((24, 128, 128), (2.5, 2.8, 2.8)))
+    assert 0.3 < phantom < 0.6, phantom
+
+
+def test_a_domain_with_the_lung_share_declines_an_abdomen_that_does_not_say_so() -> None:
+    """A series without Body Part Examined passes the body-part rule; the lung share is what
+    declines an abdomen then, naming the statistic and the range."""
+    domain = Domain(
+        modalities=("CT",),
+        body_parts=("CHEST",),
+        spacing_mm=((0.5, 5.0), (0.5, 3.0), (0.5, 3.0)),
+        intensity={"lung_fraction": (0.12, 0.6)},
+        features=None,
+        built_from="test",
+    )
+    assert check_series(domain, "CT", "") is None  # nothing said: not declined for it
+    assert check_series(domain, "CT", "ABDOMEN") == "body part ABDOMEN; validated on CHEST"
+    assert check_volume(domain, _volume_of(_trunk(True))) is None
+    why = check_volume(domain, _volume_of(_trunk(False)))
+    assert why is not None and why.startswith("share of the body below -500 HU (lungs, gas) 0.0")
+    assert why.endswith("; validated 0.12 to 0.6"), why
+    # a domain that does not record it does not check it (the packages built before it)
+    assert check_volume(replace(domain, intensity={}), _volume_of(_trunk(False))) is None
+
+
+def test_the_chest_detector_declines_the_generators_abdomen_and_takes_its_chest() -> None:
+    """``lesion-detect`` is for chest CT: its domain records body part CHEST and the body's
+    lung share from chest scans; abdominal scans of the held-out stream, given to it
+    without a body part, are declined by the lung share, its chest scans accepted."""
+    from training.detector_package import section_volumes
+
+    spec = verify_package(MODELS / "lesion-detect")
+    assert spec.domain is not None
+    domain = spec.domain.domain
+    assert domain.body_parts == ("CHEST",)
+    assert "lung_fraction" in domain.intensity and "anatomy chest scans" in domain.built_from
+    for volume in section_volumes(2201, 2, "abdomen", shift=True):
+        why = check_volume(domain, volume)
+        assert why is not None and why.startswith("share of the body below -500 HU"), why
+    for volume in section_volumes(2201, 2, "chest", shift=True):
+        assert check_volume(domain, volume) is None

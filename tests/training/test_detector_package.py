@@ -55,3 +55,8 @@ def test_the_command_and_card_name_the_views_a_run_trained_with_if_not_the_defau
         "lung window, soft-tissue window, lung window at twice the voxel size, "
         "smoothed organ window"
     )
+
+
+def test_a_package_for_one_section_is_remade_by_a_command_that_names_it() -> None:
+    assert _command(_RUN, "chest").endswith("--organ 150 --test --section chest --package DIR")
+    assert "--section" not in _command(_RUN)

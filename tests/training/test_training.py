@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -448,9 +449,14 @@ def test_domain_from_one_split_checked_on_another(ct_data: Path, tmp_path: Path)
     assert "from export (train); 5 scans" in card and "Held-out export set: " in card
     assert "of 1 accepted" in card
     domain = (package / "domain.json").read_text()
+    assert "lung_fraction" not in domain  # recorded when asked for only
     # A split asked of a folder without a split column is a clear error, and changes nothing.
     assert main([*args[:4], "--check", str(ct_data), "--check-split", "test"]) == 2
     assert (package / "domain.json").read_text() == domain
+    assert main([*args, "--split", "train", "--check-split", "test", "--lung-share"]) == 0
+    recorded = json.loads((package / "domain.json").read_text())["intensity"]
+    low, high = recorded["lung_fraction"]
+    assert 0 <= low < high == 1  # from its low end up
 
 
 def test_evaluate_reports_what_the_worker_would_analyse(
@@ -496,8 +502,10 @@ def test_evaluate_reports_what_the_worker_would_analyse(
 def test_evaluate_reads_the_detector_package_as_the_worker_runs_it(tmp_path: Path) -> None:
     """``lesion-detect`` has no recipe (``scripts/candidate_probe.py`` trains it), yet
     ``evaluate`` reports it like a segmentation model: its outlines at its own threshold
-    are the lesions, anatomy is accepted by its domain and first-generation phantoms
-    declined."""
+    are the lesions, anatomy's chest scans are accepted by its domain, its abdomen (by the
+    body's lung share: the report's files are read without their body part) and
+    first-generation phantoms declined; ``accepted_only`` is what the worker's SRs would
+    report, over the scans it analyses."""
     import json
 
     from training.__main__ import main
@@ -512,9 +520,16 @@ def test_evaluate_reads_the_detector_package_as_the_worker_runs_it(tmp_path: Pat
         assert main([*args, "--report", str(tmp_path / data / "report")]) == 0
         reports[data] = json.loads((tmp_path / data / "report" / "report.json").read_text())
     anatomy, ct = reports["anatomy"], reports["ct"]
-    assert (anatomy["domain_accepted"], anatomy["domain_checked"]) == (2, 2)
+    # seed 2201's first two shifted scans: an abdomen (one lesion), then a chest (three)
+    assert (anatomy["domain_accepted"], anatomy["domain_checked"]) == (1, 2)
+    assert anatomy["domain_declined"] == {"share of the body below": 1}
+    declined = [row["declined"] for row in anatomy["per_case"]]
+    assert declined[0].startswith("share of the body below -500 HU") and declined[1] is None
     assert (ct["domain_accepted"], ct["domain_checked"]) == (0, 2)
     assert anatomy["lesions"] >= 1 and 0 < anatomy["lesion_sensitivity"] <= 1
+    analysed = anatomy["accepted_only"]
+    assert analysed["n"] == 1 and analysed["lesions"] == anatomy["per_case"][1]["lesions"]
+    assert ct["accepted_only"]["n"] == 0 and ct["accepted_only"]["lesions"] == 0
     assert (tmp_path / "anatomy" / "report" / "dice.png").is_file()
     # the recipe-less package is known to evaluate only: training it by name is refused
     with pytest.raises(SystemExit):
@@ -564,6 +579,10 @@ def test_evaluate_checks_the_domain_with_the_features_of_its_own_forward_pass(
         (
             "share of voxels below -500 HU (air, lung) 0; validated 0.446 to 0.787",
             "share of voxels below",
+        ),
+        (
+            "share of the body below -500 HU (lungs, gas) 0.017; validated 0.0918 to 1",
+            "share of the body below",
         ),
         ("modality MR; validated CT", "modality MR; validated CT"),
     ],
