@@ -28,7 +28,7 @@ from training.anatomy import indexed_scan
 from training.domain import acceptance, build_domain, card_section, write_domain
 from training.export import export_package
 
-__all__ = ["anatomy_volume", "package_detector", "run_views", "section_volumes"]
+__all__ = ["package_detector", "run_views", "section_volumes"]
 
 LESION = ["52988006", "SCT", "Lesion"]
 #: 0.1.0: candidates [900, 300, 150]; 0.1.1: the same weights, each detection outlined at
@@ -47,24 +47,19 @@ BODY_PARTS = {"chest": ("CHEST",), "abdomen": ("ABDOMEN",), None: ("CHEST", "ABD
 DOMAIN_SCANS = 120
 
 
-def anatomy_volume(seed: int, index: int, *, shift: bool = False) -> Volume:
-    """Anatomy scan ``index`` of stream ``seed`` as a volume (axial, identity geometry)."""
-    scan = indexed_scan(seed, index, shift=shift)
-    return axial_volume(scan.hu, scan.spacing, f"2.25.{seed}{index:05d}", modality="CT")
-
-
 def section_volumes(
     seed: int, count: int, section: str | None, *, shift: bool = False, other: bool = False
 ) -> Iterator[Volume]:
-    """The first ``count`` scans of stream ``seed`` of ``section`` (None: any; ``other``:
-    of any section but it), as volumes."""
-    index = found = 0
-    while found < count and index < 50 * count:
+    """The first ``count`` anatomy scans of stream ``seed`` of ``section`` (None: any;
+    ``other``: of any section but it), as volumes (axial, identity geometry)."""
+    found = 0
+    for index in range(50 * count):
+        if found == count:
+            return
         scan = indexed_scan(seed, index, shift=shift)
-        index += 1
         if section is None or (scan.section == section) != other:
             found += 1
-            yield axial_volume(scan.hu, scan.spacing, f"2.25.{seed}{index - 1:05d}", modality="CT")
+            yield axial_volume(scan.hu, scan.spacing, f"2.25.{seed}{index:05d}", modality="CT")
 
 
 def _noise_cts(n: int) -> Iterator[Volume]:

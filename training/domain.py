@@ -45,6 +45,7 @@ __all__ = [
     "decisions",
     "domain_volumes",
     "reason_kind",
+    "tally",
     "write_domain",
 ]
 
@@ -240,7 +241,11 @@ def acceptance(
 ) -> tuple[int, int, Counter[str]]:
     """How many of ``volumes`` the domain accepts: (accepted, total, reasons of the rest),
     as :func:`decisions` decides them."""
-    decided = decisions(model, domain, volumes, features)
+    return tally(decisions(model, domain, volumes, features))
+
+
+def tally(decided: Sequence[str | None]) -> tuple[int, int, Counter[str]]:
+    """Decisions counted: (accepted, total, the declines' reason kinds)."""
     reasons = Counter(reason_kind(why) for why in decided if why is not None)
     return sum(why is None for why in decided), len(decided), reasons
 

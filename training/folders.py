@@ -24,7 +24,7 @@ from training.domain import (
     card_section,
     decisions,
     domain_volumes,
-    reason_kind,
+    tally,
     write_domain,
 )
 from training.recipes import Case, Recipe
@@ -116,10 +116,10 @@ def accepted_summary(decided: Sequence[str | None] | None) -> dict[str, Any]:
     """:func:`worker_acceptance`'s figures of decisions already made."""
     if decided is None:
         return {}
-    reasons = Counter(reason_kind(why) for why in decided if why is not None)
+    accepted, total, reasons = tally(decided)
     return {
-        "domain_accepted": sum(why is None for why in decided),
-        "domain_checked": len(decided),
+        "domain_accepted": accepted,
+        "domain_checked": total,
         "domain_declined": dict(reasons.most_common()),
     }
 
