@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from inference.domain import BASE_STATISTICS
+from inference.domain import BASE_STATISTICS, STATISTICS
 from inference.package import LoadedModel
 from training.catalog import EVALUATED_ONLY
 from training.domain import FeatureWatch
@@ -75,7 +75,7 @@ def _domain(
         return 2
     loaded, recipe = found
     try:
-        statistics = (*BASE_STATISTICS, "lung_fraction") if lung_share else BASE_STATISTICS
+        statistics = tuple(STATISTICS) if lung_share else BASE_STATISTICS
         domain, checks = record_domain(
             loaded, recipe, package, data, check, body_parts, splits, statistics
         )

@@ -42,7 +42,6 @@ __all__ = [
     "headline",
     "load_cases",
     "record_domain",
-    "worker_acceptance",
     "worker_decisions",
 ]
 
@@ -98,22 +97,11 @@ def headline(recipe: Recipe, report: dict[str, Any]) -> dict[str, float]:
     return {k: round(float(report[k]), 4) for k in keys if report.get(k) is not None}
 
 
-def worker_acceptance(
-    loaded: LoadedModel,
-    cases: Sequence[object],
-    features: Mapping[int, npt.NDArray[np.float64] | None] | None = None,
-) -> dict[str, Any]:
-    """What the worker does with these cases before any metric counts: how many the
-    package's validated input domain accepts, and why it declines the rest (the
-    reason's first words); {} for a package without a domain.
-
-    ``features``: case ``i``'s features from a forward pass already run
-    (``FeatureWatch``), so the network does not run a second time."""
-    return accepted_summary(worker_decisions(loaded, cases, features))
-
-
 def accepted_summary(decided: Sequence[str | None] | None) -> dict[str, Any]:
-    """:func:`worker_acceptance`'s figures of decisions already made."""
+    """What the worker does with cases before any metric counts, from
+    :func:`worker_decisions`: how many the package's validated input domain accepts, and
+    why it declines the rest (the reason's first words); {} for a package without a
+    domain (``decided`` None)."""
     if decided is None:
         return {}
     accepted, total, reasons = tally(decided)

@@ -546,7 +546,7 @@ def test_evaluate_checks_the_domain_with_the_features_of_its_own_forward_pass(
     from inference.trial import load_and_try
     from training.domain import FeatureWatch, feature_vector
     from training.evaluation import evaluate
-    from training.folders import load_cases, worker_acceptance
+    from training.folders import accepted_summary, load_cases, worker_decisions
 
     root = Path(__file__).resolve().parents[2]
     loaded = load_and_try(root / "models" / name, torch.device("cpu"))
@@ -558,9 +558,9 @@ def test_evaluate_checks_the_domain_with_the_features_of_its_own_forward_pass(
         seen = FeatureWatch(loaded)
         evaluate(recipe, loaded, cases, seen.watch)
         passes = len(calls)
-        kept = worker_acceptance(loaded, cases, seen.vectors)
+        kept = accepted_summary(worker_decisions(loaded, cases, seen.vectors))
         assert len(calls) == passes  # no second pass
-        again = worker_acceptance(loaded, cases)
+        again = accepted_summary(worker_decisions(loaded, cases))
         assert len(calls) > passes  # a pass of its own for each case the rules accept
     finally:
         hook.remove()
