@@ -17,7 +17,8 @@
    scans with the current weights and adds the ``--mined`` highest-scoring non-lesions of
    each scan to the hard negatives (a quarter of each batch), then goes on training.
 3. Validation (32 ordinary scans, seed 1202; 32 shifted, seed 1203) and, with ``--test``, the
-   held-out sets (100 shifted, seed 2201; 60 ordinary, seed 2202): every candidate of a scan
+   held-out sets (100 shifted, seed 2201; 60 ordinary, seed 2202; ``--test-seeds`` others,
+   fresh ones where a run's test figures have been seen): every candidate of a scan
    scored, one detection per place (5 mm suppression), then for each threshold the
    sensitivity for lesions >= 5 mm (diameter of the sphere of their volume, as
    ``training.metrics``), false positives per scan (a detection inside no lesion; inside a
@@ -425,6 +426,12 @@ def main() -> None:
     )
     ap.add_argument("--val", type=int, default=32, help="scans of each validation set")
     ap.add_argument(
+        "--test-seeds",
+        default="2201,2202",
+        help="SHIFTED,ORDINARY: the seeds of the held-out streams (fresh ones for weights "
+        "whose test figures have been seen)",
+    )
+    ap.add_argument(
         "--section",
         choices=("chest", "abdomen"),
         default=None,
@@ -444,6 +451,14 @@ def main() -> None:
         "--test", action="store_true", help="also the held-out sets (100 shifted, 60 ordinary)"
     )
     a = ap.parse_args()
+    try:
+        shifted_seed, ordinary_seed = (int(x) for x in a.test_seeds.split(","))
+    except ValueError:
+        ap.error(
+            f"--test-seeds: two seeds, shifted and ordinary, e.g. 2401,2402 (not {a.test_seeds!r})"
+        )
+    if {shifted_seed, ordinary_seed} & {1201, 1202, 1203}:
+        ap.error("--test-seeds: 1201-1203 are the training and validation streams")
     import torch
 
     from training.candidate_net import CandidateSchedule, train_candidates, widened
@@ -462,6 +477,8 @@ def main() -> None:
         if a.reevaluate:  # the same weights and candidates, this version's evaluation
             KEEP.update(_keep(earlier["args"]))
             VIEWS[:] = run_views(earlier["args"])
+            # what this evaluation used, as the package's card names it
+            earlier["args"].update(val=str(a.val), test_seeds=a.test_seeds)
 
             def resave() -> None:
                 (a.out / "probe.json").write_text(json.dumps(earlier, indent=1))
@@ -485,8 +502,8 @@ def main() -> None:
     with ProcessPoolExecutor(a.workers) as pool:
         if a.coverage:
             for name, sets in (
-                ("ordinary", [(2202, min(a.coverage, 60), False)]),
-                ("shifted", [(2201, min(a.coverage, 100), True)]),
+                ("ordinary", [(ordinary_seed, min(a.coverage, 60), False)]),
+                ("shifted", [(shifted_seed, min(a.coverage, 100), True)]),
             ):
                 result[f"coverage_{name}"] = coverage(pool, sets)
                 log(name, result[f"coverage_{name}"])
@@ -612,7 +629,11 @@ def _evaluate_all(
     log("validation outlines", v["outline_dice"])
     save()
     if a.test:
-        for name, sets in (("shifted", [(2201, 100, True)]), ("ordinary", [(2202, 60, False)])):
+        shifted_seed, ordinary_seed = (int(x) for x in a.test_seeds.split(","))
+        for name, sets in (
+            ("shifted", [(shifted_seed, 100, True)]),
+            ("ordinary", [(ordinary_seed, 60, False)]),
+        ):
             result[name] = {"scans": evaluate(pool, weights, sets)}
             summarise(result, a.section)
             log(name, result[name]["at_chosen"], result[name]["by_size"])

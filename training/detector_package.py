@@ -99,6 +99,19 @@ def _streams(args: dict[str, str]) -> dict[str, int]:
     return {key: int(args[key]) for key, *_ in _STREAMS if int(args.get(key, 0))}
 
 
+#: The held-out streams of runs that name none (``--test-seeds``): shifted, ordinary.
+HELD_OUT_SEEDS = (2201, 2202)
+
+
+def held_out_seeds(args: dict[str, str]) -> tuple[int, int]:
+    """The seeds of a probe run's held-out streams, shifted and ordinary (``--test-seeds``;
+    older runs: :data:`HELD_OUT_SEEDS`)."""
+    if "test_seeds" not in args:
+        return HELD_OUT_SEEDS
+    shifted, ordinary = (int(x) for x in args["test_seeds"].split(","))
+    return shifted, ordinary
+
+
 def _start(args: dict[str, str]) -> Path | None:
     """The weights a probe run went on from (``--start``); None for a run from scratch
     (``args`` holds ``str(None)`` then, or no key in older runs)."""
@@ -148,10 +161,14 @@ def _card(
         ]
     )
     section = probe.get("section")
+    shifted_seed, ordinary_seed = held_out_seeds(args)
     rows = []
     for name, what in (
-        ("shifted", "100 shifted scans (seed 2201: sharp kernel, more noise, other spacing)"),
-        ("ordinary", "60 ordinary scans (seed 2202)"),
+        (
+            "shifted",
+            f"100 shifted scans (seed {shifted_seed}: sharp kernel, more noise, other spacing)",
+        ),
+        ("ordinary", f"60 ordinary scans (seed {ordinary_seed})"),
     ):
         if section is not None:
             n = probe[name]["by_section"][section]["scans"]
@@ -297,6 +314,12 @@ def _command(args: dict[str, str], section: str | None = None) -> str:
         + "".join(f"{option} {streams[k]} " for k, option, _ in _STREAMS if k in streams)
         + ("" if views == DEFAULT_CHANNELS else f"--channels {','.join(views)} ")
         + ("" if _start(args) is None else "--start PREVIOUS/weights.pt ")
+        + ("" if int(args.get("val", 32)) == 32 else f"--val {args['val']} ")
+        + (
+            ""
+            if held_out_seeds(args) == HELD_OUT_SEEDS
+            else "--test-seeds {},{} ".format(*held_out_seeds(args))
+        )
         + "--test "
         + ("" if section is None else f"--section {section} ")
         + "--package DIR"
@@ -364,15 +387,22 @@ def package_detector(
     )
     del sources
     write_domain(folder, domain)
+    shifted_seed, ordinary_seed = held_out_seeds(args)
     sets: list[tuple[str, Iterator[Volume]]] = [
         (
-            f"shifted {kind} (seed 2201)",
-            section_volumes(2201, check_scans, section, shift=True),
+            f"shifted {kind} (seed {shifted_seed})",
+            section_volumes(shifted_seed, check_scans, section, shift=True),
         ),
-        (f"ordinary {kind} (seed 2202)", section_volumes(2202, check_scans, section)),
+        (
+            f"ordinary {kind} (seed {ordinary_seed})",
+            section_volumes(ordinary_seed, check_scans, section),
+        ),
     ]
     if section is not None:
-        for seed, shift, name in ((2201, True, "shifted"), (2202, False, "ordinary")):
+        for seed, shift, name in (
+            (shifted_seed, True, "shifted"),
+            (ordinary_seed, False, "ordinary"),
+        ):
             sets.append(
                 (
                     f"{name} anatomy of the other section (seed {seed})",

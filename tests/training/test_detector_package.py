@@ -7,11 +7,13 @@ from pathlib import Path
 
 from inference.patches import DEFAULT_CHANNELS
 from training.detector_package import (
+    HELD_OUT_SEEDS,
     _command,
     _rounds,
     _start_sha256,
     _streams,
     _view_text,
+    held_out_seeds,
     run_views,
 )
 
@@ -60,3 +62,14 @@ def test_the_command_and_card_name_the_views_a_run_trained_with_if_not_the_defau
 def test_a_package_for_one_section_is_remade_by_a_command_that_names_it() -> None:
     assert _command(_RUN, "chest").endswith("--organ 150 --test --section chest --package DIR")
     assert "--section" not in _command(_RUN)
+
+
+def test_other_validation_sizes_and_held_out_streams_are_named_in_the_command() -> None:
+    assert held_out_seeds(_RUN) == HELD_OUT_SEEDS == (2201, 2202)  # older runs: no keys
+    assert "--val" not in _command(_RUN) and "--test-seeds" not in _command(_RUN)
+    fresh = dict(_RUN, val="96", test_seeds="2401,2402")
+    assert held_out_seeds(fresh) == (2401, 2402)
+    assert _command(fresh, "chest").endswith(
+        "--organ 150 --val 96 --test-seeds 2401,2402 --test --section chest --package DIR"
+    )
+    assert "--test-seeds" not in _command(dict(_RUN, val="32", test_seeds="2201,2202"))
