@@ -451,18 +451,19 @@ def main() -> None:
         "--test", action="store_true", help="also the held-out sets (100 shifted, 60 ordinary)"
     )
     a = ap.parse_args()
+    import torch
+
+    from training.candidate_net import CandidateSchedule, train_candidates, widened
+    from training.detector_package import held_out_seeds, run_views
+
     try:
-        shifted_seed, ordinary_seed = (int(x) for x in a.test_seeds.split(","))
+        shifted_seed, ordinary_seed = held_out_seeds(vars(a))
     except ValueError:
         ap.error(
             f"--test-seeds: two seeds, shifted and ordinary, e.g. 2401,2402 (not {a.test_seeds!r})"
         )
     if {shifted_seed, ordinary_seed} & {1201, 1202, 1203}:
         ap.error("--test-seeds: 1201-1203 are the training and validation streams")
-    import torch
-
-    from training.candidate_net import CandidateSchedule, train_candidates, widened
-    from training.detector_package import run_views
 
     unknown = [v for v in a.channels.split(",") if v not in CHANNELS]
     if unknown:
@@ -629,7 +630,9 @@ def _evaluate_all(
     log("validation outlines", v["outline_dice"])
     save()
     if a.test:
-        shifted_seed, ordinary_seed = (int(x) for x in a.test_seeds.split(","))
+        from training.detector_package import held_out_seeds
+
+        shifted_seed, ordinary_seed = held_out_seeds(vars(a))
         for name, sets in (
             ("shifted", [(shifted_seed, 100, True)]),
             ("ordinary", [(ordinary_seed, 60, False)]),

@@ -308,6 +308,7 @@ def _view_text(views: tuple[str, ...]) -> str:
 def _command(args: dict[str, str], section: str | None = None) -> str:
     streams = _streams(args)
     views = run_views(args)
+    seeds = held_out_seeds(args)
     return (
         f"--out OUT --train {args['train']} --steps {args['steps']} --rounds {args['rounds']} "
         f"--keep {args['keep']} --organ {args['organ']} "
@@ -315,11 +316,7 @@ def _command(args: dict[str, str], section: str | None = None) -> str:
         + ("" if views == DEFAULT_CHANNELS else f"--channels {','.join(views)} ")
         + ("" if _start(args) is None else "--start PREVIOUS/weights.pt ")
         + ("" if int(args.get("val", 32)) == 32 else f"--val {args['val']} ")
-        + (
-            ""
-            if held_out_seeds(args) == HELD_OUT_SEEDS
-            else "--test-seeds {},{} ".format(*held_out_seeds(args))
-        )
+        + ("" if seeds == HELD_OUT_SEEDS else "--test-seeds {},{} ".format(*seeds))
         + "--test "
         + ("" if section is None else f"--section {section} ")
         + "--package DIR"
