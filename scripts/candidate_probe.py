@@ -5,6 +5,8 @@
         [--channels lung,soft_tissue,lung_coarse[,organ_smooth]] [--test] [--package DIR]
     python scripts/candidate_probe.py --out OUT --from-run [--reevaluate] [--test]
         [--section chest] [--package DIR]
+    python scripts/candidate_probe.py --out OUT --from-run --reevaluate --test
+        --threshold T [--test-seeds S,O] [--section chest]
 
 1. Training set (seed 1201, the seg sweep's): each scan regridded to 1.25 mm, its blob
    candidates found (``inference.candidates``) and cut into the views ``--channels`` names
@@ -35,6 +37,10 @@
    ``--section`` alone: the same scores summarised for that section, nothing scored again).
    With ``--section chest`` the package is for chest CT: its domain is built from chest
    scans and declines the abdomen (``[domain]`` body part and the body's lung share).
+5. ``--threshold T`` (with ``--from-run --reevaluate --test``, no package): no validation;
+   the held-out sets scored at T — a shipped package's weights (a copy as OUT's
+   ``candidate_net.pt``, its arguments in OUT's ``probe.json``) at its own threshold, on
+   the fresh streams a candidate is compared on.
 """
 
 from __future__ import annotations
@@ -450,6 +456,13 @@ def main() -> None:
     ap.add_argument(
         "--test", action="store_true", help="also the held-out sets (100 shifted, 60 ordinary)"
     )
+    ap.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="with --from-run --reevaluate --test: no validation; the held-out sets at this "
+        "threshold (a shipped package's, to score it on fresh streams); no --package",
+    )
     a = ap.parse_args()
     import torch
 
@@ -469,6 +482,8 @@ def main() -> None:
     if unknown:
         ap.error(f"--channels: unknown view(s) {unknown} (known: {', '.join(CHANNELS)})")
 
+    if a.threshold is not None and (a.package or not (a.from_run and a.reevaluate and a.test)):
+        ap.error("--threshold goes with --from-run --reevaluate --test, without --package")
     if a.package and not a.test and not (a.from_run and not a.reevaluate):
         ap.error("--package needs the held-out figures: add --test")
     if a.from_run:
@@ -485,7 +500,10 @@ def main() -> None:
                 (a.out / "probe.json").write_text(json.dumps(earlier, indent=1))
 
             with ProcessPoolExecutor(a.workers) as pool:
-                _evaluate_all(pool, a.out / "candidate_net.pt", earlier, a, resave)
+                if a.threshold is not None:
+                    _score_at(pool, a.out / "candidate_net.pt", earlier, a, resave)
+                else:
+                    _evaluate_all(pool, a.out / "candidate_net.pt", earlier, a, resave)
         elif a.package:
             if a.section != earlier.get("section"):  # the same scans, another section's figures
                 summarise(earlier, a.section)
@@ -630,13 +648,7 @@ def _evaluate_all(
     log("validation outlines", v["outline_dice"])
     save()
     if a.test:
-        from training.detector_package import held_out_seeds
-
-        shifted_seed, ordinary_seed = held_out_seeds(vars(a))
-        for name, sets in (
-            ("shifted", [(shifted_seed, 100, True)]),
-            ("ordinary", [(ordinary_seed, 60, False)]),
-        ):
+        for name, sets in _held_out(a):
             result[name] = {"scans": evaluate(pool, weights, sets)}
             summarise(result, a.section)
             log(name, result[name]["at_chosen"], result[name]["by_size"])
@@ -645,6 +657,33 @@ def _evaluate_all(
             save()
         if a.package:
             _package(weights, result, a)
+
+
+def _held_out(a: argparse.Namespace) -> list[tuple[str, list[tuple[int, int, bool]]]]:
+    """The held-out sets, by name: 100 shifted scans and 60 ordinary (``--test-seeds``)."""
+    from training.detector_package import held_out_seeds
+
+    shifted_seed, ordinary_seed = held_out_seeds(vars(a))
+    return [("shifted", [(shifted_seed, 100, True)]), ("ordinary", [(ordinary_seed, 60, False)])]
+
+
+def _score_at(
+    pool: ProcessPoolExecutor,
+    weights: Path,
+    result: dict[str, Any],
+    a: argparse.Namespace,
+    save: Any,
+) -> None:
+    """The held-out sets at the fixed ``--threshold`` (a shipped package's), no validation:
+    weights already chosen scored on fresh streams, beside a candidate's figures."""
+    result["fixed_threshold"] = a.threshold
+    result.pop("validation", None)
+    for name, sets in _held_out(a):
+        scans = evaluate(pool, weights, sets)
+        result[name] = {"scans": scans, **_figures(scans, a.threshold, a.section)}
+        log(name, result[name]["at_chosen"], result[name]["by_size"])
+        log(name, "by section", result[name]["by_section"])
+        save()
 
 
 def _package(weights: Path, result: dict[str, Any], a: argparse.Namespace) -> None:

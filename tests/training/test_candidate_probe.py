@@ -84,3 +84,48 @@ def test_a_section_the_run_did_not_record_is_refused(probe: ModuleType) -> None:
         del sc["section"]
     with pytest.raises(SystemExit, match="do not record it"):
         probe.summarise(older, "chest")
+
+
+def test_a_shipped_threshold_scores_the_held_out_sets_without_validation(
+    probe: ModuleType, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """``--threshold`` (a shipped package on fresh streams): each held-out set scored at
+    that threshold, on the streams ``--test-seeds`` names; no validation is made or kept."""
+    asked: list[list[tuple[int, int, bool]]] = []
+
+    def scored(pool: object, weights: Path, sets: list[tuple[int, int, bool]]) -> Any:
+        asked.append(sets)
+        return _sets()["shifted"]["scans"]
+
+    monkeypatch.setattr(probe, "evaluate", scored)
+    result: dict[str, Any] = {"args": {}, "validation": {"scans": []}}
+    saves: list[int] = []
+    a = probe.argparse.Namespace(threshold=0.85, section="chest", test_seeds="2401,2402")
+    probe._score_at(None, tmp_path / "w.pt", result, a, lambda: saves.append(1))
+    assert asked == [[(2401, 100, True)], [(2402, 60, False)]]
+    assert "validation" not in result and result["fixed_threshold"] == 0.85
+    at = result["shifted"]["at_chosen"]  # 0.85 keeps the chest's 0.9 lesions, drops its 0.8
+    assert (at["sensitivity_5mm"], at["fp_per_scan"], at["lesions_5mm"]) == (1.0, 0.0, 4)
+    assert result["ordinary"]["by_section"]["abdomen"]["fp_per_scan"] == 1.0
+    assert len(saves) == 2  # written as each set finishes
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--threshold", "0.98"],  # nothing to score: no --from-run
+        ["--from-run", "--reevaluate", "--test", "--threshold", "0.98", "--package", "P"],
+    ],
+)
+def test_a_fixed_threshold_outside_a_reevaluation_is_refused(
+    probe: ModuleType,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    extra: list[str],
+) -> None:
+    monkeypatch.setattr(probe.sys, "argv", ["candidate_probe", "--out", str(tmp_path), *extra])
+    with pytest.raises(SystemExit) as stop:
+        probe.main()
+    assert stop.value.code == 2
+    assert "--threshold goes with --from-run --reevaluate --test" in capsys.readouterr().err
