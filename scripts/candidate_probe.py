@@ -60,6 +60,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from inference.patches import CHANNELS, DEFAULT_CHANNELS  # noqa: E402 (ROOT on the path first)
+from training.detector_package import (  # noqa: E402
+    HELD_OUT_SEEDS,
+    VALIDATION_SCANS,
+    held_out_seeds,
+    package_detector,
+    run_views,
+)
 
 FP_POINTS = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 SIZES = ((0, 5), (5, 7), (7, 10), (10, 15), (15, 99))
@@ -430,10 +437,12 @@ def main() -> None:
         metavar="N",
         help="only count the lesions with a candidate in the first N scans of each test set",
     )
-    ap.add_argument("--val", type=int, default=32, help="scans of each validation set")
+    ap.add_argument(
+        "--val", type=int, default=VALIDATION_SCANS, help="scans of each validation set"
+    )
     ap.add_argument(
         "--test-seeds",
-        default="2201,2202",
+        default="{},{}".format(*HELD_OUT_SEEDS),
         help="SHIFTED,ORDINARY: the seeds of the held-out streams (fresh ones for weights "
         "whose test figures have been seen)",
     )
@@ -467,7 +476,6 @@ def main() -> None:
     import torch
 
     from training.candidate_net import CandidateSchedule, train_candidates, widened
-    from training.detector_package import held_out_seeds, run_views
 
     try:
         shifted_seed, ordinary_seed = held_out_seeds(vars(a))
@@ -661,8 +669,6 @@ def _evaluate_all(
 
 def _held_out(a: argparse.Namespace) -> list[tuple[str, list[tuple[int, int, bool]]]]:
     """The held-out sets, by name: 100 shifted scans and 60 ordinary (``--test-seeds``)."""
-    from training.detector_package import held_out_seeds
-
     shifted_seed, ordinary_seed = held_out_seeds(vars(a))
     return [("shifted", [(shifted_seed, 100, True)]), ("ordinary", [(ordinary_seed, 60, False)])]
 
@@ -687,8 +693,6 @@ def _score_at(
 
 
 def _package(weights: Path, result: dict[str, Any], a: argparse.Namespace) -> None:
-    from training.detector_package import package_detector
-
     package_detector(weights, result, a.package, section=a.section)
     log("packaged", a.package)
 

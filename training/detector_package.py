@@ -101,6 +101,8 @@ def _streams(args: dict[str, str]) -> dict[str, int]:
 
 #: The held-out streams of runs that name none (``--test-seeds``): shifted, ordinary.
 HELD_OUT_SEEDS = (2201, 2202)
+#: Scans of each validation stream in runs that name none (``--val``).
+VALIDATION_SCANS = 32
 
 
 def held_out_seeds(args: dict[str, str]) -> tuple[int, int]:
@@ -309,13 +311,14 @@ def _command(args: dict[str, str], section: str | None = None) -> str:
     streams = _streams(args)
     views = run_views(args)
     seeds = held_out_seeds(args)
+    val = int(args.get("val", VALIDATION_SCANS))
     return (
         f"--out OUT --train {args['train']} --steps {args['steps']} --rounds {args['rounds']} "
         f"--keep {args['keep']} --organ {args['organ']} "
         + "".join(f"{option} {streams[k]} " for k, option, _ in _STREAMS if k in streams)
         + ("" if views == DEFAULT_CHANNELS else f"--channels {','.join(views)} ")
         + ("" if _start(args) is None else "--start PREVIOUS/weights.pt ")
-        + ("" if int(args.get("val", 32)) == 32 else f"--val {args['val']} ")
+        + ("" if val == VALIDATION_SCANS else f"--val {val} ")
         + ("" if seeds == HELD_OUT_SEEDS else "--test-seeds {},{} ".format(*seeds))
         + "--test "
         + ("" if section is None else f"--section {section} ")
