@@ -12,7 +12,8 @@
    candidates found (``inference.candidates``) and cut into the views ``--channels`` names
    (``inference.patches``; a view ``--start``'s weights lack starts at zero weight);
    positives are the candidates inside a lesion
-   and up to ``--extra`` more points near each lesion's centre, negatives the strongest
+   and up to ``--extra`` more points near each lesion's centre (``--small`` more from the
+   whole of each lesion under 10 mm), negatives the strongest
    ``--hard`` candidates outside every lesion and ``--easy`` more drawn at random.
 2. ``training.candidate_net`` trained on them (CPU, fixed seed); each round after the first
    (or each round, from ``--start``'s weights) first scores every candidate of the training
@@ -126,12 +127,37 @@ def _scan(seed: int, index: int, shift: bool) -> Scan:
     return Scan(hu, lab, diameters, cand, scan.section)
 
 
+#: Lesions under this diameter (mm) get ``--small`` more positives.
+SMALL_MM = 10.0
+
+
+def lesion_points(
+    lab: Any, diameters: Any, extra: int, small: int, rng: np.random.Generator
+) -> list[Any]:
+    """Positive points of each lesion besides the candidates inside it: up to ``extra`` of
+    its core (within 0.35 of its radius from its centre) and, for a lesion under
+    :data:`SMALL_MM`, ``small`` more drawn from its whole volume (with replacement: a
+    small lesion holds few voxels on the 1.25 mm grid, and few candidates)."""
+    out = []
+    for k in range(1, len(diameters) + 1):
+        inside = np.argwhere(lab == k)
+        if len(inside) == 0:
+            continue
+        centre = inside.mean(axis=0)
+        dist = np.linalg.norm(inside - centre, axis=1)
+        core = inside[dist <= max(1.0, 0.35 * dist.max())]
+        out.append(core[rng.choice(len(core), min(extra, len(core)), replace=False)])
+        if small and diameters[k - 1] < SMALL_MM:
+            out.append(inside[rng.choice(len(inside), small, replace=True)])
+    return out
+
+
 def _train_part(
-    args: tuple[int, int, int, int, int, str, dict[str, int], list[str]],
+    args: tuple[int, int, int, int, int, int, str, dict[str, int], list[str]],
 ) -> tuple[Any, Any, int]:
     from inference.patches import patches
 
-    index, seed, extra, hard, easy, cache, keep, views = args
+    index, seed, extra, small, hard, easy, cache, keep, views = args
     KEEP.update(keep)
     rng = np.random.default_rng([seed, index, 7])
     hu, lab, diameters, cand, _ = _scan(seed, index, False)
@@ -142,15 +168,7 @@ def _train_part(
         hu=np.clip(np.round(hu), -1024, 3071).astype(np.int16),
         points=cand.points[~near],
     )
-    pos = [cand.points[at > 0]]
-    for k in range(1, len(diameters) + 1):
-        inside = np.argwhere(lab == k)
-        if len(inside) == 0:
-            continue
-        centre = inside.mean(axis=0)
-        dist = np.linalg.norm(inside - centre, axis=1)
-        core = inside[dist <= max(1.0, 0.35 * dist.max())]
-        pos.append(core[rng.choice(len(core), min(extra, len(core)), replace=False)])
+    pos = [cand.points[at > 0], *lesion_points(lab, diameters, extra, small, rng)]
     outside = np.flatnonzero(~near)
     chosen = list(outside[:hard])
     rest = outside[hard:]
@@ -393,6 +411,12 @@ def main() -> None:
     ap.add_argument("--train", type=int, default=300)
     ap.add_argument("--steps", type=int, default=2500)
     ap.add_argument("--extra", type=int, default=6)
+    ap.add_argument(
+        "--small",
+        type=int,
+        default=0,
+        help=f"more positives per lesion under {SMALL_MM:g} mm, from its whole volume",
+    )
     ap.add_argument("--hard", type=int, default=70)
     ap.add_argument("--easy", type=int, default=30)
     ap.add_argument("--workers", type=int, default=2)
@@ -538,7 +562,10 @@ def main() -> None:
             return
         cache = a.cache or a.out / "cache"
         cache.mkdir(exist_ok=True)
-        jobs = [(i, 1201, a.extra, a.hard, a.easy, str(cache), KEEP, VIEWS) for i in range(a.train)]
+        jobs = [
+            (i, 1201, a.extra, a.small, a.hard, a.easy, str(cache), KEEP, VIEWS)
+            for i in range(a.train)
+        ]
         parts = list(pool.map(_train_part, jobs))
         pos = np.concatenate([p for p, _, _ in parts])
         neg = np.concatenate([q for _, q, _ in parts])

@@ -316,6 +316,7 @@ def _command(args: dict[str, str], section: str | None = None) -> str:
         f"--out OUT --train {args['train']} --steps {args['steps']} --rounds {args['rounds']} "
         f"--keep {args['keep']} --organ {args['organ']} "
         + "".join(f"{option} {streams[k]} " for k, option, _ in _STREAMS if k in streams)
+        + ("" if not int(args.get("small", 0)) else f"--small {args['small']} ")
         + ("" if views == DEFAULT_CHANNELS else f"--channels {','.join(views)} ")
         + ("" if _start(args) is None else "--start PREVIOUS/weights.pt ")
         + ("" if val == VALIDATION_SCANS else f"--val {val} ")

@@ -9,6 +9,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -129,3 +130,20 @@ def test_a_fixed_threshold_outside_a_reevaluation_is_refused(
         probe.main()
     assert stop.value.code == 2
     assert "--threshold goes with --from-run --reevaluate --test" in capsys.readouterr().err
+
+
+def test_small_lesions_get_more_positives_and_older_runs_the_same(probe: ModuleType) -> None:
+    """``--small N``: N more positives from the whole of each lesion under 10 mm, none more
+    for a larger one; with 0 the points (and the generator's draws) are those of before."""
+    lab = np.zeros((40, 40, 40), np.int32)
+    lab[5:9, 5:9, 5:9] = 1  # a small lesion (64 voxels)
+    lab[15:35, 15:35, 15:35] = 2  # a large one
+    diameters = [6.2, 31.0]
+    before = probe.lesion_points(lab, diameters, 6, 0, np.random.default_rng(3))
+    assert [len(x) for x in before] == [6, 6]
+    more = probe.lesion_points(lab, diameters, 6, 40, np.random.default_rng(3))
+    assert [len(x) for x in more] == [6, 40, 6]
+    assert all(lab[tuple(p)] == 1 for p in more[1])  # inside the small lesion
+    assert np.array_equal(more[0], before[0])
+    again = probe.lesion_points(lab, diameters, 6, 0, np.random.default_rng(3))
+    assert all(np.array_equal(x, y) for x, y in zip(before, again, strict=True))

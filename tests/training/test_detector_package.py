@@ -31,6 +31,8 @@ def test_the_command_names_the_optional_streams_a_run_used_and_only_those() -> N
         "--ground-glass 100 --organ-snr 300 --test --package DIR"
     )
     assert _streams(dict(_RUN, ground_glass="0", organ_snr="300")) == {"organ_snr": 300}
+    assert "--small" not in _command(dict(_RUN, small="0"))
+    assert "--organ 150 --small 40 --test" in _command(dict(_RUN, small="40"))
 
 
 def test_a_run_that_went_on_from_earlier_weights_says_so(tmp_path: Path) -> None:
