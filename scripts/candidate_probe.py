@@ -50,6 +50,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -683,13 +684,7 @@ def _evaluate_all(
     log("validation outlines", v["outline_dice"])
     save()
     if a.test:
-        for name, sets in _held_out(a):
-            result[name] = {"scans": evaluate(pool, weights, sets)}
-            summarise(result, a.section)
-            log(name, result[name]["at_chosen"], result[name]["by_size"])
-            log(name, "by section", result[name]["by_section"])
-            log(name, "outlines", result[name]["outline_dice"], result[name]["blob_outline_dice"])
-            save()
+        _score_held_out(pool, weights, result, a, save, lambda _: summarise(result, a.section))
         if a.package:
             _package(weights, result, a)
 
@@ -698,6 +693,25 @@ def _held_out(a: argparse.Namespace) -> list[tuple[str, list[tuple[int, int, boo
     """The held-out sets, by name: 100 shifted scans and 60 ordinary (``--test-seeds``)."""
     shifted_seed, ordinary_seed = held_out_seeds(vars(a))
     return [("shifted", [(shifted_seed, 100, True)]), ("ordinary", [(ordinary_seed, 60, False)])]
+
+
+def _score_held_out(
+    pool: ProcessPoolExecutor,
+    weights: Path,
+    result: dict[str, Any],
+    a: argparse.Namespace,
+    save: Any,
+    figures: Callable[[str], None],
+) -> None:
+    """Each held-out set scored, its figures added by ``figures(name)``, logged and
+    written as it finishes."""
+    for name, sets in _held_out(a):
+        result[name] = {"scans": evaluate(pool, weights, sets)}
+        figures(name)
+        log(name, result[name]["at_chosen"], result[name]["by_size"])
+        log(name, "by section", result[name]["by_section"])
+        log(name, "outlines", result[name]["outline_dice"], result[name]["blob_outline_dice"])
+        save()
 
 
 def _score_at(
@@ -711,12 +725,11 @@ def _score_at(
     weights already chosen scored on fresh streams, beside a candidate's figures."""
     result["fixed_threshold"] = a.threshold
     result.pop("validation", None)
-    for name, sets in _held_out(a):
-        scans = evaluate(pool, weights, sets)
-        result[name] = {"scans": scans, **_figures(scans, a.threshold, a.section)}
-        log(name, result[name]["at_chosen"], result[name]["by_size"])
-        log(name, "by section", result[name]["by_section"])
-        save()
+
+    def at_fixed(name: str) -> None:
+        result[name].update(_figures(result[name]["scans"], a.threshold, a.section))
+
+    _score_held_out(pool, weights, result, a, save, at_fixed)
 
 
 def _package(weights: Path, result: dict[str, Any], a: argparse.Namespace) -> None:
