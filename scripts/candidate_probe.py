@@ -520,8 +520,8 @@ def main() -> None:
     if a.package and not a.test and not (a.from_run and not a.reevaluate):
         ap.error("--package needs the held-out figures: add --test")
     if a.from_run:
-        if not (a.package or a.reevaluate):
-            ap.error("--from-run needs --package DIR or --reevaluate")
+        if not (a.package or a.reevaluate or a.test):
+            ap.error("--from-run needs --package DIR, --reevaluate or --test")
         earlier = json.loads((a.out / "probe.json").read_text())
         if a.reevaluate:  # the same weights and candidates, this version's evaluation
             KEEP.update(_keep(earlier["args"]))
@@ -537,6 +537,8 @@ def main() -> None:
                     _score_at(pool, a.out / "candidate_net.pt", earlier, a, resave)
                 else:
                     _evaluate_all(pool, a.out / "candidate_net.pt", earlier, a, resave)
+        elif a.test:  # the run's validation kept: its threshold, only the held-out sets scored
+            _test_from_run(earlier, a)
         elif a.package:
             if a.section != earlier.get("section"):  # the same scans, another section's figures
                 summarise(earlier, a.section)
@@ -730,6 +732,28 @@ def _score_at(
         result[name].update(_figures(result[name]["scans"], a.threshold, a.section))
 
     _score_held_out(pool, weights, result, a, save, at_fixed)
+
+
+def _test_from_run(earlier: dict[str, Any], a: argparse.Namespace) -> None:
+    """``--from-run --test``: the held-out sets (``--test-seeds``) scored at the threshold
+    the run's own validation scans chose, which are summarised again, not scored again
+    (a run that trained and validated, then tested without 16 more minutes of validation);
+    then the package, with ``--package``."""
+    if "validation" not in earlier:
+        raise SystemExit(f"--from-run --test: {a.out / 'probe.json'} holds no validation scans")
+    KEEP.update(_keep(earlier["args"]))
+    VIEWS[:] = run_views(earlier["args"])
+    earlier["args"].update(test_seeds=a.test_seeds)
+    summarise(earlier, a.section)
+
+    def resave() -> None:
+        (a.out / "probe.json").write_text(json.dumps(earlier, indent=1))
+
+    weights = a.out / "candidate_net.pt"
+    with ProcessPoolExecutor(a.workers) as pool:
+        _score_held_out(pool, weights, earlier, a, resave, lambda _: summarise(earlier, a.section))
+    if a.package:
+        _package(weights, earlier, a)
 
 
 def _package(weights: Path, result: dict[str, Any], a: argparse.Namespace) -> None:

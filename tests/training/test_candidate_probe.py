@@ -111,6 +111,39 @@ def test_a_shipped_threshold_scores_the_held_out_sets_without_validation(
     assert len(saves) == 2  # written as each set finishes
 
 
+def test_a_run_is_tested_at_its_own_validation_threshold_without_scoring_it_again(
+    probe: ModuleType, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """``--from-run --test``: the held-out streams ``--test-seeds`` names are scored at the
+    threshold the run's validation scans choose; validation is read, never scored again."""
+    asked: list[list[tuple[int, int, bool]]] = []
+    tested = _sets()["shifted"]["scans"]
+
+    def scored(pool: object, weights: Path, sets: list[tuple[int, int, bool]]) -> Any:
+        asked.append(sets)
+        return tested
+
+    monkeypatch.setattr(probe, "evaluate", scored)
+    run = {
+        "args": {"keep": "900", "organ": "150", "channels": "lung,soft_tissue,lung_coarse"},
+        "validation": {"scans": _sets()["validation"]["scans"]},
+    }
+    (tmp_path / "probe.json").write_text(probe.json.dumps(run))
+    a = probe.argparse.Namespace(
+        out=tmp_path, section="chest", test_seeds="2501,2502", workers=1, package=None
+    )
+    probe._test_from_run(probe.json.loads((tmp_path / "probe.json").read_text()), a)
+    assert asked == [[(2501, 100, True)], [(2502, 60, False)]]  # the held-out sets only
+    kept = probe.json.loads((tmp_path / "probe.json").read_text())
+    assert kept["args"]["test_seeds"] == "2501,2502"
+    assert kept["validation"]["chosen"]["threshold"] == 0.9  # the chest validation's choice
+    at = kept["ordinary"]["at_chosen"]  # at 0.9, the chest's 0.8 false positive drops
+    assert (at["sensitivity_5mm"], at["fp_per_scan"], at["lesions_5mm"]) == (1.0, 0.0, 4)
+
+    with pytest.raises(SystemExit, match="holds no validation scans"):
+        probe._test_from_run({"args": run["args"]}, a)
+
+
 @pytest.mark.parametrize(
     "extra",
     [
