@@ -241,6 +241,12 @@ def _rule(probe: dict[str, Any]) -> str:
     """How the run chose its threshold on validation."""
     chosen = probe["validation"]["chosen"]
     budget = next(r for r in probe["validation"]["froc"] if r["fp_target"] == 0.25)
+    if "clean_target" in chosen:
+        return (
+            f"the highest that finds validation's best within <= 0.25 false positives per "
+            f"scan and >= {chosen['clean_target']:.0%} of lesion-free scans clean: "
+            f"{chosen['fp_per_scan']:.2f} per scan, {chosen['lesion_free_clean']:.0%} clean there"
+        )
     if chosen["threshold"] == budget["threshold"]:
         return "0.25 false positives per scan on validation"
     return (

@@ -79,6 +79,32 @@ def test_a_section_sets_the_threshold_on_its_own_validation_scans(probe: ModuleT
     assert (beside["scans"], beside["fp_per_scan"], beside["sensitivity_5mm"]) == (4, 1.0, 0.0)
 
 
+def test_the_threshold_keeps_the_lesion_free_scans_clean_as_the_budget_asks(
+    probe: ModuleType,
+) -> None:
+    """The budget is two limits: <= 0.25 false positives per scan and >= 90 % of the
+    lesion-free scans clean. A threshold within the first that breaks the second is not
+    chosen; where none meets both, the false-positive limit's choice stays."""
+    lesions = [_scan("chest", [0.9], [1], [8.0]) for _ in range(4)]
+    lesions.append(_scan("chest", [0.8], [1], [8.0]))
+    free = [_scan("chest", [0.85], [0], []), _scan("chest", [0.82], [0], [])]
+    free += [_scan("chest", [0.1], [0], []) for _ in range(3)]
+    scans = lesions + free
+    budget = next(r for r in probe.froc(scans) if r["fp_target"] == 0.25)
+    # 0.8 finds all 5 at 0.2 false positives per scan, but leaves 3 of 5 free scans clean
+    assert probe.highest_at(scans, budget)["threshold"] == 0.8
+    chosen = probe.within_budget(scans, budget)
+    assert (chosen["threshold"], chosen["sensitivity_5mm"]) == (0.9, 0.8)
+    assert (chosen["fp_per_scan"], chosen["lesion_free_clean"]) == (0.0, 1.0)
+    assert chosen["clean_target"] == 0.9
+
+    dirty = lesions + [_scan("chest", [0.95], [0], []) for _ in range(2)]
+    dirty += [_scan("chest", [0.1], [0], []) for _ in range(3)]
+    budget = next(r for r in probe.froc(dirty) if r["fp_target"] == 0.25)
+    # every threshold among the scores lets a 0.95 through: 3 of 5 clean at best
+    assert probe.within_budget(dirty, budget) == probe.highest_at(dirty, budget)
+
+
 def test_a_section_the_run_did_not_record_is_refused(probe: ModuleType) -> None:
     older = _sets()
     for sc in older["validation"]["scans"]:
