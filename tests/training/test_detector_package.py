@@ -10,6 +10,7 @@ from training.detector_package import (
     HELD_OUT_SEEDS,
     _command,
     _rounds,
+    _rule,
     _start_sha256,
     _streams,
     _view_text,
@@ -75,3 +76,19 @@ def test_other_validation_sizes_and_held_out_streams_are_named_in_the_command() 
         "--organ 150 --val 96 --test-seeds 2401,2402 --test --section chest --package DIR"
     )
     assert "--test-seeds" not in _command(dict(_RUN, val="32", test_seeds="2201,2202"))
+
+
+def test_the_card_names_the_threshold_rule_the_run_used() -> None:
+    budget = {"fp_target": 0.25, "threshold": 0.94, "fp_per_scan": 0.25}
+    old = {"fp_target": 0.25, "threshold": 0.96, "fp_per_scan": 0.12, "lesion_free_clean": 0.8}
+    whole = dict(old, threshold=0.97, fp_per_scan=0.07, lesion_free_clean=0.91, clean_target=0.9)
+
+    def run(chosen: dict[str, float]) -> dict[str, object]:
+        return {"validation": {"chosen": chosen, "froc": [budget]}}
+
+    assert _rule(run(budget)) == "0.25 false positives per scan on validation"
+    assert _rule(run(old)).startswith("the highest that finds what validation's best at <= 0.25")
+    assert _rule(run(whole)) == (
+        "the highest that finds validation's best within <= 0.25 false positives per scan "
+        "and >= 90% of lesion-free scans clean: 0.07 per scan, 91% clean there"
+    )
