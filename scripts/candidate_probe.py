@@ -342,8 +342,8 @@ def within_budget(scans: list[dict[str, Any]], point: dict[str, float]) -> dict[
     for t in sorted(
         {s for sc in scans for s in sc["scores"] if s >= point["threshold"]}, reverse=True
     ):
-        r = at_threshold(scans, t)
-        if r["fp_per_scan"] > point["fp_target"] or r["lesion_free_clean"] < CLEAN_TARGET:
+        r = at_threshold(scans, t)  # at or above point's threshold: within its false positives
+        if r["lesion_free_clean"] < CLEAN_TARGET:
             continue
         if best is None or r["sensitivity_5mm"] > best["sensitivity_5mm"]:
             best = r
@@ -549,14 +549,7 @@ def main() -> None:
             ap.error("--from-run needs --package DIR, --reevaluate or --test")
         earlier = json.loads((a.out / "probe.json").read_text())
         if a.reevaluate:  # the same weights and candidates, this version's evaluation
-            KEEP.update(_keep(earlier["args"]))
-            VIEWS[:] = run_views(earlier["args"])
-            # what this evaluation used, as the package's card names it
-            earlier["args"].update(val=str(a.val), test_seeds=a.test_seeds)
-
-            def resave() -> None:
-                (a.out / "probe.json").write_text(json.dumps(earlier, indent=1))
-
+            resave = _resume(earlier, a, val=str(a.val), test_seeds=a.test_seeds)
             with ProcessPoolExecutor(a.workers) as pool:
                 if a.threshold is not None:
                     _score_at(pool, a.out / "candidate_net.pt", earlier, a, resave)
@@ -711,7 +704,7 @@ def _evaluate_all(
     log("validation outlines", v["outline_dice"])
     save()
     if a.test:
-        _score_held_out(pool, weights, result, a, save, lambda _: summarise(result, a.section))
+        _score_held_out(pool, weights, result, a, save, v["chosen"]["threshold"])
         if a.package:
             _package(weights, result, a)
 
@@ -728,13 +721,13 @@ def _score_held_out(
     result: dict[str, Any],
     a: argparse.Namespace,
     save: Any,
-    figures: Callable[[str], None],
+    t: float,
 ) -> None:
-    """Each held-out set scored, its figures added by ``figures(name)``, logged and
-    written as it finishes."""
+    """Each held-out set scored, its figures at threshold ``t`` added, logged and written
+    as it finishes."""
     for name, sets in _held_out(a):
-        result[name] = {"scans": evaluate(pool, weights, sets)}
-        figures(name)
+        scans = evaluate(pool, weights, sets)
+        result[name] = {"scans": scans, **_figures(scans, t, a.section)}
         log(name, result[name]["at_chosen"], result[name]["by_size"])
         log(name, "by section", result[name]["by_section"])
         log(name, "outlines", result[name]["outline_dice"], result[name]["blob_outline_dice"])
@@ -752,11 +745,21 @@ def _score_at(
     weights already chosen scored on fresh streams, beside a candidate's figures."""
     result["fixed_threshold"] = a.threshold
     result.pop("validation", None)
+    _score_held_out(pool, weights, result, a, save, a.threshold)
 
-    def at_fixed(name: str) -> None:
-        result[name].update(_figures(result[name]["scans"], a.threshold, a.section))
 
-    _score_held_out(pool, weights, result, a, save, at_fixed)
+def _resume(earlier: dict[str, Any], a: argparse.Namespace, **used: str) -> Callable[[], None]:
+    """An earlier run scored again: its candidates (``KEEP``) and views from its arguments,
+    ``used`` (what this scoring used, as the package's card names it) recorded among them;
+    returns what writes its ``probe.json`` back."""
+    KEEP.update(_keep(earlier["args"]))
+    VIEWS[:] = run_views(earlier["args"])
+    earlier["args"].update(used)
+
+    def resave() -> None:
+        (a.out / "probe.json").write_text(json.dumps(earlier, indent=1))
+
+    return resave
 
 
 def _test_from_run(earlier: dict[str, Any], a: argparse.Namespace) -> None:
@@ -766,17 +769,12 @@ def _test_from_run(earlier: dict[str, Any], a: argparse.Namespace) -> None:
     then the package, with ``--package``."""
     if "validation" not in earlier:
         raise SystemExit(f"--from-run --test: {a.out / 'probe.json'} holds no validation scans")
-    KEEP.update(_keep(earlier["args"]))
-    VIEWS[:] = run_views(earlier["args"])
-    earlier["args"].update(test_seeds=a.test_seeds)
+    resave = _resume(earlier, a, test_seeds=a.test_seeds)
     summarise(earlier, a.section)
-
-    def resave() -> None:
-        (a.out / "probe.json").write_text(json.dumps(earlier, indent=1))
-
     weights = a.out / "candidate_net.pt"
+    t = earlier["validation"]["chosen"]["threshold"]
     with ProcessPoolExecutor(a.workers) as pool:
-        _score_held_out(pool, weights, earlier, a, resave, lambda _: summarise(earlier, a.section))
+        _score_held_out(pool, weights, earlier, a, resave, t)
     if a.package:
         _package(weights, earlier, a)
 
