@@ -206,3 +206,18 @@ def test_small_lesions_get_more_positives_and_older_runs_the_same(probe: ModuleT
     assert np.array_equal(more[0], before[0])
     again = probe.lesion_points(lab, diameters, 6, 0, np.random.default_rng(3))
     assert all(np.array_equal(x, y) for x, y in zip(before, again, strict=True))
+
+
+def test_a_run_taken_up_again_with_nothing_to_do_is_refused(
+    probe: ModuleType,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    monkeypatch.setattr(
+        probe.sys, "argv", ["candidate_probe", "--out", str(tmp_path), "--from-run"]
+    )
+    with pytest.raises(SystemExit) as stop:
+        probe.main()
+    assert stop.value.code == 2
+    assert "--from-run needs --package DIR, --reevaluate or --test" in capsys.readouterr().err
