@@ -37,7 +37,7 @@ from inference.execute import segment
 from inference.package import LoadedModel
 from inference.patches import patches
 
-__all__ = ["Detected", "Detection", "detect", "score", "voxel_probabilities"]
+__all__ = ["TURNS", "Detected", "Detection", "detect", "score", "voxel_probabilities"]
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +57,11 @@ class Detected:
     candidates: int
 
 
+#: The patch turned half a turn about each axis (the axes it flips, of ``(n, c, z, y, x)``),
+#: the unturned first: the turns ``score`` averages over (the CNN is trained with every flip).
+TURNS: tuple[tuple[int, ...], ...] = ((), (3, 4), (2, 4), (2, 3))
+
+
 @torch.inference_mode()
 def score(
     module: nn.Module,
@@ -64,15 +69,23 @@ def score(
     *,
     device: torch.device | None = None,
     batch: int = 256,
+    turns: int = 1,
 ) -> npt.NDArray[np.float32]:
-    """Lesion probability of each candidate's patches ``(n, channels, 24, 24, 24)``."""
+    """Lesion probability of each candidate's patches ``(n, channels, 24, 24, 24)``; with
+    ``turns`` > 1, of the mean logit over the first ``turns`` of :data:`TURNS` (``turns=1``:
+    the patch as cut, exactly as before)."""
+    if not 1 <= turns <= len(TURNS):
+        raise ValueError(f"turns: 1 to {len(TURNS)}, not {turns}")
     out = []
     for k in range(0, len(x), batch):
         chunk = torch.from_numpy(x[k : k + batch]).float()
         if device is not None:
             chunk = chunk.to(device)
-        chunk = chunk.contiguous(memory_format=torch.channels_last_3d)
-        out.append(torch.sigmoid(module(chunk).float()).cpu().numpy())
+        logit = module(chunk.contiguous(memory_format=torch.channels_last_3d)).float()
+        for dims in TURNS[1:turns]:
+            turned = chunk.flip(dims).contiguous(memory_format=torch.channels_last_3d)
+            logit = logit + module(turned).float()
+        out.append(torch.sigmoid(logit / turns).cpu().numpy())
     return np.concatenate(out).astype(np.float32) if out else np.zeros(0, np.float32)
 
 

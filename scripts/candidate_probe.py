@@ -6,7 +6,7 @@
     python scripts/candidate_probe.py --out OUT --from-run [--reevaluate] [--test]
         [--section chest] [--package DIR]
     python scripts/candidate_probe.py --out OUT --from-run --reevaluate --test
-        --threshold T [--test-seeds S,O] [--section chest]
+        --threshold T [--test-seeds S,O] [--section chest] [--turns 4]
 
 1. Training set (seed 1201, the seg sweep's): each scan regridded to 1.25 mm, its blob
    candidates found (``inference.candidates``) and cut into the views ``--channels`` names
@@ -83,6 +83,9 @@ KEEP = {"bright": 600, "dark": 200, "organ": 0, "ground_glass": 0, "organ_snr": 
 #: The patch views the CNN sees (``inference.patches.CHANNELS``), set from ``--channels``;
 #: runs before it and ``--start`` weights: ``DEFAULT_CHANNELS``.
 VIEWS = list(DEFAULT_CHANNELS)
+#: Half-turns each scored patch is averaged over (``inference.detect.TURNS``), set from
+#: ``--turns``; runs before it: 1, the patch as cut. Mining always scores as cut.
+TURNS = [1]
 
 
 def _keep(args: dict[str, str]) -> dict[str, int]:
@@ -207,15 +210,17 @@ def _mine_part(args: tuple[str, int, int, str, int, list[str]]) -> Any:
     return x[top], float(s[top].mean()) if len(s) >= k else 0.0
 
 
-def _eval_part(args: tuple[int, int, bool, str, dict[str, int], list[str]]) -> dict[str, Any]:
+def _eval_part(
+    args: tuple[int, int, bool, str, dict[str, int], list[str], int],
+) -> dict[str, Any]:
     from inference.candidates import ISO_MM, lesion_outline, outline, suppress
     from inference.detect import score
     from inference.patches import patches
 
-    index, seed, shift, weights, keep, views = args
+    index, seed, shift, weights, keep, views, turns = args
     KEEP.update(keep)
     hu, lab, diameters, cand, section = _scan(seed, index, shift)
-    s = score(_load(weights, len(views)), patches(hu, cand.points, views))
+    s = score(_load(weights, len(views)), patches(hu, cand.points, views), turns=turns)
     at = lab[tuple(cand.points.T)]
     kept = suppress(cand.points, s, radius=5.0 / ISO_MM)
     grown = ndimage.grey_dilation(lab, size=3)
@@ -394,7 +399,9 @@ def evaluate(
     pool: ProcessPoolExecutor, weights: Path, sets: list[tuple[int, int, bool]]
 ) -> list[dict[str, Any]]:
     jobs = [
-        (i, seed, shift, str(weights), KEEP, VIEWS) for seed, n, shift in sets for i in range(n)
+        (i, seed, shift, str(weights), KEEP, VIEWS, TURNS[0])
+        for seed, n, shift in sets
+        for i in range(n)
     ]
     return list(pool.map(_eval_part, jobs))
 
@@ -516,6 +523,15 @@ def main() -> None:
         "--test", action="store_true", help="also the held-out sets (100 shifted, 60 ordinary)"
     )
     ap.add_argument(
+        "--turns",
+        type=int,
+        default=1,
+        choices=range(1, 5),
+        help="score each patch as cut and turned half a turn about each axis, the mean logit "
+        "of the first N (inference.detect.TURNS; 1: as cut); recorded, and with --from-run "
+        "--reevaluate used again",
+    )
+    ap.add_argument(
         "--threshold",
         type=float,
         default=None,
@@ -548,8 +564,13 @@ def main() -> None:
         if not (a.package or a.reevaluate or a.test):
             ap.error("--from-run needs --package DIR, --reevaluate or --test")
         earlier = json.loads((a.out / "probe.json").read_text())
+        ran = int(earlier["args"].get("turns", 1))
+        if a.turns != 1 and a.turns != ran and not a.reevaluate:
+            ap.error(f"--turns {a.turns}: the run was scored with {ran}; add --reevaluate")
         if a.reevaluate:  # the same weights and candidates, this version's evaluation
-            resave = _resume(earlier, a, val=str(a.val), test_seeds=a.test_seeds)
+            resave = _resume(
+                earlier, a, val=str(a.val), test_seeds=a.test_seeds, turns=str(a.turns)
+            )
             with ProcessPoolExecutor(a.workers) as pool:
                 if a.threshold is not None:
                     _score_at(pool, a.out / "candidate_net.pt", earlier, a, resave)
@@ -567,6 +588,7 @@ def main() -> None:
     result: dict[str, Any] = {"args": {k: str(v) for k, v in vars(a).items()}}
     KEEP.update(_keep(result["args"]))
     VIEWS[:] = run_views(result["args"])
+    TURNS[:] = [a.turns]
 
     def save() -> None:
         (a.out / "probe.json").write_text(json.dumps(result, indent=1))
@@ -755,6 +777,7 @@ def _resume(earlier: dict[str, Any], a: argparse.Namespace, **used: str) -> Call
     KEEP.update(_keep(earlier["args"]))
     VIEWS[:] = run_views(earlier["args"])
     earlier["args"].update(used)
+    TURNS[:] = [int(earlier["args"].get("turns", 1))]
 
     def resave() -> None:
         (a.out / "probe.json").write_text(json.dumps(earlier, indent=1))
