@@ -221,3 +221,38 @@ def test_a_run_taken_up_again_with_nothing_to_do_is_refused(
         probe.main()
     assert stop.value.code == 2
     assert "--from-run needs --package DIR, --reevaluate or --test" in capsys.readouterr().err
+
+
+def test_the_turns_a_run_was_scored_with_are_kept_and_used_again(
+    probe: ModuleType,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    """``--turns``: recorded with a reevaluation, sent with every scan to score, read back by
+    a later ``--from-run``; asking a run scored otherwise for other turns without
+    ``--reevaluate`` is refused (its stored scores would not be what was asked)."""
+
+    sent: list[Any] = []
+
+    class Pool:
+        def map(self, fn: Any, jobs: list[Any]) -> list[Any]:
+            sent[:] = jobs
+            return []
+
+    run = {"args": {"keep": "900", "organ": "150", "channels": "lung,soft_tissue,lung_coarse"}}
+    a = probe.argparse.Namespace(out=tmp_path)
+    probe._resume(probe.json.loads(probe.json.dumps(run)), a, turns="4")
+    probe.evaluate(Pool(), tmp_path / "w.pt", [(1202, 2, False)])
+    assert [job[-1] for job in sent] == [4, 4]
+    probe._resume(probe.json.loads(probe.json.dumps(run)), a)  # a run before --turns
+    probe.evaluate(Pool(), tmp_path / "w.pt", [(1202, 1, False)])
+    assert [job[-1] for job in sent] == [1]
+
+    (tmp_path / "probe.json").write_text(probe.json.dumps(run))
+    argv = ["candidate_probe", "--out", str(tmp_path), "--from-run", "--test", "--turns", "4"]
+    monkeypatch.setattr(probe.sys, "argv", argv)
+    with pytest.raises(SystemExit) as stop:
+        probe.main()
+    assert stop.value.code == 2
+    assert "--turns 4: the run was scored with 1; add --reevaluate" in capsys.readouterr().err
