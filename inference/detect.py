@@ -6,7 +6,8 @@
    blobs of each sign inside solid organs by contrast to noise; each 0 unless the CNN was
    trained so).
 2. Each candidate's patches (``inference.patches``, the views ``[input] patch_channels``
-   names) are scored by the package's ``CandidateNet``.
+   names) are scored by the package's ``CandidateNet``: as cut, or with ``[input] turns``
+   the mean logit over the patch as cut and turned half a turn about each axis (``TURNS``).
 3. One detection per place (``[input] suppress_mm``), those at or above the label's
    threshold kept; each is outlined at its lesion's scale
    (``inference.candidates.lesion_outline``) and its voxels carry its score.
@@ -124,7 +125,7 @@ def detect(model: LoadedModel, volume: Volume, *, batch: int = 256) -> Detected:
         organ_snr_keep=spec.input.organ_snr,
     )
     x = patches(hu, found.points, spec.input.patch_channels)
-    scores = score(model.module, x, device=model.device, batch=batch)
+    scores = score(model.module, x, device=model.device, batch=batch, turns=spec.input.turns)
     kept = suppress(found.points, scores, radius=spec.input.suppress_mm / ISO_MM)
     (label,) = spec.labels  # a detection package has one (inference.spec)
     kept = kept[scores[kept] >= label.threshold]

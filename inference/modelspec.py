@@ -45,6 +45,8 @@ class InputSpec:
     organ_snr: int = 0
     # the views of each candidate the CNN sees (inference.patches.CHANNELS), in its order
     patch_channels: tuple[str, ...] = DEFAULT_CHANNELS
+    # half-turns each patch is scored in, the mean logit (inference.detect.TURNS; 1: as cut)
+    turns: int = 1
     suppress_mm: float = 5.0
 
 

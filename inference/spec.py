@@ -32,6 +32,8 @@
                                    #   ranked by contrast to the organ's noise
     patch_channels = ["lung", "soft_tissue", "lung_coarse"]  # detection: the views of each
                                    #   candidate the CNN sees, in its order (inference.patches)
+    turns = 1                      # detection: each patch scored as cut and turned half a turn
+                                   #   about each axis, the mean of the first 1-4 (1: as cut)
     suppress_mm = 5.0              # detection: one detection within this distance
 
     [[output.labels]]
@@ -147,7 +149,14 @@ def _input(table: Table, task: str) -> InputSpec:
     only = {
         "sequence": ("leads", "sampling_hz", "samples"),
         "progression": ("max_priors",),
-        "detection": ("candidates", "ground_glass", "organ_snr", "patch_channels", "suppress_mm"),
+        "detection": (
+            "candidates",
+            "ground_glass",
+            "organ_snr",
+            "patch_channels",
+            "turns",
+            "suppress_mm",
+        ),
         "image": ("window", "target_spacing", "size", "patch"),
     }
     for group, keys in only.items():
@@ -184,6 +193,7 @@ def _input(table: Table, task: str) -> InputSpec:
         ground_glass=table.integer("ground_glass", 0, 0, 100_000),
         organ_snr=table.integer("organ_snr", 0, 0, 100_000),
         patch_channels=_patch_channels(table),
+        turns=table.integer("turns", 1, 1, 4),
         suppress_mm=table.number("suppress_mm", 5.0, 0.5, 100.0),
     )
     table.finish()

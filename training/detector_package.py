@@ -37,7 +37,7 @@ LESION = ["52988006", "SCT", "Lesion"]
 #: weights for chest CT only (``--section chest``: threshold chosen on the chest validation
 #: scans, domain built from chest scans, the abdomen declined). New weights or candidate
 #: streams: 0.3.0.
-VERSION = "0.2.0"
+VERSION = "0.3.0"
 #: What a package for a section declines the other by: its body part, and the body's lung
 #: share for a series that does not say (``inference.domain.lung_fraction``).
 BODY_PARTS = {"chest": ("CHEST",), "abdomen": ("ABDOMEN",), None: ("CHEST", "ABDOMEN")}
@@ -194,7 +194,8 @@ def _card(
             + "".join(f", {streams[k]} {text}" for k, _, text in _STREAMS if k in streams)
             + " per scan), each "
             f"scored by `candidate_net` ({len(run_views(args))} channels of {PATCH}³ voxels of "
-            f"{ISO_MM} mm: {_view_text(run_views(args))}), one detection within 5 mm,",
+            f"{ISO_MM} mm: {_view_text(run_views(args))}){_turns_text(run_turns(args))}, "
+            "one detection within 5 mm,",
             f"  threshold {threshold:.4f} ({_rule(probe)}); each",
             "  detection outlined by a half-way threshold within 1.5 radii of its blob or,",
             "  where that outline runs into its bound, of the blob of its sign that holds it",
@@ -256,11 +257,12 @@ def _rule(probe: dict[str, Any]) -> str:
 
 
 def _validation_scans(probe: dict[str, Any]) -> str:
+    every = 2 * int(probe["args"].get("val", VALIDATION_SCANS))  # two streams of --val
     section = probe.get("section")
     if section is None:
-        return "64 scans"
+        return f"{every} scans"
     n = probe["validation"]["by_section"][section]["scans"]
-    return f"the {n} {section} scans of 64"
+    return f"the {n} {section} scans of {every}"
 
 
 def _section_lines(section: str | None) -> list[str]:
@@ -304,6 +306,20 @@ def _elsewhere(probe: dict[str, Any]) -> list[str]:
     ]
 
 
+def run_turns(args: dict[str, str]) -> int:
+    """The half-turns a run scored each patch in (``--turns``; older runs: 1, as cut)."""
+    return int(args.get("turns", 1))
+
+
+def _turns_text(turns: int) -> str:
+    if turns == 1:
+        return ""
+    return (
+        f", the mean logit of each patch as cut and turned half a turn about "
+        f"{turns - 1} ax{'i' if turns == 2 else 'e'}s (`[input] turns = {turns}`)"
+    )
+
+
 def run_views(args: dict[str, str]) -> tuple[str, ...]:
     """The patch views a run trained with (``--channels``; older runs: the default)."""
     return tuple(args.get("channels", ",".join(DEFAULT_CHANNELS)).split(","))
@@ -326,6 +342,7 @@ def _command(args: dict[str, str], section: str | None = None) -> str:
         + ("" if views == DEFAULT_CHANNELS else f"--channels {','.join(views)} ")
         + ("" if _start(args) is None else "--start PREVIOUS/weights.pt ")
         + ("" if val == VALIDATION_SCANS else f"--val {val} ")
+        + ("" if run_turns(args) == 1 else f"--turns {run_turns(args)} ")
         + ("" if seeds == HELD_OUT_SEEDS else "--test-seeds {},{} ".format(*seeds))
         + "--test "
         + ("" if section is None else f"--section {section} ")
@@ -371,6 +388,8 @@ def package_detector(
             **_streams(args),
             # absent when the default: a package of 0.1 reads as before
             **({} if views == DEFAULT_CHANNELS else {"patch_channels": list(views)}),
+            # absent when 1: a package of 0.2 reads as before
+            **({} if run_turns(args) == 1 else {"turns": run_turns(args)}),
             "suppress_mm": 5.0,
         },
         labels=[{"name": "lesion", "code": LESION, "threshold": threshold}],

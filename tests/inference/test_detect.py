@@ -18,11 +18,11 @@ from scipy import ndimage
 
 from core.config import SeriesRule
 from inference.architectures import CandidateNet
-from inference.candidates import Candidates, find_candidates, lesion_outline, outline
-from inference.detect import detect
+from inference.candidates import Candidates, find_candidates, lesion_outline, outline, regrid
+from inference.detect import detect, score
 from inference.errors import ModelPackageError
 from inference.package import LoadedModel
-from inference.patches import DEFAULT_CHANNELS, LUNG, PATCH, SOFT, windowed
+from inference.patches import DEFAULT_CHANNELS, LUNG, PATCH, SOFT, patches, windowed
 from inference.pipeline import run_pipeline
 from inference.spec import read_spec
 from inference.trial import load_and_try
@@ -144,6 +144,7 @@ def test_the_pipeline_reports_the_nodule_as_a_lesion(tmp_path: Path, detector: L
         ({"candidates": [10, 2, 0], "suppress_mm": 0.1}, "suppress_mm", ""),
         ({"candidates": [10, 2, 0], "ground_glass": -1}, "ground_glass", ""),
         ({"candidates": [10, 2, 0], "organ_snr": 2.5}, "organ_snr", ""),
+        ({"candidates": [10, 2, 0], "turns": 5}, "turns", "at most 4"),
         (
             {"candidates": [10, 2, 0], "patch_channels": ["lung", "liver", "lung_coarse"]},
             "patch_channels",
@@ -189,6 +190,25 @@ def test_a_detector_that_sees_another_view_is_run_with_it(
     after = detect(loaded, _volume(hu, SPACING))
     assert [d.centre_kji for d in after.detections] == [d.centre_kji for d in before.detections]
     assert np.allclose([d.score for d in after.detections], [d.score for d in before.detections])
+
+
+def test_a_detector_that_asks_for_turns_is_scored_with_them(
+    tmp_path: Path, detector: LoadedModel
+) -> None:
+    """``[input] turns = 4``: the worker scores each candidate as ``score(turns=4)`` does,
+    not as cut."""
+    folder = _package(tmp_path / "p", detector.module.state_dict(), turns=4)
+    loaded = load_and_try(folder, torch.device("cpu"))
+    assert loaded.spec.input.turns == 4 and detector.spec.input.turns == 1
+    hu, _ = _lung()
+    volume = _volume(hu, SPACING)
+    iso = regrid(volume.array, volume.spacing)
+    x = patches(iso, find_candidates(iso, bright_keep=20, dark_keep=0).points)
+    turned, as_cut = score(detector.module, x, turns=4), score(detector.module, x)
+    strongest = detect(loaded, volume).detections[0].score
+    assert strongest == pytest.approx(float(turned.max()), abs=1e-6)
+    assert strongest != pytest.approx(float(as_cut.max()), abs=1e-4)
+    assert detect(detector, volume).detections[0].score == pytest.approx(float(as_cut.max()))
 
 
 def test_detection_needs_its_candidates_and_one_label(tmp_path: Path) -> None:

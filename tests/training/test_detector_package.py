@@ -13,8 +13,11 @@ from training.detector_package import (
     _rule,
     _start_sha256,
     _streams,
+    _turns_text,
+    _validation_scans,
     _view_text,
     held_out_seeds,
+    run_turns,
     run_views,
 )
 
@@ -92,3 +95,26 @@ def test_the_card_names_the_threshold_rule_the_run_used() -> None:
         "the highest that finds validation's best within <= 0.25 false positives per scan "
         "and >= 90% of lesion-free scans clean: 0.07 per scan, 91% clean there"
     )
+
+
+def test_the_command_and_card_name_the_turns_a_run_scored_with_if_not_one() -> None:
+    assert run_turns(_RUN) == 1 and "--turns" not in _command(_RUN)
+    assert _turns_text(1) == "" and "--turns" not in _command(dict(_RUN, turns="1"))
+    turned = dict(_RUN, val="96", turns="4")
+    assert run_turns(turned) == 4
+    assert "--val 96 --turns 4 --test" in _command(turned)
+    assert _turns_text(4) == (
+        ", the mean logit of each patch as cut and turned half a turn about 3 axes "
+        "(`[input] turns = 4`)"
+    )
+    assert "about 1 axis" in _turns_text(2)
+
+
+def test_the_card_counts_the_validation_scans_the_run_scored() -> None:
+    by = {"validation": {"by_section": {"chest": {"scans": 150}}}}
+    assert (
+        _validation_scans({"args": _RUN, **by, "section": "chest"}) == "the 150 chest scans of 64"
+    )
+    wide = {"args": dict(_RUN, val="96"), **by, "section": "chest"}
+    assert _validation_scans(wide) == "the 150 chest scans of 192"
+    assert _validation_scans({"args": dict(_RUN, val="96")}) == "192 scans"
