@@ -525,11 +525,11 @@ def main() -> None:
     ap.add_argument(
         "--turns",
         type=int,
-        default=1,
+        default=None,
         choices=range(1, 5),
         help="score each patch as cut and turned half a turn about each axis, the mean logit "
-        "of the first N (inference.detect.TURNS; 1: as cut); recorded, and with --from-run "
-        "--reevaluate used again",
+        "of the first N (inference.detect.TURNS; default 1: as cut); recorded in probe.json. "
+        "With --from-run: the run's own unless given, and another only with --reevaluate",
     )
     ap.add_argument(
         "--threshold",
@@ -565,8 +565,9 @@ def main() -> None:
             ap.error("--from-run needs --package DIR, --reevaluate or --test")
         earlier = json.loads((a.out / "probe.json").read_text())
         ran = int(earlier["args"].get("turns", 1))
-        if a.turns != 1 and a.turns != ran and not a.reevaluate:
+        if a.turns is not None and a.turns != ran and not a.reevaluate:
             ap.error(f"--turns {a.turns}: the run was scored with {ran}; add --reevaluate")
+        a.turns = ran if a.turns is None else a.turns
         if a.reevaluate:  # the same weights and candidates, this version's evaluation
             resave = _resume(
                 earlier, a, val=str(a.val), test_seeds=a.test_seeds, turns=str(a.turns)
@@ -585,6 +586,7 @@ def main() -> None:
             _package(a.out / "candidate_net.pt", earlier, a)
         return
     a.out.mkdir(parents=True, exist_ok=True)
+    a.turns = 1 if a.turns is None else a.turns
     result: dict[str, Any] = {"args": {k: str(v) for k, v in vars(a).items()}}
     KEEP.update(_keep(result["args"]))
     VIEWS[:] = run_views(result["args"])

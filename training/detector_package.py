@@ -35,8 +35,9 @@ LESION = ["52988006", "SCT", "Lesion"]
 #: its lesion's scale (``inference.candidates.lesion_outline``); 0.1.2: the same weights, of
 #: the outlines at several scales the one with the steepest border; 0.2.0: the same
 #: weights for chest CT only (``--section chest``: threshold chosen on the chest validation
-#: scans, domain built from chest scans, the abdomen declined). New weights or candidate
-#: streams: 0.3.0.
+#: scans, domain built from chest scans, the abdomen declined); 0.3.0: the same weights,
+#: each patch scored with four turns (``[input] turns``). New weights or candidate
+#: streams: 0.4.0.
 VERSION = "0.3.0"
 #: What a package for a section declines the other by: its body part, and the body's lung
 #: share for a series that does not say (``inference.domain.lung_fraction``).

@@ -250,6 +250,10 @@ def test_the_turns_a_run_was_scored_with_are_kept_and_used_again(
     assert [job[-1] for job in sent] == [1]
 
     (tmp_path / "probe.json").write_text(probe.json.dumps(run))
+    argv = ["candidate_probe", "--out", str(tmp_path), "--from-run", "--test", "--turns", "1"]
+    monkeypatch.setattr(probe.sys, "argv", argv)  # the run's own: asked for, no refusal
+    with pytest.raises(SystemExit, match="holds no validation scans"):
+        probe.main()
     argv = ["candidate_probe", "--out", str(tmp_path), "--from-run", "--test", "--turns", "4"]
     monkeypatch.setattr(probe.sys, "argv", argv)
     with pytest.raises(SystemExit) as stop:
