@@ -67,6 +67,7 @@ from training.detector_package import (  # noqa: E402
     VALIDATION_SCANS,
     held_out_seeds,
     package_detector,
+    run_turns,
     run_views,
 )
 
@@ -564,7 +565,7 @@ def main() -> None:
         if not (a.package or a.reevaluate or a.test):
             ap.error("--from-run needs --package DIR, --reevaluate or --test")
         earlier = json.loads((a.out / "probe.json").read_text())
-        ran = int(earlier["args"].get("turns", 1))
+        ran = run_turns(earlier["args"])
         if a.turns is not None and a.turns != ran and not a.reevaluate:
             ap.error(f"--turns {a.turns}: the run was scored with {ran}; add --reevaluate")
         a.turns = ran if a.turns is None else a.turns
@@ -779,7 +780,7 @@ def _resume(earlier: dict[str, Any], a: argparse.Namespace, **used: str) -> Call
     KEEP.update(_keep(earlier["args"]))
     VIEWS[:] = run_views(earlier["args"])
     earlier["args"].update(used)
-    TURNS[:] = [int(earlier["args"].get("turns", 1))]
+    TURNS[:] = [run_turns(earlier["args"])]
 
     def resave() -> None:
         (a.out / "probe.json").write_text(json.dumps(earlier, indent=1))
