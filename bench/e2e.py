@@ -17,7 +17,6 @@ Usage: .venv/bin/python bench/e2e.py [--slices 200] [--quiet 2]
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import time
@@ -33,7 +32,7 @@ from node.send import deflated_copy  # noqa: E402
 from storage import deliveries, queue  # noqa: E402
 from storage.db import create_sqlite_engine, make_sessionmaker  # noqa: E402
 from storage.outcomes import list_outcomes  # noqa: E402
-from tests.peers import NodeProcess, Orthanc, free_port  # noqa: E402
+from tests.peers import DCMTK_ENV, NodeProcess, Orthanc, free_port  # noqa: E402
 
 GENERATOR = ROOT / "bench" / "make_study.py"
 TARGET_S = 1.0
@@ -133,12 +132,11 @@ def main(argv: list[str] | None = None) -> int:
     config = _config(work, port, pacs, args.quiet, args.heat_map)
     node = NodeProcess(config, port, work / "node.log").start()
     try:
-        env = {**os.environ, "TCP_NODELAY": "1"}
         t0 = time.perf_counter()
         subprocess.run(
             ["storescu", "-aec", "AINODE", "127.0.0.1", str(port), *map(str, files)],
             check=True,
-            env=env,
+            env=DCMTK_ENV,
         )
         acked = datetime.now(UTC)
         send_s = time.perf_counter() - t0

@@ -54,9 +54,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[0] = str(ROOT)  # not bench/ itself: bench/queue.py would shadow the stdlib queue
 
 from bench.study import run_threads, temp_folder  # noqa: E402
+from tests.peers import DCMTK_ENV  # noqa: E402
 
 GENERATOR = ROOT / "bench" / "make_study.py"
-ENV = {**os.environ, "TCP_NODELAY": "1"}
+ENV = DCMTK_ENV  # dcmtk before the virtual environment's same-named pynetdicom apps
 
 
 def free_port() -> int:

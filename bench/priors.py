@@ -23,7 +23,6 @@ Usage: .venv/bin/python bench/priors.py [--slices 200] [--quiet 2] [--retrieve m
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import time
@@ -42,7 +41,7 @@ from storage import queue  # noqa: E402
 from storage.db import create_sqlite_engine, make_sessionmaker  # noqa: E402
 from storage.models import Prefetch, Study  # noqa: E402
 from storage.prefetches import prefetch_of  # noqa: E402
-from tests.peers import NodeProcess, Orthanc, free_port  # noqa: E402
+from tests.peers import DCMTK_ENV, NodeProcess, Orthanc, free_port  # noqa: E402
 
 PATIENT = "BENCH-PRIORS-1"
 
@@ -109,7 +108,7 @@ def _run(
         subprocess.run(
             ["storescu", "-aec", "AINODE", "127.0.0.1", str(port), *map(str, files)],
             check=True,
-            env={**os.environ, "TCP_NODELAY": "1"},
+            env=DCMTK_ENV,
         )
         study_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
         engine = create_sqlite_engine(load_config(config).storage.database_path)

@@ -22,6 +22,20 @@ from typing import Any
 
 from pydicom import Dataset, dcmread
 
+
+def own_bin_last(path: str) -> str:
+    """``path`` (a PATH) with this Python's own bin folder moved to its end. pynetdicom
+    installs Python apps named like dcmtk's (storescp, storescu, echoscu, findscu, movescu,
+    getscu) there: with the virtual environment activated they came first, and 38 network
+    tests failed on ``storescp: error: argument port: invalid int value: '+B'``."""
+    own = os.path.realpath(os.path.dirname(sys.executable))
+    parts = path.split(os.pathsep)
+    mine = [p for p in parts if p and os.path.realpath(p) == own]
+    return os.pathsep.join([p for p in parts if p not in mine] + mine)
+
+
+# Every peer started by the tests, with env or without, finds dcmtk's tools first.
+os.environ["PATH"] = own_bin_last(os.environ.get("PATH", ""))
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
 
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -26,3 +30,19 @@ def test_storescp_moves_to_another_port_when_its_port_is_taken(
         finally:
             scp.stop()
     assert "Address already in use" in (tmp_path / "storescp.log").read_text()
+
+
+def test_own_bin_folder_goes_last_so_dcmtk_comes_first() -> None:
+    own = os.path.dirname(sys.executable)
+    path = os.pathsep.join([own, "/usr/local/bin", "/usr/bin"])
+    assert peers.own_bin_last(path) == os.pathsep.join(["/usr/local/bin", "/usr/bin", own])
+    assert peers.own_bin_last("/usr/bin") == "/usr/bin"
+
+
+@pytest.mark.tools("storescp")
+def test_storescp_on_path_is_dcmtks_even_with_the_virtual_environment_activated() -> None:
+    # pynetdicom's Python storescp in the venv's bin answers --version with its own name
+    found = shutil.which("storescp", path=peers.DCMTK_ENV["PATH"])
+    assert found is not None
+    out = subprocess.run([found, "--version"], capture_output=True, text=True, timeout=30)
+    assert "dcmtk" in (out.stdout + out.stderr).lower()
