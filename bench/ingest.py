@@ -57,7 +57,6 @@ from bench.study import run_threads, temp_folder  # noqa: E402
 from tests.peers import DCMTK_ENV  # noqa: E402
 
 GENERATOR = ROOT / "bench" / "make_study.py"
-ENV = DCMTK_ENV  # dcmtk before the virtual environment's same-named pynetdicom apps
 
 
 def free_port() -> int:
@@ -74,7 +73,9 @@ def wait_echo(port: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> 
         if proc.poll() is not None:
             raise RuntimeError(f"receiver exited with {proc.returncode}")
         echo = subprocess.run(
-            ["echoscu", "-aec", "AINODE", "127.0.0.1", str(port)], capture_output=True, env=ENV
+            ["echoscu", "-aec", "AINODE", "127.0.0.1", str(port)],
+            capture_output=True,
+            env=DCMTK_ENV,
         )
         if echo.returncode == 0:
             return
@@ -113,7 +114,7 @@ def start_storescp(work: Path, port: int) -> subprocess.Popen[bytes]:
         ["storescp", "+xa", "-aet", "AINODE", "-od", str(out), str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        env=ENV,
+        env=DCMTK_ENV,
     )
 
 
@@ -142,7 +143,7 @@ def start_orthanc(work: Path, port: int) -> subprocess.Popen[bytes]:
         ["Orthanc", str(work / "orthanc.json")],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        env=ENV,  # dcmtk inside
+        env=DCMTK_ENV,  # dcmtk inside
     )
 
 
@@ -198,7 +199,7 @@ def send(port: int, files: list[Path], senders: int) -> float:
             ["storescu", "-aec", "AINODE", "127.0.0.1", str(port), *map(str, chunk)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
-            env=ENV,
+            env=DCMTK_ENV,
         )
         for chunk in chunks
     ]

@@ -41,8 +41,9 @@ def test_own_bin_folder_goes_last_so_dcmtk_comes_first() -> None:
 
 @pytest.mark.tools("storescp")
 def test_storescp_on_path_is_dcmtks_even_with_the_virtual_environment_activated() -> None:
-    # pynetdicom's Python storescp in the venv's bin answers --version with its own name
-    found = shutil.which("storescp", path=peers.DCMTK_ENV["PATH"])
+    # PATH as `. .venv/bin/activate` leaves it: pynetdicom's Python storescp comes first
+    activated = os.pathsep.join([os.path.dirname(sys.executable), os.environ["PATH"]])
+    found = shutil.which("storescp", path=peers.own_bin_last(activated))
     assert found is not None
     out = subprocess.run([found, "--version"], capture_output=True, text=True, timeout=30)
     assert "dcmtk" in (out.stdout + out.stderr).lower()
